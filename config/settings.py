@@ -1,0 +1,185 @@
+"""One typed Settings object built from the shipped defaults, an optional TOML file, the
+environment and the command line, in that order of precedence (last wins)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULTS_FILE = Path(__file__).with_name("default.toml")
+ENV_PREFIX = "HUIYI_"
+
+
+class ConfigError(Exception):
+    """Raised when a configuration source cannot be read or holds an invalid value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str
+    port: int = Field(ge=0, le=65535)
+    data_dir: Path
+    public_url: str
+    log_level: str
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+
+class DatabaseSettings(_Section):
+    url: str
+    schema_name: str = Field(alias="schema", pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value:
+            to_async_url(value)
+        return value
+
+
+class RedisSettings(_Section):
+    url: str
+    key_prefix: str
+
+
+class AuthSettings(_Section):
+    jwt_secret: str
+    access_token_ttl_seconds: int = Field(gt=0)
+    refresh_token_ttl_seconds: int = Field(gt=0)
+    reset_token_ttl_seconds: int = Field(gt=0)
+
+
+class MailSettings(_Section):
+    smtp_host: str
+    smtp_port: int = Field(gt=0, le=65535)
+    smtp_username: str
+    smtp_password: str
+    smtp_starttls: bool
+    from_address: str
+
+
+class UploadSettings(_Section):
+    avatar_max_bytes: int = Field(gt=0)
+    avatar_size_px: int = Field(ge=16, le=2048)
+
+
+class RateLimitSettings(_Section):
+    enabled: bool
+    endpoints: dict[str, str] = Field(default_factory=dict)
+
+
+class Settings(_Section):
+    server: ServerSettings
+    database: DatabaseSettings
+    redis: RedisSettings
+    auth: AuthSettings
+    mail: MailSettings
+    uploads: UploadSettings
+    rate_limits: RateLimitSettings
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL, defaulting to the embedded SQLite file."""
+        url = self.database.url or f"sqlite:///{self.server.data_dir / 'huiyi.db'}"
+        return to_async_url(url)
+
+    @property
+    def base_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        host = "localhost" if self.server.host in {"0.0.0.0", "::", ""} else self.server.host
+        return f"http://{host}:{self.server.port}"
+
+
+def to_async_url(url: str) -> str:
+    """Accept the plain URLs operators know and pick the async driver for them."""
+    for plain, driver in (
+        ("postgresql+asyncpg://", None),
+        ("sqlite+aiosqlite://", None),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return url if driver is None else driver + url[len(plain) :]
+    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _from_environment(environ: Mapping[str, str], sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Map HUIYI_<SECTION>_<KEY> onto the nested layout; HUIYI_RATE_LIMITS=off switches limits off."""
+    found: dict[str, Any] = {}
+    names = sorted(sections, key=len, reverse=True)
+    for variable, value in environ.items():
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        rest = variable[len(ENV_PREFIX) :].lower()
+        if rest == "rate_limits":
+            found.setdefault("rate_limits", {})["enabled"] = value.strip().lower() not in {
+                "off",
+                "0",
+                "false",
+                "no",
+            }
+            continue
+        for section in names:
+            prefix = section + "_"
+            if rest.startswith(prefix) and rest[len(prefix) :] in sections[section]:
+                found.setdefault(section, {})[rest[len(prefix) :]] = value
+                break
+    return found
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the Settings; ``overrides`` carries command-line flags (None values are ignored)."""
+    layers = _read_toml(DEFAULTS_FILE)
+    if config_file is not None:
+        layers = _merge(layers, _read_toml(config_file))
+    layers = _merge(layers, _from_environment(os.environ if environ is None else environ, layers))
+    for section, values in (overrides or {}).items():
+        layers = _merge(layers, {section: {k: v for k, v in values.items() if v is not None}})
+    try:
+        settings = Settings.model_validate(layers)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+    return settings

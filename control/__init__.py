@@ -1,0 +1,1 @@
+"""The huiyi control plane: REST API, signaling and jobs on one aiohttp application."""

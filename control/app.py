@@ -1,0 +1,85 @@
+"""The aiohttp application factory: services opened in order on start-up, closed in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from aiohttp import web
+
+from config import Settings
+from control.api import GROUPS
+from control.api.meta import huiyi_version
+from control.auth.guard import guard
+from control.auth.secret import load_signing_key
+from control.auth.tokens import TokenCodec
+from control.avatars import AvatarStore
+from control.context import AVATARS, LIMITER, MAILER, OPENAPI, PENDING_MAILS, SETTINGS, STORE, TOKENS
+from control.endpoints import Endpoint, bind
+from control.limits import RateLimiter
+from control.mail import Mailer
+from control.middleware import error_middleware, request_id_middleware
+from control.openapi import build_openapi
+from control.store import Store
+
+# Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
+MAX_JSON_BODY = 1024 * 1024
+
+
+def all_endpoints() -> list[Endpoint]:
+    return [endpoint for group in GROUPS for endpoint in group.endpoints]
+
+
+async def _store_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STORE] = await Store.open(settings.database_url, settings.database.schema_name)
+    yield
+    await app[STORE].close()
+
+
+async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[LIMITER].close()
+
+
+async def _pending_work_context(app: web.Application) -> AsyncIterator[None]:
+    yield
+    if app[PENDING_MAILS]:
+        await asyncio.wait(app[PENDING_MAILS], timeout=30)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware],
+        client_max_size=MAX_JSON_BODY,
+    )
+    data_dir = settings.server.data_dir
+    endpoints = all_endpoints()
+    app[SETTINGS] = settings
+    app[TOKENS] = TokenCodec(
+        load_signing_key(settings.auth.jwt_secret, data_dir),
+        access_ttl=timedelta(seconds=settings.auth.access_token_ttl_seconds),
+        refresh_ttl=timedelta(seconds=settings.auth.refresh_token_ttl_seconds),
+    )
+    app[LIMITER] = RateLimiter(
+        {endpoint.operation_id: endpoint.rate_limit for endpoint in endpoints},
+        settings.rate_limits.endpoints,
+        enabled=settings.rate_limits.enabled,
+        redis_url=settings.redis.url,
+        key_prefix=settings.redis.key_prefix,
+    )
+    app[MAILER] = Mailer(settings.mail, data_dir / "outbox")
+    app[AVATARS] = AvatarStore(data_dir / "avatars", settings.uploads.avatar_size_px)
+    app[PENDING_MAILS] = set()
+    app[OPENAPI] = build_openapi(endpoints, huiyi_version())
+    app.cleanup_ctx.extend([_store_context, _limiter_context, _pending_work_context])
+
+    prefixes = {group.prefix for group in GROUPS}
+    for endpoint in endpoints:
+        handler = bind(endpoint, guard)
+        app.router.add_route(endpoint.method, endpoint.path, handler, name=endpoint.operation_id)
+        if endpoint.path in prefixes:
+            # A collection is reachable with and without the trailing slash.
+            app.router.add_route(endpoint.method, endpoint.path + "/", handler)
+    return app

@@ -1,0 +1,1 @@
+"""Authentication: Argon2 password hashes, signed JWTs and the signing key."""

@@ -1,0 +1,143 @@
+"""Command line: ``run_server.py [flags]`` serves; ``run_server.py create-admin ...`` bootstraps
+the first administrator, which the admin API itself cannot create."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from config import ConfigError, Settings, load_settings
+from control.api.auth import RegisterIn, duplicate_error
+from control.auth.passwords import hash_password
+from control.middleware import AccessLogger
+from control.store import Store
+from control.store.users import DuplicateEmail, DuplicateUsername
+
+log = logging.getLogger("huiyi")
+
+
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file overriding config/default.toml")
+    parser.add_argument("--data-dir", type=Path, help="SQLite file, uploads and generated secrets (default ./data)")
+    parser.add_argument(
+        "--database-url", help="sqlite:///path or postgresql://user@host/db (default: SQLite in the data dir)"
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _settings(args: argparse.Namespace, **server: object) -> Settings:
+    return load_settings(
+        args.config,
+        {
+            "server": {"data_dir": args.data_dir, "log_level": args.log_level, **server},
+            "database": {"url": args.database_url},
+            "redis": {"url": getattr(args, "redis_url", None)},
+        },
+    )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="run_server.py", description="Start the huiyi server.")
+    _common_flags(parser)
+    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--redis-url", help="redis://host:6379/0 to share rate limits (and later the bus) across nodes")
+    args = parser.parse_args(argv)
+    settings = _settings(args, host=args.host, port=args.port)
+    _configure_logging(settings.server.log_level)
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from control.app import create_app
+
+    log.info(
+        "starting huiyi on %s:%s (database %s, data dir %s, rate limits %s)",
+        settings.server.host,
+        settings.server.port,
+        settings.database_url.split("://", 1)[0],
+        settings.server.data_dir,
+        "on" if settings.rate_limits.enabled else "off",
+    )
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log_class=AccessLogger,
+        print=None,
+    )
+    return 0
+
+
+async def _create_admin(settings: Settings, username: str, email: str, password: str) -> int:
+    store = await Store.open(settings.database_url, settings.database.schema_name)
+    try:
+        user = await store.users.create(
+            username=username, email=email, password_hash=await hash_password(password), nickname=username, role="admin"
+        )
+    except (DuplicateUsername, DuplicateEmail) as exc:
+        log.error("%s", duplicate_error(exc).message)
+        return 1
+    finally:
+        await store.close()
+    log.info("created administrator %s with id %s", user.username, user.id)
+    return 0
+
+
+def create_admin(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_server.py create-admin",
+        description="Create an administrator account. The password comes from HUIYI_ADMIN_PASSWORD or a prompt.",
+    )
+    _common_flags(parser)
+    parser.add_argument("--username", required=True)
+    parser.add_argument("--email", required=True)
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    _configure_logging(settings.server.log_level)
+    password = os.environ.get("HUIYI_ADMIN_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            log.error("set HUIYI_ADMIN_PASSWORD or run from a terminal to be prompted")
+            return 2
+        password = getpass.getpass("Password for the new administrator: ")
+        if password != getpass.getpass("Repeat it: "):
+            log.error("the passwords differ")
+            return 2
+    try:
+        RegisterIn.model_validate({"username": args.username, "email": args.email, "password": password})
+    except ValidationError as exc:
+        for error in exc.errors():
+            log.error("%s: %s", ".".join(str(part) for part in error["loc"]), error["msg"])
+        return 2
+    return asyncio.run(_create_admin(settings, args.username, args.email, password))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["create-admin"]:
+            return create_admin(argv[1:])
+        return serve(argv)
+    except ConfigError as exc:
+        print(f"huiyi: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,49 @@
+"""Outgoing mail: SMTP when configured, else an outbox directory an operator can read."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+
+from config.settings import MailSettings
+from control.envelope import utc_now
+
+log = logging.getLogger("huiyi.mail")
+
+
+class Mailer:
+    def __init__(self, settings: MailSettings, outbox: Path) -> None:
+        self._settings = settings
+        self.outbox = outbox
+
+    async def send(self, to: str, subject: str, body: str) -> None:
+        message = EmailMessage()
+        message["From"] = self._settings.from_address
+        message["To"] = to
+        message["Subject"] = subject
+        message.set_content(body)
+        if self._settings.smtp_host:
+            await aiosmtplib.send(
+                message,
+                hostname=self._settings.smtp_host,
+                port=self._settings.smtp_port,
+                username=self._settings.smtp_username or None,
+                password=self._settings.smtp_password or None,
+                start_tls=self._settings.smtp_starttls,
+                timeout=30,
+            )
+            log.info("mail %r sent to %s via %s", subject, to, self._settings.smtp_host)
+            return
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        name = f"{utc_now():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.eml"
+        temporary = self.outbox / f".{name}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(bytes(message))
+        temporary.rename(self.outbox / name)
+        log.info("mail %r to %s written to %s (no SMTP server configured)", subject, to, self.outbox / name)

@@ -1,0 +1,71 @@
+"""Middlewares that make every answer carry a request id and every failure the envelope."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from control.envelope import REQUEST_ID_KEY, envelope, request_id_from
+from control.errors import ApiError
+
+log = logging.getLogger("huiyi.http")
+
+_HTTP_MESSAGES = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request_id_from(request.headers.get("X-Request-ID"))
+    request[REQUEST_ID_KEY] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-ID"] = request_id
+        raise
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return envelope(request, exc.data, status=exc.status, code=exc.code, message=exc.message, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = _HTTP_MESSAGES.get(exc.status, exc.reason)
+        return envelope(request, None, status=exc.status, message=message, headers=headers)
+    except Exception:
+        log.exception(
+            "unhandled error on %s %s [request_id=%s]", request.method, request.path, request.get(REQUEST_ID_KEY)
+        )
+        return envelope(request, None, status=500, message="Internal server error")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request with the request id, so an operator can follow a client's report."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.1fms request_id=%s',
+            request.remote,
+            request.method,
+            request.rel_url,
+            response.status,
+            response.body_length,
+            time * 1000,
+            response.headers.get("X-Request-ID", "-"),
+        )

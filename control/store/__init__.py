@@ -1,0 +1,31 @@
+"""Persistence: one schema and one query layer over SQLite (default) or PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from control.store.engine import migrate, open_engine
+from control.store.tokens import TokenStore
+from control.store.users import UserStore
+
+
+class Store:
+    """The repositories over one engine; opened (and migrated) once per process."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.users = UserStore(engine)
+        self.tokens = TokenStore(engine)
+
+    @classmethod
+    async def open(cls, url: str, schema: str = "") -> Store:
+        engine = open_engine(url, schema)
+        try:
+            await migrate(engine, schema)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

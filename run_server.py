@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Start huiyi: ``python run_server.py [--host H] [--port P] [--data-dir D] [--config F]``.
+``python run_server.py create-admin --username U --email E`` creates the first administrator."""
+
+import sys
+
+from control.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
