@@ -13,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP"}
 MAX_SOURCE_PIXELS = 40_000_000
-AVATAR_NAME_PATTERN = r"[0-9a-f]{32}\.png"
+AVATAR_NAME_PATTERN = r"[0-9a-f]+\.png"
 
 
 class NotAnImage(Exception):

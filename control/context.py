@@ -24,10 +24,9 @@ OPENAPI = web.AppKey("openapi", dict)
 # Work started by a request that must finish before shutdown (e.g. mails sent after answering).
 PENDING_MAILS = web.AppKey("pending_mails", set[asyncio.Task[None]])
 
-CURRENT_USER = "current_user"
+CURRENT_USER = web.RequestKey("current_user", UserRecord)
 
 
 def current_user(request: web.Request) -> UserRecord:
     """The authenticated caller; only reached on endpoints whose guard required one."""
-    user: UserRecord = request[CURRENT_USER]
-    return user
+    return request[CURRENT_USER]

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-REQUEST_ID_KEY = "request_id"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _REQUEST_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 _REQUEST_ID_MAX = 64
 

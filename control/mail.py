@@ -40,7 +40,7 @@ class Mailer:
             log.info("mail %r sent to %s via %s", subject, to, self._settings.smtp_host)
             return
         self.outbox.mkdir(parents=True, exist_ok=True)
-        name = f"{utc_now():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.eml"
+        name = f"{utc_now():%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}.eml"
         temporary = self.outbox / f".{name}.tmp"
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from control.errors import bad_request, too_large
 
@@ -24,6 +25,6 @@ async def read_file_field(request: web.Request, field_names: tuple[str, ...], ma
             if not data:
                 raise bad_request("The uploaded file is empty")
             return bytes(data)
-    except ValueError as exc:
-        raise bad_request(f"Malformed multipart body: {exc}") from None
+    except (ValueError, HttpProcessingError):
+        raise bad_request("Malformed multipart body") from None
     raise bad_request(f"Missing file field ({' or '.join(field_names)})")

@@ -11,7 +11,7 @@ from control.endpoints import Access, Endpoint
 from control.errors import forbidden, unauthorized
 from control.store.users import UserRecord
 
-TOKEN_CLAIMS = "token_claims"
+TOKEN_CLAIMS = web.RequestKey("token_claims", TokenClaims)
 
 
 def bearer_token(request: web.Request) -> str | None:

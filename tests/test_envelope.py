@@ -1,0 +1,98 @@
+"""The envelope and error model on every kind of answer, including router errors and a crash."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+
+from control.context import STORE
+from tests.conftest import Api
+
+
+async def test_success_envelope_and_generated_request_id(api: Api) -> None:
+    body = await api.call("GET", "/api/v1/health", expect=200)
+    assert body["code"] == 200 and body["message"] == "Success"
+    assert body["data"]["status"] == "ok" and body["data"]["database"] in {"sqlite", "postgresql"}
+    stamp = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    assert stamp.tzinfo is not None and abs((datetime.now(UTC) - stamp).total_seconds()) < 60
+    assert re.fullmatch(r"[0-9a-f]{32}", body["request_id"])
+    other = await api.call("GET", "/api/v1/health")
+    assert other["request_id"] != body["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [("trace-42.a:b", "trace-42.a:b"), ("evil id;<script>", "evilidscript"), ("x" * 200, "x" * 64)],
+)
+async def test_request_id_is_honoured_and_sanitised(api: Api, sent: str, echoed: str) -> None:
+    response = await api.client.get("/api/v1/nowhere", headers={"X-Request-ID": sent}, skip_auto_headers=())
+    body = await response.json()
+    assert body["request_id"] == echoed and response.headers["X-Request-ID"] == echoed
+
+
+async def test_unknown_route_and_method_are_enveloped(api: Api) -> None:
+    missing = await api.call("GET", "/api/v1/does-not-exist", expect=404)
+    assert missing["code"] == 404 and missing["data"] is None
+    wrong_method = await api.call("PATCH", "/api/v1/auth/login", expect=405)
+    assert wrong_method["code"] == 405 and "POST" in wrong_method["headers"]["Allow"]
+
+
+async def test_bad_json_bodies_are_400(api: Api) -> None:
+    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b'"text"'):
+        body = await api.call(
+            "POST", "/api/v1/auth/login", data=raw, headers={"Content-Type": "application/json"}, expect=400
+        )
+        assert body["code"] == 400
+    fields = await api.call("POST", "/api/v1/auth/register", json={}, expect=400)
+    assert {error["field"] for error in fields["data"]["errors"]} == {"username", "email", "password"}
+    too_big = await api.call("POST", "/api/v1/auth/login", data=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    assert too_big["status"] == 413
+
+
+async def test_unexpected_failure_is_500_without_internals(api: Api) -> None:
+    account = await api.account()
+    async with api.app[STORE].engine.begin() as connection:
+        await connection.execute(text("DROP TABLE refresh_tokens"))
+    body = await api.call(
+        "POST", "/api/v1/auth/login", json={"username": account.username, "password": account.password}, expect=500
+    )
+    assert body["code"] == 500 and body["message"] == "Internal server error" and body["data"] is None
+    raw = str(body).lower()
+    for leak in ("refresh_tokens", "insert", "traceback", "sqlalchemy", "select"):
+        assert leak not in raw
+    still_serving = await api.call("GET", "/api/v1/users/profile", token=account.access)
+    assert still_serving["status"] == 200
+
+
+async def test_openapi_lists_every_endpoint(api: Api) -> None:
+    response = await api.client.get("/api/v1/openapi.json")
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    operations = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    expected = {
+        ("POST", "/api/v1/auth/register"),
+        ("POST", "/api/v1/auth/login"),
+        ("POST", "/api/v1/auth/refresh"),
+        ("POST", "/api/v1/auth/forgot-password"),
+        ("POST", "/api/v1/auth/reset-password"),
+        ("GET", "/api/v1/users/profile"),
+        ("PUT", "/api/v1/users/profile"),
+        ("POST", "/api/v1/users/change-password"),
+        ("POST", "/api/v1/users/upload-avatar"),
+        ("DELETE", "/api/v1/users/account"),
+        ("GET", "/api/v1/admin/users"),
+        ("GET", "/api/v1/admin/users/{user_id}"),
+        ("PUT", "/api/v1/admin/users/{user_id}"),
+        ("DELETE", "/api/v1/admin/users/{user_id}"),
+        ("POST", "/api/v1/admin/users/{user_id}/ban"),
+        ("POST", "/api/v1/admin/users/{user_id}/unban"),
+    }
+    assert expected <= operations
+    register = document["paths"]["/api/v1/auth/register"]["post"]
+    schema_ref = register["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    register_schema = document["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
+    assert set(register_schema["required"]) == {"username", "email", "password"}
+    assert register["x-rate-limit"] == "5/minute"

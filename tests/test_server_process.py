@@ -1,0 +1,117 @@
+"""The server as an operator runs it: a real process, restarts, and the create-admin command."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
+from tests.server_process import request, run_cli, start_server
+
+ADMIN_PASSWORD = "admin-pass-2024"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[list[str], dict[str, str]]]:
+    """Command-line flags and environment putting a server process on one backend."""
+    data_dir = str(tmp_path / "data")
+    if request.param == "sqlite":
+        yield ["--data-dir", data_dir], {}
+        return
+    schema = await postgres_schema()
+    yield ["--data-dir", data_dir, "--database-url", POSTGRES_URL], {"HUIYI_DATABASE_SCHEMA": schema}
+    await drop_schema(schema)
+
+
+def test_restart_keeps_users_and_tokens(backend: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    args, env = backend
+    env = {**env, "HUIYI_RATE_LIMITS": "off"}
+    log = tmp_path / "server.log"
+    server = start_server(*args, log=log, env=env)
+    try:
+        status, _ = request(
+            "POST",
+            server.url + "/api/v1/auth/register",
+            {"username": "keeper", "email": "keeper@example.com", "password": "keep-me-123"},
+        )
+        assert status == 201
+        status, session = request(
+            "POST", server.url + "/api/v1/auth/login", {"username": "keeper", "password": "keep-me-123"}
+        )
+        assert status == 200
+    finally:
+        assert server.stop() == 0, log.read_text()
+
+    key = tmp_path / "data" / "jwt_secret"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    first_key = key.read_text()
+
+    server = start_server(*args, log=log, env=env)
+    try:
+        status, profile = request("GET", server.url + "/api/v1/users/profile", token=session["data"]["access_token"])
+        assert status == 200 and profile["data"]["username"] == "keeper"
+        status, _ = request("POST", server.url + "/api/v1/auth/refresh", token=session["data"]["refresh_token"])
+        assert status == 200
+    finally:
+        server.stop()
+    assert key.read_text() == first_key
+    assert "request_id=" in log.read_text(), "each request is logged with its request id"
+
+
+def test_create_admin_then_use_the_admin_api(backend: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    args, env = backend
+    created = run_cli(
+        "create-admin",
+        "--username",
+        "root_admin",
+        "--email",
+        "root@example.com",
+        *args,
+        env={**env, "HUIYI_ADMIN_PASSWORD": ADMIN_PASSWORD},
+    )
+    assert created.returncode == 0, created.stderr
+    duplicate = run_cli(
+        "create-admin",
+        "--username",
+        "root_admin",
+        "--email",
+        "other@example.com",
+        *args,
+        env={**env, "HUIYI_ADMIN_PASSWORD": ADMIN_PASSWORD},
+    )
+    assert duplicate.returncode == 1 and "Username is already taken" in duplicate.stderr
+    weak = run_cli(
+        "create-admin",
+        "--username",
+        "second",
+        "--email",
+        "s@example.com",
+        *args,
+        env={**env, "HUIYI_ADMIN_PASSWORD": "weak"},
+    )
+    assert weak.returncode == 2 and "password" in weak.stderr
+    no_password = run_cli("create-admin", "--username", "third", "--email", "t@example.com", *args, env=env)
+    assert no_password.returncode == 2 and "HUIYI_ADMIN_PASSWORD" in no_password.stderr
+
+    server = start_server(*args, log=tmp_path / "server.log", env=env)
+    try:
+        status, session = request(
+            "POST", server.url + "/api/v1/auth/login", {"username": "root_admin", "password": ADMIN_PASSWORD}
+        )
+        assert status == 200 and session["data"]["user"]["role"] == "admin"
+        status, listing = request("GET", server.url + "/api/v1/admin/users", token=session["data"]["access_token"])
+        assert status == 200 and [user["username"] for user in listing["data"]["items"]] == ["root_admin"]
+    finally:
+        server.stop()
+
+
+def test_bad_configuration_stops_with_a_clear_message(tmp_path: Path) -> None:
+    config = tmp_path / "huiyi.toml"
+    config.write_text('[server]\nport = "eighty"\n')
+    result = run_cli("--config", str(config), "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "server.port" in result.stderr
+    result = run_cli("--data-dir", str(tmp_path), "--database-url", "mysql://x")
+    assert result.returncode == 2 and "unsupported database URL" in result.stderr

@@ -1,0 +1,158 @@
+"""/api/v1/users: profile, password change, avatar upload and account deletion."""
+
+from __future__ import annotations
+
+import io
+
+from aiohttp import FormData
+from PIL import Image
+
+from tests.conftest import PASSWORD, Api
+
+
+def image_bytes(fmt: str, size: tuple[int, int] = (640, 360), color: str = "orange") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format=fmt)
+    return out.getvalue()
+
+
+def upload(data: bytes, field: str = "file", filename: str = "me.png", content_type: str = "image/png") -> FormData:
+    form = FormData()
+    form.add_field(field, data, filename=filename, content_type=content_type)
+    return form
+
+
+async def test_profile_get_and_update(api: Api) -> None:
+    account = await api.account()
+    profile = await api.call("GET", "/api/v1/users/profile", token=account.access, expect=200)
+    assert profile["data"]["user_id"] == account.id and profile["data"]["email"] == account.email
+
+    changed = await api.call(
+        "PUT", "/api/v1/users/profile", token=account.access, json={"nickname": "  Neo ", "email": "neo@example.com"}
+    )
+    assert changed["status"] == 200
+    assert changed["data"]["nickname"] == "Neo" and changed["data"]["email"] == "neo@example.com"
+    again = await api.call("GET", "/api/v1/users/profile", token=account.access)
+    assert again["data"]["nickname"] == "Neo"
+
+
+async def test_profile_email_must_stay_unique_and_fields_are_checked(api: Api) -> None:
+    first = await api.account()
+    second = await api.account()
+    clash = await api.call("PUT", "/api/v1/users/profile", token=second.access, json={"email": first.email.upper()})
+    assert clash["status"] == 400 and clash["code"] == 1002
+    read_only = await api.call("PUT", "/api/v1/users/profile", token=second.access, json={"avatar_url": "/x.png"})
+    assert read_only["status"] == 400 and read_only["data"]["errors"][0]["field"] == "avatar_url"
+    too_long = await api.call("PUT", "/api/v1/users/profile", token=second.access, json={"nickname": "n" * 65})
+    assert too_long["status"] == 400
+
+
+async def test_change_password_revokes_earlier_tokens(api: Api) -> None:
+    account = await api.account()
+    other_session = await api.call(
+        "POST", "/api/v1/auth/login", json={"username": account.username, "password": PASSWORD}, expect=200
+    )
+    wrong = await api.call(
+        "POST",
+        "/api/v1/users/change-password",
+        token=account.access,
+        json={"old_password": "wrong-one-1", "new_password": "fresh-pass-99"},
+    )
+    assert wrong["status"] == 400 and wrong["code"] == 1004
+
+    changed = await api.call(
+        "POST",
+        "/api/v1/users/change-password",
+        token=account.access,
+        json={"old_password": PASSWORD, "new_password": "fresh-pass-99"},
+        expect=200,
+    )
+    for stale in (account.access, account.refresh, other_session["data"]["access_token"]):
+        assert (await api.call("GET", "/api/v1/users/profile", token=stale))["status"] == 401
+    await api.call("GET", "/api/v1/users/profile", token=changed["data"]["access_token"], expect=200)
+    await api.call("POST", "/api/v1/auth/refresh", token=changed["data"]["refresh_token"], expect=200)
+    login = await api.call(
+        "POST", "/api/v1/auth/login", json={"username": account.username, "password": "fresh-pass-99"}
+    )
+    assert login["status"] == 200
+
+
+async def test_avatar_is_reencoded_to_a_square_png(api: Api) -> None:
+    account = await api.account()
+    # A JPEG with foreign bytes appended (a polyglot): none of them may be served back.
+    payload = image_bytes("JPEG") + b"<script>alert(1)</script>"
+    body = await api.call(
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(payload, filename="../../x.html")
+    )
+    assert body["status"] == 200, body
+    avatar_url = body["data"]["avatar_url"]
+    assert avatar_url.startswith("/api/v1/users/avatars/") and avatar_url.endswith(".png")
+
+    response = await api.client.get(avatar_url)
+    assert response.status == 200 and response.headers["Content-Type"] == "image/png"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    served = await response.read()
+    assert b"<script>" not in served
+    with Image.open(io.BytesIO(served)) as image:
+        assert image.format == "PNG" and image.size == (256, 256)
+
+    replaced = await api.call(
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG"), field="avatar")
+    )
+    assert replaced["status"] == 200 and replaced["data"]["avatar_url"] != avatar_url
+    gone = await api.client.get(avatar_url)
+    assert gone.status == 404, "the replaced avatar is deleted"
+
+
+async def test_avatar_rejects_non_images_oversize_and_wrong_bodies(api: Api) -> None:
+    account = await api.account()
+    not_image = await api.call(
+        "POST",
+        "/api/v1/users/upload-avatar",
+        token=account.access,
+        data=upload(b"%PDF-1.4 definitely not an image", content_type="image/png"),
+    )
+    assert not_image["status"] == 400
+    bmp = await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("BMP")))
+    assert bmp["status"] == 400 and "BMP" in bmp["message"]
+    huge = await api.call(
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(b"\xff" * (5 * 1024 * 1024 + 1))
+    )
+    assert huge["status"] == 413
+    json_body = await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, json={"file": "x"})
+    assert json_body["status"] == 400
+    wrong_field = await api.call(
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG"), field="picture")
+    )
+    assert wrong_field["status"] == 400 and "file" in wrong_field["message"]
+    profile = await api.call("GET", "/api/v1/users/profile", token=account.access)
+    assert profile["data"]["avatar_url"] is None
+
+
+async def test_unknown_avatar_is_404(api: Api) -> None:
+    missing = await api.call("GET", "/api/v1/users/avatars/" + "0" * 32 + ".png")
+    assert missing["status"] == 404
+    traversal = await api.client.get("/api/v1/users/avatars/..%2F..%2Fjwt_secret")
+    assert traversal.status == 404 and b"jwt" not in await traversal.read()
+
+
+async def test_delete_account_scrubs_and_frees_the_name(api: Api) -> None:
+    account = await api.account(nickname="Doomed")
+    await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG")))
+    await api.call("DELETE", "/api/v1/users/account", token=account.access, expect=200)
+
+    assert (await api.call("GET", "/api/v1/users/profile", token=account.access))["status"] == 401
+    assert (await api.call("POST", "/api/v1/auth/refresh", token=account.refresh))["status"] == 401
+    login = await api.call("POST", "/api/v1/auth/login", json={"username": account.username, "password": PASSWORD})
+    assert login["status"] == 404 and login["code"] == 1003
+
+    admin = await api.admin()
+    scrubbed = await api.call("GET", f"/api/v1/admin/users/{account.id}", token=admin.access)
+    assert scrubbed["status"] == 404
+    listed = await api.call("GET", "/api/v1/admin/users?status=deleted", token=admin.access, expect=200)
+    (row,) = [user for user in listed["data"]["items"] if user["user_id"] == account.id]
+    assert row["status"] == "deleted" and row["email"] is None and row["nickname"] == ""
+    assert row["avatar_url"] is None and account.username not in row["username"]
+
+    again = await api.register(username=account.username, email=account.email)
+    assert again["status"] == 201, "a deleted account's username and email are free again"
