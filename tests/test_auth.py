@@ -96,7 +96,7 @@ async def test_missing_forged_and_expired_tokens(api: Api) -> None:
     missing = await api.call("GET", "/api/v1/users/profile")
     assert missing["status"] == 401 and missing["headers"]["WWW-Authenticate"] == "Bearer"
     claims = jwt.decode(account.access, options={"verify_signature": False})
-    forged = jwt.encode(claims, "not-the-server-key", algorithm="HS256")
+    forged = jwt.encode(claims, "not-the-server-key-but-long-enough-for-hs256", algorithm="HS256")
     assert (await api.call("GET", "/api/v1/users/profile", token=forged))["status"] == 401
     unsigned = jwt.encode(claims, None, algorithm="none")
     assert (await api.call("GET", "/api/v1/users/profile", token=unsigned))["status"] == 401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 from aiohttp import FormData
 from PIL import Image
@@ -127,6 +128,16 @@ async def test_avatar_rejects_non_images_oversize_and_wrong_bodies(api: Api) -> 
     assert wrong_field["status"] == 400 and "file" in wrong_field["message"]
     profile = await api.call("GET", "/api/v1/users/profile", token=account.access)
     assert profile["data"]["avatar_url"] is None
+
+
+async def test_avatar_near_the_size_cap_is_accepted(api: Api) -> None:
+    account = await api.account()
+    noise = Image.frombytes("RGB", (1100, 1100), random.Random(7).randbytes(1100 * 1100 * 3))
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    assert 3 * 1024 * 1024 < len(out.getvalue()) < 5 * 1024 * 1024
+    body = await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(out.getvalue()))
+    assert body["status"] == 200 and body["data"]["avatar_url"]
 
 
 async def test_unknown_avatar_is_404(api: Api) -> None:

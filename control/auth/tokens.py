@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import jwt
@@ -74,9 +74,7 @@ class TokenCodec:
         except jwt.InvalidTokenError:
             raise unauthorized("Invalid token") from None
         if payload["typ"] != expected:
-            raise unauthorized(
-                f"An {expected} token is required" if expected == "access" else "A refresh token is required"
-            )
+            raise unauthorized(f"{'An access' if expected == 'access' else 'A refresh'} token is required")
         try:
             user_id = int(payload["sub"])
             version = int(payload["ver"])
@@ -89,5 +87,5 @@ class TokenCodec:
             version=version,
             jti=str(payload["jti"]),
             family=str(family) if family is not None else None,
-            expires_at=datetime.fromtimestamp(payload["exp"], tz=utc_now().tzinfo),
+            expires_at=datetime.fromtimestamp(payload["exp"], tz=UTC),
         )
