@@ -4,6 +4,7 @@ environment and the command line, in that order of precedence (last wins)."""
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ class ServerSettings(_Section):
     data_dir: Path
     public_url: str
     log_level: str
+    node_id: str = Field(max_length=64)
 
     @field_validator("log_level")
     @classmethod
@@ -96,6 +98,10 @@ class Settings(_Section):
         """The SQLAlchemy async URL, defaulting to the embedded SQLite file."""
         url = self.database.url or f"sqlite:///{self.server.data_dir / 'huiyi.db'}"
         return to_async_url(url)
+
+    @property
+    def node_id(self) -> str:
+        return self.server.node_id or f"{socket.gethostname()}:{self.server.port}"
 
     @property
     def base_url(self) -> str:

@@ -15,12 +15,15 @@ from control.auth.guard import guard
 from control.auth.secret import load_signing_key
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
-from control.context import AVATARS, LIMITER, MAILER, OPENAPI, PENDING_MAILS, SETTINGS, STORE, TOKENS
+from control.bus import open_bus
+from control.context import AVATARS, BACKGROUND, HUB, LIMITER, MAILER, OPENAPI, SETTINGS, STORE, TOKENS
 from control.endpoints import Endpoint, bind
 from control.limits import RateLimiter
 from control.mail import Mailer
 from control.middleware import error_middleware, request_id_middleware
 from control.openapi import build_openapi
+from control.signaling.hub import Hub
+from control.signaling.socket import signaling_socket
 from control.store import Store
 
 # Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
@@ -38,15 +41,24 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].close()
 
 
+async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    await app[STORE].sessions.close_node(settings.node_id, "node restarted")
+    app[HUB] = Hub(open_bus(settings.redis.url, settings.redis.key_prefix, settings.node_id), settings.node_id)
+    await app[HUB].start()
+    yield
+    await app[HUB].close()
+
+
 async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
 
 
-async def _pending_work_context(app: web.Application) -> AsyncIterator[None]:
+async def _background_context(app: web.Application) -> AsyncIterator[None]:
     yield
-    if app[PENDING_MAILS]:
-        await asyncio.wait(app[PENDING_MAILS], timeout=30)
+    if app[BACKGROUND]:
+        await asyncio.wait(app[BACKGROUND], timeout=30)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -71,9 +83,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[MAILER] = Mailer(settings.mail, data_dir / "outbox")
     app[AVATARS] = AvatarStore(data_dir / "avatars", settings.uploads.avatar_size_px)
-    app[PENDING_MAILS] = set()
+    app[BACKGROUND] = set()
     app[OPENAPI] = build_openapi(endpoints, huiyi_version())
-    app.cleanup_ctx.extend([_store_context, _limiter_context, _pending_work_context])
+    app.cleanup_ctx.extend([_store_context, _signaling_context, _limiter_context, _background_context])
 
     prefixes = {group.prefix for group in GROUPS}
     for endpoint in endpoints:
@@ -82,4 +94,5 @@ def create_app(settings: Settings) -> web.Application:
         if endpoint.path in prefixes:
             # A collection is reachable with and without the trailing slash.
             app.router.add_route(endpoint.method, endpoint.path + "/", handler)
+    app.router.add_get("/ws/signaling", signaling_socket, name="signaling")
     return app

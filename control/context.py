@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -11,6 +13,7 @@ from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.limits import RateLimiter
 from control.mail import Mailer
+from control.signaling.hub import Hub
 from control.store import Store
 from control.store.users import UserRecord
 
@@ -21,8 +24,18 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 MAILER = web.AppKey("mailer", Mailer)
 AVATARS = web.AppKey("avatars", AvatarStore)
 OPENAPI = web.AppKey("openapi", dict)
-# Work started by a request that must finish before shutdown (e.g. mails sent after answering).
-PENDING_MAILS = web.AppKey("pending_mails", set[asyncio.Task[None]])
+HUB = web.AppKey("hub", Hub)
+# Work a request starts that must finish even if the request ends first (mails sent after the
+# answer, a socket's cleanup after its peer vanished); awaited before shutdown.
+BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])
+
+
+def run_in_background(app: web.Application, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(work)
+    app[BACKGROUND].add(task)
+    task.add_done_callback(app[BACKGROUND].discard)
+    return task
+
 
 CURRENT_USER = web.RequestKey("current_user", UserRecord)
 

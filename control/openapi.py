@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -51,6 +51,8 @@ def _json_response(description: str, data: dict[str, Any], headers: dict[str, An
 def _data_schema(response: Any, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     if response is None:
         return {"type": "null"}
+    if get_origin(response) is list:
+        return {"type": "array", "items": refs[(get_args(response)[0], "serialization")]}
     return refs[(response, "serialization")]
 
 
@@ -124,10 +126,11 @@ def build_openapi(endpoints: Iterable[Endpoint], version: str) -> dict[str, Any]
     endpoints = list(endpoints)
     models: list[tuple[type[BaseModel], Any]] = []
     for endpoint in endpoints:
+        response = get_args(endpoint.response)[0] if get_origin(endpoint.response) is list else endpoint.response
         for model, mode in (
             (endpoint.body, "validation"),
             (endpoint.query, "validation"),
-            (endpoint.response, "serialization"),
+            (response, "serialization"),
         ):
             if model is not None and (model, mode) not in models:
                 models.append((model, mode))

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from control.auth.tokens import TokenCodec
-from control.context import PENDING_MAILS, SETTINGS, STORE, TOKENS
+from control.context import BACKGROUND, SETTINGS, STORE, TOKENS
 from control.store.schema import password_resets
 from tests.conftest import PASSWORD, Api
 
@@ -136,7 +136,7 @@ async def _reset_token(api: Api) -> str:
 
 
 async def _drain_mail(api: Api) -> None:
-    for task in list(api.app[PENDING_MAILS]):
+    for task in list(api.app[BACKGROUND]):
         await task
 
 

@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from control.context import PENDING_MAILS, SETTINGS
+from control.context import BACKGROUND, SETTINGS
 from tests.conftest import Api, SettingsFactory
 from tests.server_process import free_port
 
@@ -41,7 +41,7 @@ def mail_settings(port: int) -> dict[str, Any]:
 
 
 async def drain(api: Api) -> None:
-    for task in list(api.app[PENDING_MAILS]):
+    for task in list(api.app[BACKGROUND]):
         await task
 
 

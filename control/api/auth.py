@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -15,7 +14,7 @@ from control.api.schemas import Email, Nickname, Password, RequestModel, Session
 from control.auth.guard import TOKEN_CLAIMS
 from control.auth.passwords import hash_password, verify_password
 from control.auth.sessions import issue_tokens
-from control.context import MAILER, PENDING_MAILS, SETTINGS, STORE, current_user
+from control.context import MAILER, SETTINGS, STORE, current_user, run_in_background
 from control.endpoints import Access, EndpointGroup
 from control.envelope import utc_now
 from control.errors import ApiError, BusinessCode, bad_request, forbidden, unauthorized, user_not_found
@@ -144,9 +143,7 @@ async def refresh(request: web.Request) -> TokenPair:
 async def forgot_password(request: web.Request, body: ForgotPasswordIn) -> None:
     """Answers the same whether or not the address is known; the work happens in the
     background so the answer's timing tells nothing either."""
-    task = asyncio.get_running_loop().create_task(_send_reset_mail(request.app, body.email))
-    request.app[PENDING_MAILS].add(task)
-    task.add_done_callback(request.app[PENDING_MAILS].discard)
+    run_in_background(request.app, _send_reset_mail(request.app, body.email))
 
 
 async def _send_reset_mail(app: web.Application, email: str) -> None:

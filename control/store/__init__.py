@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from control.store.chat import ChatStore
 from control.store.engine import migrate, open_engine
+from control.store.meetings import MeetingStore, ParticipantStore
+from control.store.sessions import SessionStore
 from control.store.tokens import TokenStore
 from control.store.users import UserStore
 
@@ -16,6 +19,10 @@ class Store:
         self.engine = engine
         self.users = UserStore(engine)
         self.tokens = TokenStore(engine)
+        self.meetings = MeetingStore(engine)
+        self.participants = ParticipantStore(engine)
+        self.chat = ChatStore(engine)
+        self.sessions = SessionStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "") -> Store:

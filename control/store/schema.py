@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -12,7 +14,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    UniqueConstraint,
+    false,
     func,
+    true,
 )
 
 metadata = MetaData()
@@ -59,4 +65,70 @@ password_resets = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+meetings = Table(
+    "meetings",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("title", String(200), nullable=False),
+    Column("description", String(2000), nullable=False, server_default=""),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=True),
+    Column("max_participants", Integer, nullable=False),
+    Column("meeting_type", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("creator_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    Column("settings", JSON, nullable=False),
+    Column("password_hash", String(255), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+)
+Index("ix_meetings_status_start", meetings.c.status, meetings.c.start_time)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    Column("role", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("removed", Boolean, nullable=False, server_default=false()),
+    Column("audio", Boolean, nullable=False, server_default=true()),
+    Column("video", Boolean, nullable=False, server_default=true()),
+    Column("screen", Boolean, nullable=False, server_default=false()),
+    Column("joined_at", DateTime(timezone=True), nullable=True),
+    Column("left_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("meeting_id", "user_id", name="uq_participants_meeting_user"),
+)
+
+chat_messages = Table(
+    "chat_messages",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_chat_messages_meeting_id", chat_messages.c.meeting_id, chat_messages.c.id)
+
+signaling_sessions = Table(
+    "signaling_sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    Column("node_id", String(64), nullable=False),
+    Column("client_address", String(64), nullable=False),
+    Column("connected_at", DateTime(timezone=True), nullable=False),
+    Column("disconnected_at", DateTime(timezone=True), nullable=True),
+    Column("close_reason", String(200), nullable=True),
+    Column("messages_in", Integer, nullable=False, server_default="0"),
+    Column("messages_out", Integer, nullable=False, server_default="0"),
 )

@@ -1,0 +1,105 @@
+"""Meeting-room operations shared by the REST API and the signaling socket, so both paths apply
+the same checks and tell the room the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from control.context import HUB, STORE
+from control.envelope import iso_utc
+from control.errors import ApiError, BusinessCode, forbidden, not_found
+from control.signaling.hub import CLOSE_LEFT, CLOSE_MEETING_ENDED, SERVER, message
+from control.store.chat import ChatRecord
+from control.store.meetings import MeetingRecord, ParticipantRecord
+from control.store.users import UserRecord
+
+CHAT_MAX_LENGTH = 2000
+
+
+def meeting_not_found() -> ApiError:
+    return not_found("Meeting not found", BusinessCode.MEETING_NOT_FOUND)
+
+
+async def load_meeting(app: web.Application, meeting_id: int) -> MeetingRecord:
+    meeting = await app[STORE].meetings.get(meeting_id)
+    if meeting is None:
+        raise meeting_not_found()
+    return meeting
+
+
+async def require_member(app: web.Application, meeting: MeetingRecord, user: UserRecord) -> ParticipantRecord | None:
+    """The caller's participation; admins may look in without one, anyone else gets 403."""
+    participant = await app[STORE].participants.get(meeting.id, user.id)
+    if participant is not None and participant.is_member:
+        return participant
+    if user.is_admin:
+        return None
+    raise forbidden("Only the meeting's participants may do this")
+
+
+async def require_moderator(app: web.Application, meeting: MeetingRecord, user: UserRecord) -> ParticipantRecord:
+    participant = await app[STORE].participants.get(meeting.id, user.id)
+    if participant is None or not participant.can_moderate:
+        raise forbidden("Only the meeting's host or a moderator may do this")
+    return participant
+
+
+async def require_host(app: web.Application, meeting: MeetingRecord, user: UserRecord) -> ParticipantRecord | None:
+    """The meeting's host; its creator keeps these rights even after handing the role over."""
+    participant = await app[STORE].participants.get(meeting.id, user.id)
+    if user.id == meeting.creator_id or (participant is not None and participant.role == "host"):
+        return participant
+    raise forbidden("Only the meeting's host may do this")
+
+
+def media_state(participant: ParticipantRecord) -> dict[str, bool]:
+    return {"audio": participant.audio, "video": participant.video, "screen_share": participant.screen}
+
+
+def participant_view(participant: ParticipantRecord) -> dict[str, Any]:
+    return {
+        "participant_id": participant.id,
+        "meeting_id": participant.meeting_id,
+        "user_id": participant.user_id,
+        "username": participant.username,
+        "nickname": participant.nickname,
+        "role": participant.role,
+        "status": participant.status,
+        "joined_at": iso_utc(participant.joined_at) if participant.joined_at else None,
+        "media_state": media_state(participant),
+    }
+
+
+def chat_view(record: ChatRecord) -> dict[str, Any]:
+    return {
+        "message_id": record.id,
+        "meeting_id": record.meeting_id,
+        "user_id": record.user_id,
+        "username": record.username,
+        "text": record.text,
+        "created_at": iso_utc(record.created_at),
+    }
+
+
+async def post_chat(app: web.Application, meeting: MeetingRecord, user_id: int, text: str, source: str) -> ChatRecord:
+    record = await app[STORE].chat.add(meeting_id=meeting.id, user_id=user_id, text=text, source=source)
+    await app[HUB].broadcast(message("chat", meeting.id, user_id, chat_view(record)))
+    return record
+
+
+async def leave(app: web.Application, meeting_id: int, user_id: int, reason: str) -> None:
+    """The user is out of the room: offline, the others told, their sockets closed."""
+    await app[STORE].participants.update(meeting_id, user_id, status="offline")
+    await app[HUB].broadcast(message("user-left", meeting_id, user_id, {"user_id": user_id, "reason": reason}))
+    await app[HUB].close_user(meeting_id, user_id, CLOSE_LEFT, reason)
+
+
+async def close_room(app: web.Application, meeting_id: int, reason: str) -> None:
+    """Every socket of the room hears the meeting is over, then is closed."""
+    await app[HUB].close_user(meeting_id, None, CLOSE_MEETING_ENDED, reason)
+
+
+def server_message(kind: str, meeting_id: int, data: Any) -> dict[str, Any]:
+    return message(kind, meeting_id, SERVER, data)

@@ -1,0 +1,328 @@
+"""``/ws/signaling``: one socket per participant and meeting. The server sets every message's
+``from``; bad frames get an ``error`` message and the socket stays open, a flood closes it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from control.auth.guard import authenticate, bearer_token
+from control.context import HUB, SETTINGS, STORE, run_in_background
+from control.errors import ApiError, BusinessCode
+from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat
+from control.signaling.hub import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_FLOOD,
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHORIZED,
+    SERVER,
+    Connection,
+    message,
+)
+from control.store.meetings import MeetingRecord
+
+log = logging.getLogger("huiyi.signaling")
+
+HEARTBEAT_SECONDS = 10.0  # a dead peer is noticed after one missed pong: well within 30 s
+MESSAGE_MAX_BYTES = 64 * 1024  # larger messages are refused with an error, the socket kept
+FRAME_HARD_LIMIT = 1024 * 1024  # larger frames close the socket (protects memory)
+FLOOD_RATE = 20.0  # messages per second, sustained
+FLOOD_BURST = 40.0
+FLOOD_STRIKES = 20  # refused messages before the socket is cut off
+RELAYED = {"offer", "answer", "ice-candidate"}
+MEDIA_KEYS = {"audio": "audio", "video": "video", "screen_share": "screen"}
+
+
+class Refused(Exception):
+    """The socket cannot be admitted: told why with an ``error`` message, then closed."""
+
+    def __init__(self, close_code: int, code: int, text: str) -> None:
+        super().__init__(text)
+        self.close_code = close_code
+        self.code = code
+        self.text = text
+
+
+class FloodGate:
+    """Token bucket per socket: a client may burst, not stream messages at the server."""
+
+    def __init__(self) -> None:
+        self.tokens = FLOOD_BURST
+        self.stamp = time.monotonic()
+        self.strikes = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(FLOOD_BURST, self.tokens + (now - self.stamp) * FLOOD_RATE)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.strikes += 1
+        return False
+
+
+def _query_int(request: web.Request, name: str) -> int:
+    try:
+        value = int(request.query[name])
+    except (KeyError, ValueError):
+        raise Refused(CLOSE_BAD_REQUEST, 400, f"query parameter {name} (an integer) is required") from None
+    if not 0 < value < 2**63:
+        raise Refused(CLOSE_NOT_FOUND, 404, f"no such {name}")
+    return value
+
+
+async def _admit(request: web.Request, socket: web.WebSocketResponse) -> tuple[Connection, MeetingRecord]:
+    meeting_id = _query_int(request, "meeting_id")
+    user_id = _query_int(request, "user_id")
+    token = bearer_token(request) or request.query.get("token")
+    if not token:
+        raise Refused(CLOSE_UNAUTHORIZED, 401, "a token is required (Authorization header or token parameter)")
+    try:
+        user, _ = await authenticate(request, token, "access")
+    except ApiError as exc:
+        raise Refused(CLOSE_FORBIDDEN if exc.status == 403 else CLOSE_UNAUTHORIZED, exc.code, exc.message) from None
+    if user.id != user_id:
+        raise Refused(CLOSE_FORBIDDEN, 403, "user_id does not match the token")
+    store = request.app[STORE]
+    meeting = await store.meetings.get(meeting_id)
+    if meeting is None:
+        raise Refused(CLOSE_NOT_FOUND, BusinessCode.MEETING_NOT_FOUND, "meeting not found")
+    if meeting.is_over:
+        raise Refused(CLOSE_BAD_REQUEST, BusinessCode.MEETING_ENDED, f"meeting has already {meeting.status}")
+    participant = await store.participants.get(meeting_id, user_id)
+    if participant is None or participant.removed or participant.status == "offline":
+        raise Refused(CLOSE_FORBIDDEN, 403, "join the meeting first: POST /api/v1/meetings/{id}/join")
+    connection = Connection(
+        session_id=secrets.token_hex(16),
+        meeting_id=meeting_id,
+        user_id=user_id,
+        socket=socket,
+        admitted=participant.status == "online",
+    )
+    return connection, meeting
+
+
+class Session:
+    """The conversation on one admitted socket."""
+
+    def __init__(self, request: web.Request, connection: Connection, meeting: MeetingRecord) -> None:
+        self.app = request.app
+        self.connection = connection
+        self.meeting = meeting
+        self.gate = FloodGate()
+        connection.on_admit = self.enter_room
+
+    async def error(self, text: str, code: int = 400) -> None:
+        self.connection.send(message("error", self.meeting.id, SERVER, {"code": code, "message": text}))
+
+    async def enter_room(self) -> None:
+        """Answer ``join`` with the room's state and tell the others this user is here."""
+        store = self.app[STORE]
+        members = [p for p in await store.participants.list(self.meeting.id) if p.status == "online"]
+        me = next((p for p in members if p.user_id == self.connection.user_id), None)
+        if me is None:
+            await self.error("you are no longer in this meeting; join it again", 403)
+            return
+        self.connection.joined_room = True
+        self.connection.send(
+            message(
+                "join",
+                self.meeting.id,
+                SERVER,
+                {
+                    "session_id": self.connection.session_id,
+                    "self": participant_view(me),
+                    "participants": [participant_view(p) for p in members],
+                },
+            )
+        )
+        await self.app[HUB].broadcast(
+            message("user-joined", self.meeting.id, me.user_id, participant_view(me)),
+            skip_session=self.connection.session_id,
+        )
+
+    async def handle(self, raw: str) -> None:
+        if not self.gate.allow():
+            if self.gate.strikes > FLOOD_STRIKES:
+                await self.error("message flood; closing", 429)
+                self.connection.close(CLOSE_FLOOD, "message flood")
+            else:
+                await self.error("too many messages; slow down", 429)
+            return
+        if len(raw.encode()) > MESSAGE_MAX_BYTES:
+            await self.error(f"message larger than {MESSAGE_MAX_BYTES} bytes", 413)
+            return
+        try:
+            incoming = json.loads(raw)
+        except json.JSONDecodeError:
+            await self.error("message is not valid JSON")
+            return
+        if not isinstance(incoming, dict) or not isinstance(incoming.get("type"), str):
+            await self.error("message must be an object with a string type")
+            return
+        data = incoming.get("data", {})
+        if not isinstance(data, dict):
+            await self.error("data must be an object")
+            return
+        kind = incoming["type"]
+        if not self.connection.admitted and kind != "leave":
+            await self.error("waiting for a host or moderator to admit you", 403)
+            return
+        handler = getattr(self, "on_" + kind.replace("-", "_"), None) if kind in CLIENT_TYPES else None
+        if handler is None:
+            await self.error(f"unknown message type: {kind[:40]}")
+            return
+        await handler(incoming, data)
+
+    async def on_join(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
+        await self.enter_room()
+
+    async def on_leave(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
+        self.connection.joined_room = False
+        await leave(self.app, self.meeting.id, self.connection.user_id, "left the meeting")
+
+    async def relay(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
+        target = incoming.get("to")
+        if target is None:
+            await self.error("the media server is not available; address offers to a peer with 'to'", 503)
+            return
+        if not isinstance(target, int) or isinstance(target, bool):
+            await self.error("to must be a user id")
+            return
+        peer = await self.app[STORE].participants.get(self.meeting.id, target)
+        if peer is None or not peer.is_member or peer.status != "online":
+            await self.error(f"user {target} is not in this meeting", 404)
+            return
+        await self.app[HUB].broadcast(
+            message(incoming["type"], self.meeting.id, self.connection.user_id, data, to=target), to_user=target
+        )
+
+    on_offer = on_answer = on_ice_candidate = relay
+
+    async def on_chat(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
+        text = data.get("text")
+        if not isinstance(text, str) or not 0 < len(text) <= CHAT_MAX_LENGTH:
+            await self.error(f"chat needs data.text, 1 to {CHAT_MAX_LENGTH} characters")
+            return
+        meeting = await self.app[STORE].meetings.get(self.meeting.id)
+        if meeting is None or not meeting.settings.get("enable_chat", True):
+            await self.error("chat is disabled in this meeting", 403)
+            return
+        await post_chat(self.app, meeting, self.connection.user_id, text, "socket")
+
+    async def on_media_state(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
+        changes = {}
+        for key, column in MEDIA_KEYS.items():
+            if key in data:
+                if not isinstance(data[key], bool):
+                    await self.error(f"data.{key} must be true or false")
+                    return
+                changes[column] = data[key]
+        if not changes:
+            await self.error("media-state needs data.audio, data.video or data.screen_share")
+            return
+        meeting = await self.app[STORE].meetings.get(self.meeting.id)
+        if changes.get("screen") and meeting is not None and not meeting.settings.get("enable_screen_share", True):
+            await self.error("screen sharing is disabled in this meeting", 403)
+            return
+        updated = await self.app[STORE].participants.update(self.meeting.id, self.connection.user_id, **changes)
+        if updated is None:
+            return
+        await self.app[HUB].broadcast(
+            message(
+                "media-state",
+                self.meeting.id,
+                self.connection.user_id,
+                {"user_id": updated.user_id, "media_state": media_state(updated)},
+            )
+        )
+
+    async def finish(self, writer: asyncio.Task[None]) -> None:
+        """The socket is gone: if it was the user's last one in the room, they left it."""
+        app, connection = self.app, self.connection
+        connection.close(1000, connection.close_reason)  # no-op when a close is already queued
+        await writer
+        log.info("socket %s closed: %s", connection.session_id, connection.close_reason)
+        await app[HUB].remove(connection)
+        store = app[STORE]
+        await store.sessions.close(
+            connection.session_id, connection.close_reason, connection.messages_in, connection.messages_out
+        )
+        others = [s for s in await store.sessions.for_meeting(self.meeting.id, open_only=True)]
+        if any(s.user_id == connection.user_id for s in others):
+            return
+        participant = await store.participants.get(self.meeting.id, connection.user_id)
+        if participant is not None and participant.status == "online":
+            await store.participants.update(self.meeting.id, connection.user_id, status="offline")
+            if connection.joined_room:
+                await app[HUB].broadcast(
+                    message(
+                        "user-left",
+                        self.meeting.id,
+                        connection.user_id,
+                        {"user_id": connection.user_id, "reason": connection.close_reason},
+                    )
+                )
+
+
+CLIENT_TYPES = {"join", "leave", "offer", "answer", "ice-candidate", "chat", "media-state"}
+
+
+async def signaling_socket(request: web.Request) -> web.StreamResponse:
+    socket = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=FRAME_HARD_LIMIT)
+    if not socket.can_prepare(request).ok:
+        raise ApiError(400, "This endpoint expects a WebSocket upgrade")
+    await socket.prepare(request)
+    try:
+        connection, meeting = await _admit(request, socket)
+    except Refused as refused:
+        meeting_id = request.query.get("meeting_id", "")
+        await socket.send_json(
+            message(
+                "error",
+                int(meeting_id) if meeting_id.isdigit() and len(meeting_id) < 19 else 0,
+                SERVER,
+                {"code": refused.code, "message": refused.text},
+            )
+        )
+        await socket.close(code=refused.close_code, message=refused.text.encode()[:120])
+        return socket
+
+    session = Session(request, connection, meeting)
+    store = request.app[STORE]
+    await store.sessions.open(
+        session_id=connection.session_id,
+        meeting_id=meeting.id,
+        user_id=connection.user_id,
+        node_id=request.app[SETTINGS].node_id,
+        client_address=request.remote or "",
+    )
+    writer = asyncio.get_running_loop().create_task(connection.write())
+    await request.app[HUB].add(connection)
+    log.info("socket %s opened: user %s in meeting %s", connection.session_id, connection.user_id, meeting.id)
+    try:
+        async for frame in socket:
+            connection.messages_in += 1
+            if frame.type == WSMsgType.TEXT:
+                await session.handle(frame.data)
+                if connection.closing:
+                    break
+            elif frame.type == WSMsgType.BINARY:
+                await session.error("binary frames are not accepted; send JSON text")
+            elif frame.type == WSMsgType.ERROR:
+                connection.close_reason = f"socket error: {socket.exception()}"
+                break
+    finally:
+        if socket.close_code == 1009:
+            connection.close_reason = "frame too large"
+        # aiohttp cancels this handler when the peer vanishes; the room must hear of it anyway.
+        await asyncio.shield(run_in_background(request.app, session.finish(writer)))
+    return socket

@@ -1,0 +1,291 @@
+"""Meetings and their participants: the only module that reads or writes those two tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from control.envelope import utc_now
+from control.store.schema import meetings, participants, users
+
+ACTIVE_STATUSES = ("scheduled", "ongoing")
+
+
+@dataclass(frozen=True)
+class MeetingRecord:
+    id: int
+    title: str
+    description: str
+    start_time: datetime
+    end_time: datetime | None
+    max_participants: int
+    meeting_type: str
+    status: str
+    creator_id: int
+    settings: dict[str, bool]
+    password_hash: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+    @property
+    def is_over(self) -> bool:
+        return self.status not in ACTIVE_STATUSES
+
+
+@dataclass(frozen=True)
+class ParticipantRecord:
+    id: int
+    meeting_id: int
+    user_id: int
+    username: str
+    nickname: str
+    role: str
+    status: str
+    removed: bool
+    audio: bool
+    video: bool
+    screen: bool
+    joined_at: datetime | None
+
+    @property
+    def can_moderate(self) -> bool:
+        return self.role in {"host", "moderator"} and not self.removed
+
+    @property
+    def is_member(self) -> bool:
+        """In the meeting proper: not removed and not held in the waiting room."""
+        return not self.removed and self.status != "waiting"
+
+
+_PARTICIPANT_COLUMNS = (
+    participants.c.id,
+    participants.c.meeting_id,
+    participants.c.user_id,
+    users.c.username,
+    users.c.nickname,
+    participants.c.role,
+    participants.c.status,
+    participants.c.removed,
+    participants.c.audio,
+    participants.c.video,
+    participants.c.screen,
+    participants.c.joined_at,
+)
+
+
+def _participant_query() -> Select[Any]:
+    return select(*_PARTICIPANT_COLUMNS).join(users, users.c.id == participants.c.user_id)
+
+
+def _meeting(row: Any) -> MeetingRecord:
+    return MeetingRecord(**row._mapping)
+
+
+def _participant(row: Any) -> ParticipantRecord:
+    return ParticipantRecord(**row._mapping)
+
+
+class MeetingStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, *, creator_id: int, **fields: Any) -> MeetingRecord:
+        now = utc_now()
+        async with self._engine.begin() as connection:
+            row = (
+                await connection.execute(
+                    meetings.insert()
+                    .values(creator_id=creator_id, status="scheduled", created_at=now, updated_at=now, **fields)
+                    .returning(*meetings.c)
+                )
+            ).one()
+            await connection.execute(
+                participants.insert().values(
+                    meeting_id=row.id, user_id=creator_id, role="host", status="offline", created_at=now
+                )
+            )
+        return _meeting(row)
+
+    async def get(self, meeting_id: int) -> MeetingRecord | None:
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(select(meetings).where(meetings.c.id == meeting_id))).first()
+        return _meeting(row) if row else None
+
+    async def update(self, meeting_id: int, **fields: Any) -> MeetingRecord | None:
+        async with self._engine.begin() as connection:
+            row = (
+                await connection.execute(
+                    update(meetings)
+                    .where(meetings.c.id == meeting_id)
+                    .values(updated_at=utc_now(), **fields)
+                    .returning(*meetings.c)
+                )
+            ).first()
+        return _meeting(row) if row else None
+
+    async def transition(self, meeting_id: int, allowed_from: Iterable[str], **fields: Any) -> MeetingRecord | None:
+        """Change status only if it is still one of ``allowed_from`` (a concurrent end wins once)."""
+        async with self._engine.begin() as connection:
+            row = (
+                await connection.execute(
+                    update(meetings)
+                    .where(meetings.c.id == meeting_id, meetings.c.status.in_(list(allowed_from)))
+                    .values(updated_at=utc_now(), **fields)
+                    .returning(*meetings.c)
+                )
+            ).first()
+            if row is not None and row.status not in ACTIVE_STATUSES:
+                await connection.execute(
+                    update(participants)
+                    .where(participants.c.meeting_id == meeting_id, participants.c.status != "offline")
+                    .values(status="offline", left_at=utc_now())
+                )
+        return _meeting(row) if row else None
+
+    async def delete(self, meeting_id: int) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(delete(meetings).where(meetings.c.id == meeting_id))
+
+    async def search(
+        self,
+        *,
+        viewer_id: int | None,
+        page: int,
+        page_size: int,
+        statuses: Iterable[str] = (),
+        start_from: datetime | None = None,
+        start_to: datetime | None = None,
+        newest_first: bool = False,
+        order_by_end: bool = False,
+    ) -> tuple[list[MeetingRecord], int]:
+        """Meetings ``viewer_id`` created or takes part in (every meeting when None)."""
+        conditions = []
+        if viewer_id is not None:
+            member = exists().where(
+                participants.c.meeting_id == meetings.c.id,
+                participants.c.user_id == viewer_id,
+                participants.c.removed.is_(False),
+            )
+            conditions.append(or_(meetings.c.creator_id == viewer_id, member))
+        statuses = list(statuses)
+        if statuses:
+            conditions.append(meetings.c.status.in_(statuses))
+        if start_from is not None:
+            conditions.append(meetings.c.start_time >= start_from)
+        if start_to is not None:
+            conditions.append(meetings.c.start_time <= start_to)
+        where = and_(True, *conditions)
+        key = meetings.c.ended_at if order_by_end else meetings.c.start_time
+        order = (key.desc(), meetings.c.id.desc()) if newest_first else (key.asc(), meetings.c.id.asc())
+        rows_query = select(meetings).where(where).order_by(*order).limit(page_size).offset((page - 1) * page_size)
+        count_query = select(func.count()).select_from(meetings).where(where)
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(rows_query)).all()
+            total = int((await connection.execute(count_query)).scalar_one())
+        return [_meeting(row) for row in rows], total
+
+
+class ParticipantStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def get(self, meeting_id: int, user_id: int) -> ParticipantRecord | None:
+        query = _participant_query().where(participants.c.meeting_id == meeting_id, participants.c.user_id == user_id)
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(query)).first()
+        return _participant(row) if row else None
+
+    async def list(self, meeting_id: int) -> list[ParticipantRecord]:
+        query = (
+            _participant_query()
+            .where(participants.c.meeting_id == meeting_id, participants.c.removed.is_(False))
+            .order_by(participants.c.id)
+        )
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_participant(row) for row in rows]
+
+    async def _upsert(self, connection: AsyncConnection, meeting_id: int, user_id: int, **values: Any) -> None:
+        changed = await connection.execute(
+            update(participants)
+            .where(participants.c.meeting_id == meeting_id, participants.c.user_id == user_id)
+            .values(**values)
+        )
+        if changed.rowcount == 0:
+            await connection.execute(
+                participants.insert().values(meeting_id=meeting_id, user_id=user_id, created_at=utc_now(), **values)
+            )
+
+    async def join(
+        self, meeting: MeetingRecord, user_id: int, *, role: str, status: str, media: dict[str, bool]
+    ) -> ParticipantRecord | None:
+        """Enter the meeting unless it is full; None when ``max_participants`` are already online.
+        The meeting row is locked (PostgreSQL) so concurrent joins cannot overfill it."""
+        async with self._engine.begin() as connection:
+            await connection.execute(select(meetings.c.id).where(meetings.c.id == meeting.id).with_for_update())
+            if status == "online":
+                online = (
+                    await connection.execute(
+                        select(func.count())
+                        .select_from(participants)
+                        .where(
+                            participants.c.meeting_id == meeting.id,
+                            participants.c.status == "online",
+                            participants.c.user_id != user_id,
+                        )
+                    )
+                ).scalar_one()
+                if online >= meeting.max_participants:
+                    return None
+            values: dict[str, Any] = {"role": role, "status": status, "removed": False, **media}
+            if status == "online":
+                values["joined_at"] = utc_now()
+            await self._upsert(connection, meeting.id, user_id, **values)
+        return await self.get(meeting.id, user_id)
+
+    async def add(self, meeting_id: int, user_id: int, role: str) -> ParticipantRecord | None:
+        """Invite, re-admit or admit: a waiting user comes in online, others are invited offline."""
+        async with self._engine.begin() as connection:
+            current = (
+                await connection.execute(
+                    select(participants.c.status).where(
+                        participants.c.meeting_id == meeting_id, participants.c.user_id == user_id
+                    )
+                )
+            ).scalar_one_or_none()
+            status = "online" if current in {"waiting", "online"} else "offline"
+            values: dict[str, Any] = {"role": role, "status": status, "removed": False}
+            if current == "waiting":
+                values["joined_at"] = utc_now()
+            await self._upsert(connection, meeting_id, user_id, **values)
+        return await self.get(meeting_id, user_id)
+
+    async def update(self, meeting_id: int, user_id: int, **values: Any) -> ParticipantRecord | None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(participants)
+                .where(participants.c.meeting_id == meeting_id, participants.c.user_id == user_id)
+                .values(**values)
+            )
+        return await self.get(meeting_id, user_id)
+
+    async def hand_over_host(self, meeting_id: int, from_user: int, to_user: int) -> None:
+        """Exactly one host: the new host is promoted and the old one becomes a moderator at once."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(participants)
+                .where(participants.c.meeting_id == meeting_id, participants.c.user_id == from_user)
+                .values(role="moderator")
+            )
+            await connection.execute(
+                update(participants)
+                .where(participants.c.meeting_id == meeting_id, participants.c.user_id == to_user)
+                .values(role="host")
+            )

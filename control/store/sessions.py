@@ -1,0 +1,103 @@
+"""Signaling sessions: one row per socket, open until it disconnects, kept afterwards as history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from control.envelope import utc_now
+from control.store.schema import signaling_sessions
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    meeting_id: int
+    user_id: int
+    node_id: str
+    client_address: str
+    connected_at: datetime
+    disconnected_at: datetime | None
+    close_reason: str | None
+    messages_in: int
+    messages_out: int
+
+
+def _record(row: Any) -> SessionRecord:
+    return SessionRecord(**row._mapping)
+
+
+class SessionStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def open(self, *, session_id: str, meeting_id: int, user_id: int, node_id: str, client_address: str) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                signaling_sessions.insert().values(
+                    id=session_id,
+                    meeting_id=meeting_id,
+                    user_id=user_id,
+                    node_id=node_id,
+                    client_address=client_address,
+                    connected_at=utc_now(),
+                )
+            )
+
+    async def record_traffic(self, session_id: str, messages_in: int, messages_out: int) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(signaling_sessions)
+                .where(signaling_sessions.c.id == session_id)
+                .values(messages_in=messages_in, messages_out=messages_out)
+            )
+
+    async def close(self, session_id: str, reason: str, messages_in: int, messages_out: int) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(signaling_sessions)
+                .where(signaling_sessions.c.id == session_id, signaling_sessions.c.disconnected_at.is_(None))
+                .values(
+                    disconnected_at=utc_now(),
+                    close_reason=reason[:200],
+                    messages_in=messages_in,
+                    messages_out=messages_out,
+                )
+            )
+
+    async def close_node(self, node_id: str, reason: str) -> None:
+        """Sessions a node left open when it stopped (or crashed and restarted) are closed."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(signaling_sessions)
+                .where(signaling_sessions.c.node_id == node_id, signaling_sessions.c.disconnected_at.is_(None))
+                .values(disconnected_at=utc_now(), close_reason=reason)
+            )
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(select(signaling_sessions).where(signaling_sessions.c.id == session_id))
+            ).first()
+        return _record(row) if row else None
+
+    async def for_meeting(self, meeting_id: int, *, open_only: bool = False) -> list[SessionRecord]:
+        query = select(signaling_sessions).where(signaling_sessions.c.meeting_id == meeting_id)
+        if open_only:
+            query = query.where(signaling_sessions.c.disconnected_at.is_(None))
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query.order_by(signaling_sessions.c.connected_at))).all()
+        return [_record(row) for row in rows]
+
+    async def totals(self) -> tuple[int, int]:
+        """(open sessions, distinct users online) over every node."""
+        query = select(func.count(), func.count(func.distinct(signaling_sessions.c.user_id))).where(
+            signaling_sessions.c.disconnected_at.is_(None)
+        )
+        async with self._engine.connect() as connection:
+            sessions, online_users = (await connection.execute(query)).one()
+        return int(sessions), int(online_users)
