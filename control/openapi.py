@@ -107,9 +107,8 @@ def _operation(endpoint: Endpoint, refs: dict[Any, dict[str, Any]], schemas: dic
     else:
         success = _json_response("Success", _data_schema(endpoint.response, refs))
     error_data = {"description": "details, e.g. field errors under `errors`"}
-    statuses = set(endpoint.errors) | {429, 500}
-    if endpoint.body is not None or endpoint.query is not None:
-        statuses.add(400)
+    # Any call may break a business rule (400 with a business code), hit its limit or fail.
+    statuses = set(endpoint.errors) | {400, 429, 500}
     if endpoint.access is not Access.PUBLIC:
         statuses |= {401, 403}
     if endpoint.integer_params or endpoint.string_params:

@@ -80,5 +80,5 @@ def test_api_answers_inside_its_schema(fuzz_server: tuple[ServerProcess, str]) -
         except Exception as exc:
             failures.append(f"{operation.label}: {exc}")
         tested += 1
-    assert tested == 17
+    assert tested >= 30
     assert not failures, "\n\n".join(failures)
