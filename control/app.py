@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from aiohttp import web
 from config import Settings
 from control.api import GROUPS
 from control.api.meta import huiyi_version
+from control.api.sessions import STARTED
 from control.auth.guard import guard
 from control.auth.secret import load_signing_key
 from control.auth.tokens import TokenCodec
@@ -85,6 +87,7 @@ def create_app(settings: Settings) -> web.Application:
     app[AVATARS] = AvatarStore(data_dir / "avatars", settings.uploads.avatar_size_px)
     app[BACKGROUND] = set()
     app[OPENAPI] = build_openapi(endpoints, huiyi_version())
+    app[STARTED] = time.monotonic()
     app.cleanup_ctx.extend([_store_context, _signaling_context, _limiter_context, _background_context])
 
     prefixes = {group.prefix for group in GROUPS}

@@ -1,6 +1,14 @@
 """REST API v1, one module per area; ``GROUPS`` lists them for routing and the OpenAPI document."""
 
-from control.api import admin, auth, meetings, meta, users
+from control.api import admin, auth, meetings, meta, my, sessions, users
 from control.endpoints import EndpointGroup
 
-GROUPS: list[EndpointGroup] = [meta.group, auth.group, users.group, admin.group, meetings.group]
+GROUPS: list[EndpointGroup] = [
+    meta.group,
+    auth.group,
+    users.group,
+    admin.group,
+    meetings.group,
+    my.group,
+    sessions.group,
+]

@@ -8,6 +8,7 @@ from control.store.chat import ChatStore
 from control.store.engine import migrate, open_engine
 from control.store.meetings import MeetingStore, ParticipantStore
 from control.store.sessions import SessionStore
+from control.store.stats import StatsStore
 from control.store.tokens import TokenStore
 from control.store.users import UserStore
 
@@ -23,6 +24,7 @@ class Store:
         self.participants = ParticipantStore(engine)
         self.chat = ChatStore(engine)
         self.sessions = SessionStore(engine)
+        self.stats = StatsStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "") -> Store:

@@ -1,0 +1,68 @@
+"""/api/v1/my: the caller's own meetings, upcoming and past."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import Field
+
+from control.api.meetings import MeetingOut, MeetingPage
+from control.api.schemas import RequestModel
+from control.context import STORE, current_user
+from control.endpoints import Access, EndpointGroup
+from control.envelope import utc_now
+
+group = EndpointGroup("/api/v1/my", "my")
+
+
+class PageQuery(RequestModel):
+    page: int = Field(1, ge=1, le=1_000_000)
+    page_size: int = Field(20, ge=1, le=100)
+
+
+async def _page(request: web.Request, query: PageQuery, **criteria: object) -> MeetingPage:
+    items, total = await request.app[STORE].meetings.search(
+        viewer_id=current_user(request).id, page=query.page, page_size=query.page_size, **criteria
+    )
+    return MeetingPage(items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size)
+
+
+@group.route(
+    "GET",
+    "/meetings",
+    name="meetings",
+    summary="Meetings I created or take part in, by start time",
+    access=Access.USER,
+    limit="100/minute",
+    query=PageQuery,
+    response=MeetingPage,
+)
+async def my_meetings(request: web.Request, query: PageQuery) -> MeetingPage:
+    return await _page(request, query)
+
+
+@group.route(
+    "GET",
+    "/meetings/upcoming",
+    name="upcoming",
+    summary="My scheduled meetings still to come, soonest first",
+    access=Access.USER,
+    limit="100/minute",
+    query=PageQuery,
+    response=MeetingPage,
+)
+async def upcoming(request: web.Request, query: PageQuery) -> MeetingPage:
+    return await _page(request, query, statuses=["scheduled"], start_from=utc_now())
+
+
+@group.route(
+    "GET",
+    "/meetings/history",
+    name="history",
+    summary="My ended meetings, most recently ended first",
+    access=Access.USER,
+    limit="100/minute",
+    query=PageQuery,
+    response=MeetingPage,
+)
+async def history(request: web.Request, query: PageQuery) -> MeetingPage:
+    return await _page(request, query, statuses=["ended"], newest_first=True, order_by_end=True)
