@@ -1,0 +1,138 @@
+"""Two server processes sharing PostgreSQL and Redis behave as one deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
+from tests.server_process import ServerProcess, start_server
+
+PASSWORD = "two-nodes-123"
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
+    schema = await postgres_schema()
+    env = {
+        "HUIYI_DATABASE_SCHEMA": schema,
+        "HUIYI_AUTH_JWT_SECRET": uuid.uuid4().hex * 2,
+        "HUIYI_REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex}",
+    }
+    common = ["--database-url", POSTGRES_URL, "--redis-url", redis_url]
+    started: list[ServerProcess] = []
+    try:
+        for name in ("a", "b"):
+            started.append(
+                await asyncio.to_thread(
+                    start_server,
+                    *common,
+                    "--data-dir",
+                    str(tmp_path / name),
+                    log=tmp_path / f"{name}.log",
+                    env={**env, "HUIYI_SERVER_NODE_ID": f"node-{name}"},
+                )
+            )
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            server.stop()
+        await drop_schema(schema)
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kwargs: Any
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, url, headers=headers, **kwargs) as response:
+        return response.status, await response.json()
+
+
+async def next_of(socket: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    while True:
+        frame = await socket.receive(timeout=5)
+        assert frame.type == aiohttp.WSMsgType.TEXT, frame
+        incoming = json.loads(frame.data)
+        if incoming["type"] == kind:
+            return incoming
+
+
+async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = nodes
+    async with aiohttp.ClientSession() as http:
+        tokens: dict[str, str] = {}
+        ids: dict[str, int] = {}
+        for name, node in (("alice", a), ("bob", b)):
+            status, _ = await call(
+                http,
+                "POST",
+                node.url + "/api/v1/auth/register",
+                json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+            )
+            assert status == 201
+            # Logged in on the other node: one database, one signing key.
+            other = b if node is a else a
+            status, session = await call(
+                http, "POST", other.url + "/api/v1/auth/login", json={"username": name, "password": PASSWORD}
+            )
+            assert status == 200
+            tokens[name], ids[name] = session["data"]["access_token"], session["data"]["user"]["user_id"]
+
+        status, created = await call(
+            http, "POST", a.url + "/api/v1/meetings", tokens["alice"], json={"title": "Across nodes"}
+        )
+        meeting_id = created["data"]["meeting_id"]
+        await call(http, "POST", a.url + f"/api/v1/meetings/{meeting_id}/start", tokens["alice"])
+        for name, node in (("alice", a), ("bob", b)):
+            status, _ = await call(
+                http, "POST", node.url + f"/api/v1/meetings/{meeting_id}/join", tokens[name], json={}
+            )
+            assert status == 200
+
+        def socket_url(node: ServerProcess, name: str) -> str:
+            return node.url + f"/ws/signaling?meeting_id={meeting_id}&user_id={ids[name]}&token={tokens[name]}"
+
+        alice = await http.ws_connect(socket_url(a, "alice"))
+        bob = await http.ws_connect(socket_url(b, "bob"))
+        await alice.send_json({"type": "join", "data": {}})
+        await next_of(alice, "join")
+        await bob.send_json({"type": "join", "data": {}})
+        await next_of(bob, "join")
+        assert (await next_of(alice, "user-joined"))["from"] == ids["bob"]
+
+        await bob.send_json({"type": "chat", "data": {"text": "from node b"}})
+        assert (await next_of(alice, "chat"))["data"]["text"] == "from node b"
+        await alice.send_json({"type": "offer", "to": ids["bob"], "data": {"sdp": "v=0"}})
+        assert (await next_of(bob, "offer"))["from"] == ids["alice"]
+        await bob.send_json({"type": "media-state", "data": {"audio": False}})
+        assert (await next_of(alice, "media-state"))["data"]["media_state"]["audio"] is False
+
+        for node in (a, b):
+            status, overview = await call(http, "GET", node.url + "/api/v1/stats/overview", tokens["alice"])
+            assert status == 200 and overview["data"]["sessions"] == 2 and overview["data"]["online_users"] == 2
+        status, sessions = await call(http, "GET", b.url + f"/api/v1/sessions/room/{meeting_id}", tokens["bob"])
+        assert {s["node_id"] for s in sessions["data"]} == {"node-a", "node-b"}
+
+        # Rate-limit counters are shared: login allows 5 a minute per address, whichever node
+        # answers. Two logins above plus three here reach it; apart, neither node would.
+        refused = []
+        for attempt in range(6):
+            node = (a, b)[attempt % 2]
+            status, _ = await call(
+                http, "POST", node.url + "/api/v1/auth/login", json={"username": "alice", "password": "wrong-1"}
+            )
+            refused.append(status)
+        assert refused == [401, 401, 401, 429, 429, 429]
+
+        # Ending on node a closes bob's socket on node b.
+        await call(http, "POST", a.url + f"/api/v1/meetings/{meeting_id}/end", tokens["alice"])
+        assert (await next_of(bob, "user-left"))["data"]["reason"] == "meeting ended"
+        await alice.close()
+        await bob.close()
