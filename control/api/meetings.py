@@ -487,7 +487,7 @@ async def add_participant(request: web.Request, body: AddParticipantIn) -> Parti
         raise user_not_found()
     existing = await app[STORE].participants.get(meeting.id, target.id)
     if body.role == "host":
-        return await _change_role(request, meeting, caller, target.id, "host", existing)
+        return await _change_role(request, meeting, target.id, "host", existing)
     role = existing.role if existing and not existing.removed and existing.role != "participant" else body.role
     participant = await app[STORE].participants.add(meeting.id, target.id, role)
     assert participant is not None
@@ -524,7 +524,6 @@ async def remove_participant(request: web.Request) -> None:
 async def _change_role(
     request: web.Request,
     meeting: MeetingRecord,
-    caller: ParticipantRecord | None,
     user_id: int,
     role: str,
     target: ParticipantRecord | None,
@@ -564,11 +563,11 @@ async def _change_role(
 async def set_role(request: web.Request, body: RoleIn) -> ParticipantOut:
     app = request.app
     meeting = await _meeting(request)
-    caller = await require_host(app, meeting, current_user(request))
+    await require_host(app, meeting, current_user(request))
     _refuse_if_over(meeting)
     user_id = path_int(request, "user_id", user_not_found())
     target = await app[STORE].participants.get(meeting.id, user_id)
-    return await _change_role(request, meeting, caller, user_id, body.role, target)
+    return await _change_role(request, meeting, user_id, body.role, target)
 
 
 async def _chat_room(request: web.Request) -> MeetingRecord:
