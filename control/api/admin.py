@@ -6,10 +6,10 @@ import logging
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from control.api.auth import duplicate_error
-from control.api.schemas import Email, Nickname, RequestModel, UserOut
+from control.api.schemas import Email, Nickname, Page, RequestModel, UserOut
 from control.context import AVATARS, STORE, current_user
 from control.endpoints import Access, EndpointGroup, path_int
 from control.errors import bad_request, user_not_found
@@ -25,13 +25,6 @@ class UserListQuery(RequestModel):
     page_size: int = Field(20, ge=1, le=100)
     status: Literal["active", "banned", "deleted"] | None = None
     q: str | None = Field(None, min_length=1, max_length=100, description="matches username, email or nickname")
-
-
-class UserPage(BaseModel):
-    items: list[UserOut]
-    total: int
-    page: int
-    page_size: int
 
 
 class AdminUserUpdate(RequestModel):
@@ -74,14 +67,16 @@ async def _set_status(request: web.Request, status: str) -> UserOut:
     access=Access.ADMIN,
     limit="50/minute",
     query=UserListQuery,
-    response=UserPage,
+    response=Page[UserOut],
     errors=(400, 403),
 )
-async def list_users(request: web.Request, query: UserListQuery) -> UserPage:
+async def list_users(request: web.Request, query: UserListQuery) -> Page[UserOut]:
     items, total = await request.app[STORE].users.search(
         page=query.page, page_size=query.page_size, status=query.status, text=query.q
     )
-    return UserPage(items=[UserOut.of(user) for user in items], total=total, page=query.page, page_size=query.page_size)
+    return Page[UserOut](
+        items=[UserOut.of(user) for user in items], total=total, page=query.page, page_size=query.page_size
+    )
 
 
 @group.route(

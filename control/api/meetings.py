@@ -9,7 +9,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, NaiveDatetime, model_validator
 
-from control.api.schemas import RequestModel
+from control.api.schemas import Page, RequestModel
 from control.auth.passwords import hash_password, verify_password
 from control.context import HUB, STORE, current_user
 from control.endpoints import Access, EndpointGroup, path_int
@@ -138,13 +138,6 @@ class MeetingListQuery(RequestModel):
     start_to: Moment | None = None
 
 
-class MeetingPage(BaseModel):
-    items: list[MeetingOut]
-    total: int
-    page: int
-    page_size: int
-
-
 class MediaState(BaseModel):
     audio: bool
     video: bool
@@ -257,9 +250,9 @@ async def create_meeting(request: web.Request, body: MeetingCreate) -> MeetingOu
     access=Access.USER,
     limit="100/minute",
     query=MeetingListQuery,
-    response=MeetingPage,
+    response=Page[MeetingOut],
 )
-async def list_meetings(request: web.Request, query: MeetingListQuery) -> MeetingPage:
+async def list_meetings(request: web.Request, query: MeetingListQuery) -> Page[MeetingOut]:
     user = current_user(request)
     items, total = await request.app[STORE].meetings.search(
         viewer_id=None if user.is_admin else user.id,
@@ -269,7 +262,9 @@ async def list_meetings(request: web.Request, query: MeetingListQuery) -> Meetin
         start_from=as_utc(query.start_from),
         start_to=as_utc(query.start_to),
     )
-    return MeetingPage(items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size)
+    return Page[MeetingOut](
+        items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size
+    )
 
 
 @group.route(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import Field
 
-from control.api.meetings import MeetingOut, MeetingPage
-from control.api.schemas import RequestModel
+from control.api.meetings import MeetingOut
+from control.api.schemas import Page, RequestModel
 from control.context import STORE, current_user
 from control.endpoints import Access, EndpointGroup
 from control.envelope import utc_now
@@ -19,11 +19,13 @@ class PageQuery(RequestModel):
     page_size: int = Field(20, ge=1, le=100)
 
 
-async def _page(request: web.Request, query: PageQuery, **criteria: object) -> MeetingPage:
+async def _page(request: web.Request, query: PageQuery, **criteria: object) -> Page[MeetingOut]:
     items, total = await request.app[STORE].meetings.search(
         viewer_id=current_user(request).id, page=query.page, page_size=query.page_size, **criteria
     )
-    return MeetingPage(items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size)
+    return Page[MeetingOut](
+        items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size
+    )
 
 
 @group.route(
@@ -34,9 +36,9 @@ async def _page(request: web.Request, query: PageQuery, **criteria: object) -> M
     access=Access.USER,
     limit="100/minute",
     query=PageQuery,
-    response=MeetingPage,
+    response=Page[MeetingOut],
 )
-async def my_meetings(request: web.Request, query: PageQuery) -> MeetingPage:
+async def my_meetings(request: web.Request, query: PageQuery) -> Page[MeetingOut]:
     return await _page(request, query)
 
 
@@ -48,9 +50,9 @@ async def my_meetings(request: web.Request, query: PageQuery) -> MeetingPage:
     access=Access.USER,
     limit="100/minute",
     query=PageQuery,
-    response=MeetingPage,
+    response=Page[MeetingOut],
 )
-async def upcoming(request: web.Request, query: PageQuery) -> MeetingPage:
+async def upcoming(request: web.Request, query: PageQuery) -> Page[MeetingOut]:
     return await _page(request, query, statuses=["scheduled"], start_from=utc_now())
 
 
@@ -62,7 +64,7 @@ async def upcoming(request: web.Request, query: PageQuery) -> MeetingPage:
     access=Access.USER,
     limit="100/minute",
     query=PageQuery,
-    response=MeetingPage,
+    response=Page[MeetingOut],
 )
-async def history(request: web.Request, query: PageQuery) -> MeetingPage:
+async def history(request: web.Request, query: PageQuery) -> Page[MeetingOut]:
     return await _page(request, query, statuses=["ended"], newest_first=True, order_by_end=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
@@ -64,6 +64,18 @@ class UserOut(BaseModel):
             created_at=iso_utc(user.created_at),
             updated_at=iso_utc(user.updated_at),
         )
+
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """One page of a paginated list."""
+
+    items: list[Item]
+    total: int
+    page: int
+    page_size: int
 
 
 class TokenPair(BaseModel):
