@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control.store.chat import ChatStore
 from control.store.engine import migrate, open_engine
+from control.store.media import JobStore, MediaStore
 from control.store.meetings import MeetingStore, ParticipantStore
 from control.store.sessions import SessionStore
 from control.store.stats import StatsStore
@@ -25,6 +26,8 @@ class Store:
         self.chat = ChatStore(engine)
         self.sessions = SessionStore(engine)
         self.stats = StatsStore(engine)
+        self.media = MediaStore(engine)
+        self.jobs = JobStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "") -> Store:

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -131,4 +132,36 @@ signaling_sessions = Table(
     Column("close_reason", String(200), nullable=True),
     Column("messages_in", Integer, nullable=False, server_default="0"),
     Column("messages_out", Integer, nullable=False, server_default="0"),
+)
+
+media_files = Table(
+    "media_files",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("file_name", String(255), nullable=False),
+    Column("storage_key", String(128), nullable=False),
+    Column("file_type", String(16), nullable=False),
+    Column("mime_type", String(127), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("duration", Float, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("progress", Integer, nullable=False, server_default="0"),
+    Column("error", String(1000), nullable=True),
+    Column("result_file_ids", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
 )

@@ -1,0 +1,74 @@
+"""File storage behind an interface, with the local-disk backend of the embedded default.
+
+Files live under generated keys, never under names a client chose; a write goes to a temporary
+file first and is renamed into place only when complete, so a crash or a cut upload never leaves a
+half file where a finished one is expected."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterable
+from pathlib import Path
+from typing import Protocol
+
+
+class TooLarge(Exception):
+    """The stream went past the size cap; nothing was kept."""
+
+
+class Storage(Protocol):
+    async def save(self, chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[str, int]: ...
+
+    def local_path(self, key: str) -> Path: ...
+
+    def scratch_path(self, suffix: str) -> Path: ...
+
+    async def adopt(self, scratch: Path) -> tuple[str, int]: ...
+
+    async def delete(self, key: str) -> None: ...
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._scratch = root / ".scratch"
+
+    def _new_key(self) -> str:
+        return secrets.token_hex(16)
+
+    def local_path(self, key: str) -> Path:
+        if len(key) != 32 or any(char not in "0123456789abcdef" for char in key):
+            raise ValueError("not a storage key")
+        return self.root / key[:2] / key
+
+    def scratch_path(self, suffix: str) -> Path:
+        """A fresh path for a worker to write a result into before it is adopted."""
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        return self._scratch / f"{secrets.token_hex(16)}{suffix}"
+
+    async def save(self, chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[str, int]:
+        temporary = self.scratch_path(".part")
+        size = 0
+        try:
+            with temporary.open("wb") as handle:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge(f"larger than {max_bytes} bytes")
+                    await asyncio.to_thread(handle.write, chunk)
+            key, _ = await self.adopt(temporary)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return key, size
+
+    async def adopt(self, scratch: Path) -> tuple[str, int]:
+        key = self._new_key()
+        target = self.local_path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(os.replace, scratch, target)
+        return key, target.stat().st_size
+
+    async def delete(self, key: str) -> None:
+        self.local_path(key).unlink(missing_ok=True)
