@@ -119,5 +119,6 @@ def probe(path: Path) -> Probe:
         if found:
             return found
     raise UnsupportedMedia(
-        "unsupported or damaged file: accepted are video, audio, JPEG/PNG/GIF/WebP images, PDF, office documents and text"
+        "unsupported or damaged file: accepted are video, audio, JPEG/PNG/GIF/WebP images, "
+        "PDF, office documents and text"
     )
