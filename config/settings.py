@@ -79,6 +79,11 @@ class UploadSettings(_Section):
     avatar_size_px: int = Field(ge=16, le=2048)
 
 
+class MediaSettings(_Section):
+    max_upload_bytes: int = Field(gt=0)
+    job_workers: int = Field(ge=0, le=64)
+
+
 class RateLimitSettings(_Section):
     enabled: bool
     endpoints: dict[str, str] = Field(default_factory=dict)
@@ -91,6 +96,7 @@ class Settings(_Section):
     auth: AuthSettings
     mail: MailSettings
     uploads: UploadSettings
+    media: MediaSettings
     rate_limits: RateLimitSettings
 
     @property

@@ -18,14 +18,28 @@ from control.auth.secret import load_signing_key
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.bus import open_bus
-from control.context import AVATARS, BACKGROUND, HUB, LIMITER, MAILER, OPENAPI, SETTINGS, STORE, TOKENS
+from control.context import (
+    AVATARS,
+    BACKGROUND,
+    HUB,
+    JOBS,
+    LIMITER,
+    MAILER,
+    OPENAPI,
+    SETTINGS,
+    STORAGE,
+    STORE,
+    TOKENS,
+)
 from control.endpoints import Endpoint, bind
+from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
 from control.middleware import error_middleware, request_id_middleware
 from control.openapi import build_openapi
 from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
+from control.storage import LocalStorage
 from control.store import Store
 
 # Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
@@ -50,6 +64,13 @@ async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
     await app[HUB].start()
     yield
     await app[HUB].close()
+
+
+async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
+    app[JOBS] = JobRunner(app[STORE], app[STORAGE], app[SETTINGS].media.job_workers)
+    await app[JOBS].start()
+    yield
+    await app[JOBS].close()
 
 
 async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
@@ -88,7 +109,8 @@ def create_app(settings: Settings) -> web.Application:
     app[BACKGROUND] = set()
     app[OPENAPI] = build_openapi(endpoints, huiyi_version())
     app[STARTED] = time.monotonic()
-    app.cleanup_ctx.extend([_store_context, _signaling_context, _limiter_context, _background_context])
+    app[STORAGE] = LocalStorage(data_dir / "media")
+    app.cleanup_ctx.extend([_store_context, _signaling_context, _jobs_context, _limiter_context, _background_context])
 
     prefixes = {group.prefix for group in GROUPS}
     for endpoint in endpoints:

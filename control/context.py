@@ -11,9 +11,11 @@ from aiohttp import web
 from config import Settings
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
+from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
 from control.signaling.hub import Hub
+from control.storage import LocalStorage
 from control.store import Store
 from control.store.users import UserRecord
 
@@ -25,6 +27,8 @@ MAILER = web.AppKey("mailer", Mailer)
 AVATARS = web.AppKey("avatars", AvatarStore)
 OPENAPI = web.AppKey("openapi", dict)
 HUB = web.AppKey("hub", Hub)
+STORAGE = web.AppKey("storage", LocalStorage)
+JOBS = web.AppKey("jobs", JobRunner)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

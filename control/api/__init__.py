@@ -1,6 +1,6 @@
 """REST API v1, one module per area; ``GROUPS`` lists them for routing and the OpenAPI document."""
 
-from control.api import admin, auth, meetings, meta, my, sessions, users
+from control.api import admin, auth, ffmpeg, media, meetings, meta, my, sessions, users
 from control.endpoints import EndpointGroup
 
 GROUPS: list[EndpointGroup] = [
@@ -11,4 +11,6 @@ GROUPS: list[EndpointGroup] = [
     meetings.group,
     my.group,
     sessions.group,
+    media.group,
+    ffmpeg.group,
 ]

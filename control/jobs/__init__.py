@@ -1,0 +1,1 @@
+"""Asynchronous media (and later AI) jobs: queued in the database, run in worker processes."""

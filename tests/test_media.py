@@ -1,0 +1,368 @@
+"""/api/v1/media and /api/v1/ffmpeg with real media made in the test, results checked with PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from aiohttp import FormData
+from PIL import Image
+
+from control.context import STORAGE, STORE
+from media.samples import write_clip
+from tests.conftest import Account, Api
+
+JOB_DEADLINE = 90.0
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("samples")
+    made = {
+        "clip.mp4": write_clip(folder / "clip.mp4", seconds=2),
+        "small.webm": write_clip(folder / "small.webm", seconds=1, width=160, height=120),
+        "tone.wav": write_clip(folder / "tone.wav", seconds=1.5),
+    }
+    found = {name: path.read_bytes() for name, path in made.items()}
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 48), "teal").save(picture, format="PNG")
+    found["picture.png"] = picture.getvalue()
+    found["slides.pdf"] = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"
+    found["notes.txt"] = "agenda: 一, two, three\n".encode()
+    return found
+
+
+def form(data: bytes, name: str, **fields: Any) -> FormData:
+    body = FormData()
+    for key, value in fields.items():
+        body.add_field(key, str(value))
+    body.add_field("file", data, filename=name, content_type="application/octet-stream")
+    return body
+
+
+async def upload(api: Api, account: Account, data: bytes, name: str, **fields: Any) -> dict[str, Any]:
+    return await api.call("POST", "/api/v1/media/upload", token=account.access, data=form(data, name, **fields))
+
+
+async def uploaded(api: Api, account: Account, data: bytes, name: str, **fields: Any) -> dict[str, Any]:
+    body = await upload(api, account, data, name, **fields)
+    assert body["status"] == 201, body
+    return body["data"]
+
+
+async def finished(api: Api, account: Account, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + JOB_DEADLINE
+    while time.monotonic() < deadline:
+        body = await api.call("GET", f"/api/v1/ffmpeg/job/{job_id}/status", token=account.access, expect=200)
+        if body["data"]["status"] in {"succeeded", "failed", "cancelled"}:
+            return body["data"]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish within {JOB_DEADLINE} s")
+
+
+async def result_path(api: Api, job: dict[str, Any]) -> Path:
+    assert job["status"] == "succeeded", job
+    (file_id,) = job["result_file_ids"]
+    record = await api.app[STORE].media.get(file_id)
+    assert record is not None
+    return api.app[STORAGE].local_path(record.storage_key)
+
+
+def streams(path: Path) -> tuple[list[tuple[str, str, int | None, int | None]], float]:
+    with av.open(str(path)) as container:
+        found = [
+            (
+                s.type,
+                s.codec_context.name,
+                getattr(s.codec_context, "width", None),
+                getattr(s.codec_context, "height", None),
+            )
+            for s in container.streams
+        ]
+        return found, container.duration / av.time_base
+
+
+@pytest.mark.parametrize(
+    ("name", "file_type", "mime", "duration"),
+    [
+        ("clip.mp4", "video", "video/mp4", 2.0),
+        ("small.webm", "video", "video/webm", 1.0),
+        ("tone.wav", "audio", "audio/wav", 1.5),
+        ("picture.png", "image", "image/png", None),
+        ("slides.pdf", "document", "application/pdf", None),
+        ("notes.txt", "document", "text/plain", None),
+    ],
+)
+async def test_upload_detects_the_type_from_content(
+    api: Api, samples: dict[str, bytes], name: str, file_type: str, mime: str, duration: float | None
+) -> None:
+    owner = await api.account()
+    # The name and declared type say nothing true; the content decides.
+    data = await uploaded(api, owner, samples[name], "../../../etc/passwd.exe")
+    assert data["file_type"] == file_type and data["mime_type"] == mime
+    assert data["size"] == len(samples[name]) and data["user_id"] == owner.id
+    assert data["file_name"] == "passwd.exe"
+    assert (data["duration"] is None) == (duration is None)
+    if duration is not None:
+        assert abs(data["duration"] - duration) < 0.1
+
+
+async def test_download_whole_and_by_range(api: Api, samples: dict[str, bytes]) -> None:
+    owner = await api.account()
+    data = await uploaded(api, owner, samples["clip.mp4"], "Our clip (final).mp4")
+    whole = await api.client.get(data["file_url"], headers=owner.auth)
+    assert whole.status == 200 and await whole.read() == samples["clip.mp4"]
+    assert whole.headers["Content-Type"] == "video/mp4"
+    assert whole.headers["Content-Disposition"] == "attachment; filename*=UTF-8''Our%20clip%20%28final%29.mp4"
+    part = await api.client.get(data["file_url"], headers={**owner.auth, "Range": "bytes=100-199"})
+    assert part.status == 206 and await part.read() == samples["clip.mp4"][100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{len(samples['clip.mp4'])}"
+    tail = await api.client.get(data["file_url"], headers={**owner.auth, "Range": "bytes=-10"})
+    assert await tail.read() == samples["clip.mp4"][-10:]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"\x00\x01\x02garbage" * 100, 400),
+        (b"", 400),
+        ("truncated", 400),
+    ],
+)
+async def test_bad_uploads_fail_with_3001(api: Api, samples: dict[str, bytes], payload: Any, status: int) -> None:
+    owner = await api.account()
+    data = samples["clip.mp4"][:1500] if payload == "truncated" else payload
+    body = await upload(api, owner, data, "x.mp4")
+    assert body["status"] == status and body["code"] == 3001
+    listed = await api.call("GET", "/api/v1/media", token=owner.access)
+    assert listed["data"]["total"] == 0, "nothing half-stored is listed"
+    leftovers = [p for p in (api.app[STORAGE].root).rglob("*") if p.is_file()]
+    assert leftovers == [], "rejected bytes are not kept"
+
+
+async def test_upload_cap_and_missing_file(settings_factory: Any, make_api: Any, samples: dict[str, bytes]) -> None:
+    api: Api = await make_api(settings_factory(media={"max_upload_bytes": 10_000}))
+    owner = await api.account()
+    body = await upload(api, owner, samples["tone.wav"], "tone.wav")
+    assert body["status"] == 413 and body["code"] == 3001
+    no_file = FormData()
+    no_file.add_field("meeting_id", "1")
+    missing = await api.call("POST", "/api/v1/media/upload", token=owner.access, data=no_file)
+    assert missing["status"] == 400 and missing["code"] == 3001
+    assert [p for p in api.app[STORAGE].root.rglob("*") if p.is_file()] == []
+
+
+async def test_meeting_files_and_access(api: Api, samples: dict[str, bytes]) -> None:
+    owner, member, stranger = await api.account(), await api.account(), await api.account()
+    meeting = await api.call("POST", "/api/v1/meetings", token=owner.access, json={"title": "Files"})
+    meeting_id = meeting["data"]["meeting_id"]
+    await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=member.access, json={}, expect=200)
+
+    refused = await upload(api, stranger, samples["notes.txt"], "n.txt", meeting_id=meeting_id)
+    assert refused["status"] == 403
+    unknown = await upload(api, owner, samples["notes.txt"], "n.txt", meeting_id=999999)
+    assert unknown["status"] == 404 and unknown["code"] == 2001
+    impersonate = await upload(api, owner, samples["notes.txt"], "n.txt", user_id=stranger.id)
+    assert impersonate["status"] == 403
+
+    data = await uploaded(api, owner, samples["notes.txt"], "n.txt", meeting_id=meeting_id, user_id=owner.id)
+    assert data["meeting_id"] == meeting_id
+    file_id = data["file_id"]
+    listed = await api.call("GET", f"/api/v1/media?meeting_id={meeting_id}", token=member.access, expect=200)
+    assert [f["file_id"] for f in listed["data"]["items"]] == [file_id]
+    assert (await api.call("GET", f"/api/v1/media?meeting_id={meeting_id}", token=stranger.access))["status"] == 403
+    assert (await api.call("GET", "/api/v1/media", token=member.access))["data"]["total"] == 0
+    assert (await api.call("GET", "/api/v1/media?file_type=document", token=owner.access))["data"]["total"] == 1
+    assert (await api.call("GET", "/api/v1/media?file_type=video", token=owner.access))["data"]["total"] == 0
+
+    await api.call("GET", f"/api/v1/media/info/{file_id}", token=member.access, expect=200)
+    assert (await api.client.get(data["file_url"], headers=member.auth)).status == 200
+    for method, path in (("GET", f"/api/v1/media/info/{file_id}"), ("DELETE", f"/api/v1/media/{file_id}")):
+        assert (await api.call(method, path, token=stranger.access))["status"] == 403
+    assert (await api.call("GET", data["file_url"], token=stranger.access))["status"] == 403
+    assert (await api.call("DELETE", f"/api/v1/media/{file_id}", token=member.access))["status"] == 403
+
+    record = await api.app[STORE].media.get(file_id)
+    assert record is not None
+    stored = api.app[STORAGE].local_path(record.storage_key)
+    assert stored.is_file()
+    await api.call("DELETE", f"/api/v1/media/{file_id}", token=owner.access, expect=200)
+    assert not stored.exists(), "the bytes go with the record"
+    gone = await api.call("GET", f"/api/v1/media/info/{file_id}", token=owner.access)
+    assert gone["status"] == 404 and gone["code"] == 3002
+
+
+async def test_every_job_kind_runs_to_completion(api: Api, samples: dict[str, bytes]) -> None:
+    owner = await api.account()
+    clip = (await uploaded(api, owner, samples["clip.mp4"], "clip.mp4"))["file_id"]
+    small = (await uploaded(api, owner, samples["small.webm"], "small.webm"))["file_id"]
+    tone = (await uploaded(api, owner, samples["tone.wav"], "tone.wav"))["file_id"]
+
+    async def run(path: str, body: dict[str, Any]) -> Path:
+        started = await api.call("POST", path, token=owner.access, json=body, expect=201)
+        assert started["data"]["status"] == "queued" and started["data"]["progress"] == 0
+        job = await finished(api, owner, started["data"]["job_id"])
+        assert job["progress"] == 100 and job["finished_at"] is not None
+        return await result_path(api, job)
+
+    found, duration = streams(
+        await run("/api/v1/ffmpeg/transcode", {"file_id": clip, "format": "webm", "video_codec": "vp9", "width": 160})
+    )
+    assert found == [("video", "vp9", 160, 120), ("audio", "opus", None, None)] and abs(duration - 2) < 0.1
+    found, _ = streams(await run("/api/v1/ffmpeg/transcode", {"file_id": small, "format": "mp4", "height": 240}))
+    assert found == [("video", "h264", 320, 240), ("audio", "aac", None, None)]
+    found, duration = streams(await run("/api/v1/ffmpeg/extract-audio", {"file_id": clip, "format": "opus"}))
+    assert found == [("audio", "opus", None, None)] and abs(duration - 2) < 0.1
+    found, _ = streams(await run("/api/v1/ffmpeg/extract-audio", {"file_id": small, "format": "wav"}))
+    assert found == [("audio", "pcm_s16le", None, None)]
+    found, duration = streams(await run("/api/v1/ffmpeg/extract-video", {"file_id": clip}))
+    assert found == [("video", "h264", 320, 240)] and abs(duration - 2) < 0.1
+    found, duration = streams(await run("/api/v1/ffmpeg/merge", {"file_ids": [clip, small], "mode": "concat"}))
+    assert found == [("video", "h264", 320, 240), ("audio", "aac", None, None)] and abs(duration - 3) < 0.15
+    found, _ = streams(await run("/api/v1/ffmpeg/merge", {"file_ids": [clip, tone], "mode": "mux"}))
+    assert [kind for kind, *_ in found] == ["video", "audio"]
+    thumb = await run("/api/v1/ffmpeg/thumbnail", {"file_id": clip, "time": 1.0, "format": "png", "width": 100})
+    with Image.open(thumb) as image:
+        assert image.format == "PNG" and image.size == (100, 75)
+        # The moving square is yellow; at 1 s it has left the first frame's corner.
+        assert image.getpixel((2, 37))[2] < 100 or image.getpixel((50, 37)) != (0, 0, 0)
+    mine = await api.call("GET", "/api/v1/media?file_type=image", token=owner.access)
+    assert mine["data"]["items"][0]["mime_type"] == "image/png", "outputs become the caller's files"
+
+
+async def test_process_routes_to_the_same_jobs(api: Api, samples: dict[str, bytes]) -> None:
+    owner = await api.account()
+    clip = (await uploaded(api, owner, samples["clip.mp4"], "clip.mp4"))["file_id"]
+    started = await api.call(
+        "POST", "/api/v1/media/process", token=owner.access, json={"operation": "thumbnail", "file_id": clip}
+    )
+    assert started["status"] == 201 and started["data"]["kind"] == "thumbnail"
+    thumb = await result_path(api, await finished(api, owner, started["data"]["job_id"]))
+    with Image.open(thumb) as image:
+        assert image.format == "JPEG" and image.size == (320, 240)
+    unknown = await api.call("POST", "/api/v1/media/process", token=owner.access, json={"operation": "explode"})
+    assert unknown["status"] == 400
+    wrong = await api.call(
+        "POST", "/api/v1/media/process", token=owner.access, json={"operation": "transcode", "file_id": clip}
+    )
+    assert wrong["status"] == 400 and wrong["data"]["errors"][0]["field"] == "format"
+
+
+async def test_jobs_refuse_foreign_unknown_and_unsuitable_files(api: Api, samples: dict[str, bytes]) -> None:
+    owner, stranger = await api.account(), await api.account()
+    clip = (await uploaded(api, owner, samples["clip.mp4"], "clip.mp4"))["file_id"]
+    tone = (await uploaded(api, owner, samples["tone.wav"], "tone.wav"))["file_id"]
+    notes = (await uploaded(api, owner, samples["notes.txt"], "n.txt"))["file_id"]
+    foreign = await api.call("POST", "/api/v1/ffmpeg/extract-video", token=stranger.access, json={"file_id": clip})
+    assert foreign["status"] == 403
+    missing = await api.call("POST", "/api/v1/ffmpeg/extract-video", token=owner.access, json={"file_id": "0" * 32})
+    assert missing["status"] == 404 and missing["code"] == 3002
+    for path, body in (
+        ("/api/v1/ffmpeg/thumbnail", {"file_id": tone}),
+        ("/api/v1/ffmpeg/transcode", {"file_id": notes, "format": "mp4"}),
+        ("/api/v1/ffmpeg/transcode", {"file_id": clip, "format": "mp4", "video_codec": "vp9"}),
+        ("/api/v1/ffmpeg/merge", {"file_ids": [clip], "mode": "concat"}),
+        ("/api/v1/ffmpeg/merge", {"file_ids": [clip, tone, tone], "mode": "mux"}),
+        ("/api/v1/ffmpeg/transcode", {"file_id": "../../etc/passwd", "format": "mp4"}),
+    ):
+        assert (await api.call("POST", path, token=owner.access, json=body))["status"] == 400, body
+    job = await api.call("POST", "/api/v1/ffmpeg/extract-video", token=owner.access, json={"file_id": clip})
+    peek = await api.call("GET", f"/api/v1/ffmpeg/job/{job['data']['job_id']}/status", token=stranger.access)
+    assert peek["status"] == 404
+    await finished(api, owner, job["data"]["job_id"])
+
+
+async def test_corrupt_input_fails_the_job_not_the_worker(api: Api, samples: dict[str, bytes]) -> None:
+    owner = await api.account()
+    clip = await uploaded(api, owner, samples["clip.mp4"], "clip.mp4")
+    record = await api.app[STORE].media.get(clip["file_id"])
+    assert record is not None
+    stored = api.app[STORAGE].local_path(record.storage_key)
+    stored.write_bytes(samples["clip.mp4"][:800] + b"\xde\xad" * 5000)  # damaged on disk after upload
+    started = await api.call(
+        "POST", "/api/v1/ffmpeg/transcode", token=owner.access, json={"file_id": clip["file_id"], "format": "webm"}
+    )
+    job = await finished(api, owner, started["data"]["job_id"])
+    assert job["status"] == "failed" and job["error"] and "input" in job["error"]
+    good = await uploaded(api, owner, samples["small.webm"], "small.webm")
+    again = await api.call(
+        "POST", "/api/v1/ffmpeg/extract-audio", token=owner.access, json={"file_id": good["file_id"]}
+    )
+    assert (await finished(api, owner, again["data"]["job_id"]))["status"] == "succeeded"
+
+
+async def test_unfinished_jobs_resume_after_a_restart(
+    settings_factory: Any, make_api: Any, samples: dict[str, bytes]
+) -> None:
+    settings = settings_factory()
+    first: Api = await make_api(settings)
+    owner = await first.account()
+    clip = await uploaded(first, owner, samples["small.webm"], "small.webm")
+    store = first.app[STORE]
+    interrupted = await store.jobs.add(
+        job_id="a" * 32,
+        user_id=owner.id,
+        kind="extract-audio",
+        params={"format": "wav", "inputs": [clip["file_id"]], "meeting_id": None},
+    )
+    await store.jobs.update(interrupted.id, status="running", attempts=1, progress=40)
+    waiting = await store.jobs.add(
+        job_id="b" * 32,
+        user_id=owner.id,
+        kind="thumbnail",
+        params={"inputs": [clip["file_id"]], "meeting_id": None},
+    )
+    hopeless = await store.jobs.add(
+        job_id="c" * 32, user_id=owner.id, kind="thumbnail", params={"inputs": [clip["file_id"]], "meeting_id": None}
+    )
+    await store.jobs.update(hopeless.id, status="running", attempts=2)
+
+    second: Api = await make_api(settings)
+    for job_id in (interrupted.id, waiting.id):
+        assert (await finished(second, owner, job_id))["status"] == "succeeded"
+    gave_up = await finished(second, owner, hopeless.id)
+    assert gave_up["status"] == "failed" and "restart" in gave_up["error"]
+
+
+async def test_api_stays_responsive_while_transcoding(api: Api, tmp_path: Path) -> None:
+    owner = await api.account()
+    long_clip = write_clip(tmp_path / "long.mp4", seconds=20, width=640, height=360).read_bytes()
+    clip = await uploaded(api, owner, long_clip, "long.mp4")
+
+    async def latencies(count: int) -> list[float]:
+        measured = []
+        for _ in range(count):
+            started = time.perf_counter()
+            await api.call("GET", "/api/v1/users/profile", token=owner.access, expect=200)
+            measured.append(time.perf_counter() - started)
+        return measured
+
+    idle = statistics.median(await latencies(30))
+    job = await api.call(
+        "POST",
+        "/api/v1/ffmpeg/transcode",
+        token=owner.access,
+        json={"file_id": clip["file_id"], "format": "webm", "video_codec": "vp9"},
+    )
+    busy_samples: list[float] = []
+    while True:
+        status = await api.call("GET", f"/api/v1/ffmpeg/job/{job['data']['job_id']}/status", token=owner.access)
+        if status["data"]["status"] != "queued":
+            break
+        await asyncio.sleep(0.05)
+    while (await api.call("GET", f"/api/v1/ffmpeg/job/{job['data']['job_id']}/status", token=owner.access))["data"][
+        "status"
+    ] == "running":
+        busy_samples += await latencies(10)
+    assert len(busy_samples) >= 20, "the transcode ended before the API could be measured under load"
+    busy = statistics.median(busy_samples)
+    # The work is in another process: requests may slow as the two share the machine's cores,
+    # never by the job's length (a blocked loop would answer only when the job is over).
+    assert busy < max(5 * idle, idle + 0.05), (idle, busy)
+    assert (await finished(api, owner, job["data"]["job_id"]))["status"] == "succeeded"
