@@ -110,7 +110,8 @@ def _operation(endpoint: Endpoint, refs: dict[Any, dict[str, Any]], schemas: dic
     # Any call may break a business rule (400 with a business code), hit its limit or fail.
     statuses = set(endpoint.errors) | {400, 429, 500}
     if endpoint.access is not Access.PUBLIC:
-        statuses |= {401, 403}
+        # Bodies and queries name resources too (a meeting, a file), which may not exist.
+        statuses |= {401, 403, 404}
     if endpoint.integer_params or endpoint.string_params:
         statuses.add(404)
     responses: dict[str, Any] = {str(endpoint.status): success}
