@@ -402,7 +402,7 @@ async def join_meeting(request: web.Request, body: JoinIn) -> JoinOut:
     existing = await app[STORE].participants.get(meeting.id, user.id)
     if existing is not None and existing.removed:
         raise forbidden("You were removed from this meeting; a host or moderator must add you again")
-    invited = existing is not None
+    invited = existing is not None and (existing.invited or existing.role != "participant")
     if (
         meeting.password_hash
         and not invited
@@ -481,13 +481,17 @@ async def add_participant(request: web.Request, body: AddParticipantIn) -> Parti
     if target is None or target.status != "active":
         raise user_not_found()
     existing = await app[STORE].participants.get(meeting.id, target.id)
-    if body.role == "host":
-        return await _change_role(request, meeting, target.id, "host", existing)
-    role = existing.role if existing and not existing.removed and existing.role != "participant" else body.role
-    participant = await app[STORE].participants.add(meeting.id, target.id, role)
-    assert participant is not None
+    keep_role = existing is not None and not existing.removed and existing.role != "participant"
+    participant = await app[STORE].participants.add(
+        meeting.id, target.id, existing.role if keep_role and existing else "participant"
+    )
     if existing is not None and existing.status == "waiting":
         await app[HUB].admit(meeting.id, target.id)
+    if body.role == "host":
+        return await _change_role(request, meeting, target.id, "host", participant)
+    if body.role == "moderator" and not keep_role:
+        participant = await app[STORE].participants.update(meeting.id, target.id, role="moderator")
+    assert participant is not None
     return ParticipantOut.of(participant)
 
 

@@ -49,6 +49,7 @@ class ParticipantRecord:
     role: str
     status: str
     removed: bool
+    invited: bool
     audio: bool
     video: bool
     screen: bool
@@ -73,6 +74,7 @@ _PARTICIPANT_COLUMNS = (
     participants.c.role,
     participants.c.status,
     participants.c.removed,
+    participants.c.invited,
     participants.c.audio,
     participants.c.video,
     participants.c.screen,
@@ -108,7 +110,7 @@ class MeetingStore:
             ).one()
             await connection.execute(
                 participants.insert().values(
-                    meeting_id=row.id, user_id=creator_id, role="host", status="offline", created_at=now
+                    meeting_id=row.id, user_id=creator_id, role="host", status="offline", invited=True, created_at=now
                 )
             )
         return _meeting(row)
@@ -261,7 +263,7 @@ class ParticipantStore:
                 )
             ).scalar_one_or_none()
             status = "online" if current in {"waiting", "online"} else "offline"
-            values: dict[str, Any] = {"role": role, "status": status, "removed": False}
+            values: dict[str, Any] = {"role": role, "status": status, "removed": False, "invited": True}
             if current == "waiting":
                 values["joined_at"] = utc_now()
             await self._upsert(connection, meeting_id, user_id, **values)

@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("removed", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("invited", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("audio", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("video", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("screen", sa.Boolean(), server_default=sa.false(), nullable=False),
