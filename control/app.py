@@ -66,6 +66,11 @@ async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
     await app[HUB].close()
 
 
+async def _close_sockets(app: web.Application) -> None:
+    """aiohttp waits for open handlers before cleanup; sockets would hold shutdown up until then."""
+    app[HUB].disconnect_all()
+
+
 async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
     app[JOBS] = JobRunner(app[STORE], app[STORAGE], app[SETTINGS].media.job_workers)
     await app[JOBS].start()
@@ -110,7 +115,9 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI] = build_openapi(endpoints, huiyi_version())
     app[STARTED] = time.monotonic()
     app[STORAGE] = LocalStorage(data_dir / "media")
-    app.cleanup_ctx.extend([_store_context, _signaling_context, _jobs_context, _limiter_context, _background_context])
+    # Closed in reverse: sockets and jobs stop first, then their cleanups are awaited while the
+    # store is still open.
+    app.cleanup_ctx.extend([_store_context, _background_context, _signaling_context, _jobs_context, _limiter_context])
 
     prefixes = {group.prefix for group in GROUPS}
     for endpoint in endpoints:
@@ -120,4 +127,5 @@ def create_app(settings: Settings) -> web.Application:
             # A collection is reachable with and without the trailing slash.
             app.router.add_route(endpoint.method, endpoint.path + "/", handler)
     app.router.add_get("/ws/signaling", signaling_socket, name="signaling")
+    app.on_shutdown.append(_close_sockets)
     return app

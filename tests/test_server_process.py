@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
@@ -115,3 +118,37 @@ def test_bad_configuration_stops_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2 and "server.port" in result.stderr
     result = run_cli("--data-dir", str(tmp_path), "--database-url", "mysql://x")
     assert result.returncode == 2 and "unsupported database URL" in result.stderr
+
+
+async def test_stopping_with_open_sockets_is_clean(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    log = tmp_path / "server.log"
+    server = await asyncio.to_thread(
+        start_server, "--data-dir", str(data_dir), log=log, env={"HUIYI_RATE_LIMITS": "off"}
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            account = {"username": "stayer", "email": "stayer@example.com", "password": "stay-put-123"}
+            await http.post(server.url + "/api/v1/auth/register", json=account)
+            async with http.post(
+                server.url + "/api/v1/auth/login",
+                json={"username": account["username"], "password": account["password"]},
+            ) as response:
+                session = (await response.json())["data"]
+            headers = {"Authorization": "Bearer " + session["access_token"]}
+            async with http.post(server.url + "/api/v1/meetings", json={"title": "t"}, headers=headers) as response:
+                meeting_id = (await response.json())["data"]["meeting_id"]
+            await http.post(server.url + f"/api/v1/meetings/{meeting_id}/join", json={}, headers=headers)
+            query = f"meeting_id={meeting_id}&user_id={session['user']['user_id']}&token={session['access_token']}"
+            socket = await http.ws_connect(server.url + "/ws/signaling?" + query)
+            await socket.send_json({"type": "join", "data": {}})
+            assert (await socket.receive_json(timeout=5))["type"] == "join"
+            assert await asyncio.to_thread(server.stop) == 0
+            closing = await socket.receive(timeout=5)
+            assert closing.type in {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING}
+    finally:
+        server.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()
+    with sqlite3.connect(data_dir / "huiyi.db") as database:
+        rows = database.execute("SELECT disconnected_at, close_reason FROM signaling_sessions").fetchall()
+    assert len(rows) == 1 and rows[0][0] is not None, rows

@@ -186,7 +186,11 @@ class Hub:
                 if connection.on_admit is not None:
                     await connection.on_admit()
 
-    async def close(self) -> None:
+    def disconnect_all(self) -> None:
+        """Going away: every socket is told (1001) so clients reconnect elsewhere."""
         for connection in [c for room in self.rooms.values() for c in room]:
             connection.close(1001, "server shutting down")
+
+    async def close(self) -> None:
+        self.disconnect_all()
         await self.bus.close()
