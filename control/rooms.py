@@ -10,7 +10,7 @@ from aiohttp import web
 from control.context import HUB, STORE
 from control.envelope import iso_utc
 from control.errors import ApiError, BusinessCode, forbidden, not_found
-from control.signaling.hub import CLOSE_LEFT, CLOSE_MEETING_ENDED, SERVER, message
+from control.signaling.hub import CLOSE_LEFT, CLOSE_MEETING_ENDED, message
 from control.store.chat import ChatRecord
 from control.store.meetings import MeetingRecord, ParticipantRecord
 from control.store.users import UserRecord
@@ -99,7 +99,3 @@ async def leave(app: web.Application, meeting_id: int, user_id: int, reason: str
 async def close_room(app: web.Application, meeting_id: int, reason: str) -> None:
     """Every socket of the room hears the meeting is over, then is closed."""
     await app[HUB].close_user(meeting_id, None, CLOSE_MEETING_ENDED, reason)
-
-
-def server_message(kind: str, meeting_id: int, data: Any) -> dict[str, Any]:
-    return message(kind, meeting_id, SERVER, data)

@@ -118,7 +118,6 @@ class Hub:
         self.bus = bus
         self.node_id = node_id
         self.rooms: dict[int, set[Connection]] = defaultdict(set)
-        self.messages_relayed = 0
 
     async def start(self) -> None:
         await self.bus.start(self._on_bus)
@@ -170,7 +169,6 @@ class Hub:
                     continue
                 if event.get("to_user") is not None and event["to_user"] != connection.user_id:
                     continue
-                self.messages_relayed += 1
                 connection.send(event["payload"])
             elif kind == "close" and event.get("user_id") in (None, connection.user_id):
                 if event["code"] == CLOSE_MEETING_ENDED:

@@ -36,7 +36,6 @@ FRAME_HARD_LIMIT = 1024 * 1024  # larger frames close the socket (protects memor
 FLOOD_RATE = 20.0  # messages per second, sustained
 FLOOD_BURST = 40.0
 FLOOD_STRIKES = 20  # refused messages before the socket is cut off
-RELAYED = {"offer", "answer", "ice-candidate"}
 MEDIA_KEYS = {"audio": "audio", "video": "video", "screen_share": "screen"}
 
 

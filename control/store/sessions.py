@@ -48,14 +48,6 @@ class SessionStore:
                 )
             )
 
-    async def record_traffic(self, session_id: str, messages_in: int, messages_out: int) -> None:
-        async with self._engine.begin() as connection:
-            await connection.execute(
-                update(signaling_sessions)
-                .where(signaling_sessions.c.id == session_id)
-                .values(messages_in=messages_in, messages_out=messages_out)
-            )
-
     async def close(self, session_id: str, reason: str, messages_in: int, messages_out: int) -> None:
         async with self._engine.begin() as connection:
             await connection.execute(

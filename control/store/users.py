@@ -141,11 +141,6 @@ class UserStore:
             status="deleted",
         )
 
-    async def count_admins(self) -> int:
-        query = select(func.count()).select_from(users).where(users.c.role == "admin", users.c.status == "active")
-        async with self._engine.connect() as connection:
-            return int((await connection.execute(query)).scalar_one())
-
     async def search(
         self, *, page: int, page_size: int, status: str | None, text: str | None
     ) -> tuple[list[UserRecord], int]:
