@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from yarl import URL
 
 from control.envelope import REQUEST_ID_KEY, envelope, request_id_from
 from control.errors import ApiError
@@ -55,6 +56,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return envelope(request, None, status=500, message="Internal server error")
 
 
+SECRET_PARAMETERS = {"token", "access_token"}
+
+
+def loggable_url(url: URL) -> str:
+    """The URL as logged: tokens passed in the query (browsers' sockets do) are masked."""
+    if not SECRET_PARAMETERS & set(url.query):
+        return str(url)
+    masked = [(key, "***" if key in SECRET_PARAMETERS else value) for key, value in url.query.items()]
+    return str(url.with_query(masked))
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request with the request id, so an operator can follow a client's report."""
 
@@ -63,7 +75,7 @@ class AccessLogger(AbstractAccessLogger):
             '%s "%s %s" %s %s %.1fms request_id=%s',
             request.remote,
             request.method,
-            request.rel_url,
+            loggable_url(request.rel_url),
             response.status,
             response.body_length,
             time * 1000,

@@ -152,3 +152,15 @@ async def test_stopping_with_open_sockets_is_clean(tmp_path: Path) -> None:
     with sqlite3.connect(data_dir / "huiyi.db") as database:
         rows = database.execute("SELECT disconnected_at, close_reason FROM signaling_sessions").fetchall()
     assert len(rows) == 1 and rows[0][0] is not None, rows
+
+
+def test_socket_tokens_never_reach_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    server = start_server("--data-dir", str(tmp_path / "data"), log=log, env={"HUIYI_RATE_LIMITS": "off"})
+    try:
+        secret = "eyJhbGciOiJIUzI1NiJ9.secret-part.signature"
+        request("GET", server.url + f"/ws/signaling?meeting_id=1&user_id=1&token={secret}")
+    finally:
+        server.stop()
+    text = log.read_text()
+    assert "/ws/signaling?meeting_id=1&user_id=1&token=***" in text and "secret-part" not in text
