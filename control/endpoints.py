@@ -129,6 +129,8 @@ async def parse_json_body(request: web.Request, model: type[BaseModel]) -> BaseM
         document = json.loads(raw) if raw.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise bad_request("Request body is not valid JSON") from None
+    except RecursionError:
+        raise bad_request("Request body is nested too deeply") from None
     if not isinstance(document, dict):
         raise bad_request("Request body must be a JSON object")
     try:

@@ -96,3 +96,33 @@ async def test_openapi_lists_every_endpoint(api: Api) -> None:
     register_schema = document["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
     assert set(register_schema["required"]) == {"username", "email", "password"}
     assert register["x-rate-limit"] == "5/minute"
+
+
+async def test_pathological_input_is_400_not_500(api: Api) -> None:
+    account = await api.account()
+    nested = await api.call(
+        "POST",
+        "/api/v1/meetings",
+        token=account.access,
+        data=b"[" * 100_000,
+        headers={"Content-Type": "application/json"},
+    )
+    assert nested["status"] == 400 and "nested" in nested["message"]
+    for moment in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
+        created = await api.call(
+            "POST", "/api/v1/meetings", token=account.access, json={"title": "x", "start_time": moment}
+        )
+        assert created["status"] == 400 and created["data"]["errors"][0]["field"] == "start_time"
+        listed = await api.call("GET", "/api/v1/meetings", token=account.access, params={"start_from": moment})
+        assert listed["status"] == 400
+    far = await api.call(
+        "POST", "/api/v1/meetings", token=account.access, json={"title": "x", "start_time": "9999-12-31T10:00:00Z"}
+    )
+    assert far["status"] == 201 and far["data"]["start_time"] == "9999-12-31T10:00:00Z"
+    moved = await api.call(
+        "PUT",
+        f"/api/v1/meetings/{far['data']['meeting_id']}",
+        token=account.access,
+        json={"end_time": "9999-12-31T09:00:00Z"},
+    )
+    assert moved["status"] == 400 and "end_time" in moved["message"]

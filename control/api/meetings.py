@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, NaiveDatetime, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, NaiveDatetime, model_validator
 
 from control.api.schemas import Page, RequestModel
 from control.auth.passwords import hash_password, verify_password
@@ -37,7 +37,16 @@ group = EndpointGroup("/api/v1/meetings", "meetings")
 MEETING_ID = r"{meeting_id:\d+}"
 USER_ID = r"{user_id:\d+}"
 
-Moment = AwareDatetime | NaiveDatetime
+
+def _in_utc(moment: datetime) -> datetime:
+    """Times without a zone are taken as UTC; all are stored in UTC."""
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date is out of range once converted to UTC") from None
+
+
+Moment = Annotated[AwareDatetime | NaiveDatetime, AfterValidator(_in_utc)]
 Role = Literal["host", "moderator", "participant"]
 DEFAULT_SETTINGS = {
     "enable_recording": False,
@@ -46,13 +55,6 @@ DEFAULT_SETTINGS = {
     "enable_waiting_room": False,
     "mute_on_join": False,
 }
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """Times without a zone are taken as UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class SettingsPatch(RequestModel):
@@ -82,8 +84,7 @@ class MeetingFields(RequestModel):
 
     @model_validator(mode="after")
     def _ends_after_start(self) -> MeetingFields:
-        start, end = as_utc(self.start_time), as_utc(self.end_time)
-        if start is not None and end is not None and end <= start:
+        if self.start_time is not None and self.end_time is not None and self.end_time <= self.start_time:
             raise ValueError("end_time must be after start_time")
         return self
 
@@ -231,8 +232,8 @@ async def create_meeting(request: web.Request, body: MeetingCreate) -> MeetingOu
         creator_id=user.id,
         title=body.title,
         description=body.description or "",
-        start_time=as_utc(body.start_time) or utc_now(),
-        end_time=as_utc(body.end_time),
+        start_time=body.start_time or utc_now(),
+        end_time=body.end_time,
         max_participants=body.max_participants or 100,
         meeting_type=body.meeting_type or "video",
         settings=_settings_merged({}, body.settings),
@@ -259,8 +260,8 @@ async def list_meetings(request: web.Request, query: MeetingListQuery) -> Page[M
         page=query.page,
         page_size=query.page_size,
         statuses=[query.status] if query.status else (),
-        start_from=as_utc(query.start_from),
-        start_to=as_utc(query.start_to),
+        start_from=query.start_from,
+        start_to=query.start_to,
     )
     return Page[MeetingOut](
         items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size
@@ -297,9 +298,6 @@ async def update_meeting(request: web.Request, body: MeetingUpdate) -> MeetingOu
     await require_host(request.app, meeting, current_user(request))
     _refuse_if_over(meeting)
     changes: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"settings", "password"})
-    for key in ("start_time", "end_time"):
-        if key in changes:
-            changes[key] = as_utc(changes[key])
     if "start_time" in changes and changes["start_time"] is None:
         raise bad_request("start_time cannot be removed")
     for key in ("title", "max_participants", "meeting_type"):
@@ -313,7 +311,7 @@ async def update_meeting(request: web.Request, body: MeetingUpdate) -> MeetingOu
         changes["password_hash"] = await hash_password(body.password) if body.password else None
     start = changes.get("start_time", meeting.start_time)
     end = changes.get("end_time", meeting.end_time)
-    if end is not None and as_utc(end) <= as_utc(start):  # type: ignore[operator]
+    if end is not None and end <= start:
         raise bad_request("end_time must be after start_time")
     updated = await request.app[STORE].meetings.update(meeting.id, **changes)
     if updated is None:

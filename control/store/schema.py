@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -21,8 +23,24 @@ from sqlalchemy import (
     func,
     true,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Moments in UTC, always timezone-aware: SQLite hands back naive values otherwise, and
+    comparing those with aware ones fails."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -39,8 +57,8 @@ users = Table(
     Column("role", String(16), nullable=False, server_default="user"),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("token_version", Integer, nullable=False, server_default="0"),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 Index("ux_users_username", func.lower(users.c.username), unique=True)
 Index("ux_users_email", func.lower(users.c.email), unique=True)
@@ -52,9 +70,9 @@ refresh_tokens = Table(
     Column("jti", String(64), primary_key=True),
     Column("user_id", IdType, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("family", String(64), nullable=False, index=True),
-    Column("issued_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("used_at", DateTime(timezone=True), nullable=True),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("used_at", UtcDateTime(), nullable=True),
 )
 
 password_resets = Table(
@@ -63,9 +81,9 @@ password_resets = Table(
     Column("id", IdType, primary_key=True, autoincrement=True),
     Column("user_id", IdType, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("token_hash", String(64), nullable=False, unique=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("used_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("used_at", UtcDateTime(), nullable=True),
 )
 
 meetings = Table(
@@ -74,18 +92,18 @@ meetings = Table(
     Column("id", IdType, primary_key=True, autoincrement=True),
     Column("title", String(200), nullable=False),
     Column("description", String(2000), nullable=False, server_default=""),
-    Column("start_time", DateTime(timezone=True), nullable=False),
-    Column("end_time", DateTime(timezone=True), nullable=True),
+    Column("start_time", UtcDateTime(), nullable=False),
+    Column("end_time", UtcDateTime(), nullable=True),
     Column("max_participants", Integer, nullable=False),
     Column("meeting_type", String(16), nullable=False),
     Column("status", String(16), nullable=False),
     Column("creator_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
     Column("settings", JSON, nullable=False),
     Column("password_hash", String(255), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=True),
-    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=True),
+    Column("ended_at", UtcDateTime(), nullable=True),
 )
 Index("ix_meetings_status_start", meetings.c.status, meetings.c.start_time)
 
@@ -103,9 +121,9 @@ participants = Table(
     Column("audio", Boolean, nullable=False, server_default=true()),
     Column("video", Boolean, nullable=False, server_default=true()),
     Column("screen", Boolean, nullable=False, server_default=false()),
-    Column("joined_at", DateTime(timezone=True), nullable=True),
-    Column("left_at", DateTime(timezone=True), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("joined_at", UtcDateTime(), nullable=True),
+    Column("left_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("meeting_id", "user_id", name="uq_participants_meeting_user"),
 )
 
@@ -117,7 +135,7 @@ chat_messages = Table(
     Column("user_id", IdType, ForeignKey("users.id"), nullable=False),
     Column("text", Text, nullable=False),
     Column("source", String(16), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 Index("ix_chat_messages_meeting_id", chat_messages.c.meeting_id, chat_messages.c.id)
 
@@ -129,8 +147,8 @@ signaling_sessions = Table(
     Column("user_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
     Column("node_id", String(64), nullable=False),
     Column("client_address", String(64), nullable=False),
-    Column("connected_at", DateTime(timezone=True), nullable=False),
-    Column("disconnected_at", DateTime(timezone=True), nullable=True),
+    Column("connected_at", UtcDateTime(), nullable=False),
+    Column("disconnected_at", UtcDateTime(), nullable=True),
     Column("close_reason", String(200), nullable=True),
     Column("messages_in", Integer, nullable=False, server_default="0"),
     Column("messages_out", Integer, nullable=False, server_default="0"),
@@ -148,7 +166,7 @@ media_files = Table(
     Column("mime_type", String(127), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("duration", Float, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 jobs = Table(
@@ -163,7 +181,7 @@ jobs = Table(
     Column("error", String(1000), nullable=True),
     Column("result_file_ids", JSON, nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=True),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=True),
+    Column("finished_at", UtcDateTime(), nullable=True),
 )
