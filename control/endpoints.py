@@ -111,6 +111,27 @@ def path_int(request: web.Request, name: str, missing: ApiError | None = None) -
     return value
 
 
+def unstorable_text(value: Any) -> str | None:
+    """A reason when some string in a decoded document cannot be stored as text (a NUL, or half
+    of a UTF-16 surrogate pair); checked once at the edge for every body, query and socket message."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "text must not contain NUL characters"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "text must not contain unpaired surrogates"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def validation_error(exc: ValidationError, where: str) -> ApiError:
     errors = [
         {
@@ -133,6 +154,9 @@ async def parse_json_body(request: web.Request, model: type[BaseModel]) -> BaseM
         raise bad_request("Request body is nested too deeply") from None
     if not isinstance(document, dict):
         raise bad_request("Request body must be a JSON object")
+    problem = unstorable_text(document)
+    if problem:
+        raise bad_request(f"Invalid request body: {problem}")
     try:
         return model.model_validate(document)
     except ValidationError as exc:
@@ -144,6 +168,9 @@ def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
     duplicated = sorted({key for key in query if len(query.getall(key)) > 1})
     if duplicated:
         raise bad_request(f"Query parameter given more than once: {', '.join(duplicated)}")
+    problem = unstorable_text(dict(query))
+    if problem:
+        raise bad_request(f"Invalid query parameters: {problem}")
     try:
         return model.model_validate(dict(query))
     except ValidationError as exc:

@@ -108,6 +108,18 @@ async def test_pathological_input_is_400_not_500(api: Api) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert nested["status"] == 400 and "nested" in nested["message"]
+    nul = await api.call("POST", "/api/v1/meetings", token=account.access, json={"title": "a\x00b"})
+    assert nul["status"] == 400 and "NUL" in nul["message"]
+    surrogate = await api.call(
+        "POST",
+        "/api/v1/meetings",
+        token=account.access,
+        data=b'{"title": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert surrogate["status"] == 400 and "surrogate" in surrogate["message"]
+    query = await api.call("GET", "/api/v1/meetings", token=account.access, params={"status": "a\x00"})
+    assert query["status"] == 400 and "NUL" in query["message"]
     for moment in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
         created = await api.call(
             "POST", "/api/v1/meetings", token=account.access, json={"title": "x", "start_time": moment}

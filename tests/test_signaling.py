@@ -152,6 +152,10 @@ async def test_bad_frames_get_errors_and_the_socket_survives(api: Api) -> None:
     meeting_id = await meeting_with(api, host)
     socket, _ = await enter(api, meeting_id, host)
     for bad in (
+        '{"type": "chat", "data": {"text": "a\\u0000b"}}',
+        '{"type": "chat", "data": {"text": "\\ud800"}}',
+        '{"type": "offer", "to": 99999999999999999999999, "data": {}}',
+        '{"type": "chat", "data": ' + "[" * 50_000,
         "{nope",
         "[1,2]",
         json.dumps({"type": "teleport", "data": {}}),

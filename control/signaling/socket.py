@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 
 from control.auth.guard import authenticate, bearer_token
 from control.context import HUB, SETTINGS, STORE, run_in_background
+from control.endpoints import unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat
 from control.signaling.hub import (
@@ -164,6 +165,13 @@ class Session:
         except json.JSONDecodeError:
             await self.error("message is not valid JSON")
             return
+        except RecursionError:
+            await self.error("message is nested too deeply")
+            return
+        problem = unstorable_text(incoming)
+        if problem:
+            await self.error(problem)
+            return
         if not isinstance(incoming, dict) or not isinstance(incoming.get("type"), str):
             await self.error("message must be an object with a string type")
             return
@@ -193,7 +201,7 @@ class Session:
         if target is None:
             await self.error("the media server is not available; address offers to a peer with 'to'", 503)
             return
-        if not isinstance(target, int) or isinstance(target, bool):
+        if not isinstance(target, int) or isinstance(target, bool) or not 0 < target < 2**63:
             await self.error("to must be a user id")
             return
         peer = await self.app[STORE].participants.get(self.meeting.id, target)
@@ -311,7 +319,11 @@ async def signaling_socket(request: web.Request) -> web.StreamResponse:
         async for frame in socket:
             connection.messages_in += 1
             if frame.type == WSMsgType.TEXT:
-                await session.handle(frame.data)
+                try:
+                    await session.handle(frame.data)
+                except Exception:
+                    log.exception("socket %s: message handling failed", connection.session_id)
+                    await session.error("internal error handling that message", 500)
                 if connection.closing:
                     break
             elif frame.type == WSMsgType.BINARY:
