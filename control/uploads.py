@@ -17,6 +17,7 @@ from control.storage import Storage, TooLarge
 
 CHUNK = 64 * 1024
 TEXT_FIELD_MAX = 256
+TEXT_FIELDS_MAX = 16
 
 
 async def _parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
@@ -82,6 +83,8 @@ async def store_upload(request: web.Request, storage: Storage, file_field: str, 
                 upload.file_name = safe_file_name(part.filename)
                 upload.key, upload.size = await storage.save(_chunks(part), max_bytes)
             elif part.name and part.filename is None:
+                if len(upload.fields) >= TEXT_FIELDS_MAX:
+                    raise bad_request(f"At most {TEXT_FIELDS_MAX} form fields are accepted")
                 value = bytearray()
                 async for chunk in _chunks(part):
                     value.extend(chunk)

@@ -155,6 +155,9 @@ async def test_upload_cap_and_missing_file(settings_factory: Any, make_api: Any,
     no_file.add_field("meeting_id", "1")
     missing = await api.call("POST", "/api/v1/media/upload", token=owner.access, data=no_file)
     assert missing["status"] == 400 and missing["code"] == 3001
+    crowded = form(b"x" * 100, "n.txt", **{f"field{n}": "v" for n in range(40)})
+    too_many = await api.call("POST", "/api/v1/media/upload", token=owner.access, data=crowded)
+    assert too_many["status"] == 400 and too_many["code"] == 3001
     assert [p for p in api.app[STORAGE].root.rglob("*") if p.is_file()] == []
 
 
