@@ -84,6 +84,12 @@ class MediaSettings(_Section):
     job_workers: int = Field(ge=0, le=64)
 
 
+class SfuSettings(_Section):
+    ipv6: bool
+    publish_bitrate: int = Field(ge=100_000, le=100_000_000)
+    simulated_loss: float = Field(ge=0.0, le=0.5)
+
+
 class RateLimitSettings(_Section):
     enabled: bool
     endpoints: dict[str, str] = Field(default_factory=dict)
@@ -97,6 +103,7 @@ class Settings(_Section):
     mail: MailSettings
     uploads: UploadSettings
     media: MediaSettings
+    sfu: SfuSettings
     rate_limits: RateLimitSettings
 
     @property

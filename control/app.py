@@ -27,6 +27,7 @@ from control.context import (
     MAILER,
     OPENAPI,
     SETTINGS,
+    SFU,
     STORAGE,
     STORE,
     TOKENS,
@@ -41,6 +42,7 @@ from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
 from control.storage import LocalStorage
 from control.store import Store
+from sfu.server import Sfu
 
 # Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
 MAX_JSON_BODY = 1024 * 1024
@@ -64,6 +66,13 @@ async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
     await app[HUB].start()
     yield
     await app[HUB].close()
+
+
+async def _sfu_context(app: web.Application) -> AsyncIterator[None]:
+    app[SFU] = Sfu(app[SETTINGS].sfu)
+    await app[SFU].start()
+    yield
+    await app[SFU].close()
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -117,7 +126,9 @@ def create_app(settings: Settings) -> web.Application:
     app[STORAGE] = LocalStorage(data_dir / "media")
     # Closed in reverse: sockets and jobs stop first, then their cleanups are awaited while the
     # store is still open.
-    app.cleanup_ctx.extend([_store_context, _background_context, _signaling_context, _jobs_context, _limiter_context])
+    app.cleanup_ctx.extend(
+        [_store_context, _background_context, _signaling_context, _sfu_context, _jobs_context, _limiter_context]
+    )
 
     prefixes = {group.prefix for group in GROUPS}
     for endpoint in endpoints:

@@ -18,6 +18,7 @@ from control.signaling.hub import Hub
 from control.storage import LocalStorage
 from control.store import Store
 from control.store.users import UserRecord
+from sfu.server import Sfu
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -29,6 +30,7 @@ OPENAPI = web.AppKey("openapi", dict)
 HUB = web.AppKey("hub", Hub)
 STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
+SFU = web.AppKey("sfu", Sfu)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

@@ -74,12 +74,14 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(*args: str, log: Path, env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    *args: str, log: Path, env: dict[str, str] | None = None, script: Path = ROOT / "run_server.py"
+) -> ServerProcess:
     """Start the server and return once it answers its health check (or fail with its log)."""
     port = free_port()
     handle = log.open("a")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_server.py"), "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port), *args],
         env=server_environment(env),
         stdin=subprocess.DEVNULL,
         stdout=handle,

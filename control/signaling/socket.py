@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from control.auth.guard import authenticate, bearer_token
-from control.context import HUB, SETTINGS, STORE, run_in_background
+from control.context import HUB, SETTINGS, SFU, STORE, run_in_background
 from control.endpoints import unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat
@@ -28,6 +28,8 @@ from control.signaling.hub import (
     message,
 )
 from control.store.meetings import MeetingRecord
+from sfu.peer import Peer
+from sfu.server import SignalError
 
 log = logging.getLogger("huiyi.signaling")
 
@@ -38,6 +40,7 @@ FLOOD_RATE = 20.0  # messages per second, sustained
 FLOOD_BURST = 40.0
 FLOOD_STRIKES = 20  # refused messages before the socket is cut off
 MEDIA_KEYS = {"audio": "audio", "video": "video", "screen_share": "screen"}
+RECEIVE_KEYS = ("layer", "max_bitrate")  # media-state keys about what this peer receives, for the SFU
 
 
 class Refused(Exception):
@@ -132,6 +135,7 @@ class Session:
             await self.error("you are no longer in this meeting; join it again", 403)
             return
         self.connection.joined_room = True
+        self.media_peer()  # subscribes to what the room already publishes
         self.connection.send(
             message(
                 "join",
@@ -194,12 +198,25 @@ class Session:
 
     async def on_leave(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
         self.connection.joined_room = False
+        await self.app[SFU].remove_peer(self.connection.session_id)
         await leave(self.app, self.meeting.id, self.connection.user_id, "left the meeting")
+
+    def media_peer(self) -> Peer:
+        """This socket's peer on the media server, made on its first media message."""
+        connection, meeting_id = self.connection, self.meeting.id
+
+        def signal(kind: str, data: dict[str, Any]) -> None:
+            connection.send(message(kind, meeting_id, SERVER, data))
+
+        return self.app[SFU].peer(meeting_id, connection.session_id, connection.user_id, signal)
 
     async def relay(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
         target = incoming.get("to")
         if target is None:
-            await self.error("the media server is not available; address offers to a peer with 'to'", 503)
+            try:
+                await self.app[SFU].handle(self.media_peer(), incoming["type"], data)
+            except SignalError as exc:
+                await self.error(exc.text, exc.code)
             return
         if not isinstance(target, int) or isinstance(target, bool) or not 0 < target < 2**63:
             await self.error("to must be a user id")
@@ -226,6 +243,14 @@ class Session:
         await post_chat(self.app, meeting, self.connection.user_id, text, "socket")
 
     async def on_media_state(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
+        if any(key in data for key in RECEIVE_KEYS):
+            try:
+                self.app[SFU].set_preferences(self.media_peer(), data)
+            except SignalError as exc:
+                await self.error(exc.text, exc.code)
+                return
+            if not any(key in data for key in MEDIA_KEYS):
+                return
         changes = {}
         for key, column in MEDIA_KEYS.items():
             if key in data:
@@ -258,6 +283,7 @@ class Session:
         connection.close(1000, connection.close_reason)  # no-op when a close is already queued
         await writer
         log.info("socket %s closed: %s", connection.session_id, connection.close_reason)
+        await app[SFU].remove_peer(connection.session_id)
         await app[HUB].remove(connection)
         store = app[STORE]
         await store.sessions.close(

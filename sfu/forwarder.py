@@ -1,0 +1,249 @@
+"""A down-track: one published track as one subscriber receives it.
+
+The subscriber sees a single stream with its own SSRC whose sequence numbers and timestamps run on
+without a jump when the server switches simulcast layers or the publisher restarts its sender, so
+its decoder and jitter buffer never notice. Only the 12-byte fixed header is written per receiver.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from sfu import rtcp, rtp
+from sfu.track import Layer, PublishedTrack
+
+HISTORY_SIZE = 512  # packets kept per video down-track to answer NACKs (~2 s of 1.5 Mbit/s video)
+SWITCH_GUARD_PACKETS = 256  # after a switch, packets older than the switch point are stale
+NO_LAYER = -1
+
+
+class DownTrack:
+    __slots__ = (
+        "_bitrate_bytes",
+        "_bitrate_start",
+        "bandwidth",
+        "bitrate",
+        "bytes",
+        "current_layer",
+        "dropped_by_simulation",
+        "firs",
+        "fraction_lost",
+        "guard",
+        "history",
+        "jitter",
+        "last_sent_at",
+        "last_seq",
+        "last_ts",
+        "loss_rate",
+        "max_bitrate",
+        "mid",
+        "nacks",
+        "packets",
+        "packets_lost",
+        "paused",
+        "payload_type",
+        "plis",
+        "preferred_layer",
+        "retransmits",
+        "rtt",
+        "rtx_payload_type",
+        "rtx_seq",
+        "rtx_ssrc",
+        "send_rtp",
+        "sent_any",
+        "seq_offset",
+        "ssrc",
+        "subscriber_id",
+        "switch_seq",
+        "switches",
+        "target_layer",
+        "track",
+        "ts_offset",
+    )
+
+    def __init__(
+        self,
+        track: PublishedTrack,
+        subscriber_id: str,
+        mid: str,
+        send_rtp: Callable[[bytes], None],
+        loss_rate: float = 0.0,
+    ) -> None:
+        self.track = track
+        self.subscriber_id = subscriber_id
+        self.mid = mid
+        self.ssrc = random.getrandbits(32) or 1
+        self.rtx_ssrc = random.getrandbits(32) or 2
+        self.payload_type = track.out_payload_type
+        self.rtx_payload_type: int | None = None  # set once the subscriber's answer accepts RTX
+        self.send_rtp = send_rtp
+        self.current_layer = self.target_layer = NO_LAYER
+        self.preferred_layer = len(track.layers) - 1
+        self.max_bitrate: int | None = None
+        self.bandwidth: int | None = None
+        self.paused = True  # until the subscriber's answer accepts the section
+        self.seq_offset = self.ts_offset = 0
+        self.last_seq = random.getrandbits(16)
+        self.last_ts = random.getrandbits(32)
+        self.last_sent_at = 0.0
+        self.sent_any = False
+        self.switch_seq = 0
+        self.guard = 0
+        self.history: list[tuple[bytes, int] | None] | None = [None] * HISTORY_SIZE if track.kind == "video" else None
+        self.rtx_seq = random.getrandbits(16)
+        self.packets = self.bytes = self.dropped_by_simulation = 0
+        self.nacks = self.retransmits = self.plis = self.firs = 0
+        self.fraction_lost = 0.0
+        self.packets_lost = 0
+        self.jitter = 0
+        self.rtt: float | None = None
+        self.switches = 0
+        self.loss_rate = loss_rate if track.kind == "video" else 0.0
+        self._bitrate_bytes = 0
+        self._bitrate_start = time.monotonic()
+        self.bitrate = 0
+
+    # forwarding ---------------------------------------------------------------------------------
+
+    def send(
+        self, layer: Layer, packet: rtp.Packet, first: int, second: int, tail: bytes, extension_length: int
+    ) -> None:
+        if layer.index != self.current_layer:
+            self._switch_to(layer, packet)
+        elif self.guard:
+            self.guard -= 1
+            if rtp.seq_newer(self.switch_seq, packet.seq):
+                return
+        seq = (packet.seq + self.seq_offset) & 0xFFFF
+        timestamp = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
+        data = rtp.FIXED_HEADER.pack(first, second, seq, timestamp, self.ssrc) + tail
+        if self.history is not None:
+            self.history[seq % HISTORY_SIZE] = (data, 12 + extension_length)
+        if rtp.seq_newer(seq, self.last_seq):
+            self.last_seq = seq
+            self.last_ts = timestamp
+            self.last_sent_at = time.monotonic()
+        self.packets += 1
+        self.bytes += len(data)
+        self._bitrate_bytes += len(data)
+        if self.loss_rate and random.random() < self.loss_rate:
+            self.dropped_by_simulation += 1
+            return
+        self.send_rtp(data)
+
+    def _switch_to(self, layer: Layer, packet: rtp.Packet) -> None:
+        """Start forwarding ``layer`` at this packet (a key frame's first, for video) without a jump."""
+        if self.sent_any:
+            self.seq_offset = (self.last_seq + 1 - packet.seq) & 0xFFFF
+            elapsed = max(time.monotonic() - self.last_sent_at, 0.0)
+            step = max(1, int(elapsed * self.track.codec.clock_rate))
+            self.ts_offset = (self.last_ts + step - packet.timestamp) & 0xFFFFFFFF
+        else:
+            self.seq_offset = (self.last_seq + 1 - packet.seq) & 0xFFFF
+            self.ts_offset = (self.last_ts - packet.timestamp) & 0xFFFFFFFF
+            self.sent_any = True
+        if self.current_layer != NO_LAYER:
+            self.switches += 1
+        self.current_layer = layer.index
+        self.switch_seq = packet.seq
+        self.guard = SWITCH_GUARD_PACKETS
+
+    def resync(self, index: int) -> None:
+        """The layer's source changed (new SSRC): wait for its next key frame and continue from there."""
+        if self.current_layer == index:
+            self.current_layer = NO_LAYER
+            self.track.request_keyframe(self.target_layer)
+
+    # layer choice -------------------------------------------------------------------------------
+
+    def choose_layer(self) -> None:
+        """Forward the best layer the subscriber asked for that its share of bandwidth can carry."""
+        if self.paused or self.track.muted:
+            self.target_layer = self.current_layer = NO_LAYER
+            return
+        if len(self.track.layers) == 1:
+            self.target_layer = 0
+            return
+        active = self.track.active_layers()
+        budget = min(filter(None, (self.bandwidth, self.max_bitrate)), default=None)
+        choice = active[0] if active else 0
+        for index in active:
+            if index > self.preferred_layer:
+                break
+            if budget is None or self.track.layers[index].bitrate <= budget:
+                choice = index
+        if choice != self.target_layer:
+            self.target_layer = choice
+        if self.target_layer != self.current_layer:
+            self.track.request_keyframe(self.target_layer)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.choose_layer()
+
+    # feedback from the subscriber ---------------------------------------------------------------
+
+    def on_nack(self, lost: list[int], send_rtp: Callable[[bytes], None]) -> None:
+        self.nacks += 1
+        if self.history is None:
+            return
+        for seq in lost:
+            entry = self.history[seq % HISTORY_SIZE]
+            if entry is None or (entry[0][2] << 8 | entry[0][3]) != seq:
+                continue
+            data, payload_offset = entry
+            if self.rtx_payload_type is not None:
+                self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+                header = bytes((data[0] & 0xDF, (data[1] & 0x80) | self.rtx_payload_type))
+                data = (
+                    header
+                    + self.rtx_seq.to_bytes(2, "big")
+                    + data[4:8]
+                    + self.rtx_ssrc.to_bytes(4, "big")
+                    + data[12:payload_offset]
+                    + data[2:4]
+                    + data[payload_offset:]
+                )
+            self.retransmits += 1
+            send_rtp(data)
+
+    def on_keyframe_request(self, full: bool) -> None:
+        if full:
+            self.firs += 1
+        else:
+            self.plis += 1
+        self.track.request_keyframe(self.current_layer if self.current_layer != NO_LAYER else self.target_layer)
+
+    def on_report(self, block: rtcp.ReportBlock, now_ntp_middle: int) -> None:
+        self.fraction_lost = block.fraction_lost / 256
+        self.packets_lost = block.packets_lost
+        self.jitter = block.jitter
+        if block.lsr:
+            self.rtt = max(0.0, ((now_ntp_middle - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536)
+
+    # reports to the subscriber ------------------------------------------------------------------
+
+    def sender_report(self) -> bytes | None:
+        """An SR mapping this stream's timestamps to the publisher's clock, so lip-sync survives."""
+        if self.current_layer == NO_LAYER or not self.sent_any:
+            return None
+        layer = self.track.layers[self.current_layer]
+        report = layer.sender_report
+        if report is None:
+            return None
+        elapsed = time.monotonic() - layer.sender_report_at
+        ntp = report.ntp + int(elapsed * (1 << 32))
+        rtp_ts = report.rtp_timestamp + int(elapsed * self.track.codec.clock_rate) + self.ts_offset
+        return rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes)
+
+    def roll_window(self, now: float) -> None:
+        elapsed = now - self._bitrate_start
+        if elapsed > 0:
+            self.bitrate = int(self._bitrate_bytes * 8 / elapsed)
+        self._bitrate_bytes = 0
+        self._bitrate_start = now
+
+    def layer_name(self, index: int) -> str | None:
+        return self.track.layers[index].name if 0 <= index < len(self.track.layers) else None

@@ -1,0 +1,218 @@
+"""What the server accepts from a publisher's offer and what it offers to a subscriber.
+
+Subscriber offers use one fixed payload type per codec and fixed header-extension ids, so every
+receiver of a packet gets the same bytes after the 12-byte fixed header.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sfu import rtp
+from sfu.sdp import PROTO_RTP, Codec, LocalTransport, MediaSection, SdpError, SessionDescription, codec_lines
+
+VIDEO_PREFERENCE = ("vp8", "h264")
+AUDIO_PREFERENCE = ("opus",)
+VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
+ACCEPTED_EXTENSIONS = (
+    rtp.URI_MID,
+    rtp.URI_RID,
+    rtp.URI_REPAIRED_RID,
+    rtp.URI_AUDIO_LEVEL,
+    rtp.URI_ABS_SEND_TIME,
+)
+# Payload types on subscriber connections: (media, rtx).
+OUTGOING_PAYLOAD_TYPES = {"vp8": (96, 97), "h264": (102, 103), "opus": (111, None)}
+# Publishers are asked to start high enough for every simulcast layer to come up at once.
+VIDEO_START_BITRATE_KBPS = 1500
+
+
+@dataclass(slots=True)
+class PublishedSection:
+    """One m-section the server agreed to receive: a track, its codec and how to route its packets."""
+
+    mid: str
+    kind: str
+    codec: Codec
+    rtx_payload_type: int | None
+    extension_ids: dict[str, int]
+    rids: list[str]
+    ssrc_layers: list[int] = field(default_factory=list)  # SSRC-signalled simulcast, low to high
+    rtx_of: dict[int, int] = field(default_factory=dict)  # rtx ssrc -> media ssrc
+    stream_id: str = ""
+
+
+def _pick_codec(section: MediaSection) -> Codec | None:
+    preference = VIDEO_PREFERENCE if section.kind == "video" else AUDIO_PREFERENCE
+    for name in preference:
+        for codec in section.codec_named(name):
+            if name == "h264" and "packetization-mode=1" not in codec.fmtp:
+                continue
+            return codec
+    return None
+
+
+def _rtx_for(section: MediaSection, payload_type: int) -> int | None:
+    for codec in section.codec_named("rtx"):
+        if codec.apt == payload_type:
+            return codec.payload_type
+    return None
+
+
+def _ordered_rids(section: MediaSection) -> list[str]:
+    return section.simulcast or section.rids
+
+
+def accept_publisher_offer(offer: SessionDescription) -> list[PublishedSection | None]:
+    """The sections to receive, aligned with the offer's; ``None`` marks a rejected section."""
+    accepted: list[PublishedSection | None] = []
+    for section in offer.sections:
+        codec = None
+        if section.kind in ("audio", "video") and not section.rejected and section.proto == PROTO_RTP:
+            codec = _pick_codec(section)
+        if codec is None or section.direction not in ("sendonly", "sendrecv"):
+            accepted.append(None)
+            continue
+        if not section.mid:
+            raise SdpError("every media section needs an a=mid")
+        ssrc_layers: list[int] = []
+        rtx_of: dict[int, int] = {}
+        for semantics, members in section.ssrc_groups:
+            if semantics == "SIM":
+                ssrc_layers = members
+            elif semantics == "FID" and len(members) == 2:
+                rtx_of[members[1]] = members[0]
+        if not ssrc_layers:
+            ssrc_layers = [ssrc for ssrc in section.ssrcs if ssrc not in rtx_of][:1]
+        stream_id = section.msid.split()[0] if section.msid else ""
+        accepted.append(
+            PublishedSection(
+                mid=section.mid,
+                kind=section.kind,
+                codec=codec,
+                rtx_payload_type=_rtx_for(section, codec.payload_type) if section.kind == "video" else None,
+                extension_ids={uri: ident for uri, ident in section.extmap.items() if uri in ACCEPTED_EXTENSIONS},
+                rids=_ordered_rids(section),
+                ssrc_layers=ssrc_layers,
+                rtx_of=rtx_of,
+                stream_id=stream_id,
+            )
+        )
+    return accepted
+
+
+def _header(session_id: int, version: int, mids: list[str]) -> list[str]:
+    lines = ["v=0", f"o=- {session_id} {version} IN IP4 0.0.0.0", "s=huiyi", "t=0 0", "a=ice-lite"]
+    if mids:
+        lines.append("a=group:BUNDLE " + " ".join(mids))
+    lines.append("a=msid-semantic: WMS *")
+    return lines
+
+
+def _transport_lines(local: LocalTransport) -> list[str]:
+    lines = [
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        f"a=ice-ufrag:{local.ice_ufrag}",
+        f"a=ice-pwd:{local.ice_pwd}",
+    ]
+    lines += [f"a=fingerprint:{algorithm} {digest}" for algorithm, digest in local.fingerprints]
+    lines.append(f"a=setup:{local.setup}")
+    lines += [f"a=candidate:{candidate}" for candidate in local.candidates]
+    return [*lines, "a=end-of-candidates", "a=rtcp-mux", "a=rtcp-rsize"]
+
+
+def _render(lines: list[str]) -> str:
+    return "\r\n".join(lines) + "\r\n"
+
+
+def publisher_answer(
+    offer: SessionDescription, accepted: list[PublishedSection | None], local: LocalTransport, session_id: int
+) -> str:
+    mids = [section.mid for section in accepted if section is not None]
+    lines = _header(session_id, 1, mids)
+    for section, taken in zip(offer.sections, accepted, strict=True):
+        if taken is None:
+            lines += [f"m={section.kind} 0 {section.proto} {' '.join(section.formats) or '0'}"]
+            if section.mid:
+                lines.append(f"a=mid:{section.mid}")
+            continue
+        codec = Codec(taken.codec.payload_type, taken.codec.name, taken.codec.clock_rate, taken.codec.channels)
+        codec.fmtp = taken.codec.fmtp
+        formats = [str(codec.payload_type)]
+        if taken.kind == "video":
+            codec.feedback = [fb for fb in VIDEO_FEEDBACK if fb in taken.codec.feedback]
+            codec.fmtp = ";".join(filter(None, [codec.fmtp, f"x-google-start-bitrate={VIDEO_START_BITRATE_KBPS}"]))
+        if taken.rtx_payload_type is not None:
+            formats.append(str(taken.rtx_payload_type))
+        lines.append(f"m={taken.kind} 9 {PROTO_RTP} {' '.join(formats)}")
+        lines += _transport_lines(local)
+        lines += [f"a=mid:{taken.mid}", "a=recvonly"]
+        lines += [f"a=extmap:{ident} {uri}" for uri, ident in taken.extension_ids.items()]
+        lines += codec_lines(codec)
+        if taken.rtx_payload_type is not None:
+            rtx = Codec(taken.rtx_payload_type, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}")
+            lines += codec_lines(rtx)
+        if taken.rids:
+            lines += [f"a=rid:{rid} recv" for rid in taken.rids]
+            lines.append("a=simulcast:recv " + ";".join(taken.rids))
+    return _render(lines)
+
+
+@dataclass(slots=True)
+class OfferSlot:
+    """One m-section of a subscriber connection: a forwarded track, or an idle section kept in place."""
+
+    mid: str
+    kind: str
+    codec: Codec | None = None  # None: the section is inactive
+    ssrc: int = 0
+    rtx_ssrc: int = 0
+    stream_id: str = ""
+    track_id: str = ""
+
+
+def outgoing_codec(source: Codec) -> Codec:
+    """The codec a subscriber is offered for a publisher's track: same format, the server's payload type."""
+    payload_type, _ = OUTGOING_PAYLOAD_TYPES[source.name]
+    feedback = list(VIDEO_FEEDBACK) if source.name != "opus" else []
+    fmtp = re.sub(r";?x-google-[a-z-]+=\d+", "", source.fmtp).strip(";")
+    return Codec(payload_type, source.name, source.clock_rate, source.channels, fmtp, feedback)
+
+
+def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: int, version: int) -> str:
+    lines = _header(session_id, version, [slot.mid for slot in slots])
+    for slot in slots:
+        if slot.codec is None:
+            name = "opus" if slot.kind == "audio" else "vp8"
+            codec = Codec(
+                OUTGOING_PAYLOAD_TYPES[name][0], name, 48000 if name == "opus" else 90000, 2 if name == "opus" else 1
+            )
+            lines.append(f"m={slot.kind} 9 {PROTO_RTP} {codec.payload_type}")
+            lines += _transport_lines(local)
+            lines += [f"a=mid:{slot.mid}", "a=inactive"]
+            lines += codec_lines(codec)
+            continue
+        codec = slot.codec
+        _, rtx_pt = OUTGOING_PAYLOAD_TYPES[codec.name]
+        formats = [str(codec.payload_type)] + ([str(rtx_pt)] if rtx_pt else [])
+        lines.append(f"m={slot.kind} 9 {PROTO_RTP} {' '.join(formats)}")
+        lines += _transport_lines(local)
+        lines += [f"a=mid:{slot.mid}", "a=sendonly", f"a=msid:{slot.stream_id} {slot.track_id}"]
+        if slot.kind == "audio":
+            lines.append(f"a=extmap:{rtp.OUT_ID_AUDIO_LEVEL} {rtp.URI_AUDIO_LEVEL}")
+        lines.append(f"a=extmap:{rtp.OUT_ID_ABS_SEND_TIME} {rtp.URI_ABS_SEND_TIME}")
+        lines += codec_lines(codec)
+        cname = f"a=ssrc:{{}} cname:{slot.stream_id}"
+        if rtx_pt:
+            lines += codec_lines(Codec(rtx_pt, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}"))
+            lines.append(f"a=ssrc-group:FID {slot.ssrc} {slot.rtx_ssrc}")
+        for ssrc in [slot.ssrc] + ([slot.rtx_ssrc] if rtx_pt else []):
+            lines += [cname.format(ssrc), f"a=ssrc:{ssrc} msid:{slot.stream_id} {slot.track_id}"]
+    return _render(lines)
+
+
+def accepted_in_answer(answer: SessionDescription) -> dict[str, MediaSection]:
+    """The subscriber's answer, by mid, for the sections it accepted."""
+    return {section.mid: section for section in answer.sections if not section.rejected and section.mid}

@@ -1,0 +1,121 @@
+"""A participant as the media server sees it: one signaling session, a publisher and a subscriber
+connection, and what the participant asked to receive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from sfu.publisher import PublisherSide
+from sfu.subscriber import SubscriberSide
+from sfu.track import PublishedTrack
+
+if TYPE_CHECKING:
+    from sfu.room import Room
+    from sfu.server import Sfu
+
+log = logging.getLogger("huiyi.sfu.peer")
+
+Signal = Callable[[str, dict[str, Any]], None]
+
+
+class Peer:
+    def __init__(self, sfu: Sfu, room: Room, peer_id: str, user_id: int, signal: Signal) -> None:
+        self.sfu = sfu
+        self.room = room
+        self.id = peer_id
+        self.user_id = user_id
+        self.signal = signal
+        self.sdp_session_id = random.getrandbits(62)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.layer_preference: dict[str, str] = {}  # track id -> name of the best layer wanted
+        self.default_layer: str | None = None  # for tracks without their own preference
+        self.max_bitrate: int | None = None
+        self.muted: dict[str, bool] = {}  # kind -> muted server-side (by a host or the peer)
+        self.publisher = PublisherSide(self)
+        self.subscriber = SubscriberSide(self)
+        self.closed = False
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run peer work in the background; everything spawned is cancelled when the peer goes."""
+        task = asyncio.get_running_loop().create_task(self._guard(work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("peer %s: background work failed", self.id)
+
+    # preferences --------------------------------------------------------------------------------
+
+    def preferred_layer(self, track: PublishedTrack) -> int:
+        wanted = self.layer_preference.get(track.id, self.default_layer)
+        return len(track.layers) - 1 if wanted is None else self._index_for(track, wanted)
+
+    def set_layer(self, layer_name: str, track_id: str | None) -> None:
+        if track_id is None:
+            self.default_layer = layer_name
+            self.layer_preference.clear()
+        else:
+            self.layer_preference[track_id] = layer_name
+        for down in self.subscriber.downtracks.values():
+            if track_id is None or down.track.id == track_id:
+                down.preferred_layer = self.preferred_layer(down.track)
+                down.choose_layer()
+
+    @staticmethod
+    def _index_for(track: PublishedTrack, layer_name: str) -> int:
+        """A name's layer on this track; a two-layer track's "medium" is its low one."""
+        named = track.layer_named(layer_name)
+        if named is not None:
+            return named
+        return {"low": 0, "medium": 0}.get(layer_name, len(track.layers) - 1)
+
+    def set_max_bitrate(self, bitrate: int | None) -> None:
+        self.max_bitrate = bitrate
+        for down in self.subscriber.downtracks.values():
+            down.max_bitrate = bitrate
+            down.choose_layer()
+
+    def set_muted(self, kind: str, muted: bool) -> None:
+        self.muted[kind] = muted
+        for track in self.publisher.tracks.values():
+            if track.kind == kind:
+                track.muted = muted
+                for down in track.downtracks:
+                    down.choose_layer()
+
+    # lifecycle ----------------------------------------------------------------------------------
+
+    def on_transport_lost(self, which: str) -> None:
+        """A connection failed (ICE gave up or consent expired): what it carried is withdrawn."""
+        if which == "publisher":
+            self.publisher.close_tracks()
+
+    def tick(self, now: float, full: bool) -> None:
+        self.subscriber.review_layers()
+        if full:
+            self.publisher.report(now)
+            self.subscriber.report(now)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in list(self.tasks):
+            task.cancel()
+        await self.publisher.close()
+        await self.subscriber.close()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def connection_state(self) -> dict[str, str]:
+        return {"publisher": self.publisher.state, "subscriber": self.subscriber.state}

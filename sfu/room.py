@@ -1,0 +1,72 @@
+"""A meeting's media: its peers, their published tracks, and who is speaking."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sfu.track import PublishedTrack
+
+if TYPE_CHECKING:
+    from sfu.peer import Peer
+
+SPEAKING_LEVEL = 60  # -dBov: quieter than this is not speech worth announcing
+SPEAKER_HOLD_TICKS = 2  # a new loudest speaker must stay loudest this many ticks to be announced
+
+
+class Room:
+    def __init__(self, room_id: int) -> None:
+        self.id = room_id
+        self.peers: dict[str, Peer] = {}
+        self.tracks: dict[str, PublishedTrack] = {}
+        self.active_speaker: str | None = None  # peer id
+        self._candidate: str | None = None
+        self._candidate_ticks = 0
+
+    def add_peer(self, peer: Peer) -> None:
+        self.peers[peer.id] = peer
+        for track in self.tracks.values():
+            if track.publisher_id != peer.id:
+                peer.subscriber.add(track)
+
+    def remove_peer(self, peer: Peer) -> None:
+        self.peers.pop(peer.id, None)
+        if self.active_speaker == peer.id:
+            self.active_speaker = None
+
+    def add_track(self, track: PublishedTrack) -> None:
+        self.tracks[track.id] = track
+        for peer in self.peers.values():
+            if peer.id != track.publisher_id:
+                peer.subscriber.add(track)
+
+    def remove_track(self, track: PublishedTrack) -> None:
+        if self.tracks.pop(track.id, None) is None:
+            return
+        for peer in self.peers.values():
+            peer.subscriber.remove(track)
+        track.downtracks.clear()
+
+    def detect_speaker(self) -> dict[str, Any] | None:
+        """The loudest audio since the last tick; an announcement when the speaker changes."""
+        loudest: PublishedTrack | None = None
+        for track in self.tracks.values():
+            audible = track.kind == "audio" and not track.muted and track.audio_level <= SPEAKING_LEVEL
+            if audible and (loudest is None or track.audio_level < loudest.audio_level):
+                loudest = track
+        announcement = None
+        candidate = loudest.publisher_id if loudest is not None else None
+        if candidate == self._candidate:
+            self._candidate_ticks += 1
+        else:
+            self._candidate, self._candidate_ticks = candidate, 1
+        if candidate is not None and candidate != self.active_speaker and self._candidate_ticks >= SPEAKER_HOLD_TICKS:
+            self.active_speaker = candidate
+            assert loudest is not None
+            announcement = {"user_id": loudest.user_id, "peer_id": candidate, "level": loudest.audio_level}
+        for track in self.tracks.values():
+            track.audio_level = 127
+        return announcement
+
+    @property
+    def empty(self) -> bool:
+        return not self.peers

@@ -1,0 +1,172 @@
+"""The media server inside the process: rooms, peers, the signaling it answers and its clock.
+
+One asyncio loop forwards every room's packets; a single ticker drives key-frame follow-ups, layer
+choices, RTCP reports and active-speaker detection for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from config.settings import SfuSettings
+from sfu.peer import Peer, Signal
+from sfu.room import Room
+from sfu.sdp import SdpError
+from sfu.subscriber import NegotiationError
+
+log = logging.getLogger("huiyi.sfu")
+
+TICK_SECONDS = 0.25
+REPORT_EVERY_TICKS = 4  # RTCP reports and statistics once a second
+LAYER_NAMES = ("low", "medium", "high")
+
+
+class SignalError(Exception):
+    """A client's SFU message cannot be acted on; ``code`` and the message go back as an ``error``."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class Sfu:
+    def __init__(self, settings: SfuSettings) -> None:
+        self.settings = settings
+        self.certificate = RTCCertificate.generateCertificate()
+        self.rooms: dict[int, Room] = {}
+        self.peers: dict[str, Peer] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for peer_id in list(self.peers):
+            await self.remove_peer(peer_id)
+
+    # peers --------------------------------------------------------------------------------------
+
+    def peer(self, meeting_id: int, peer_id: str, user_id: int, signal: Signal) -> Peer:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            room = self.rooms.get(meeting_id)
+            if room is None:
+                room = self.rooms[meeting_id] = Room(meeting_id)
+            peer = Peer(self, room, peer_id, user_id, signal)
+            self.peers[peer_id] = peer
+            room.add_peer(peer)
+            log.info("peer %s (user %s) joined media of meeting %s", peer_id, user_id, meeting_id)
+        return peer
+
+    async def remove_peer(self, peer_id: str) -> None:
+        peer = self.peers.pop(peer_id, None)
+        self._locks.pop(peer_id, None)
+        if peer is None:
+            return
+        peer.room.remove_peer(peer)
+        await peer.close()
+        if peer.room.empty:
+            self.rooms.pop(peer.room.id, None)
+        log.info("peer %s left media of meeting %s", peer_id, peer.room.id)
+
+    async def end_room(self, meeting_id: int) -> None:
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            for peer_id in list(room.peers):
+                await self.remove_peer(peer_id)
+
+    # signaling ----------------------------------------------------------------------------------
+
+    async def handle(self, peer: Peer, kind: str, data: dict[str, Any]) -> None:
+        """Act on an ``offer``, ``answer`` or ``ice-candidate`` addressed to the server."""
+        lock = self._locks.setdefault(peer.id, asyncio.Lock())
+        async with lock:
+            try:
+                await self._dispatch(peer, kind, data)
+            except SdpError as exc:
+                raise SignalError(400, f"unusable sdp: {exc}") from None
+            except NegotiationError as exc:
+                raise SignalError(409, str(exc)) from None
+
+    async def _dispatch(self, peer: Peer, kind: str, data: dict[str, Any]) -> None:
+        target = data.get("target")
+        if kind == "offer":
+            target = target or "publisher"
+            if target == "subscriber":
+                if data.get("ice_restart") is not True:
+                    raise SignalError(400, "the server offers on the subscriber connection; send ice_restart: true")
+                await peer.subscriber.restart_ice()
+                return
+            if target != "publisher":
+                raise SignalError(400, "data.target must be publisher or subscriber")
+            answer = await peer.publisher.on_offer(_sdp(data))
+            peer.signal("answer", {"target": "publisher", "sdp": answer})
+        elif kind == "answer":
+            if (target or "subscriber") != "subscriber":
+                raise SignalError(400, "answers go to the subscriber connection (data.target: subscriber)")
+            await peer.subscriber.on_answer(_sdp(data))
+        elif kind == "ice-candidate":
+            candidate = data.get("candidate")
+            if candidate is not None and not isinstance(candidate, str):
+                raise SignalError(400, "data.candidate must be a string or null")
+            side = {"publisher": peer.publisher, "subscriber": peer.subscriber}.get(target or "publisher")
+            if side is None:
+                raise SignalError(400, "data.target must be publisher or subscriber")
+            await side.add_candidate(candidate or None)
+
+    def set_preferences(self, peer: Peer, data: dict[str, Any]) -> None:
+        """``media-state`` from a peer about what it wants to receive."""
+        if "layer" in data:
+            layer, track_id = data["layer"], data.get("track_id")
+            if layer not in LAYER_NAMES:
+                raise SignalError(400, "data.layer must be low, medium or high")
+            if track_id is not None and (not isinstance(track_id, str) or track_id not in peer.room.tracks):
+                raise SignalError(404, "data.track_id is not a track in this room")
+            peer.set_layer(layer, track_id)
+        if "max_bitrate" in data:
+            bitrate = data["max_bitrate"]
+            if bitrate is not None and (not isinstance(bitrate, int) or isinstance(bitrate, bool) or bitrate < 0):
+                raise SignalError(400, "data.max_bitrate must be a number of bit/s, or null for no cap")
+            peer.set_max_bitrate(bitrate or None)
+
+    # clock --------------------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        count = 0
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            count += 1
+            try:
+                self._tick(count % REPORT_EVERY_TICKS == 0)
+            except Exception:
+                log.exception("media clock tick failed")
+
+    def _tick(self, full: bool) -> None:
+        now = time.monotonic()
+        for room in list(self.rooms.values()):
+            if full:
+                for track in room.tracks.values():
+                    for layer in track.layers:
+                        layer.roll_window(now)
+            for peer in list(room.peers.values()):
+                peer.tick(now, full)
+            speaker = room.detect_speaker()
+            if speaker is not None:
+                for peer in room.peers.values():
+                    peer.signal("media-state", {"active_speaker": speaker})
+
+
+def _sdp(data: dict[str, Any]) -> str:
+    text = data.get("sdp")
+    if not isinstance(text, str) or not text:
+        raise SignalError(400, "data.sdp (a session description) is required")
+    return text

@@ -1,0 +1,243 @@
+"""A published track: one publisher's audio or video, its simulcast layers and who receives it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sfu import rtcp, rtp
+from sfu.negotiation import OUTGOING_PAYLOAD_TYPES
+from sfu.sdp import Codec
+
+if TYPE_CHECKING:
+    from sfu.forwarder import DownTrack
+
+LAYER_NAMES = ("low", "medium", "high")
+KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds between key-frame requests for one layer: no PLI storms
+LAYER_IDLE_SECONDS = 1.0  # a layer that sent nothing for this long is treated as paused
+UPSTREAM_NACK_MAX_GAP = 64  # larger gaps are a reset, not loss worth repairing
+
+
+def layer_names(count: int) -> list[str]:
+    """Names for ``count`` layers ordered low to high: one layer is "high", two are "low" and "high"."""
+    if count == 1:
+        return ["high"]
+    if count == 2:
+        return ["low", "high"]
+    return list(LAYER_NAMES[:count]) if count <= 3 else [f"layer{index}" for index in range(count)]
+
+
+class Layer:
+    """One encoding of a track as it arrives: its SSRC, receive statistics and last sender report."""
+
+    __slots__ = (
+        "_window_bytes",
+        "_window_frames",
+        "_window_start",
+        "base_seq",
+        "bitrate",
+        "bytes",
+        "cycles",
+        "expected_prior",
+        "fps",
+        "frames",
+        "highest_seq",
+        "index",
+        "jitter",
+        "keyframes",
+        "last_arrival",
+        "last_keyframe_request",
+        "last_timestamp",
+        "last_transit",
+        "lost",
+        "nacks_sent",
+        "name",
+        "packets",
+        "received_prior",
+        "rid",
+        "rtx_ssrc",
+        "sender_report",
+        "sender_report_at",
+        "ssrc",
+    )
+
+    def __init__(self, index: int, name: str, rid: str = "") -> None:
+        self.index = index
+        self.name = name
+        self.rid = rid
+        self.ssrc = 0
+        self.rtx_ssrc = 0
+        self.packets = self.bytes = self.frames = self.keyframes = self.lost = self.nacks_sent = 0
+        self.highest_seq = -1
+        self.cycles = 0
+        self.base_seq = 0
+        self.expected_prior = self.received_prior = 0
+        self.jitter = 0.0
+        self.last_transit: float | None = None
+        self.last_arrival = 0.0
+        self.last_timestamp = -1
+        self.sender_report: rtcp.SenderReport | None = None
+        self.sender_report_at = 0.0
+        self.last_keyframe_request = 0.0
+        self.bitrate = 0
+        self.fps = 0.0
+        self._window_bytes = self._window_frames = 0
+        self._window_start = time.monotonic()
+
+    def bind(self, ssrc: int) -> None:
+        """A new SSRC (first packet, or the publisher restarted its sender): statistics start over."""
+        self.ssrc = ssrc
+        self.highest_seq = -1
+        self.cycles = 0
+        self.last_transit = None
+        self.last_timestamp = -1
+        self.expected_prior = self.received_prior = 0
+        self.sender_report = None
+
+    @property
+    def active(self) -> bool:
+        return time.monotonic() - self.last_arrival < LAYER_IDLE_SECONDS
+
+    def note(self, packet: rtp.Packet, now: float, clock_rate: int) -> list[int]:
+        """Count the packet; return sequence numbers found missing just before it (to NACK upstream)."""
+        self.packets += 1
+        self._window_bytes += packet.payload_end
+        self.bytes += packet.payload_end
+        self.last_arrival = now
+        if packet.timestamp != self.last_timestamp:
+            self.last_timestamp = packet.timestamp
+            self._window_frames += 1
+            self.frames += 1
+        transit = now * clock_rate - packet.timestamp
+        if self.last_transit is not None:
+            self.jitter += (abs(transit - self.last_transit) - self.jitter) / 16
+        self.last_transit = transit
+        missing: list[int] = []
+        if self.highest_seq < 0:
+            self.highest_seq = packet.seq
+            self.base_seq = packet.seq
+        elif rtp.seq_newer(packet.seq, self.highest_seq):
+            gap = (packet.seq - self.highest_seq) & 0xFFFF
+            if 1 < gap <= UPSTREAM_NACK_MAX_GAP:
+                missing = [(self.highest_seq + step) & 0xFFFF for step in range(1, gap)]
+            if packet.seq < self.highest_seq:
+                self.cycles += 0x10000
+            self.highest_seq = packet.seq
+        return missing
+
+    def extended_highest(self) -> int:
+        return self.cycles + max(self.highest_seq, 0)
+
+    def roll_window(self, now: float) -> None:
+        elapsed = now - self._window_start
+        if elapsed <= 0:
+            return
+        self.bitrate = int(self._window_bytes * 8 / elapsed)
+        self.fps = round(self._window_frames / elapsed, 1)
+        self._window_bytes = self._window_frames = 0
+        self._window_start = now
+
+    def report_block(self, now: float) -> rtcp.ReportBlock:
+        expected = self.extended_highest() - self.base_seq + 1
+        lost_total = max(0, expected - self.packets)
+        expected_interval = expected - self.expected_prior
+        received_interval = self.packets - self.received_prior
+        self.expected_prior, self.received_prior = expected, self.packets
+        lost_interval = expected_interval - received_interval
+        fraction = 0 if expected_interval <= 0 or lost_interval <= 0 else (lost_interval << 8) // expected_interval
+        self.lost = lost_total
+        lsr = dlsr = 0
+        if self.sender_report is not None:
+            lsr = rtcp.middle_ntp(self.sender_report.ntp)
+            dlsr = int((now - self.sender_report_at) * 65536)
+        return rtcp.ReportBlock(
+            self.ssrc, min(fraction, 255), lost_total, self.extended_highest() & 0xFFFFFFFF, int(self.jitter), lsr, dlsr
+        )
+
+
+class PublishedTrack:
+    """A publisher's track. Packets from any of its layers fan out to its down-tracks."""
+
+    def __init__(
+        self,
+        publisher_id: str,
+        user_id: int,
+        kind: str,
+        codec: Codec,
+        mid: str,
+        stream_id: str,
+        layer_rids: list[str],
+        request_keyframe: Callable[[Layer], None],
+        level_extension_id: int = 0,
+    ) -> None:
+        self.id = secrets.token_hex(8)
+        self.publisher_id = publisher_id
+        self.user_id = user_id
+        self.kind = kind
+        self.codec = codec
+        self.out_payload_type = OUTGOING_PAYLOAD_TYPES[codec.name][0]
+        self.mid = mid
+        self.stream_id = stream_id
+        count = max(1, len(layer_rids))
+        names = layer_names(count)
+        self.layers = [Layer(index, names[index], layer_rids[index] if layer_rids else "") for index in range(count)]
+        self.downtracks: list[DownTrack] = []
+        self.muted = False  # by a host or the publisher, server-side: nothing is forwarded
+        self.audio_level = 127  # -dBov of the loudest recent packet; 127 is silence
+        self._request_keyframe = request_keyframe
+        self.level_extension_id = level_extension_id
+        self._detect_keyframe = rtp.KEYFRAME_DETECTORS.get(codec.name)
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    def layer_named(self, name: str) -> int | None:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer.index
+        return None
+
+    def active_layers(self) -> list[int]:
+        return [layer.index for layer in self.layers if layer.active]
+
+    def is_keyframe(self, packet: rtp.Packet) -> bool:
+        if self._detect_keyframe is None:
+            return True
+        return self._detect_keyframe(packet.data, packet.payload_start, packet.payload_end)
+
+    def request_keyframe(self, index: int) -> None:
+        """Ask the publisher for a key frame on one layer, at most every KEYFRAME_REQUEST_INTERVAL."""
+        if self.kind != "video" or not 0 <= index < len(self.layers):
+            return
+        layer = self.layers[index]
+        now = time.monotonic()
+        if layer.ssrc and now - layer.last_keyframe_request >= KEYFRAME_REQUEST_INTERVAL:
+            layer.last_keyframe_request = now
+            self._request_keyframe(layer)
+
+    def forward(self, layer: Layer, packet: rtp.Packet) -> None:
+        """Build the receiver-independent part of the outgoing packet once, then hand it to each receiver."""
+        if self.muted or not self.downtracks:
+            return
+        elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
+        level = packet.extensions.get(self.level_extension_id) if self.level_extension_id else None
+        if level:
+            elements.insert(0, (rtp.OUT_ID_AUDIO_LEVEL, level[:1]))
+            self.audio_level = min(self.audio_level, level[0] & 0x7F)
+        extension = rtp.extension_block(elements)
+        tail = extension + packet.data[packet.payload_start : packet.payload_end]
+        first = 0x90
+        second = (0x80 if packet.marker else 0) | self.out_payload_type
+        keyframe = None
+        for down in self.downtracks:
+            if down.current_layer != layer.index:
+                if down.target_layer != layer.index:
+                    continue
+                if keyframe is None:
+                    keyframe = self.is_keyframe(packet)
+                if not keyframe:
+                    continue
+            down.send(layer, packet, first, second, tail, len(extension))

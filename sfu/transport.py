@@ -1,0 +1,217 @@
+"""One ICE + DTLS + SRTP association with a client, on aiortc's transports, minus its media stack.
+
+aiortc's DTLS transport decrypts packets and hands them to its RTP router, whose receivers decode.
+Here the decrypted bytes go straight to the SFU's callbacks, and sending is synchronous: encrypt,
+then ``sendto`` on the nominated candidate pair, with no await per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pylibsrtp
+from aioice import Candidate, Connection
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, RTCDtlsParameters, RTCDtlsTransport
+
+from sfu.sdp import LocalTransport
+
+log = logging.getLogger("huiyi.sfu.transport")
+
+CONNECT_TIMEOUT_SECONDS = 30.0
+
+
+class TransportStats:
+    """Counters an operator reads to see what a client's transport dropped and why."""
+
+    __slots__ = ("bytes_in", "bytes_out", "malformed", "packets_in", "packets_out", "send_failures", "srtp_failures")
+
+    def __init__(self) -> None:
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.srtp_failures = self.malformed = self.send_failures = 0
+
+
+class CountingSrtp:
+    """Wraps the receive SRTP session so that packets failing authentication are counted."""
+
+    def __init__(self, session: pylibsrtp.Session, stats: TransportStats) -> None:
+        self._session = session
+        self._stats = stats
+
+    def unprotect(self, data: bytes) -> bytes:
+        try:
+            return self._session.unprotect(data)
+        except pylibsrtp.Error:
+            self._stats.srtp_failures += 1
+            raise
+
+    def unprotect_rtcp(self, data: bytes) -> bytes:
+        try:
+            return self._session.unprotect_rtcp(data)
+        except pylibsrtp.Error:
+            self._stats.srtp_failures += 1
+            raise
+
+
+class IceLink:
+    """What the DTLS transport sees of ICE: one aioice connection at a time, so an ICE restart can
+    swap the connection underneath while the DTLS association and its SRTP keys carry on."""
+
+    role = "controlled"
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.closed = False
+
+    async def _recv(self) -> bytes:
+        while True:
+            current = self.connection
+            try:
+                data, _ = await current.recvfrom()
+                return data
+            except ConnectionError:
+                if self.closed or current is self.connection:
+                    raise
+
+    async def _send(self, data: bytes) -> None:
+        self.send_now(data)
+
+    def send_now(self, data: bytes) -> bool:
+        pair = self.connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return False
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+        return True
+
+
+async def gather(use_ipv6: bool) -> Connection:
+    connection = Connection(ice_controlling=False, components=1, use_ipv4=True, use_ipv6=use_ipv6)
+    await connection.gather_candidates()
+    return connection
+
+
+async def connect_ice(connection: Connection, ufrag: str, password: str, candidates: list[str]) -> None:
+    connection.remote_username = ufrag
+    connection.remote_password = password
+    for line in candidates:
+        await add_candidate(connection, line)
+    await asyncio.wait_for(connection.connect(), CONNECT_TIMEOUT_SECONDS)
+
+
+async def add_candidate(connection: Connection, line: str | None) -> None:
+    """Add a client's candidate; ``None`` ends the list. A line that does not parse is ignored."""
+    if line is None:
+        if not connection._remote_candidates_end:
+            await connection.add_remote_candidate(None)
+        return
+    text = line.removeprefix("candidate:")
+    try:
+        candidate = Candidate.from_sdp(text)
+    except (ValueError, IndexError):
+        log.debug("ignoring malformed candidate %r", text[:80])
+        return
+    if candidate.transport.lower() != "udp" or connection._remote_candidates_end:
+        return
+    await connection.add_remote_candidate(candidate)
+
+
+class MediaTransport(RTCDtlsTransport):
+    """DTLS-SRTP over an ``IceLink``, delivering decrypted RTP and RTCP to two callbacks."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        certificate: RTCCertificate,
+        on_rtp: Callable[[bytes], None],
+        on_rtcp: Callable[[bytes], None],
+    ) -> None:
+        self.link = IceLink(connection)
+        super().__init__(self.link, [certificate])  # type: ignore[arg-type]
+        self.stats = TransportStats()
+        self.on_rtp = on_rtp
+        self.on_rtcp = on_rtcp
+        self._certificate = certificate
+
+    def local_description(self, setup: str) -> LocalTransport:
+        connection = self.link.connection
+        return LocalTransport(
+            ice_ufrag=connection.local_username,
+            ice_pwd=connection.local_password,
+            fingerprints=[(fp.algorithm, fp.value) for fp in self._certificate.getFingerprints()],
+            candidates=[candidate.to_sdp() for candidate in connection.local_candidates],
+            setup=setup,
+        )
+
+    async def establish(self, ufrag: str, password: str, candidates: list[str], fingerprints, role: str) -> None:
+        """ICE checks, then the DTLS handshake; raises ConnectionError if either fails."""
+        try:
+            await connect_ice(self.link.connection, ufrag, password, candidates)
+        except (TimeoutError, ConnectionError) as exc:
+            raise ConnectionError(f"ICE failed: {exc or 'timed out'}") from exc
+        self._set_role(role)
+        parameters = RTCDtlsParameters(fingerprints=[RTCDtlsFingerprint(a, v) for a, v in fingerprints])
+        try:
+            await asyncio.wait_for(self.start(parameters), CONNECT_TIMEOUT_SECONDS)
+        except TimeoutError as exc:
+            raise ConnectionError("DTLS handshake timed out") from exc
+        if self.state != "connected":
+            raise ConnectionError(f"DTLS handshake failed ({self.state})")
+
+    async def complete_restart(self, fresh: Connection, ufrag: str, password: str, candidates: list[str]) -> None:
+        """Switch to ``fresh`` (gathered for the restart's answer) once its checks succeed."""
+        await connect_ice(fresh, ufrag, password, candidates)
+        previous, self.link.connection = self.link.connection, fresh
+        await previous.close()
+
+    def _setup_srtp(self) -> None:
+        super()._setup_srtp()
+        if self._rx_srtp is not None:
+            self._rx_srtp = CountingSrtp(self._rx_srtp, self.stats)  # type: ignore[assignment]
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        self.stats.packets_in += 1
+        self.stats.bytes_in += len(data)
+        try:
+            self.on_rtp(data)
+        except ValueError:
+            self.stats.malformed += 1
+        except Exception:
+            self.stats.malformed += 1
+            log.exception("RTP handling failed; packet dropped")
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        try:
+            self.on_rtcp(data)
+        except ValueError:
+            self.stats.malformed += 1
+        except Exception:
+            self.stats.malformed += 1
+            log.exception("RTCP handling failed; packet dropped")
+
+    def send_rtp(self, data: bytes) -> None:
+        if self._tx_srtp is None:
+            return
+        protected = self._tx_srtp.protect(data)
+        self._emit(protected)
+
+    def send_rtcp(self, data: bytes) -> None:
+        if self._tx_srtp is None:
+            return
+        protected = self._tx_srtp.protect_rtcp(data)
+        self._emit(protected)
+
+    def _emit(self, protected: bytes) -> None:
+        if self.link.send_now(protected):
+            self.stats.packets_out += 1
+            self.stats.bytes_out += len(protected)
+        else:
+            self.stats.send_failures += 1
+
+    async def close(self) -> None:
+        self.link.closed = True
+        try:
+            await self.stop()
+        except Exception:  # a half-open handshake may fail to shut down cleanly; the socket goes anyway
+            log.debug("DTLS stop failed", exc_info=True)
+        await self.link.connection.close()

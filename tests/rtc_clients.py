@@ -1,0 +1,225 @@
+"""A participant made of real aiortc peer connections, speaking the SFU's signaling protocol the way
+the browser SDK does (docs/sfu.md): a publisher connection it offers on, a subscriber connection the
+server offers on."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from tests.server_process import request
+
+VIDEO_CLOCK = 90000
+
+
+class PatternVideoTrack(MediaStreamTrack):
+    """A moving colour pattern of a fixed size, so receivers can check what they decode."""
+
+    kind = "video"
+
+    def __init__(self, width: int, height: int, fps: int = 15) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self._count = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        target = self._start + self._count / self.fps
+        await asyncio.sleep(max(0.0, target - time.monotonic()))
+        image = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        image[:, :, 0] = (self._count * 8) % 256
+        image[: self.height // 2, : self.width // 2, 1] = 200
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = self._count * VIDEO_CLOCK // self.fps
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._count += 1
+        return frame
+
+
+class ToneAudioTrack(MediaStreamTrack):
+    """A loud 440 Hz tone, 20 ms at a time, so the server sees a speaking participant."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._samples = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._samples / 48000 - time.monotonic()))
+        t = (np.arange(960) + self._samples) / 48000
+        wave = (np.sin(2 * math.pi * 440 * t) * 12000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(wave.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self._samples
+        frame.time_base = fractions.Fraction(1, 48000)
+        self._samples += 960
+        return frame
+
+
+@dataclass
+class RemoteTrack:
+    info: dict[str, Any]
+    track: MediaStreamTrack
+    frames: int = 0
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Participant:
+    """One user in a meeting over the real server: REST login and join, socket, two connections."""
+
+    def __init__(self, base_url: str, token: str, user_id: int, meeting_id: int) -> None:
+        self.base_url, self.token, self.user_id, self.meeting_id = base_url, token, user_id, meeting_id
+        self.http: aiohttp.ClientSession | None = None
+        self.socket: aiohttp.ClientWebSocketResponse | None = None
+        self.peer_id = ""
+        self.publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.subscriber: RTCPeerConnection | None = None
+        self.remote: dict[str, RemoteTrack] = {}  # by mid
+        self.track_info: dict[str, dict[str, Any]] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.errors: list[dict[str, Any]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._consumers: list[asyncio.Task[None]] = []
+        self._offers: asyncio.Lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        self.http = aiohttp.ClientSession()
+        url = self.base_url.replace("http", "ws", 1) + "/ws/signaling"
+        params = {"meeting_id": str(self.meeting_id), "user_id": str(self.user_id), "token": self.token}
+        self.socket = await self.http.ws_connect(url, params=params)
+        await self.send("join", {})
+        while True:
+            message = await self.socket.receive_json(timeout=10)
+            if message["type"] == "join":
+                self.peer_id = message["data"]["session_id"]
+                break
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def send(self, kind: str, data: dict[str, Any]) -> None:
+        assert self.socket is not None
+        await self.socket.send_str(json.dumps({"type": kind, "meeting_id": self.meeting_id, "data": data}))
+
+    async def _read(self) -> None:
+        assert self.socket is not None
+        async for frame in self.socket:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                break
+            message = json.loads(frame.data)
+            self.messages.append(message)
+            data = message.get("data") or {}
+            if message["type"] == "error":
+                self.errors.append(data)
+            elif message["type"] == "answer" and message["from"] == 0:
+                await self.answers.put(data)
+            elif message["type"] == "offer" and message["from"] == 0 and data.get("target") == "subscriber":
+                await self._on_subscriber_offer(data)
+
+    async def publish(self, video: tuple[int, int] | None = (320, 240), audio: bool = True) -> None:
+        if audio:
+            self.publisher.addTransceiver(ToneAudioTrack(), direction="sendonly")
+        if video:
+            self.publisher.addTransceiver(PatternVideoTrack(*video), direction="sendonly")
+        await self.publisher.setLocalDescription(await self.publisher.createOffer())
+        await self.send("offer", {"target": "publisher", "sdp": self.publisher.localDescription.sdp})
+        answer = await asyncio.wait_for(self.answers.get(), 10)
+        await self.publisher.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+    async def _on_subscriber_offer(self, data: dict[str, Any]) -> None:
+        async with self._offers:
+            if self.subscriber is None:
+                self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                self.subscriber.on("track", self._on_track)
+            for info in data.get("tracks", []):
+                self.track_info[info["mid"]] = info
+            await self.subscriber.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
+            await self.subscriber.setLocalDescription(await self.subscriber.createAnswer())
+            await self.send("answer", {"target": "subscriber", "sdp": self.subscriber.localDescription.sdp})
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.subscriber is not None
+        mid = next(t.mid for t in self.subscriber.getTransceivers() if t.receiver.track is track)
+        remote = RemoteTrack(self.track_info.get(mid, {}), track)
+        self.remote[mid] = remote
+        self._consumers.append(asyncio.get_running_loop().create_task(self._consume(remote)))
+
+    async def _consume(self, remote: RemoteTrack) -> None:
+        try:
+            while True:
+                frame = await remote.track.recv()
+                remote.frames += 1
+                if isinstance(frame, av.VideoFrame):
+                    remote.sizes.add((frame.width, frame.height))
+        except MediaStreamError:
+            remote.ended.set()
+
+    def video_from(self, user_id: int) -> RemoteTrack | None:
+        for remote in self.remote.values():
+            if remote.info.get("user_id") == user_id and remote.track.kind == "video":
+                return remote
+        return None
+
+    async def close(self) -> None:
+        for task in self._consumers:
+            task.cancel()
+        await self.publisher.close()
+        if self.subscriber is not None:
+            await self.subscriber.close()
+        if self.socket is not None:
+            await self.socket.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+
+
+def make_user(base_url: str, name: str) -> tuple[str, int]:
+    """Register and log in a user; the token and user id."""
+    password = "correct horse battery staple 42"
+    status, body = request(
+        "POST",
+        base_url + "/api/v1/auth/register",
+        {"username": name, "email": f"{name}@example.com", "password": password},
+    )
+    assert status in (200, 201), body
+    status, body = request("POST", base_url + "/api/v1/auth/login", {"username": name, "password": password})
+    assert status == 200, body
+    return body["data"]["access_token"], body["data"]["user"]["user_id"]
+
+
+def make_meeting(base_url: str, host_token: str, title: str = "media test") -> int:
+    status, body = request("POST", base_url + "/api/v1/meetings", {"title": title}, token=host_token)
+    assert status in (200, 201), body
+    return int(body["data"]["meeting_id"])
+
+
+def join_meeting(base_url: str, token: str, meeting_id: int) -> None:
+    status, body = request("POST", f"{base_url}/api/v1/meetings/{meeting_id}/join", {}, token=token)
+    assert status == 200, body
+
+
+async def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` when it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,84 @@
+"""The SFU against real aiortc peers, over the real server process: media forwarded, never decoded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.codec_guard_server import CODEC_USED
+from tests.rtc_clients import Participant, join_meeting, make_meeting, make_user, wait_until
+from tests.server_process import ROOT, ServerProcess, request, start_server
+
+GUARDED = ROOT / "tests" / "codec_guard_server.py"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    log = tmp_path / "server.log"
+    process = start_server(
+        "--data-dir", str(tmp_path / "data"), log=log, env={"HUIYI_RATE_LIMITS": "off"}, script=GUARDED
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def room(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, int, list[Participant]]]:
+    """A meeting whose host is ready to publish; more participants are added by ``enter``."""
+    token, user_id = make_user(server.url, "host")
+    meeting_id = make_meeting(server.url, token)
+    join_meeting(server.url, token, meeting_id)
+    host = Participant(server.url, token, user_id, meeting_id)
+    await host.connect()
+    people = [host]
+    yield server, meeting_id, people
+    await asyncio.gather(*(person.close() for person in people), return_exceptions=True)
+
+
+async def enter(server: ServerProcess, meeting_id: int, people: list[Participant], name: str) -> Participant:
+    token, user_id = make_user(server.url, name)
+    join_meeting(server.url, token, meeting_id)
+    person = Participant(server.url, token, user_id, meeting_id)
+    await person.connect()
+    people.append(person)
+    return person
+
+
+async def test_one_publisher_two_subscribers_then_a_late_joiner_then_the_publisher_leaves(room) -> None:
+    server, meeting_id, people = room
+    host = people[0]
+    await host.publish(video=(320, 240), audio=True)
+    alice = await enter(server, meeting_id, people, "alice")
+    bob = await enter(server, meeting_id, people, "bob")
+
+    for viewer in (alice, bob):
+        await wait_until(
+            lambda v=viewer: (t := v.video_from(host.user_id)) is not None and t.frames >= 10,
+            20,
+            f"user {viewer.user_id} to decode 10 frames of the host's video",
+        )
+        video = viewer.video_from(host.user_id)
+        assert video is not None and video.sizes == {(320, 240)}
+        audio = [r for r in viewer.remote.values() if r.track.kind == "audio"]
+        assert audio and audio[0].info["user_id"] == host.user_id
+        await wait_until(lambda a=audio[0]: a.frames >= 20, 10, "audio frames")
+
+    carol = await enter(server, meeting_id, people, "carol")
+    await wait_until(
+        lambda: (t := carol.video_from(host.user_id)) is not None and t.frames >= 5, 20, "the late joiner's frames"
+    )
+
+    status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{meeting_id}/stats", token=alice.token)
+    assert status == 200, body
+
+    await host.close()
+    people.remove(host)
+    for viewer in (alice, bob, carol):
+        video = viewer.video_from(host.user_id)
+        assert video is not None
+        await asyncio.wait_for(video.ended.wait(), 5)
+
+    assert CODEC_USED not in server.log.read_text()

@@ -1,0 +1,540 @@
+/**
+ * Browser SDK for huiyi meetings: REST login and join, the signaling socket, and the two peer
+ * connections the SFU expects (docs/sfu.md). Plain ES module, no dependencies.
+ */
+
+// The SFU bundles everything on one transport and muxes RTCP, so the browser need not gather
+// candidates for more.
+const PC_CONFIG = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+
+// rids and ratios the SFU maps to its "low" / "medium" / "high" layers.
+const SIMULCAST_ENCODINGS = [
+  { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'h', maxBitrate: 1_500_000 },
+];
+
+// The SFU answers as soon as it has parsed an offer; waiting longer would only hide a lost or
+// refused one (the protocol has no way to tie an `error` to the offer that caused it).
+const ANSWER_TIMEOUT_MS = 15_000;
+
+const LAYERS = new Set(['low', 'medium', 'high']);
+
+/** An API or signaling failure, carrying the server envelope's code (HTTP status or business code). */
+export class HuiyiError extends Error {
+  constructor(message, code, data) {
+    super(message);
+    this.name = 'HuiyiError';
+    this.code = code;
+    this.data = data;
+  }
+}
+
+function trimBase(baseUrl) {
+  return String(baseUrl).replace(/\/+$/, '');
+}
+
+/** http→ws and https→wss, so a page served over TLS never opens a plain socket. */
+export function websocketBase(baseUrl) {
+  return trimBase(baseUrl).replace(/^http/, 'ws');
+}
+
+async function postJson(baseUrl, path, body, token) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(`${trimBase(baseUrl)}/api/v1${path}`, {
+    method: 'POST',
+    headers,
+    body: JSON.stringify(body),
+  });
+  // Proxies in front of the server may answer errors that are not JSON envelopes.
+  const envelope = await response.json().catch(() => null);
+  if (!response.ok || !envelope) {
+    throw new HuiyiError(
+      envelope?.message ?? `${response.status} ${response.statusText}`,
+      envelope?.code ?? response.status,
+      envelope?.data,
+    );
+  }
+  return envelope.data;
+}
+
+/**
+ * mid → direction of each m-section in an SDP. A rejected section (port 0 without bundle-only)
+ * counts as inactive, because the browser will never receive on it either.
+ */
+function sectionDirections(sdp) {
+  const directions = new Map();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = section.match(/^a=mid:(\S+)/m)?.[1];
+    if (mid === undefined) continue;
+    const direction = section.match(/^a=(sendrecv|sendonly|recvonly|inactive)\s*$/m)?.[1] ?? 'sendrecv';
+    const rejected = /^\S+ 0 /.test(section) && !/^a=bundle-only/m.test(section);
+    directions.set(mid, rejected ? 'inactive' : direction);
+  }
+  return directions;
+}
+
+function remoteSends(direction) {
+  return direction === 'sendonly' || direction === 'sendrecv';
+}
+
+/**
+ * One participant's connection to a huiyi meeting.
+ *
+ * Events (CustomEvent, payload in `event.detail`): `joined`, `participant-joined`,
+ * `participant-left`, `remotestream`, `remotestreamended`, `remotetrack`, `remotetrackended`,
+ * `activespeaker`, `mediastate`, `chat`, `relay`, `error`, `close`.
+ */
+export class HuiyiClient extends EventTarget {
+  #socket = null;
+  #joinWaiter = null;
+  #lastError = null;
+  #closed = false;
+  #publisher = null;
+  #publisherChain = Promise.resolve();
+  #pendingAnswer = null;
+  #subscriber = null;
+  #subscriberChain = Promise.resolve();
+  // mid → Track from the latest subscriber offer: ontrack fires during setRemoteDescription,
+  // so this must be current before that call.
+  #trackInfo = new Map();
+  // mid → {info, track, streamId} of tracks currently received.
+  #liveTracks = new Map();
+
+  /**
+   * @param {object} options
+   * @param {string} options.token access token
+   * @param {number} options.userId the token's user
+   * @param {number} options.meetingId
+   * @param {string} [options.baseUrl] REST server; defaults to the page's origin
+   * @param {string} [options.wsBase] signaling server (ws:// or wss://); defaults to baseUrl's
+   */
+  constructor({ token, userId, meetingId, baseUrl = globalThis.location?.origin, wsBase } = {}) {
+    super();
+    this.token = token;
+    this.userId = Number(userId);
+    this.meetingId = Number(meetingId);
+    this.baseUrl = trimBase(baseUrl);
+    this.wsBase = trimBase(wsBase ?? websocketBase(this.baseUrl));
+    this.sessionId = null;
+    this.self = null;
+    /** user_id → participant, as the server last described them. */
+    this.participants = new Map();
+    this.localStream = null;
+    /** stream_id → {stream, stream_id, user_id, peer_id}: one entry per remote publisher. */
+    this.remoteStreams = new Map();
+  }
+
+  /** @returns {Promise<{access_token, refresh_token, user}>} */
+  static login(baseUrl, username, password) {
+    return postJson(baseUrl, '/auth/login', { username, password });
+  }
+
+  /** REST join, required before the socket is admitted. @returns {Promise<{meeting, participant, media_state}>} */
+  joinMeeting(meetingId = this.meetingId, password) {
+    const body = password ? { password } : {};
+    return postJson(this.baseUrl, `/meetings/${meetingId}/join`, body, this.token);
+  }
+
+  /** The publisher RTCPeerConnection (or null), for diagnostics such as its connection state. */
+  get publisher() {
+    return this.#publisher;
+  }
+
+  /** The subscriber RTCPeerConnection (or null), created by the server's first offer. */
+  get subscriber() {
+    return this.#subscriber;
+  }
+
+  /**
+   * Opens the signaling socket and enters the room. Resolves with the `join` reply; for a user in
+   * the waiting room that is only once a host admits them.
+   */
+  connect() {
+    if (this.#socket) throw new Error('already connected');
+    const query = `meeting_id=${this.meetingId}&user_id=${this.userId}&token=${encodeURIComponent(this.token)}`;
+    const socket = new WebSocket(`${this.wsBase}/ws/signaling?${query}`);
+    this.#socket = socket;
+    const joined = new Promise((resolve, reject) => {
+      this.#joinWaiter = { resolve, reject };
+    });
+    socket.addEventListener('open', () => this.#send('join', {}));
+    socket.addEventListener('message', (event) => this.#receive(event.data));
+    socket.addEventListener('close', (event) => this.#onSocketClosed(event));
+    return joined;
+  }
+
+  /**
+   * Publishes the camera and microphone (or every track of `stream`, e.g. a canvas capture, in
+   * which case `audio`, `video`, `width` and `height` are not used) on the publisher connection.
+   * Resolves with the local stream once the server's answer is applied. Calling it again adds the
+   * new tracks and renegotiates.
+   */
+  async publish({ audio = true, video = true, simulcast = true, width = 1280, height = 720, stream } = {}) {
+    if (this.#closed) throw new Error('the client is closed');
+    if (!stream && !audio && !video) throw new Error('nothing to publish: audio and video are both off');
+    const source =
+      stream ??
+      (await navigator.mediaDevices.getUserMedia({
+        audio,
+        video: video && { width: { ideal: width }, height: { ideal: height } },
+      }));
+    const tracks = source.getTracks();
+    if (tracks.length === 0) throw new Error('nothing to publish');
+    this.localStream ??= new MediaStream();
+    const pc = this.#publisher ?? this.#createPublisher();
+    for (const track of tracks) {
+      this.localStream.addTrack(track);
+      // The stream gives the offer an a=msid, so the SFU can tell which tracks belong together.
+      const init = { direction: 'sendonly', streams: [this.localStream] };
+      if (track.kind === 'video') {
+        init.sendEncodings = simulcast ? SIMULCAST_ENCODINGS : [{ maxBitrate: 1_500_000 }];
+      }
+      pc.addTransceiver(track, init);
+    }
+    await this.#negotiatePublisher();
+    return this.localStream;
+  }
+
+  /** New ICE credentials on both connections, e.g. after a network change. */
+  async restartIce() {
+    if (this.#subscriber) this.#send('offer', { target: 'subscriber', ice_restart: true });
+    if (this.#publisher) await this.#negotiatePublisher({ iceRestart: true });
+  }
+
+  /** The best simulcast layer to receive, of one track or (without trackId) of all. */
+  setLayer(layer, trackId) {
+    if (!LAYERS.has(layer)) throw new RangeError(`layer must be low, medium or high, not ${layer}`);
+    this.#send('media-state', trackId ? { layer, track_id: trackId } : { layer });
+  }
+
+  /** Caps the total received bitrate, in bit/s. */
+  setMaxBitrate(bps) {
+    this.#send('media-state', { max_bitrate: bps });
+  }
+
+  /**
+   * Disabling rather than stopping the track keeps the m-section and encoder alive, so unmuting
+   * needs no renegotiation.
+   */
+  setMuted(kind, muted) {
+    if (kind !== 'audio' && kind !== 'video') throw new RangeError(`kind must be audio or video, not ${kind}`);
+    for (const track of this.localStream?.getTracks() ?? []) {
+      if (track.kind === kind) track.enabled = !muted;
+    }
+    this.#send('media-state', { [kind]: !muted });
+  }
+
+  sendChat(text) {
+    this.#send('chat', { text });
+  }
+
+  /** Flattened inbound (subscriber) and outbound (publisher) RTP statistics. */
+  async getStats() {
+    const [inbound, outbound] = await Promise.all([this.#inboundStats(), this.#outboundStats()]);
+    return { inbound, outbound };
+  }
+
+  /** Leaves the meeting: the room hears `user-left` at once instead of after a socket timeout. */
+  close() {
+    if (this.#socket?.readyState === WebSocket.OPEN) this.#send('leave', {});
+    this.#teardown();
+    this.#socket?.close(1000, 'left');
+  }
+
+  #send(type, data) {
+    if (this.#socket?.readyState !== WebSocket.OPEN) throw new Error(`signaling socket is not open (sending ${type})`);
+    this.#socket.send(JSON.stringify({ type, meeting_id: this.meetingId, data }));
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #emitFailure(error) {
+    this.#emit('error', { code: error.code ?? null, message: error.message, cause: error });
+  }
+
+  #receive(raw) {
+    let message;
+    try {
+      message = JSON.parse(raw);
+    } catch {
+      this.#emitFailure(new Error('signaling message is not JSON'));
+      return;
+    }
+    const data = message.data ?? {};
+    const fromServer = message.from === 0;
+    switch (message.type) {
+      case 'join':
+        this.#onJoin(data);
+        break;
+      case 'user-joined':
+        this.participants.set(data.user_id, data);
+        this.#emit('participant-joined', data);
+        break;
+      case 'user-left':
+        this.participants.delete(data.user_id);
+        this.#emit('participant-left', data);
+        break;
+      case 'chat':
+        this.#emit('chat', data);
+        break;
+      case 'media-state':
+        this.#onMediaState(data);
+        break;
+      case 'error':
+        this.#lastError = data;
+        this.#emit('error', { code: data.code ?? null, message: data.message ?? 'error' });
+        break;
+      case 'offer':
+      case 'answer':
+      case 'ice-candidate':
+        if (fromServer) this.#onSfuMessage(message.type, data);
+        else this.#emit('relay', message);
+        break;
+    }
+  }
+
+  #onJoin(data) {
+    this.sessionId = data.session_id;
+    this.self = data.self;
+    this.participants = new Map((data.participants ?? []).map((p) => [p.user_id, p]));
+    this.#joinWaiter?.resolve(data);
+    this.#joinWaiter = null;
+    this.#emit('joined', data);
+  }
+
+  #onMediaState(data) {
+    if (data.active_speaker) {
+      this.#emit('activespeaker', data.active_speaker);
+      return;
+    }
+    const participant = this.participants.get(data.user_id);
+    if (participant && data.media_state) participant.media_state = data.media_state;
+    this.#emit('mediastate', data);
+  }
+
+  #onSfuMessage(type, data) {
+    if (type === 'answer' && data.target === 'publisher') {
+      if (!this.#pendingAnswer) {
+        this.#emitFailure(new Error('publisher answer arrived with no offer outstanding'));
+        return;
+      }
+      this.#pendingAnswer.resolve(data.sdp);
+    } else if (type === 'offer' && data.target === 'subscriber') {
+      // A second offer must not start before the first is answered: the subscriber connection
+      // would be in the wrong signaling state, and the mid → track map would be overwritten early.
+      this.#subscriberChain = this.#subscriberChain
+        .then(() => this.#answerSubscriber(data))
+        .catch((error) => this.#emitFailure(error));
+    }
+  }
+
+  #onSocketClosed(event) {
+    const waiter = this.#joinWaiter;
+    this.#joinWaiter = null;
+    if (waiter) {
+      // A refused socket is told why in an `error` message just before the close.
+      const reason = this.#lastError?.message ?? (event.reason || 'signaling socket closed');
+      waiter.reject(new HuiyiError(reason, this.#lastError?.code ?? event.code));
+    }
+    this.#pendingAnswer?.reject(new Error('signaling socket closed'));
+    this.#teardown();
+    this.#emit('close', { code: event.code, reason: event.reason });
+  }
+
+  // Without signaling the SFU drops this peer anyway; closing locally makes that visible at once.
+  #teardown() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#publisher?.close();
+    this.#subscriber?.close();
+    for (const track of this.localStream?.getTracks() ?? []) track.stop();
+  }
+
+  #createPeerConnection(target) {
+    const pc = new RTCPeerConnection(PC_CONFIG);
+    pc.addEventListener('icecandidate', ({ candidate }) => {
+      if (this.#socket?.readyState !== WebSocket.OPEN) return;
+      this.#send('ice-candidate', {
+        target,
+        candidate: candidate?.candidate ?? null,
+        sdpMid: candidate?.sdpMid ?? null,
+        sdpMLineIndex: candidate?.sdpMLineIndex ?? null,
+      });
+    });
+    // Restart once per failure: a restart that fails again re-arms only after a recovery, so a
+    // dead network does not produce a stream of offers.
+    let restarting = false;
+    pc.addEventListener('iceconnectionstatechange', () => {
+      const state = pc.iceConnectionState;
+      if (state === 'connected' || state === 'completed') {
+        restarting = false;
+      } else if (state === 'failed' && !restarting && !this.#closed) {
+        restarting = true;
+        if (target === 'publisher') {
+          this.#negotiatePublisher({ iceRestart: true }).catch((error) => this.#emitFailure(error));
+        } else {
+          this.#send('offer', { target: 'subscriber', ice_restart: true });
+        }
+      }
+    });
+    return pc;
+  }
+
+  #createPublisher() {
+    this.#publisher = this.#createPeerConnection('publisher');
+    return this.#publisher;
+  }
+
+  #createSubscriber() {
+    const pc = this.#createPeerConnection('subscriber');
+    pc.addEventListener('track', (event) => this.#onRemoteTrack(event));
+    this.#subscriber = pc;
+    return pc;
+  }
+
+  /** Offers on the publisher connection; one negotiation at a time, each waiting for its answer. */
+  #negotiatePublisher(offerOptions) {
+    const run = this.#publisherChain.then(async () => {
+      const pc = this.#publisher;
+      await pc.setLocalDescription(await pc.createOffer(offerOptions));
+      const answer = this.#awaitPublisherAnswer();
+      this.#send('offer', { target: 'publisher', sdp: pc.localDescription.sdp });
+      await pc.setRemoteDescription({ type: 'answer', sdp: await answer });
+    });
+    this.#publisherChain = run.catch(() => {});
+    return run;
+  }
+
+  #awaitPublisherAnswer() {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => settle(reject, new Error('the media server did not answer the offer')), ANSWER_TIMEOUT_MS);
+      const settle = (finish, value) => {
+        clearTimeout(timer);
+        this.#pendingAnswer = null;
+        finish(value);
+      };
+      this.#pendingAnswer = { resolve: (sdp) => settle(resolve, sdp), reject: (error) => settle(reject, error) };
+    });
+  }
+
+  async #answerSubscriber(data) {
+    const pc = this.#subscriber ?? this.#createSubscriber();
+    // An offer without a track list (e.g. an ICE restart) leaves what is carried unchanged.
+    if (data.tracks) this.#trackInfo = new Map(data.tracks.map((track) => [String(track.mid), track]));
+    const directions = sectionDirections(data.sdp);
+    // Before setRemoteDescription: a reused mid fires `track` for its new owner during that call.
+    for (const [mid, live] of this.#liveTracks) {
+      const info = this.#trackInfo.get(mid);
+      if (!info || info.track_id !== live.info.track_id || !remoteSends(directions.get(mid))) {
+        this.#endRemoteTrack(mid);
+      }
+    }
+    await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
+    // The browser fires no `track` when a sending m-section merely changes owner; announce those.
+    for (const transceiver of pc.getTransceivers()) {
+      const { mid } = transceiver;
+      if (this.#trackInfo.has(mid) && remoteSends(directions.get(mid)) && !this.#liveTracks.has(mid)) {
+        this.#onRemoteTrack({ track: transceiver.receiver.track, streams: [], transceiver });
+      }
+    }
+    await pc.setLocalDescription(await pc.createAnswer());
+    this.#send('answer', { target: 'subscriber', sdp: pc.localDescription.sdp });
+  }
+
+  #onRemoteTrack({ track, streams, transceiver }) {
+    const mid = transceiver.mid;
+    const info = this.#trackInfo.get(mid) ?? { mid, track_id: track.id, kind: track.kind };
+    const streamId = info.stream_id ?? streams[0]?.id ?? track.id;
+    let entry = this.remoteStreams.get(streamId);
+    const isNewStream = !entry;
+    if (isNewStream) {
+      entry = {
+        stream: streams[0] ?? new MediaStream(),
+        stream_id: streamId,
+        user_id: info.user_id,
+        peer_id: info.peer_id,
+      };
+      this.remoteStreams.set(streamId, entry);
+    }
+    if (!entry.stream.getTrackById(track.id)) entry.stream.addTrack(track);
+    this.#liveTracks.set(mid, { info, track, streamId });
+    if (isNewStream) this.#emit('remotestream', entry);
+    this.#emit('remotetrack', { ...info, track, stream: entry.stream });
+  }
+
+  #endRemoteTrack(mid) {
+    const { info, track, streamId } = this.#liveTracks.get(mid);
+    this.#liveTracks.delete(mid);
+    const entry = this.remoteStreams.get(streamId);
+    // The browser removes the track from an a=msid stream itself, but only later, in
+    // setRemoteDescription; listeners should see the stream as it now is.
+    if (entry?.stream.getTrackById(track.id)) entry.stream.removeTrack(track);
+    this.#emit('remotetrackended', { ...info, track, stream: entry?.stream });
+    if (entry && ![...this.#liveTracks.values()].some((live) => live.streamId === streamId)) {
+      this.remoteStreams.delete(streamId);
+      this.#emit('remotestreamended', entry);
+    }
+  }
+
+  async #inboundStats() {
+    if (!this.#subscriber) return [];
+    const report = await this.#subscriber.getStats();
+    // Older browsers omit `mid` on inbound-rtp; the receiving track leads back to it.
+    const midByTrack = new Map(
+      this.#subscriber.getTransceivers().map((transceiver) => [transceiver.receiver.track.id, transceiver.mid]),
+    );
+    const inbound = [];
+    for (const stats of report.values()) {
+      if (stats.type !== 'inbound-rtp') continue;
+      const mid = stats.mid ?? midByTrack.get(stats.trackIdentifier) ?? null;
+      const info = this.#trackInfo.get(mid) ?? {};
+      inbound.push({
+        mid,
+        kind: stats.kind,
+        track_id: info.track_id ?? null,
+        user_id: info.user_id ?? null,
+        peer_id: info.peer_id ?? null,
+        packetsReceived: stats.packetsReceived,
+        packetsLost: stats.packetsLost,
+        bytesReceived: stats.bytesReceived,
+        framesDecoded: stats.framesDecoded,
+        frameWidth: stats.frameWidth,
+        frameHeight: stats.frameHeight,
+        framesPerSecond: stats.framesPerSecond,
+        nackCount: stats.nackCount,
+        pliCount: stats.pliCount,
+        firCount: stats.firCount,
+        jitter: stats.jitter,
+      });
+    }
+    return inbound;
+  }
+
+  async #outboundStats() {
+    if (!this.#publisher) return [];
+    const report = await this.#publisher.getStats();
+    const outbound = [];
+    for (const stats of report.values()) {
+      if (stats.type !== 'outbound-rtp') continue;
+      outbound.push({
+        kind: stats.kind,
+        rid: stats.rid ?? null,
+        frameWidth: stats.frameWidth,
+        frameHeight: stats.frameHeight,
+        framesEncoded: stats.framesEncoded,
+        framesSent: stats.framesSent,
+        bytesSent: stats.bytesSent,
+        packetsSent: stats.packetsSent,
+        nackCount: stats.nackCount,
+        pliCount: stats.pliCount,
+        qualityLimitationReason: stats.qualityLimitationReason,
+        active: stats.active,
+      });
+    }
+    return outbound;
+  }
+}
