@@ -42,6 +42,7 @@ from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
 from control.storage import LocalStorage
 from control.store import Store
+from control.webclient import add_web_client
 from sfu.server import Sfu
 
 # Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
@@ -138,5 +139,6 @@ def create_app(settings: Settings) -> web.Application:
             # A collection is reachable with and without the trailing slash.
             app.router.add_route(endpoint.method, endpoint.path + "/", handler)
     app.router.add_get("/ws/signaling", signaling_socket, name="signaling")
+    add_web_client(app)
     app.on_shutdown.append(_close_sockets)
     return app

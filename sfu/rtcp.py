@@ -192,6 +192,11 @@ def sender_report(ssrc: int, ntp: int, rtp_timestamp: int, packets: int, octets:
     return _header(0, SR, len(body)) + body
 
 
+def bye(ssrcs: list[int]) -> bytes:
+    body = b"".join(struct.pack("!I", ssrc) for ssrc in ssrcs)
+    return _header(len(ssrcs), BYE, len(body)) + body
+
+
 def ntp_now(now: float) -> int:
     """64-bit NTP timestamp of a ``time.time()`` moment."""
     seconds = now + NTP_EPOCH_OFFSET

@@ -70,6 +70,9 @@ class SubscriberSide:
             track.downtracks.remove(down)
         self.by_ssrc.pop(down.ssrc, None)
         self.by_ssrc.pop(down.rtx_ssrc, None)
+        if self.transport is not None and self.state == "connected":
+            # RFC 3550's goodbye: receivers end the track now rather than after a renegotiation.
+            self.transport.send_rtcp(rtcp.bye([down.ssrc, down.rtx_ssrc]))
         for slot in self.slots:
             if slot.track_id == track.id:
                 slot.codec, slot.track_id, slot.stream_id = None, "", ""

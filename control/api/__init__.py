@@ -1,6 +1,6 @@
 """REST API v1, one module per area; ``GROUPS`` lists them for routing and the OpenAPI document."""
 
-from control.api import admin, auth, ffmpeg, media, meetings, meta, my, sessions, users
+from control.api import admin, auth, ffmpeg, media, meetings, meta, my, sessions, users, webrtc
 from control.endpoints import EndpointGroup
 
 GROUPS: list[EndpointGroup] = [
@@ -13,4 +13,5 @@ GROUPS: list[EndpointGroup] = [
     sessions.group,
     media.group,
     ffmpeg.group,
+    webrtc.group,
 ]

@@ -1,0 +1,296 @@
+"""/api/v1/webrtc: what the media server is doing in a room, live, and per-peer media controls."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, model_validator
+
+from control.context import HUB, SFU, STORE, current_user
+from control.endpoints import Access, EndpointGroup, path_int
+from control.errors import not_found
+from control.rooms import load_meeting, media_state, meeting_not_found, require_member, require_moderator
+from control.signaling.hub import message
+from sfu.forwarder import DownTrack
+from sfu.peer import Peer
+from sfu.track import PublishedTrack
+
+group = EndpointGroup("/api/v1/webrtc", "webrtc")
+ROOM_ID = "room/{room_id:[0-9]+}"
+
+
+class LayerOut(BaseModel):
+    name: str = Field(description="low, medium or high (a single-layer track has only high)")
+    rid: str
+    ssrc: int
+    active: bool = Field(description="packets arrived in the last second")
+    bitrate: int = Field(description="bit/s over the last second")
+    fps: float
+    packets: int
+    bytes: int
+    packets_lost: int
+    jitter: int = Field(description="interarrival jitter, in RTP clock units")
+    nacks_sent: int = Field(description="NACKs the server sent the publisher for this layer")
+
+
+class TrackOut(BaseModel):
+    track_id: str
+    peer_id: str
+    user_id: int
+    kind: Literal["audio", "video"]
+    codec: str
+    muted: bool
+    simulcast: bool
+    layers: list[LayerOut]
+    subscribers: int
+
+
+class SubscriptionOut(BaseModel):
+    track_id: str
+    kind: Literal["audio", "video"]
+    publisher_peer_id: str
+    publisher_user_id: int
+    current_layer: str | None = Field(description="the layer being forwarded now")
+    target_layer: str | None = Field(description="the layer the server is switching to")
+    preferred_layer: str | None = Field(description="the best layer the subscriber asked for")
+    paused: bool
+
+
+class PeerOut(BaseModel):
+    peer_id: str
+    user_id: int
+    publisher_state: str
+    subscriber_state: str
+    published: list[TrackOut]
+    subscriptions: list[SubscriptionOut]
+
+
+class SubscriptionStats(SubscriptionOut):
+    subscriber_peer_id: str
+    subscriber_user_id: int
+    bitrate: int
+    packets: int
+    bytes: int
+    packets_lost: int = Field(description="as the subscriber reports it")
+    fraction_lost: float
+    jitter: int
+    rtt_ms: float | None
+    nacks: int
+    retransmits: int
+    plis: int
+    firs: int
+    layer_switches: int
+    bandwidth: int | None = Field(description="the subscriber's estimated share for this track, bit/s")
+
+
+class TransportStats(BaseModel):
+    peer_id: str
+    connection: Literal["publisher", "subscriber"]
+    state: str
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    srtp_failures: int
+    malformed: int = Field(description="packets dropped because they could not be parsed or handled")
+    unrouted: int = Field(description="publisher packets that matched no published track")
+
+
+class RoomStatsOut(BaseModel):
+    room_id: int
+    peers: int
+    tracks: list[TrackOut]
+    subscriptions: list[SubscriptionStats]
+    transports: list[TransportStats]
+
+
+class PeerMediaIn(BaseModel):
+    audio: bool | None = Field(None, description="false mutes the peer's audio for everyone, server-side")
+    video: bool | None = Field(None, description="false stops forwarding the peer's video")
+    layer: Literal["low", "medium", "high"] | None = Field(None, description="best layer the peer receives")
+    max_bitrate: int | None = Field(None, ge=0, le=100_000_000, description="cap on what the peer receives; 0 lifts it")
+
+    @model_validator(mode="after")
+    def something_to_change(self) -> PeerMediaIn:
+        if self.audio is None and self.video is None and self.layer is None and self.max_bitrate is None:
+            raise ValueError("set at least one of audio, video, layer, max_bitrate")
+        return self
+
+
+def _track_out(track: PublishedTrack) -> TrackOut:
+    return TrackOut(
+        track_id=track.id,
+        peer_id=track.publisher_id,
+        user_id=track.user_id,
+        kind=track.kind,  # type: ignore[arg-type]
+        codec=track.codec.name,
+        muted=track.muted,
+        simulcast=track.simulcast,
+        subscribers=len(track.downtracks),
+        layers=[
+            LayerOut(
+                name=layer.name,
+                rid=layer.rid,
+                ssrc=layer.ssrc,
+                active=layer.active,
+                bitrate=layer.bitrate,
+                fps=layer.fps,
+                packets=layer.packets,
+                bytes=layer.bytes,
+                packets_lost=layer.lost,
+                jitter=int(layer.jitter),
+                nacks_sent=layer.nacks_sent,
+            )
+            for layer in track.layers
+        ],
+    )
+
+
+def _subscription_fields(down: DownTrack) -> dict[str, object]:
+    return {
+        "track_id": down.track.id,
+        "kind": down.track.kind,
+        "publisher_peer_id": down.track.publisher_id,
+        "publisher_user_id": down.track.user_id,
+        "current_layer": down.layer_name(down.current_layer),
+        "target_layer": down.layer_name(down.target_layer),
+        "preferred_layer": down.layer_name(down.preferred_layer),
+        "paused": down.paused,
+    }
+
+
+def _peer_out(peer: Peer) -> PeerOut:
+    return PeerOut(
+        peer_id=peer.id,
+        user_id=peer.user_id,
+        publisher_state=peer.publisher.state,
+        subscriber_state=peer.subscriber.state,
+        published=[_track_out(track) for track in peer.publisher.tracks.values()],
+        subscriptions=[SubscriptionOut(**_subscription_fields(down)) for down in peer.subscriber.downtracks.values()],
+    )
+
+
+def _transport_stats(peer: Peer) -> list[TransportStats]:
+    found = []
+    for name, side in (("publisher", peer.publisher), ("subscriber", peer.subscriber)):
+        if side.transport is None:
+            continue
+        stats = side.transport.stats
+        found.append(
+            TransportStats(
+                peer_id=peer.id,
+                connection=name,  # type: ignore[arg-type]
+                state=side.state,
+                packets_in=stats.packets_in,
+                bytes_in=stats.bytes_in,
+                packets_out=stats.packets_out,
+                bytes_out=stats.bytes_out,
+                srtp_failures=stats.srtp_failures,
+                malformed=stats.malformed,
+                unrouted=peer.publisher.unrouted if name == "publisher" else 0,
+            )
+        )
+    return found
+
+
+async def _room_peers(request: web.Request) -> list[Peer]:
+    meeting = await load_meeting(request.app, path_int(request, "room_id", meeting_not_found()))
+    await require_member(request.app, meeting, current_user(request))
+    room = request.app[SFU].rooms.get(meeting.id)
+    return list(room.peers.values()) if room is not None else []
+
+
+@group.route(
+    "GET",
+    "/" + ROOM_ID + "/peers",
+    name="room_peers",
+    summary="Peers of a room on the media server: connection states, published tracks, subscriptions",
+    access=Access.USER,
+    limit="100/minute",
+    response=list[PeerOut],
+)
+async def room_peers(request: web.Request) -> list[PeerOut]:
+    return [_peer_out(peer) for peer in await _room_peers(request)]
+
+
+@group.route(
+    "GET",
+    "/" + ROOM_ID + "/stats",
+    name="room_stats",
+    summary="Live media statistics of a room: per track and layer, per subscriber, per connection",
+    access=Access.USER,
+    limit="50/minute",
+    response=RoomStatsOut,
+)
+async def room_stats(request: web.Request) -> RoomStatsOut:
+    peers = await _room_peers(request)
+    subscriptions = []
+    for peer in peers:
+        for down in peer.subscriber.downtracks.values():
+            subscriptions.append(
+                SubscriptionStats(
+                    **_subscription_fields(down),
+                    subscriber_peer_id=peer.id,
+                    subscriber_user_id=peer.user_id,
+                    bitrate=down.bitrate,
+                    packets=down.packets,
+                    bytes=down.bytes,
+                    packets_lost=down.packets_lost,
+                    fraction_lost=round(down.fraction_lost, 4),
+                    jitter=down.jitter,
+                    rtt_ms=round(down.rtt * 1000, 1) if down.rtt is not None else None,
+                    nacks=down.nacks,
+                    retransmits=down.retransmits,
+                    plis=down.plis,
+                    firs=down.firs,
+                    layer_switches=down.switches,
+                    bandwidth=down.bandwidth,
+                )
+            )
+    return RoomStatsOut(
+        room_id=int(request.match_info["room_id"]),
+        peers=len(peers),
+        tracks=[_track_out(track) for peer in peers for track in peer.publisher.tracks.values()],
+        subscriptions=subscriptions,
+        transports=[stats for peer in peers for stats in _transport_stats(peer)],
+    )
+
+
+@group.route(
+    "POST",
+    "/peer/{peer_id:[0-9a-f]+}/media",
+    name="peer_media",
+    summary="Mute or unmute a peer server-side, or choose the best layer and bitrate it receives",
+    access=Access.USER,
+    limit="50/minute",
+    body=PeerMediaIn,
+    response=PeerOut,
+)
+async def peer_media(request: web.Request, body: PeerMediaIn) -> PeerOut:
+    peer = request.app[SFU].peers.get(request.match_info["peer_id"])
+    if peer is None:
+        raise not_found("Peer not found")
+    user = current_user(request)
+    if peer.user_id != user.id:
+        meeting = await load_meeting(request.app, peer.room.id)
+        await require_moderator(request.app, meeting, user)
+    if body.layer is not None:
+        peer.set_layer(body.layer, None)
+    if body.max_bitrate is not None:
+        peer.set_max_bitrate(body.max_bitrate or None)
+    changes = {kind: value for kind, value in (("audio", body.audio), ("video", body.video)) if value is not None}
+    for kind, enabled in changes.items():
+        peer.set_muted(kind, not enabled)
+    if changes:
+        updated = await request.app[STORE].participants.update(peer.room.id, peer.user_id, **changes)
+        if updated is not None:
+            await request.app[HUB].broadcast(
+                message(
+                    "media-state",
+                    peer.room.id,
+                    peer.user_id,
+                    {"user_id": peer.user_id, "media_state": media_state(updated), "by": user.id},
+                )
+            )
+    return _peer_out(peer)
