@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.rtc_clients import join_meeting, make_meeting, make_user, wait_until
+from tests.rtc_clients import join_meeting, make_meeting, make_user
 from tests.server_process import ServerProcess, request, start_server
 
 playwright_api = pytest.importorskip("playwright.async_api")
