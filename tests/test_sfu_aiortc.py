@@ -79,6 +79,75 @@ async def test_one_publisher_two_subscribers_then_a_late_joiner_then_the_publish
     for viewer in (alice, bob, carol):
         video = viewer.video_from(host.user_id)
         assert video is not None
-        await asyncio.wait_for(video.ended.wait(), 5)
+        await asyncio.wait_for(video.ended.wait(), 2)  # within a second or so of leaving
 
     assert CODEC_USED not in server.log.read_text()
+
+
+def speaker_announcements(person: Participant) -> list[dict]:
+    return [
+        m["data"]["active_speaker"]
+        for m in person.messages
+        if m["type"] == "media-state" and m["from"] == 0 and "active_speaker" in m["data"]
+    ]
+
+
+async def test_active_speaker_server_side_mute_and_media_rest_rules(room) -> None:
+    server, meeting_id, people = room
+    host = people[0]
+    alice = await enter(server, meeting_id, people, "alice")
+    bob = await enter(server, meeting_id, people, "bob")
+    await alice.publish(video=None, audio=True)
+
+    await wait_until(lambda: speaker_announcements(bob), 10, "bob to hear who is speaking")
+    assert speaker_announcements(bob)[-1]["user_id"] == alice.user_id
+    assert speaker_announcements(bob)[-1]["peer_id"] == alice.peer_id
+
+    def alice_audio_at_bob():
+        return next((r for r in bob.remote.values() if r.info.get("user_id") == alice.user_id), None)
+
+    await wait_until(lambda: (a := alice_audio_at_bob()) is not None and a.frames > 10, 10, "alice's audio at bob")
+
+    url = f"{server.url}/api/v1/webrtc"
+    # Only the peer itself or a host/moderator may change a peer's media.
+    status, body = request("POST", f"{url}/peer/{alice.peer_id}/media", {"audio": False}, token=bob.token)
+    assert status == 403, body
+    status, body = request("POST", f"{url}/peer/{'0' * 32}/media", {"audio": False}, token=host.token)
+    assert status == 404, body
+    status, body = request("POST", f"{url}/peer/{alice.peer_id}/media", {}, token=host.token)
+    assert status == 400, body
+    status, body = request("POST", f"{url}/peer/{alice.peer_id}/media", {"layer": "huge"}, token=host.token)
+    assert status == 400 and body["data"]["errors"][0]["field"] == "layer", body
+
+    status, body = request("POST", f"{url}/peer/{alice.peer_id}/media", {"audio": False}, token=host.token)
+    assert status == 200, body
+    assert body["data"]["published"][0]["muted"] is True
+    await wait_until(
+        lambda: any(
+            m["type"] == "media-state" and m["data"].get("media_state", {}).get("audio") is False for m in bob.messages
+        ),
+        5,
+        "bob to hear that alice was muted",
+    )
+    await asyncio.sleep(0.5)  # packets already in flight
+    frozen = alice_audio_at_bob().frames
+    await asyncio.sleep(1.0)
+    assert alice_audio_at_bob().frames <= frozen + 2, "a muted peer's audio is no longer forwarded"
+
+    status, body = request("POST", f"{url}/peer/{alice.peer_id}/media", {"audio": True}, token=alice.token)
+    assert status == 200 and body["data"]["published"][0]["muted"] is False
+    await wait_until(lambda: alice_audio_at_bob().frames > frozen + 20, 10, "alice's audio to flow again")
+
+
+async def test_room_views_are_for_members_only(room) -> None:
+    server, meeting_id, people = room
+    outsider_token, _ = make_user(server.url, "outsider")
+    url = f"{server.url}/api/v1/webrtc/room"
+    status, body = request("GET", f"{url}/{meeting_id}/peers", token=outsider_token)
+    assert status == 403, body
+    status, body = request("GET", f"{url}/{meeting_id}/stats", token=outsider_token)
+    assert status == 403, body
+    status, body = request("GET", f"{url}/999999/peers", token=people[0].token)
+    assert status == 404 and body["code"] == 2001, body
+    status, body = request("GET", f"{url}/{meeting_id}/peers", token=people[0].token)
+    assert status == 200 and [peer["user_id"] for peer in body["data"]] == [people[0].user_id], body
