@@ -35,6 +35,8 @@ FLAGS = [
     "--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/",
 ]
 WIDTH, HEIGHT = 640, 360
+REMOTE_UFRAGS = """[window.huiyi.publisher, window.huiyi.subscriber].map(
+    (pc) => (pc.remoteDescription.sdp.match(/a=ice-ufrag:(\\S+)/) || [])[1] || null)"""
 LOW_WIDTH = WIDTH // 4
 
 if CHROMIUM is None and os.environ.get("CI") == "true":
@@ -157,3 +159,23 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
     browser_nacks = sum(entry.get("nackCount") or 0 for entry in await inbound_video(ben_page))
     assert browser_nacks > 0
     assert all(track["layers"][0]["packets"] > 0 for track in stats["tracks"])
+
+    # Cat restarts ICE on both connections: media keeps flowing both ways over the new candidate pairs.
+    cat_page = pages[2]
+    ufrags_before = await cat_page.evaluate(REMOTE_UFRAGS)
+    await cat_page.evaluate("window.huiyi.restartIce()")
+
+    async def restarted() -> bool:
+        ufrags = await cat_page.evaluate(REMOTE_UFRAGS)
+        return all(ufrags) and all(a != b for a, b in zip(ufrags, ufrags_before, strict=True))
+
+    await poll(restarted, 15, "both of cat's connections to get new server ICE credentials")
+    ann_before = (await video_from(pages[0], ids[2]))["framesDecoded"]
+    cat_before = (await video_from(cat_page, ids[0]))["framesDecoded"]
+
+    async def flowing() -> bool:
+        sent = await video_from(pages[0], ids[2])
+        received = await video_from(cat_page, ids[0])
+        return sent["framesDecoded"] > ann_before + 30 and received["framesDecoded"] > cat_before + 30
+
+    await poll(flowing, 20, "video to flow from and to cat after the ICE restart")
