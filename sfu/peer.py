@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("huiyi.sfu.peer")
 
+# A connected client sends RTCP at least every few seconds (and ICE consent checks every 5 s); this
+# long without a packet that decrypts means it is gone, sooner than aioice's consent expiry (~30 s).
+SILENCE_LIMIT_SECONDS = 15.0
+
 Signal = Callable[[str, dict[str, Any]], None]
 
 
@@ -96,13 +100,33 @@ class Peer:
     # lifecycle ----------------------------------------------------------------------------------
 
     def on_transport_lost(self, which: str) -> None:
-        """A connection failed (ICE gave up or consent expired): what it carried is withdrawn."""
+        """A connection failed (ICE gave up, consent expired, or silence): what it carried is withdrawn.
+        The client reconnects with a new signaling session to get media again."""
         if which == "publisher":
             self.publisher.close_tracks()
+        else:
+            self.subscriber.detach()
+
+    def _reap_silent(self, now: float) -> None:
+        for which, side in (("publisher", self.publisher), ("subscriber", self.subscriber)):
+            transport = side.transport
+            if transport is None or side.state != "connected":
+                continue
+            if now - transport.stats.last_heard > SILENCE_LIMIT_SECONDS:
+                log.info(
+                    "peer %s: nothing heard on the %s connection for %.0f s; closing it",
+                    self.id,
+                    which,
+                    SILENCE_LIMIT_SECONDS,
+                )
+                side.state = "failed"
+                self.spawn(transport.close())
+                self.on_transport_lost(which)
 
     def tick(self, now: float, full: bool) -> None:
         self.subscriber.review_layers()
         if full:
+            self._reap_silent(now)
             self.publisher.report(now)
             self.subscriber.report(now)
 

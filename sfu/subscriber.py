@@ -276,10 +276,15 @@ class SubscriberSide:
             if (down.track.kind == "video" and not down.paused) or (down.current_layer == NO_LAYER and not down.paused):
                 down.choose_layer()
 
-    async def close(self) -> None:
+    def detach(self) -> None:
+        """Stop forwarding to this subscriber: its connection is gone."""
         for down in self.downtracks.values():
             if down in down.track.downtracks:
                 down.track.downtracks.remove(down)
+            down.set_paused(True)
+
+    async def close(self) -> None:
+        self.detach()
         self.downtracks.clear()
         self.by_ssrc.clear()
         if self._establishing is not None:

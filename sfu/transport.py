@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import pylibsrtp
@@ -25,11 +26,21 @@ CONNECT_TIMEOUT_SECONDS = 30.0
 class TransportStats:
     """Counters an operator reads to see what a client's transport dropped and why."""
 
-    __slots__ = ("bytes_in", "bytes_out", "malformed", "packets_in", "packets_out", "send_failures", "srtp_failures")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "last_heard",
+        "malformed",
+        "packets_in",
+        "packets_out",
+        "send_failures",
+        "srtp_failures",
+    )
 
     def __init__(self) -> None:
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.srtp_failures = self.malformed = self.send_failures = 0
+        self.last_heard = time.monotonic()  # of the last RTP or RTCP packet that decrypted
 
 
 class CountingSrtp:
@@ -171,6 +182,7 @@ class MediaTransport(RTCDtlsTransport):
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         self.stats.packets_in += 1
+        self.stats.last_heard = time.monotonic()
         self.stats.bytes_in += len(data)
         try:
             self.on_rtp(data)
@@ -181,6 +193,7 @@ class MediaTransport(RTCDtlsTransport):
             log.exception("RTP handling failed; packet dropped")
 
     async def _handle_rtcp_data(self, data: bytes) -> None:
+        self.stats.last_heard = time.monotonic()
         try:
             self.on_rtcp(data)
         except ValueError:

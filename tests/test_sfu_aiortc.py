@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -151,3 +152,42 @@ async def test_room_views_are_for_members_only(room) -> None:
     assert status == 404 and body["code"] == 2001, body
     status, body = request("GET", f"{url}/{meeting_id}/peers", token=people[0].token)
     assert status == 200 and [peer["user_id"] for peer in body["data"]] == [people[0].user_id], body
+
+
+def udp_sockets(pid: int) -> int:
+    """UDP sockets the process holds: its socket fds whose inodes /proc/net/udp lists."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as rows:
+            inodes |= {row.split()[9] for row in list(rows)[1:]}
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        held += target.startswith("socket:[") and target[8:-1] in inodes
+    return held
+
+
+async def test_a_publisher_whose_media_vanishes_is_reaped(room) -> None:
+    server, meeting_id, people = room
+    host = people[0]
+    await host.publish(video=(160, 120), audio=False)
+    alice = await enter(server, meeting_id, people, "alice")
+    await wait_until(lambda: (t := alice.video_from(host.user_id)) is not None and t.frames > 5, 20, "frames")
+    held = udp_sockets(server.process.pid)
+
+    # The host's network drops: no DTLS goodbye, no more packets; its signaling socket stays open.
+    for transceiver in host.publisher.getTransceivers():
+        for protocol in transceiver.sender.transport.transport._connection._protocols:
+            protocol.transport.close()
+
+    video = alice.video_from(host.user_id)
+    assert video is not None
+    await asyncio.wait_for(video.ended.wait(), 30)
+    status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{meeting_id}/peers", token=alice.token)
+    assert status == 200
+    reaped = next(peer for peer in body["data"] if peer["user_id"] == host.user_id)
+    assert reaped["publisher_state"] == "failed" and reaped["published"] == []
+    await wait_until(lambda: udp_sockets(server.process.pid) < held, 5, "the server to close the host's UDP socket")
