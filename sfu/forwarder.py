@@ -17,6 +17,8 @@ from sfu.track import Layer, PublishedTrack
 HISTORY_SIZE = 512  # packets kept per video down-track to answer NACKs (~2 s of 1.5 Mbit/s video)
 SWITCH_GUARD_PACKETS = 256  # after a switch, packets older than the switch point are stale
 NO_LAYER = -1
+HEAVY_LOSS = 0.1  # a sustained fraction lost, per receiver reports, that makes the layer step down
+LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not move the layer
 
 
 class DownTrack:
@@ -54,6 +56,7 @@ class DownTrack:
         "send_rtp",
         "sent_any",
         "seq_offset",
+        "smoothed_loss",
         "ssrc",
         "subscriber_id",
         "switch_seq",
@@ -96,6 +99,7 @@ class DownTrack:
         self.packets = self.bytes = self.dropped_by_simulation = 0
         self.nacks = self.retransmits = self.plis = self.firs = 0
         self.fraction_lost = 0.0
+        self.smoothed_loss = 0.0
         self.packets_lost = 0
         self.jitter = 0
         self.rtt: float | None = None
@@ -168,14 +172,17 @@ class DownTrack:
             return
         active = self.track.active_layers()
         budget = min(filter(None, (self.bandwidth, self.max_bitrate)), default=None)
+        if self.smoothed_loss > HEAVY_LOSS and self.current_layer > 0:
+            # The receiver's reports say the path keeps dropping what it gets now: step below it.
+            cap = int(self.track.layers[self.current_layer].bitrate * (1 - self.smoothed_loss))
+            budget = cap if budget is None else min(budget, cap)
         choice = active[0] if active else 0
         for index in active:
             if index > self.preferred_layer:
                 break
             if budget is None or self.track.layers[index].bitrate <= budget:
                 choice = index
-        if choice != self.target_layer:
-            self.target_layer = choice
+        self.target_layer = choice
         if self.target_layer != self.current_layer:
             self.track.request_keyframe(self.target_layer)
 
@@ -218,6 +225,7 @@ class DownTrack:
 
     def on_report(self, block: rtcp.ReportBlock, now_ntp_middle: int) -> None:
         self.fraction_lost = block.fraction_lost / 256
+        self.smoothed_loss += (self.fraction_lost - self.smoothed_loss) * LOSS_SMOOTHING
         self.packets_lost = block.packets_lost
         self.jitter = block.jitter
         if block.lsr:

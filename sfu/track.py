@@ -46,6 +46,7 @@ class Layer:
         "highest_seq",
         "index",
         "jitter",
+        "keyframe_requests",
         "keyframes",
         "last_arrival",
         "last_keyframe_request",
@@ -70,6 +71,7 @@ class Layer:
         self.ssrc = 0
         self.rtx_ssrc = 0
         self.packets = self.bytes = self.frames = self.keyframes = self.lost = self.nacks_sent = 0
+        self.keyframe_requests = 0
         self.highest_seq = -1
         self.cycles = 0
         self.base_seq = 0
@@ -216,6 +218,7 @@ class PublishedTrack:
         now = time.monotonic()
         if layer.ssrc and now - layer.last_keyframe_request >= KEYFRAME_REQUEST_INTERVAL:
             layer.last_keyframe_request = now
+            layer.keyframe_requests += 1
             self._request_keyframe(layer)
 
     def forward(self, layer: Layer, packet: rtp.Packet) -> None:

@@ -32,6 +32,7 @@ class LayerOut(BaseModel):
     packets_lost: int
     jitter: int = Field(description="interarrival jitter, in RTP clock units")
     nacks_sent: int = Field(description="NACKs the server sent the publisher for this layer")
+    keyframe_requests: int = Field(description="PLIs the server sent the publisher for this layer")
 
 
 class TrackOut(BaseModel):
@@ -141,6 +142,7 @@ def _track_out(track: PublishedTrack) -> TrackOut:
                 packets_lost=layer.lost,
                 jitter=int(layer.jitter),
                 nacks_sent=layer.nacks_sent,
+                keyframe_requests=layer.keyframe_requests,
             )
             for layer in track.layers
         ],
