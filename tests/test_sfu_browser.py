@@ -150,6 +150,12 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
     await ben_page.evaluate("window.huiyi.setLayer('high')")
     await poll(lambda: width_is(WIDTH), 30, f"ben to receive ann's high layer ({WIDTH} wide)")
 
+    # A bitrate cap (the same budget REMB estimates feed) holds ben to the layer that fits under it.
+    await ben_page.evaluate("window.huiyi.setMaxBitrate(200000)")
+    await poll(lambda: width_is(LOW_WIDTH), 20, "ben to drop to the low layer under a 200 kbit/s cap")
+    await ben_page.evaluate("window.huiyi.setMaxBitrate(0)")
+    await poll(lambda: width_is(WIDTH), 30, "ben to return to the high layer once the cap is lifted")
+
     # Losses were repaired: subscribers sent NACKs, the server retransmitted.
     status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{meeting_id}/stats", token=accounts[1][0])
     assert status == 200, body
