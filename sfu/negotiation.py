@@ -110,7 +110,7 @@ def _header(session_id: int, version: int, mids: list[str]) -> list[str]:
     return lines
 
 
-def _transport_lines(local: LocalTransport) -> list[str]:
+def transport_lines(local: LocalTransport) -> list[str]:
     lines = [
         "c=IN IP4 0.0.0.0",
         "a=rtcp:9 IN IP4 0.0.0.0",
@@ -147,7 +147,7 @@ def publisher_answer(
         if taken.rtx_payload_type is not None:
             formats.append(str(taken.rtx_payload_type))
         lines.append(f"m={taken.kind} 9 {PROTO_RTP} {' '.join(formats)}")
-        lines += _transport_lines(local)
+        lines += transport_lines(local)
         lines += [f"a=mid:{taken.mid}", "a=recvonly"]
         lines += [f"a=extmap:{ident} {uri}" for uri, ident in taken.extension_ids.items()]
         lines += codec_lines(codec)
@@ -190,7 +190,7 @@ def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: 
                 OUTGOING_PAYLOAD_TYPES[name][0], name, 48000 if name == "opus" else 90000, 2 if name == "opus" else 1
             )
             lines.append(f"m={slot.kind} 9 {PROTO_RTP} {codec.payload_type}")
-            lines += _transport_lines(local)
+            lines += transport_lines(local)
             lines += [f"a=mid:{slot.mid}", "a=inactive"]
             lines += codec_lines(codec)
             continue
@@ -198,7 +198,7 @@ def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: 
         _, rtx_pt = OUTGOING_PAYLOAD_TYPES[codec.name]
         formats = [str(codec.payload_type)] + ([str(rtx_pt)] if rtx_pt else [])
         lines.append(f"m={slot.kind} 9 {PROTO_RTP} {' '.join(formats)}")
-        lines += _transport_lines(local)
+        lines += transport_lines(local)
         lines += [f"a=mid:{slot.mid}", "a=sendonly", f"a=msid:{slot.stream_id} {slot.track_id}"]
         if slot.kind == "audio":
             lines.append(f"a=extmap:{rtp.OUT_ID_AUDIO_LEVEL} {rtp.URI_AUDIO_LEVEL}")

@@ -96,8 +96,9 @@ class IceLink:
         return True
 
 
-async def gather(use_ipv6: bool) -> Connection:
-    connection = Connection(ice_controlling=False, components=1, use_ipv4=True, use_ipv6=use_ipv6)
+async def gather(use_ipv6: bool, controlling: bool = False) -> Connection:
+    """Local candidates; the server is always the controlled side (it is ICE-lite to its clients)."""
+    connection = Connection(ice_controlling=controlling, components=1, use_ipv4=True, use_ipv6=use_ipv6)
     await connection.gather_candidates()
     return connection
 

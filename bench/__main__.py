@@ -1,0 +1,121 @@
+"""``python -m bench``: load a server with synthetic WebRTC clients and report what it carried.
+
+Examples::
+
+    python -m bench --spawn --rooms 1 --publishers 1 --subscribers 10 --duration 20
+    python -m bench --url http://127.0.0.1:8000 --subscribers 5,10,20,40      # capacity sweep
+    python -m bench --spawn --compare --layers 1 --subscribers 5,10,20           # SFU vs baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+from bench import metrics
+from bench.harness import Figures, Scenario, SpawnedServer, run
+from bench.report import capacity_table, plot, run_table
+
+TARGETS = ("sfu", "naive", "relay")
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running huiyi server, e.g. http://127.0.0.1:8000")
+    where.add_argument("--spawn", action="store_true", help="start the server(s) for the run and stop them after")
+    parser.add_argument("--target", choices=TARGETS, default="sfu", help="what to load (with --spawn): default sfu")
+    parser.add_argument("--compare", action="store_true", help="run the same scenarios on sfu, naive and relay")
+    parser.add_argument("--server-pid", type=int, help="pid of the --url server, when /proc cannot show it")
+    parser.add_argument("--rooms", type=int, default=1)
+    parser.add_argument("--publishers", type=int, default=1, help="per room")
+    parser.add_argument("--subscribers", default="10", help="per room; a comma list sweeps for capacity")
+    parser.add_argument("--layers", type=int, choices=(1, 3), default=3, help="simulcast layers each publisher sends")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of steady load")
+    parser.add_argument("--ramp-up", type=float, default=2.0, help="seconds over which subscribers join")
+    parser.add_argument("--processes", type=int, default=2, help="client worker processes")
+    parser.add_argument("--no-latency", action="store_true", help="count only; skip per-packet latency matching")
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--png", type=Path, help="plot CPU and latency against subscribers here")
+    return parser.parse_args(argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) -> list[Figures]:
+    base = Scenario(
+        target=target,
+        rooms=arguments.rooms,
+        publishers=arguments.publishers,
+        layers=arguments.layers if target == "sfu" else 1,
+        duration=arguments.duration,
+        ramp_up=arguments.ramp_up,
+        processes=arguments.processes,
+        record_latency=not arguments.no_latency and target != "naive",
+    )
+    server = None
+    if arguments.spawn:
+        server = SpawnedServer(target, _free_port())
+        await server.wait_ready()
+        url, pid = server.url, server.process.pid
+    else:
+        url = arguments.url.rstrip("/")
+        pid = arguments.server_pid or metrics.pid_listening_on(urlparse(url).port or 80)
+    results = []
+    try:
+        for index, count in enumerate(counts):
+            scenario = replace(base, subscribers=count)
+            print(f"running {scenario.label} for {scenario.duration:.0f} s ...", file=sys.stderr, flush=True)
+            figures = await run(
+                scenario, url, pid, tag=f"{target[0]}{index}{socket.gethostname()[-3:]}{id(scenario) % 9999}"
+            )
+            print(run_table([figures]), file=sys.stderr, flush=True)
+            results.append(figures)
+    finally:
+        if server is not None:
+            server.stop()
+    return results
+
+
+async def _main(arguments: argparse.Namespace) -> int:
+    counts = [int(value) for value in arguments.subscribers.split(",") if value.strip()]
+    targets = list(TARGETS) if arguments.compare else [arguments.target]
+    if not arguments.spawn and targets != ["sfu"]:
+        print("--compare and baseline targets need --spawn", file=sys.stderr)
+        return 2
+    everything: dict[str, list[Figures]] = {}
+    for target in targets:
+        everything[target] = await _sweep(target, arguments, counts)
+    print(run_table([figures for runs in everything.values() for figures in runs]))
+    print()
+    print(capacity_table(everything))
+    if arguments.json:
+        arguments.json.write_text(
+            json.dumps({t: [asdict(f) for f in runs] for t, runs in everything.items()}, indent=2)
+        )
+    if arguments.png:
+        plot(everything, arguments.png)
+    failed = [f for runs in everything.values() for f in runs if f.errors]
+    for figures in failed:
+        print(f"errors in {figures.scenario['target']} run: {figures.errors[:3]}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(_main(_arguments(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""One benchmark run: accounts and meetings made over REST, clients spread over worker processes,
+the server's CPU and memory sampled from /proc while they run, and the figures computed from what
+every client sent and received."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import metrics
+from bench.client import ClientResult
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = ROOT / "bench" / ".cache"
+PASSWORD = "bench-password-2024"
+WARMUP_SECONDS = 2.0
+
+
+@dataclass
+class Scenario:
+    target: str = "sfu"  # sfu, naive (aiortc fan-out) or relay (bare UDP)
+    rooms: int = 1
+    publishers: int = 1
+    subscribers: int = 10
+    layers: int = 3
+    duration: float = 20.0
+    ramp_up: float = 2.0
+    processes: int = 2
+    record_latency: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.target} {self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L"
+
+
+@dataclass
+class ClientSpec:
+    role: str
+    user_id: int
+    token: str
+    meeting_id: int
+    start_offset: float
+    room: int
+
+
+@dataclass
+class Figures:
+    scenario: dict[str, Any]
+    subscribers_total: int
+    join_ms: dict[str, float | None]
+    forwarded_packets_per_second: float
+    forwarded_mbit_per_second: float
+    server_cpu_percent: float | None
+    server_rss_mb: float | None
+    harness_cpu_percent: float
+    harness_processes: int
+    loss_percent: float
+    delivered_fps_ratio: float | None
+    latency_ms: dict[str, float | None]
+    cpu_percent_per_mbit: float | None
+    errors: list[str] = field(default_factory=list)
+
+    def passes(self) -> bool:
+        """The load is carried: under 1 % loss, p99 latency under 50 ms, 90 % of frames delivered."""
+        p99 = self.latency_ms.get("p99")
+        fps_ok = self.delivered_fps_ratio is None or self.delivered_fps_ratio >= 0.9
+        return self.loss_percent < 1.0 and (p99 is None or p99 < 50.0) and fps_ok and not self.errors
+
+
+# accounts -------------------------------------------------------------------------------------------
+
+
+async def _account(http: aiohttp.ClientSession, url: str, name: str) -> tuple[str, int]:
+    body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+    async with http.post(f"{url}/api/v1/auth/register", json=body) as response:
+        answer = await response.json()
+        if response.status not in (200, 201) and answer.get("code") != 1001:  # 1001: made by an earlier run
+            raise RuntimeError(f"register {name}: {response.status} {answer}")
+    async with http.post(f"{url}/api/v1/auth/login", json={"username": name, "password": PASSWORD}) as response:
+        payload = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"login {name}: {payload}")
+    return payload["data"]["access_token"], payload["data"]["user"]["user_id"]
+
+
+async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> list[ClientSpec]:
+    """Users, one meeting per room, everyone joined over REST, as real clients do."""
+    specs: list[ClientSpec] = []
+    async with aiohttp.ClientSession() as http:
+        for room in range(scenario.rooms):
+            people = [("publisher", f"b{tag}r{room}p{i}") for i in range(scenario.publishers)]
+            people += [("subscriber", f"b{tag}r{room}s{i}") for i in range(scenario.subscribers)]
+            accounts = await asyncio.gather(*(_account(http, url, name) for _, name in people))
+            host_token = accounts[0][0]
+            headers = {"Authorization": f"Bearer {host_token}"}
+            async with http.post(f"{url}/api/v1/meetings", json={"title": f"bench {tag} {room}"}, headers=headers) as r:
+                meeting_id = (await r.json())["data"]["meeting_id"]
+            for token, _ in accounts:
+                async with http.post(
+                    f"{url}/api/v1/meetings/{meeting_id}/join", json={}, headers={"Authorization": f"Bearer {token}"}
+                ) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"join: {await response.text()}")
+            specs += _specs(people, accounts, meeting_id, room, scenario)
+    return specs
+
+
+def _prepare_anonymous(scenario: Scenario) -> list[ClientSpec]:
+    specs: list[ClientSpec] = []
+    user_id = 1
+    for room in range(scenario.rooms):
+        people = [("publisher", "")] * scenario.publishers + [("subscriber", "")] * scenario.subscribers
+        accounts = [("anonymous", user_id + index) for index in range(len(people))]
+        user_id += len(people)
+        specs += _specs(people, accounts, room + 1, room, scenario)
+    return specs
+
+
+def _specs(people, accounts, meeting_id: int, room: int, scenario: Scenario) -> list[ClientSpec]:
+    specs = []
+    count = max(1, scenario.subscribers)
+    for index, ((role, _), (token, user_id)) in enumerate(zip(people, accounts, strict=True)):
+        offset = 0.0 if role == "publisher" else scenario.ramp_up * (index - scenario.publishers) / count
+        specs.append(ClientSpec(role, user_id, token, meeting_id, offset, room))
+    return specs
+
+
+# workers ------------------------------------------------------------------------------------------
+
+
+def _worker_entry(url: str, specs: list[ClientSpec], scenario: Scenario, start_ns: int, end_ns: int, queue) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    cpu_before = metrics.own_cpu_seconds()
+    results = asyncio.run(_run_clients(url, specs, scenario, start_ns, end_ns))
+    queue.put((results, metrics.own_cpu_seconds() - cpu_before))
+
+
+async def _run_clients(
+    url: str, specs: list[ClientSpec], scenario: Scenario, start_ns: int, end_ns: int
+) -> list[ClientResult]:
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    from bench.client import SyntheticClient
+    from bench.clip import load_clip
+    from bench.relay import RelayClient
+
+    clip = load_clip(CACHE_DIR) if any(spec.role == "publisher" for spec in specs) else None
+    certificate = RTCCertificate.generateCertificate()
+    clients: list[Any] = []
+
+    async def start(spec: ClientSpec) -> None:
+        await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9 + spec.start_offset))
+        publisher = spec.role == "publisher"
+        if scenario.target == "relay":
+            client: Any = RelayClient(url, spec.room, clip if publisher else None, scenario.record_latency)
+        else:
+            client = SyntheticClient(
+                url,
+                spec.token,
+                spec.user_id,
+                spec.meeting_id,
+                clip if publisher else None,
+                certificate,
+                simulcast=scenario.layers > 1,
+                record=scenario.record_latency,
+            )
+        clients.append(client)
+        try:
+            await client.connect()
+            if publisher:
+                await client.publish()
+        except Exception as exc:
+            client.result.errors.append(f"{spec.role} {spec.user_id}: {exc!r}")
+
+    starters = [asyncio.get_running_loop().create_task(start(spec)) for spec in specs]
+    await asyncio.sleep(max(0.0, (end_ns - time.monotonic_ns()) / 1e9))
+    for starter in starters:
+        starter.cancel()
+    await asyncio.gather(*starters, return_exceptions=True)
+    await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+    return [client.result for client in clients]
+
+
+# the run ------------------------------------------------------------------------------------------
+
+
+async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) -> Figures:
+    if scenario.target == "sfu":
+        specs = await _prepare_sfu(url, scenario, tag)
+    else:
+        specs = _prepare_anonymous(scenario)
+    processes = max(1, min(scenario.processes, len(specs)))
+    shares: list[list[ClientSpec]] = [[] for _ in range(processes)]
+    publishers = [spec for spec in specs if spec.role == "publisher"]
+    for index, spec in enumerate(publishers + [spec for spec in specs if spec.role != "publisher"]):
+        shares[index % processes].append(spec)
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    start_ns = time.monotonic_ns() + int(3e9)  # time for the workers to start and load the clip
+    end_ns = start_ns + int((scenario.ramp_up + scenario.duration) * 1e9)
+    workers = [
+        context.Process(target=_worker_entry, args=(url, share, scenario, start_ns, end_ns, queue), daemon=True)
+        for share in shares
+        if share
+    ]
+    for worker in workers:
+        worker.start()
+
+    window_start = start_ns + int((scenario.ramp_up + WARMUP_SECONDS) * 1e9)
+    window_end = end_ns - int(0.5e9)
+    cpu, rss = await _sample_server(server_pid, window_start, window_end)
+    own_before = metrics.own_cpu_seconds()
+    collected = [await asyncio.get_running_loop().run_in_executor(None, queue.get) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=10)
+    results = [result for batch, _ in collected for result in batch]
+    harness_cpu = sum(cpu_time for _, cpu_time in collected) + metrics.own_cpu_seconds() - own_before
+    run_seconds = (end_ns - start_ns) / 1e9
+    return _figures(scenario, results, specs, window_start, window_end, cpu, rss, harness_cpu / run_seconds, processes)
+
+
+async def _sample_server(pid: int | None, start_ns: int, end_ns: int) -> tuple[float | None, float | None]:
+    if pid is None:
+        return None, None
+    await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
+    cpu_start, wall_start = metrics.cpu_seconds(pid), time.monotonic()
+    peak = metrics.rss_bytes(pid)
+    while time.monotonic_ns() < end_ns:
+        await asyncio.sleep(0.5)
+        peak = max(peak, metrics.rss_bytes(pid))
+    cpu = (metrics.cpu_seconds(pid) - cpu_start) / (time.monotonic() - wall_start) * 100
+    return round(cpu, 1), round(peak / 2**20, 1)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def at(fraction: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 2)}
+
+
+def _figures(
+    scenario: Scenario,
+    results: list[ClientResult],
+    specs: list[ClientSpec],
+    window_start: int,
+    window_end: int,
+    server_cpu: float | None,
+    server_rss: float | None,
+    harness_cpu: float,
+    processes: int,
+) -> Figures:
+    subscribers = [result for result in results if result.role == "subscriber"]
+    publishers = [result for result in results if result.role == "publisher"]
+    errors = [error for result in results for error in result.errors]
+    joins = [(r.first_media_ns - r.opened_ns) / 1e6 for r in subscribers if r.first_media_ns]
+    missing = len(subscribers) - len(joins)
+    if missing:
+        errors.append(f"{missing} subscriber(s) received no media")
+    seconds = (window_end - window_start) / 1e9
+    packets = bytes_ = 0
+    for result in subscribers:
+        for _, moment, size in result.received:
+            if window_start <= moment <= window_end:
+                packets += 1
+                bytes_ += size
+    if not scenario.record_latency:
+        packets = sum(stream.packets for r in subscribers for stream in r.streams.values())
+        bytes_ = sum(stream.bytes for r in subscribers for stream in r.streams.values())
+        seconds = scenario.duration + scenario.ramp_up
+    expected = sum(s.highest - s.first_seq + 1 for r in subscribers for s in r.streams.values())
+    received = sum(s.packets for r in subscribers for s in r.streams.values())
+    loss = max(0.0, 100.0 * (expected - received) / expected) if expected else 100.0
+    video_rates = [
+        s.frames / ((s.last_ns - s.first_ns) / 1e9)
+        for r in subscribers
+        for s in r.streams.values()
+        if s.frames > 30 and s.last_ns > s.first_ns and s.packets / s.frames > 1.5
+    ]
+    from bench.clip import FPS
+
+    fps_ratio = round(statistics.mean(video_rates) / FPS, 3) if video_rates else None
+    latencies = _latencies(publishers, subscribers, window_start, window_end) if scenario.record_latency else []
+    mbit = bytes_ * 8 / seconds / 1e6
+    return Figures(
+        scenario=asdict(scenario),
+        subscribers_total=len(subscribers),
+        join_ms=_percentiles(joins),
+        forwarded_packets_per_second=round(packets / seconds, 1),
+        forwarded_mbit_per_second=round(mbit, 2),
+        server_cpu_percent=server_cpu,
+        server_rss_mb=server_rss,
+        harness_cpu_percent=round(harness_cpu * 100, 1),
+        harness_processes=processes,
+        loss_percent=round(loss, 3),
+        delivered_fps_ratio=fps_ratio,
+        latency_ms=_percentiles(latencies),
+        cpu_percent_per_mbit=round(server_cpu / mbit, 2) if server_cpu is not None and mbit > 0 else None,
+        errors=errors[:20],
+    )
+
+
+def _latencies(publishers: list[ClientResult], subscribers: list[ClientResult], start: int, end: int) -> list[float]:
+    """Publisher send to subscriber receive, per packet, matched by payload: the server leaves payloads
+    untouched, and the clip repeats only every few seconds, so the latest earlier send is the one."""
+    sends: dict[int, list[int]] = defaultdict(list)
+    for result in publishers:
+        for key, moment, _ in result.sent:
+            sends[key].append(moment)
+    for moments in sends.values():
+        moments.sort()
+    found = []
+    for result in subscribers:
+        for key, moment, _ in result.received:
+            if not start <= moment <= end:
+                continue
+            moments = sends.get(key)
+            if not moments:
+                continue
+            index = bisect.bisect_right(moments, moment) - 1
+            if index >= 0:
+                found.append((moment - moments[index]) / 1e6)
+    return found
+
+
+# servers ------------------------------------------------------------------------------------------
+
+
+class SpawnedServer:
+    """A server this harness starts for the run (the SFU, the naive baseline or the UDP relay)."""
+
+    def __init__(self, target: str, port: int) -> None:
+        self.target = target
+        self.port = port
+        self.data_dir = tempfile.mkdtemp(prefix="huiyi-bench-")
+        self.log = Path(self.data_dir) / "server.log"
+        command = {
+            "sfu": [sys.executable, str(ROOT / "run_server.py"), "--host", "127.0.0.1", "--port", str(port)],
+            "naive": [sys.executable, str(ROOT / "bench" / "naive_server.py"), "--host", "127.0.0.1"],
+            "relay": [sys.executable, "-m", "bench.relay", "--port", str(port)],
+        }[target]
+        if target == "sfu":
+            command += ["--data-dir", self.data_dir]
+        if target == "naive":
+            command += ["--port", str(port)]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
+        env.update({"HUIYI_RATE_LIMITS": "off", "HUIYI_SERVER_LOG_LEVEL": "WARNING"})
+        with self.log.open("w") as handle:
+            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}" if self.target != "relay" else f"udp://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.target} server exited:\n{self.log.read_text()[-3000:]}")
+            if self.target == "relay":
+                if "relaying" in self.log.read_text():
+                    return
+            else:
+                try:
+                    async with aiohttp.ClientSession() as http, http.get(f"{self.url}/api/v1/health") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.target} server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()

@@ -1,0 +1,102 @@
+"""Tables and plots of benchmark figures: per run, and capacity against the baselines as ratios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.harness import Figures
+
+COLUMNS = (
+    ("target", lambda f: f.scenario["target"]),
+    ("subs", lambda f: f.subscribers_total),
+    ("layers", lambda f: f.scenario["layers"]),
+    ("join p50/p99 ms", lambda f: f"{_num(f.join_ms['p50'])}/{_num(f.join_ms['p99'])}"),
+    ("pkt/s", lambda f: f"{f.forwarded_packets_per_second:.0f}"),
+    ("Mbit/s", lambda f: f"{f.forwarded_mbit_per_second:.1f}"),
+    ("server CPU %", lambda f: _num(f.server_cpu_percent)),
+    ("RSS MB", lambda f: _num(f.server_rss_mb)),
+    ("loss %", lambda f: f"{f.loss_percent:.2f}"),
+    ("fps", lambda f: _num(f.delivered_fps_ratio)),
+    ("lat p50/p99 ms", lambda f: f"{_num(f.latency_ms['p50'])}/{_num(f.latency_ms['p99'])}"),
+    ("harness CPU %", lambda f: f"{f.harness_cpu_percent:.0f} ({f.harness_processes}p)"),
+    ("ok", lambda f: "yes" if f.passes() else "NO"),
+)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [
+        "| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
+        for row in [header, ["-" * width for width in widths], *rows]
+    ]
+    return "\n".join(lines)
+
+
+def run_table(runs: list[Figures]) -> str:
+    return _table([name for name, _ in COLUMNS], [[str(value(f)) for _, value in COLUMNS] for f in runs])
+
+
+def _capacity(runs: list[Figures]) -> Figures | None:
+    """The heaviest run that still passes (loss < 1 %, p99 < 50 ms, frames delivered)."""
+    passing = [f for f in runs if f.passes()]
+    return max(passing, key=lambda f: f.subscribers_total) if passing else None
+
+
+def _mbit_per_core(figures: Figures | None) -> float | None:
+    if figures is None or not figures.server_cpu_percent:
+        return None
+    return figures.forwarded_mbit_per_second / (figures.server_cpu_percent / 100)
+
+
+def capacity_table(everything: dict[str, list[Figures]]) -> str:
+    reference = _capacity(everything.get("sfu", []))
+    rows = []
+    for target, runs in everything.items():
+        best = _capacity(runs)
+        per_core = _mbit_per_core(best)
+        cpu_per_mbit = best.cpu_percent_per_mbit if best else None
+        p99 = best.latency_ms["p99"] if best else None
+        ratio = "-"
+        if reference is not None and best is not None and target != "sfu":
+            sfu_per_core = _mbit_per_core(reference)
+            if sfu_per_core and per_core:
+                ratio = f"{sfu_per_core / per_core:.2f}x"
+        rows.append(
+            [
+                target,
+                str(best.subscribers_total) if best else "none passed",
+                _num(round(per_core, 1) if per_core else None),
+                _num(cpu_per_mbit),
+                _num(p99),
+                ratio,
+            ]
+        )
+    header = ["target", "capacity (subs)", "Mbit/s per core", "CPU % per Mbit/s", "p99 ms", "sfu per-core ratio"]
+    return _table(header, rows)
+
+
+def plot(everything: dict[str, list[Figures]], path: Path) -> None:
+    """Server CPU and p99 latency against subscribers, one line per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (cpu_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for target, runs in everything.items():
+        counts = [f.subscribers_total for f in runs]
+        cpu_axis.plot(counts, [f.server_cpu_percent or 0 for f in runs], marker="o", label=target)
+        latencies = [(f.subscribers_total, f.latency_ms["p99"]) for f in runs if f.latency_ms["p99"] is not None]
+        if latencies:
+            latency_axis.plot(*zip(*latencies, strict=True), marker="o", label=target)
+    cpu_axis.set(xlabel="subscribers", ylabel="server CPU % (100 = one core)", title="Server CPU")
+    latency_axis.set(xlabel="subscribers", ylabel="p99 latency, ms", title="Added latency (p99)")
+    for axis in (cpu_axis, latency_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
