@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import socket
 import sys
 from dataclasses import asdict, replace
@@ -78,9 +79,7 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
         for index, count in enumerate(counts):
             scenario = replace(base, subscribers=count)
             print(f"running {scenario.label} for {scenario.duration:.0f} s ...", file=sys.stderr, flush=True)
-            figures = await run(
-                scenario, url, pid, tag=f"{target[0]}{index}{socket.gethostname()[-3:]}{id(scenario) % 9999}"
-            )
+            figures = await run(scenario, url, pid, tag=f"{target[0]}{index}x{secrets.token_hex(3)}")
             print(run_table([figures]), file=sys.stderr, flush=True)
             results.append(figures)
     finally:
