@@ -106,7 +106,11 @@ async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> list[ClientSpe
             accounts = await asyncio.gather(*(_account(http, url, name) for _, name in people))
             host_token = accounts[0][0]
             headers = {"Authorization": f"Bearer {host_token}"}
-            async with http.post(f"{url}/api/v1/meetings", json={"title": f"bench {tag} {room}"}, headers=headers) as r:
+            async with http.post(
+                f"{url}/api/v1/meetings",
+                json={"title": f"bench {tag} {room}", "max_participants": 1000},
+                headers=headers,
+            ) as r:
                 meeting_id = (await r.json())["data"]["meeting_id"]
             for token, _ in accounts:
                 async with http.post(
