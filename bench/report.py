@@ -100,3 +100,29 @@ def plot(everything: dict[str, list[Figures]], path: Path) -> None:
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    """``python -m bench.report A.json B.json [--png P]``: merge saved runs into one capacity table and plot."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("runs", nargs="+", type=Path, help="files written by python -m bench --json")
+    parser.add_argument("--png", type=Path)
+    arguments = parser.parse_args()
+    everything: dict[str, list[Figures]] = {}
+    for path in arguments.runs:
+        for target, runs in json.loads(path.read_text()).items():
+            everything.setdefault(target, []).extend(Figures(**figures) for figures in runs)
+    for runs in everything.values():
+        runs.sort(key=lambda figures: figures.subscribers_total)
+    print(run_table([figures for runs in everything.values() for figures in runs]))
+    print()
+    print(capacity_table(everything))
+    if arguments.png:
+        plot(everything, arguments.png)
+
+
+if __name__ == "__main__":
+    main()

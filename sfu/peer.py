@@ -140,6 +140,3 @@ class Peer:
         await self.subscriber.close()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    def connection_state(self) -> dict[str, str]:
-        return {"publisher": self.publisher.state, "subscriber": self.subscriber.state}

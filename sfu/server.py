@@ -18,12 +18,12 @@ from sfu.peer import Peer, Signal
 from sfu.room import Room
 from sfu.sdp import SdpError
 from sfu.subscriber import NegotiationError
+from sfu.track import LAYER_NAMES
 
 log = logging.getLogger("huiyi.sfu")
 
 TICK_SECONDS = 0.25
 REPORT_EVERY_TICKS = 4  # RTCP reports and statistics once a second
-LAYER_NAMES = ("low", "medium", "high")
 
 
 class SignalError(Exception):
@@ -77,12 +77,6 @@ class Sfu:
         if peer.room.empty:
             self.rooms.pop(peer.room.id, None)
         log.info("peer %s left media of meeting %s", peer_id, peer.room.id)
-
-    async def end_room(self, meeting_id: int) -> None:
-        room = self.rooms.get(meeting_id)
-        if room is not None:
-            for peer_id in list(room.peers):
-                await self.remove_peer(peer_id)
 
     # signaling ----------------------------------------------------------------------------------
 

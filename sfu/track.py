@@ -47,7 +47,6 @@ class Layer:
         "index",
         "jitter",
         "keyframe_requests",
-        "keyframes",
         "last_arrival",
         "last_keyframe_request",
         "last_timestamp",
@@ -70,7 +69,7 @@ class Layer:
         self.rid = rid
         self.ssrc = 0
         self.rtx_ssrc = 0
-        self.packets = self.bytes = self.frames = self.keyframes = self.lost = self.nacks_sent = 0
+        self.packets = self.bytes = self.frames = self.lost = self.nacks_sent = 0
         self.keyframe_requests = 0
         self.highest_seq = -1
         self.cycles = 0
