@@ -52,30 +52,48 @@ def _mbit_per_core(figures: Figures | None) -> float | None:
     return figures.forwarded_mbit_per_second / (figures.server_cpu_percent / 100)
 
 
+def _cost_ratio(runs: list[Figures], reference: list[Figures]) -> str:
+    """CPU per forwarded Mbit/s against the SFU's, at the heaviest load both carried."""
+    ours = {f.subscribers_total: f for f in runs if f.passes() and f.cpu_percent_per_mbit}
+    theirs = {f.subscribers_total: f for f in reference if f.passes() and f.cpu_percent_per_mbit}
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return "-"
+    load = common[-1]
+    return f"{ours[load].cpu_percent_per_mbit / theirs[load].cpu_percent_per_mbit:.2f}x at {load}"
+
+
 def capacity_table(everything: dict[str, list[Figures]]) -> str:
-    reference = _capacity(everything.get("sfu", []))
+    """Capacity per target, and how its cost compares with the SFU's (ratios, never absolute claims)."""
+    reference_runs = everything.get("sfu", [])
+    reference = _capacity(reference_runs)
     rows = []
     for target, runs in everything.items():
         best = _capacity(runs)
         per_core = _mbit_per_core(best)
-        cpu_per_mbit = best.cpu_percent_per_mbit if best else None
-        p99 = best.latency_ms["p99"] if best else None
-        ratio = "-"
-        if reference is not None and best is not None and target != "sfu":
-            sfu_per_core = _mbit_per_core(reference)
-            if sfu_per_core and per_core:
-                ratio = f"{sfu_per_core / per_core:.2f}x"
+        capacity_ratio = "-"
+        if target != "sfu" and reference is not None and best is not None:
+            capacity_ratio = f"{reference.subscribers_total / best.subscribers_total:.2f}x"
         rows.append(
             [
                 target,
                 str(best.subscribers_total) if best else "none passed",
                 _num(round(per_core, 1) if per_core else None),
-                _num(cpu_per_mbit),
-                _num(p99),
-                ratio,
+                _num(best.cpu_percent_per_mbit if best else None),
+                _num(best.latency_ms["p99"] if best else None),
+                capacity_ratio,
+                _cost_ratio(runs, reference_runs) if target != "sfu" else "-",
             ]
         )
-    header = ["target", "capacity (subs)", "Mbit/s per core", "CPU % per Mbit/s", "p99 ms", "sfu per-core ratio"]
+    header = [
+        "target",
+        "capacity (subs)",
+        "Mbit/s per core",
+        "CPU % per Mbit/s",
+        "p99 ms",
+        "sfu capacity / target's",
+        "target CPU per Mbit/s / sfu's",
+    ]
     return _table(header, rows)
 
 
@@ -87,12 +105,16 @@ def plot(everything: dict[str, list[Figures]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (cpu_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"sfu": "tab:blue", "naive": "tab:red", "relay": "tab:green"}
     for target, runs in everything.items():
         counts = [f.subscribers_total for f in runs]
-        cpu_axis.plot(counts, [f.server_cpu_percent or 0 for f in runs], marker="o", label=target)
+        style = {"marker": "o", "label": target, "color": colours.get(target)}
+        cpu_axis.plot(counts, [f.server_cpu_percent or 0 for f in runs], **style)
         latencies = [(f.subscribers_total, f.latency_ms["p99"]) for f in runs if f.latency_ms["p99"] is not None]
         if latencies:
-            latency_axis.plot(*zip(*latencies, strict=True), marker="o", label=target)
+            latency_axis.plot(*zip(*latencies, strict=True), **style)
+    latency_axis.set_yscale("log")
+    latency_axis.axhline(50, color="grey", linestyle="--", linewidth=1)
     cpu_axis.set(xlabel="subscribers", ylabel="server CPU % (100 = one core)", title="Server CPU")
     latency_axis.set(xlabel="subscribers", ylabel="p99 latency, ms", title="Added latency (p99)")
     for axis in (cpu_axis, latency_axis):
