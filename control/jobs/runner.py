@@ -41,6 +41,9 @@ class JobRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Progress writes run as separate tasks; per job they go through one lock and never go back.
+        self._progress_locks: dict[str, asyncio.Lock] = {}
+        self._progress_written: dict[str, int] = {}
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -88,10 +91,16 @@ class JobRunner:
             await self.store.jobs.update(
                 job_id, only_if=["queued"], status="running", started_at=utc_now(), attempts=attempts
             )
-        else:
+            return
+        async with self._progress_locks.setdefault(job_id, asyncio.Lock()):
+            if percent <= self._progress_written.get(job_id, -1):
+                return
+            self._progress_written[job_id] = percent
             await self.store.jobs.update(job_id, only_if=["running"], progress=percent)
 
     async def _finish(self, job_id: str, status: str, **values: Any) -> None:
+        self._progress_locks.pop(job_id, None)
+        self._progress_written.pop(job_id, None)
         await self.store.jobs.update(job_id, status=status, finished_at=utc_now(), **values)
 
     async def _inputs(self, job: JobRecord) -> list[str]:
