@@ -214,6 +214,8 @@ class PublisherSide:
                 return
             start = packet.payload_start
             packet.seq = (data[start] << 8) | data[start + 1]
+            if not layer.wanted_repair(packet.seq):
+                return
             packet.payload_start = start + 2
             packet.ssrc = layer.ssrc
         missing = layer.note(packet, time.monotonic(), track.codec.clock_rate)

@@ -52,9 +52,11 @@ class Layer:
         "last_timestamp",
         "last_transit",
         "lost",
+        "missing",
         "nacks_sent",
         "name",
         "packets",
+        "probes",
         "received_prior",
         "rid",
         "rtx_ssrc",
@@ -71,6 +73,8 @@ class Layer:
         self.rtx_ssrc = 0
         self.packets = self.bytes = self.frames = self.lost = self.nacks_sent = 0
         self.keyframe_requests = 0
+        self.missing: set[int] = set()  # sequence numbers NACKed upstream and not yet repaired
+        self.probes = 0  # retransmissions nobody asked for (the publisher probing bandwidth): dropped
         self.highest_seq = -1
         self.cycles = 0
         self.base_seq = 0
@@ -101,6 +105,14 @@ class Layer:
     def active(self) -> bool:
         return time.monotonic() - self.last_arrival < LAYER_IDLE_SECONDS
 
+    def wanted_repair(self, seq: int) -> bool:
+        """Whether a retransmitted packet fills a gap; a publisher's padding probes repeat old packets."""
+        if seq in self.missing:
+            self.missing.discard(seq)
+            return True
+        self.probes += 1
+        return False
+
     def note(self, packet: rtp.Packet, now: float, clock_rate: int) -> list[int]:
         """Count the packet; return sequence numbers found missing just before it (to NACK upstream)."""
         self.packets += 1
@@ -123,6 +135,9 @@ class Layer:
             gap = (packet.seq - self.highest_seq) & 0xFFFF
             if 1 < gap <= UPSTREAM_NACK_MAX_GAP:
                 missing = [(self.highest_seq + step) & 0xFFFF for step in range(1, gap)]
+                if len(self.missing) > 4 * UPSTREAM_NACK_MAX_GAP:
+                    self.missing.clear()
+                self.missing.update(missing)
             if packet.seq < self.highest_seq:
                 self.cycles += 0x10000
             self.highest_seq = packet.seq

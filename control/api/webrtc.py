@@ -33,6 +33,7 @@ class LayerOut(BaseModel):
     jitter: int = Field(description="interarrival jitter, in RTP clock units")
     nacks_sent: int = Field(description="NACKs the server sent the publisher for this layer")
     keyframe_requests: int = Field(description="PLIs the server sent the publisher for this layer")
+    probes_dropped: int = Field(description="retransmissions nobody asked for (bandwidth probes), not forwarded")
 
 
 class TrackOut(BaseModel):
@@ -143,6 +144,7 @@ def _track_out(track: PublishedTrack) -> TrackOut:
                 jitter=int(layer.jitter),
                 nacks_sent=layer.nacks_sent,
                 keyframe_requests=layer.keyframe_requests,
+                probes_dropped=layer.probes,
             )
             for layer in track.layers
         ],
