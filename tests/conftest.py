@@ -3,6 +3,7 @@ schema of its own per test), Redis is the real server; under CI a missing server
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import uuid
@@ -47,9 +48,18 @@ async def postgres_schema() -> str:
 
 
 async def drop_schema(schema: str) -> None:
+    """Drop a test's schema. A query the test's server still finishes (a socket's cleanup after its
+    peer vanished) can make PostgreSQL pick this DROP as a deadlock victim: try again shortly."""
     connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
     try:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for attempt in range(5):
+            try:
+                await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await connection.close()
 
