@@ -44,6 +44,7 @@ class ServerSettings(_Section):
 class DatabaseSettings(_Section):
     url: str
     schema_name: str = Field(alias="schema", pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$")
+    pool_size: int = Field(ge=1, le=1000)
 
     @field_validator("url")
     @classmethod
@@ -63,6 +64,7 @@ class AuthSettings(_Section):
     access_token_ttl_seconds: int = Field(gt=0)
     refresh_token_ttl_seconds: int = Field(gt=0)
     reset_token_ttl_seconds: int = Field(gt=0)
+    account_cache_seconds: float = Field(ge=0, le=3600)
 
 
 class MailSettings(_Section):
@@ -84,6 +86,11 @@ class MediaSettings(_Section):
     job_workers: int = Field(ge=0, le=64)
 
 
+class SignalingSettings(_Section):
+    heartbeat_seconds: float = Field(gt=0, le=300)
+    max_sockets_per_user: int = Field(ge=1, le=1000)
+
+
 class SfuSettings(_Section):
     ipv6: bool
     publish_bitrate: int = Field(ge=100_000, le=100_000_000)
@@ -103,6 +110,7 @@ class Settings(_Section):
     mail: MailSettings
     uploads: UploadSettings
     media: MediaSettings
+    signaling: SignalingSettings
     sfu: SfuSettings
     rate_limits: RateLimitSettings
 

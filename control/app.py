@@ -11,19 +11,23 @@ from aiohttp import web
 
 from config import Settings
 from control.api import GROUPS
-from control.api.meta import huiyi_version
+from control.api.meta import DATABASE_PROBE, DatabaseProbe, huiyi_version
 from control.api.sessions import STARTED
+from control.auth.accounts import AccountCache
 from control.auth.guard import guard
 from control.auth.secret import load_signing_key
+from control.auth.throttle import LoginThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.bus import open_bus
 from control.context import (
+    ACCOUNTS,
     AVATARS,
     BACKGROUND,
     HUB,
     JOBS,
     LIMITER,
+    LOGIN_THROTTLE,
     MAILER,
     OPENAPI,
     SETTINGS,
@@ -55,7 +59,9 @@ def all_endpoints() -> list[Endpoint]:
 
 async def _store_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[STORE] = await Store.open(settings.database_url, settings.database.schema_name)
+    app[STORE] = await Store.open(settings.database_url, settings.database.schema_name, settings.database.pool_size)
+    app[DATABASE_PROBE] = DatabaseProbe(app[STORE].engine)
+    app[ACCOUNTS] = AccountCache(app[STORE].users, settings.auth.account_cache_seconds)
     yield
     await app[STORE].close()
 
@@ -63,9 +69,12 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
 async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     await app[STORE].sessions.close_node(settings.node_id, "node restarted")
-    app[HUB] = Hub(open_bus(settings.redis.url, settings.redis.key_prefix, settings.node_id), settings.node_id)
+    bus = open_bus(settings.redis.url, settings.redis.key_prefix, settings.node_id)
+    app[HUB] = Hub(bus, settings.node_id, app[ACCOUNTS])
     await app[HUB].start()
+    app[STORE].users.listeners.append(app[HUB].announce_account)
     yield
+    app[STORE].users.listeners.remove(app[HUB].announce_account)
     await app[HUB].close()
 
 
@@ -91,6 +100,7 @@ async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
 async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
+    await app[LOGIN_THROTTLE].close()
 
 
 async def _background_context(app: web.Application) -> AsyncIterator[None]:
@@ -118,6 +128,9 @@ def create_app(settings: Settings) -> web.Application:
         enabled=settings.rate_limits.enabled,
         redis_url=settings.redis.url,
         key_prefix=settings.redis.key_prefix,
+    )
+    app[LOGIN_THROTTLE] = LoginThrottle(
+        enabled=settings.rate_limits.enabled, redis_url=settings.redis.url, key_prefix=settings.redis.key_prefix
     )
     app[MAILER] = Mailer(settings.mail, data_dir / "outbox")
     app[AVATARS] = AvatarStore(data_dir / "avatars", settings.uploads.avatar_size_px)

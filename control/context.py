@@ -9,6 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from config import Settings
+from control.auth.accounts import AccountCache
+from control.auth.throttle import LoginThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.jobs.runner import JobRunner
@@ -22,8 +24,10 @@ from sfu.server import Sfu
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
+ACCOUNTS = web.AppKey("accounts", AccountCache)
 TOKENS = web.AppKey("tokens", TokenCodec)
 LIMITER = web.AppKey("limiter", RateLimiter)
+LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 MAILER = web.AppKey("mailer", Mailer)
 AVATARS = web.AppKey("avatars", AvatarStore)
 OPENAPI = web.AppKey("openapi", dict)

@@ -62,6 +62,7 @@ class ServerProcess:
     process: subprocess.Popen[str]
     url: str
     log: Path
+    env: dict[str, str]  # the HUIYI_* settings it was started with
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -90,7 +91,7 @@ def start_server(
         cwd=ROOT,
     )
     handle.close()
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log, dict(env or {}))
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -99,6 +100,7 @@ def start_server(
             if request("GET", server.url + "/api/v1/health")[0] == 200:
                 return server
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server did not answer within {START_TIMEOUT} s:\n{log.read_text()}")

@@ -39,7 +39,9 @@ async def closed_with(socket: ClientWebSocketResponse) -> int:
     """Read until the server closes; the close code."""
     while True:
         frame = await socket.receive(timeout=TIMEOUT)
-        if frame.type in {WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING}:
+        if frame.type == WSMsgType.CLOSE:
+            return frame.data  # the code the server sent, whatever became of the closing handshake
+        if frame.type in {WSMsgType.CLOSED, WSMsgType.CLOSING}:
             return socket.close_code or frame.data
 
 

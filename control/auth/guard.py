@@ -6,9 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from control.auth.tokens import TokenClaims, TokenType
-from control.context import CURRENT_USER, LIMITER, STORE, TOKENS
+from control.context import ACCOUNTS, CURRENT_USER, LIMITER, TOKENS
 from control.endpoints import Access, Endpoint
-from control.errors import forbidden, unauthorized
+from control.errors import ApiError, forbidden, unauthorized
 from control.store.users import UserRecord
 
 TOKEN_CLAIMS = web.RequestKey("token_claims", TokenClaims)
@@ -22,11 +22,12 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-async def authenticate(request: web.Request, token: str, token_type: TokenType) -> tuple[UserRecord, TokenClaims]:
+async def authenticate(app: web.Application, token: str, token_type: TokenType) -> tuple[UserRecord, TokenClaims]:
     """Check signature, expiry and type, then the account itself on every call, so a ban or a
-    password change takes effect on the very next request."""
-    claims = request.app[TOKENS].decode(token, token_type)
-    user = await request.app[STORE].users.get(claims.user_id)
+    password change takes effect on the very next request (the account cache is told of every
+    change on every node before the change's own request answers)."""
+    claims = app[TOKENS].decode(token, token_type)
+    user = await app[ACCOUNTS].get(claims.user_id)
     if user is None or user.status == "deleted":
         raise unauthorized("Account no longer exists")
     if user.status == "banned":
@@ -39,10 +40,16 @@ async def authenticate(request: web.Request, token: str, token_type: TokenType) 
 async def guard(request: web.Request, endpoint: Endpoint) -> None:
     if endpoint.access is not Access.PUBLIC:
         token = bearer_token(request)
-        if token is None:
-            raise unauthorized()
         token_type: TokenType = "refresh" if endpoint.access is Access.REFRESH else "access"
-        user, claims = await authenticate(request, token, token_type)
+        try:
+            if token is None:
+                raise unauthorized()
+            user, claims = await authenticate(request.app, token, token_type)
+        except ApiError:
+            # Callers without a valid token count against the address they call from, so
+            # guessing tokens costs as much as any anonymous request.
+            await request.app[LIMITER].hit(endpoint.operation_id, f"ip:{request.remote or 'unknown'}")
+            raise
         if endpoint.access is Access.ADMIN and not user.is_admin:
             raise forbidden("Administrator role required")
         request[CURRENT_USER] = user

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -16,6 +17,7 @@ from control.errors import BusinessCode, unauthorized
 TokenType = Literal["access", "refresh"]
 ALGORITHM = "HS256"
 ISSUER = "huiyi"
+VERIFIED_CAPACITY = 20_000  # tokens whose signature was checked, remembered to skip checking again
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class TokenCodec:
         self._key = key
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        self._verified: OrderedDict[str, TokenClaims] = OrderedDict()
 
     def issue(self, user_id: int, version: int, token_type: TokenType, family: str | None = None) -> TokenClaims:
         now = utc_now()
@@ -61,6 +64,22 @@ class TokenCodec:
         return jwt.encode(payload, self._key, algorithm=ALGORITHM)
 
     def decode(self, token: str, expected: TokenType) -> TokenClaims:
+        """The claims of a valid token of the expected type. A client presents the same token on
+        every request until it expires, so a verified one is remembered (by its exact text) and
+        only its expiry and type are checked again."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            self._verified[token] = claims
+            if len(self._verified) > VERIFIED_CAPACITY:
+                self._verified.popitem(last=False)
+        if claims.expires_at <= utc_now():
+            raise unauthorized("Token expired", BusinessCode.TOKEN_EXPIRED)
+        if claims.token_type != expected:
+            raise unauthorized(f"{'An access' if expected == 'access' else 'A refresh'} token is required")
+        return claims
+
+    def _verify(self, token: str) -> TokenClaims:
         try:
             payload = jwt.decode(
                 token,
@@ -73,8 +92,8 @@ class TokenCodec:
             raise unauthorized("Token expired", BusinessCode.TOKEN_EXPIRED) from None
         except jwt.InvalidTokenError:
             raise unauthorized("Invalid token") from None
-        if payload["typ"] != expected:
-            raise unauthorized(f"{'An access' if expected == 'access' else 'A refresh'} token is required")
+        if payload["typ"] not in ("access", "refresh"):
+            raise unauthorized("Invalid token")
         try:
             user_id = int(payload["sub"])
             version = int(payload["ver"])
@@ -83,7 +102,7 @@ class TokenCodec:
         family = payload.get("fam")
         return TokenClaims(
             user_id=user_id,
-            token_type=expected,
+            token_type=payload["typ"],
             version=version,
             jti=str(payload["jti"]),
             family=str(family) if family is not None else None,

@@ -9,12 +9,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 Listener = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Called when messages may have been lost (the connection to Redis dropped and came back).
+GapListener = Callable[[], Awaitable[None]]
 
 
 class Bus(Protocol):
-    async def start(self, listener: Listener) -> None: ...
+    async def start(self, listener: Listener, on_gap: GapListener | None = None) -> None: ...
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
+
+    async def publish_confirmed(self, channel: str, message: dict[str, Any], timeout: float) -> int:
+        """Publish, then wait until every node listening on the channel has handled the message
+        (or ``timeout`` seconds passed); answers how many nodes confirmed."""
+        ...
 
     async def subscribe(self, channel: str) -> None: ...
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from control.auth.accounts import AccountCache
 from control.bus import Bus
+from control.store.users import UserRecord
 
 log = logging.getLogger("huiyi.signaling")
 
@@ -26,11 +28,14 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
+CLOSE_TOO_MANY = 4408  # the user already holds as many sockets as allowed
 CLOSE_REMOVED = 4003
 CLOSE_LEFT = 1000
 
 
 OUTBOX_LIMIT = 256  # messages queued for one socket before it counts as too slow to keep
+ACCOUNTS_CHANNEL = "accounts"  # every node listens: account changes, revocations among them
+CONFIRM_SECONDS = 2.0  # how long a change to an account waits for every node to apply it
 
 
 @dataclass(eq=False)
@@ -45,12 +50,17 @@ class Connection:
     user_id: int
     socket: web.WebSocketResponse
     admitted: bool
+    # The token version the socket was authenticated with: bumping the account's revokes it.
+    token_version: int = 0
     messages_in: int = 0
     messages_out: int = 0
     joined_room: bool = False
     close_reason: str = field(default="disconnected")
     # Called when a host admits this (waiting) user, to hand them the room state.
     on_admit: Callable[[], Awaitable[None]] | None = None
+    # Called when the server closes the socket, to drop the user's media at once rather than
+    # when the closing handshake completes.
+    on_close: Callable[[], Awaitable[None]] | None = None
     outbox: asyncio.Queue[dict[str, Any] | tuple[int, str]] = field(default_factory=lambda: asyncio.Queue(OUTBOX_LIMIT))
     _closing: bool = False
 
@@ -114,13 +124,29 @@ def message(kind: str, meeting_id: int, sender: int, data: Any, to: int | None =
 
 
 class Hub:
-    def __init__(self, bus: Bus, node_id: str) -> None:
+    def __init__(self, bus: Bus, node_id: str, accounts: AccountCache) -> None:
         self.bus = bus
         self.node_id = node_id
+        self.accounts = accounts
         self.rooms: dict[int, set[Connection]] = defaultdict(set)
+        self._sockets_per_user: Counter[int] = Counter()
+
+    def claim(self, user_id: int, most: int) -> bool:
+        """Take one of the user's socket slots on this node (False when all are taken); taken and
+        checked without a pause, so concurrent connects cannot both take the last one."""
+        if self._sockets_per_user[user_id] >= most:
+            return False
+        self._sockets_per_user[user_id] += 1
+        return True
+
+    def release(self, user_id: int) -> None:
+        self._sockets_per_user[user_id] -= 1
+        if self._sockets_per_user[user_id] <= 0:
+            del self._sockets_per_user[user_id]
 
     async def start(self) -> None:
-        await self.bus.start(self._on_bus)
+        await self.bus.start(self._on_bus, self._on_gap)
+        await self.bus.subscribe(ACCOUNTS_CHANNEL)
 
     async def add(self, connection: Connection) -> None:
         room = self.rooms[connection.meeting_id]
@@ -154,11 +180,48 @@ class Hub:
         event = {"event": "close", "user_id": user_id, "code": code, "reason": reason}
         await self.bus.publish(room_channel(meeting_id), event)
 
+    async def announce_account(self, user: UserRecord) -> None:
+        """An account was written: every node drops its cached copy and closes the sockets the
+        change revokes before this returns, so the change holds on the caller's next request."""
+        event = {"event": "account", "user_id": user.id, "status": user.status, "token_version": user.token_version}
+        await self.bus.publish_confirmed(ACCOUNTS_CHANNEL, event, CONFIRM_SECONDS)
+
     async def admit(self, meeting_id: int, user_id: int) -> None:
         """A waiting user was let in: their sockets leave the lobby and get the room state."""
         await self.bus.publish(room_channel(meeting_id), {"event": "admit", "user_id": user_id})
 
+    async def _on_gap(self) -> None:
+        log.warning("account changes may have been missed while the bus was down; cached accounts dropped")
+        self.accounts.clear()
+
+    async def _on_account(self, event: dict[str, Any]) -> None:
+        user_id = event["user_id"]
+        self.accounts.forget(user_id)
+        for connection in [c for room in self.rooms.values() for c in room if c.user_id == user_id]:
+            if event["status"] == "banned":
+                await self._shut(connection, CLOSE_FORBIDDEN, "account banned")
+            elif event["status"] == "deleted":
+                await self._shut(connection, CLOSE_UNAUTHORIZED, "account deleted")
+            elif event["token_version"] != connection.token_version:
+                await self._shut(connection, CLOSE_UNAUTHORIZED, "token revoked; log in again")
+
+    async def _shut(self, connection: Connection, code: int, reason: str) -> None:
+        """Close a socket for a reason the server has: told first, media dropped at once."""
+        if connection.closing:
+            return
+        if code == CLOSE_MEETING_ENDED:
+            farewell = {"user_id": connection.user_id, "reason": reason}
+            connection.send(message("user-left", connection.meeting_id, SERVER, farewell))
+        else:
+            connection.send(message("error", connection.meeting_id, SERVER, {"code": code, "message": reason}))
+        connection.close(code, reason)
+        if connection.on_close is not None:
+            await connection.on_close()
+
     async def _on_bus(self, channel: str, event: dict[str, Any]) -> None:
+        if channel == ACCOUNTS_CHANNEL:
+            await self._on_account(event)
+            return
         if not channel.startswith("room:"):
             return
         meeting_id = int(channel.split(":", 1)[1])
@@ -171,14 +234,7 @@ class Hub:
                     continue
                 connection.send(event["payload"])
             elif kind == "close" and event.get("user_id") in (None, connection.user_id):
-                if event["code"] == CLOSE_MEETING_ENDED:
-                    farewell = {"user_id": connection.user_id, "reason": event["reason"]}
-                    connection.send(message("user-left", meeting_id, SERVER, farewell))
-                else:
-                    connection.send(
-                        message("error", meeting_id, SERVER, {"code": event["code"], "message": event["reason"]})
-                    )
-                connection.close(event["code"], event["reason"])
+                await self._shut(connection, event["code"], event["reason"])
             elif kind == "admit" and event.get("user_id") == connection.user_id and not connection.admitted:
                 connection.admitted = True
                 if connection.on_admit is not None:

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from control.auth.guard import authenticate, bearer_token
-from control.context import HUB, SETTINGS, SFU, STORE, run_in_background
+from control.auth.tokens import TokenClaims
+from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_background
 from control.endpoints import unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat
@@ -22,6 +23,7 @@ from control.signaling.hub import (
     CLOSE_FLOOD,
     CLOSE_FORBIDDEN,
     CLOSE_NOT_FOUND,
+    CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
     SERVER,
     Connection,
@@ -33,7 +35,6 @@ from sfu.server import SignalError
 
 log = logging.getLogger("huiyi.signaling")
 
-HEARTBEAT_SECONDS = 10.0  # a dead peer is noticed after one missed pong: well within 30 s
 MESSAGE_MAX_BYTES = 64 * 1024  # larger messages are refused with an error, the socket kept
 FRAME_HARD_LIMIT = 1024 * 1024  # larger frames close the socket (protects memory)
 FLOOD_RATE = 20.0  # messages per second, sustained
@@ -82,19 +83,20 @@ def _query_int(request: web.Request, name: str) -> int:
     return value
 
 
-async def _admit(request: web.Request, socket: web.WebSocketResponse) -> tuple[Connection, MeetingRecord]:
+async def _admit(request: web.Request, socket: web.WebSocketResponse) -> tuple[Connection, MeetingRecord, TokenClaims]:
     meeting_id = _query_int(request, "meeting_id")
     user_id = _query_int(request, "user_id")
     token = bearer_token(request) or request.query.get("token")
     if not token:
         raise Refused(CLOSE_UNAUTHORIZED, 401, "a token is required (Authorization header or token parameter)")
     try:
-        user, _ = await authenticate(request, token, "access")
+        user, claims = await authenticate(request.app, token, "access")
     except ApiError as exc:
         raise Refused(CLOSE_FORBIDDEN if exc.status == 403 else CLOSE_UNAUTHORIZED, exc.code, exc.message) from None
     if user.id != user_id:
         raise Refused(CLOSE_FORBIDDEN, 403, "user_id does not match the token")
     store = request.app[STORE]
+
     meeting = await store.meetings.get(meeting_id)
     if meeting is None:
         raise Refused(CLOSE_NOT_FOUND, BusinessCode.MEETING_NOT_FOUND, "meeting not found")
@@ -103,25 +105,60 @@ async def _admit(request: web.Request, socket: web.WebSocketResponse) -> tuple[C
     participant = await store.participants.get(meeting_id, user_id)
     if participant is None or participant.removed or participant.status == "offline":
         raise Refused(CLOSE_FORBIDDEN, 403, "join the meeting first: POST /api/v1/meetings/{id}/join")
+    most = request.app[SETTINGS].signaling.max_sockets_per_user
+    if not request.app[HUB].claim(user_id, most):
+        raise Refused(CLOSE_TOO_MANY, 429, f"at most {most} signaling sockets per user on this server; close one")
     connection = Connection(
         session_id=secrets.token_hex(16),
         meeting_id=meeting_id,
         user_id=user_id,
         socket=socket,
         admitted=participant.status == "online",
+        token_version=claims.version,
     )
-    return connection, meeting
+    return connection, meeting, claims
 
 
 class Session:
     """The conversation on one admitted socket."""
 
-    def __init__(self, request: web.Request, connection: Connection, meeting: MeetingRecord) -> None:
+    def __init__(
+        self, request: web.Request, connection: Connection, meeting: MeetingRecord, claims: TokenClaims
+    ) -> None:
         self.app = request.app
         self.connection = connection
         self.meeting = meeting
         self.gate = FloodGate()
+        self.expiry: asyncio.TimerHandle | None = None
         connection.on_admit = self.enter_room
+        connection.on_close = self.drop_media
+        self.expire_with(claims)
+
+    def expire_with(self, claims: TokenClaims) -> None:
+        """The socket lives as long as the token it was opened (or last renewed) with."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = claims.expires_at.timestamp() - time.time()
+        self.expiry = loop.call_at(loop.time() + max(0.0, delay), self.token_expired)
+
+    def token_expired(self) -> None:
+        text = "token expired; open a new socket with a fresh token, or renew it in time with an auth message"
+        self.connection.send(
+            message("error", self.meeting.id, SERVER, {"code": BusinessCode.TOKEN_EXPIRED, "message": text})
+        )
+        self.connection.close(CLOSE_UNAUTHORIZED, "token expired")
+        run_in_background(self.app, self.drop_media())
+
+    async def recheck_account(self) -> None:
+        """A ban or revocation that landed while this socket was being admitted found it not yet
+        registered: look again now that it is."""
+        user = await self.app[ACCOUNTS].get(self.connection.user_id)
+        if user is None or user.status != "active" or user.token_version != self.connection.token_version:
+            self.connection.close(CLOSE_UNAUTHORIZED, "token revoked; log in again")
+
+    async def drop_media(self) -> None:
+        await self.app[SFU].remove_peer(self.connection.session_id)
 
     async def error(self, text: str, code: int = 400) -> None:
         self.connection.send(message("error", self.meeting.id, SERVER, {"code": code, "message": text}))
@@ -184,7 +221,7 @@ class Session:
             await self.error("data must be an object")
             return
         kind = incoming["type"]
-        if not self.connection.admitted and kind != "leave":
+        if not self.connection.admitted and kind not in ("leave", "auth"):
             await self.error("waiting for a host or moderator to admit you", 403)
             return
         handler = getattr(self, "on_" + kind.replace("-", "_"), None) if kind in CLIENT_TYPES else None
@@ -195,6 +232,28 @@ class Session:
 
     async def on_join(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
         await self.enter_room()
+
+    async def on_auth(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
+        """A fresh access token of the same user extends the socket's life to that token's."""
+        token = data.get("token")
+        if not isinstance(token, str) or not token:
+            await self.error("auth needs data.token, a fresh access token")
+            return
+        try:
+            user, claims = await authenticate(self.app, token, "access")
+        except ApiError as exc:
+            await self.error(f"auth refused: {exc.message}", exc.code)
+            return
+        if user.id != self.connection.user_id:
+            await self.error("auth refused: the token is another user's", 403)
+            return
+        self.connection.token_version = claims.version
+        self.expire_with(claims)
+        self.connection.send(
+            message(
+                "auth", self.meeting.id, SERVER, {"expires_at": claims.expires_at.isoformat().replace("+00:00", "Z")}
+            )
+        )
 
     async def on_leave(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
         self.connection.joined_room = False
@@ -280,11 +339,14 @@ class Session:
     async def finish(self, writer: asyncio.Task[None]) -> None:
         """The socket is gone: if it was the user's last one in the room, they left it."""
         app, connection = self.app, self.connection
+        if self.expiry is not None:
+            self.expiry.cancel()
         connection.close(1000, connection.close_reason)  # no-op when a close is already queued
         await writer
         log.info("socket %s closed: %s", connection.session_id, connection.close_reason)
         await app[SFU].remove_peer(connection.session_id)
         await app[HUB].remove(connection)
+        app[HUB].release(connection.user_id)
         store = app[STORE]
         await store.sessions.close(
             connection.session_id, connection.close_reason, connection.messages_in, connection.messages_out
@@ -306,16 +368,18 @@ class Session:
                 )
 
 
-CLIENT_TYPES = {"join", "leave", "offer", "answer", "ice-candidate", "chat", "media-state"}
+CLIENT_TYPES = {"join", "leave", "offer", "answer", "ice-candidate", "chat", "media-state", "auth"}
 
 
 async def signaling_socket(request: web.Request) -> web.StreamResponse:
-    socket = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=FRAME_HARD_LIMIT)
+    socket = web.WebSocketResponse(
+        heartbeat=request.app[SETTINGS].signaling.heartbeat_seconds, max_msg_size=FRAME_HARD_LIMIT
+    )
     if not socket.can_prepare(request).ok:
         raise ApiError(400, "This endpoint expects a WebSocket upgrade")
     await socket.prepare(request)
     try:
-        connection, meeting = await _admit(request, socket)
+        connection, meeting, claims = await _admit(request, socket)
     except Refused as refused:
         meeting_id = request.query.get("meeting_id", "")
         await socket.send_json(
@@ -329,20 +393,23 @@ async def signaling_socket(request: web.Request) -> web.StreamResponse:
         await socket.close(code=refused.close_code, message=refused.text.encode()[:120])
         return socket
 
-    session = Session(request, connection, meeting)
-    store = request.app[STORE]
-    await store.sessions.open(
-        session_id=connection.session_id,
-        meeting_id=meeting.id,
-        user_id=connection.user_id,
-        node_id=request.app[SETTINGS].node_id,
-        client_address=request.remote or "",
-    )
+    session = Session(request, connection, meeting, claims)
+    store, hub = request.app[STORE], request.app[HUB]
     writer = asyncio.get_running_loop().create_task(connection.write())
-    await request.app[HUB].add(connection)
-    log.info("socket %s opened: user %s in meeting %s", connection.session_id, connection.user_id, meeting.id)
     try:
+        await store.sessions.open(
+            session_id=connection.session_id,
+            meeting_id=meeting.id,
+            user_id=connection.user_id,
+            node_id=request.app[SETTINGS].node_id,
+            client_address=request.remote or "",
+        )
+        await hub.add(connection)
+        log.info("socket %s opened: user %s in meeting %s", connection.session_id, connection.user_id, meeting.id)
+        await session.recheck_account()
         async for frame in socket:
+            if connection.closing:
+                break  # closed by the server (revoked, removed, expired): nothing more is acted on
             connection.messages_in += 1
             if frame.type == WSMsgType.TEXT:
                 try:

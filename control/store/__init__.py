@@ -30,8 +30,8 @@ class Store:
         self.jobs = JobStore(engine)
 
     @classmethod
-    async def open(cls, url: str, schema: str = "") -> Store:
-        engine = open_engine(url, schema)
+    async def open(cls, url: str, schema: str = "", pool_size: int = 20) -> Store:
+        engine = open_engine(url, schema, pool_size)
         try:
             await migrate(engine, schema)
         except BaseException:

@@ -19,17 +19,21 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_KEY = 0x6875_6979
 
 
-def open_engine(url: str, schema: str = "") -> AsyncEngine:
-    """An async engine; SQLite gets WAL and foreign keys, PostgreSQL an optional schema."""
+def open_engine(url: str, schema: str = "", pool_size: int = 20) -> AsyncEngine:
+    """An async engine; SQLite gets WAL and foreign keys, PostgreSQL an optional schema.
+
+    The pool holds as many connections as requests may run queries at once, so a burst never
+    pays for new connections; connections are not pinged at checkout (a round trip per request)
+    but recycled after half an hour, and a connection found dead invalidates the pool."""
     parsed = make_url(url)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 1800}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         options["connect_args"] = {"timeout": 30}
     elif schema:
         options["connect_args"] = {"server_settings": {"search_path": schema}}
-    engine = create_async_engine(url, pool_pre_ping=True, **options)
+    engine = create_async_engine(url, **options)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

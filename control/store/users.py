@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,9 @@ class UserRecord:
         return self.role == "admin"
 
 
+AccountListener = Callable[[UserRecord], Awaitable[None]]
+
+
 def _record(row: Any) -> UserRecord:
     return UserRecord(**row._mapping)
 
@@ -54,6 +58,9 @@ def _escape_like(text: str) -> str:
 class UserStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # Told of every account after a write to it commits, before the write's caller goes on:
+        # caches of accounts (on every node) and the sockets of revoked users hang off this.
+        self.listeners: list[AccountListener] = []
 
     async def _check_unique(
         self, connection: AsyncConnection, username: str | None, email: str | None, exclude_id: int | None
@@ -124,7 +131,12 @@ class UserStore:
             values["token_version"] = users.c.token_version + 1
         statement = update(users).where(users.c.id == user_id).values(**values).returning(*users.c)
         row = await self._write_unique(statement, fields.get("username"), fields.get("email"), user_id)
-        return _record(row) if row else None
+        if row is None:
+            return None
+        record = _record(row)
+        for listener in self.listeners:
+            await listener(record)
+        return record
 
     async def scrub(self, user_id: int) -> UserRecord | None:
         """Delete an account: personal data goes, the row stays (status ``deleted``) so
