@@ -13,14 +13,13 @@ import argparse
 import asyncio
 import json
 import secrets
-import socket
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 from bench import metrics
-from bench.harness import Figures, Scenario, SpawnedServer, run
+from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
 from bench.report import capacity_table, plot, run_table
 
 TARGETS = ("sfu", "naive", "relay")
@@ -49,12 +48,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) -> list[Figures]:
     base = Scenario(
         target=target,
@@ -68,7 +61,7 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
     )
     server = None
     if arguments.spawn:
-        server = SpawnedServer(target, _free_port())
+        server = SpawnedServer(target, free_port())
         await server.wait_ready()
         url, pid = server.url, server.process.pid
     else:

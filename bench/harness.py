@@ -8,12 +8,14 @@ import asyncio
 import bisect
 import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,7 +257,7 @@ async def _sample_server(pid: int | None, start_ns: int, end_ns: int) -> tuple[f
     return round(cpu, 1), round(peak / 2**20, 1)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p90": None, "p99": None, "max": None}
     ordered = sorted(values)
@@ -312,7 +314,7 @@ def _figures(
     return Figures(
         scenario=asdict(scenario),
         subscribers_total=len(subscribers),
-        join_ms=_percentiles(joins),
+        join_ms=percentiles(joins),
         forwarded_packets_per_second=round(packets / seconds, 1),
         forwarded_mbit_per_second=round(mbit, 2),
         server_cpu_percent=server_cpu,
@@ -321,7 +323,7 @@ def _figures(
         harness_processes=processes,
         loss_percent=round(loss, 3),
         delivered_fps_ratio=fps_ratio,
-        latency_ms=_percentiles(latencies),
+        latency_ms=percentiles(latencies),
         cpu_percent_per_mbit=round(server_cpu / mbit, 2) if server_cpu is not None and mbit > 0 else None,
         errors=errors[:20],
     )
@@ -353,10 +355,19 @@ def _latencies(publishers: list[ClientResult], subscribers: list[ClientResult], 
 # servers ------------------------------------------------------------------------------------------
 
 
-class SpawnedServer:
-    """A server this harness starts for the run (the SFU, the naive baseline or the UDP relay)."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
-    def __init__(self, target: str, port: int) -> None:
+
+class SpawnedServer:
+    """A server this harness starts for the run: huiyi (``sfu``), the naive aiortc baseline, the
+    UDP relay, or the bare aiohttp handler (``bare``); ``args`` and ``env`` add to huiyi's own."""
+
+    def __init__(
+        self, target: str, port: int, *, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> None:
         self.target = target
         self.port = port
         self.data_dir = tempfile.mkdtemp(prefix="huiyi-bench-")
@@ -365,15 +376,16 @@ class SpawnedServer:
             "sfu": [sys.executable, str(ROOT / "run_server.py"), "--host", "127.0.0.1", "--port", str(port)],
             "naive": [sys.executable, str(ROOT / "bench" / "naive_server.py"), "--host", "127.0.0.1"],
             "relay": [sys.executable, "-m", "bench.relay", "--port", str(port)],
+            "bare": [sys.executable, "-m", "bench.bare_http", "--port", str(port)],
         }[target]
         if target == "sfu":
-            command += ["--data-dir", self.data_dir]
+            command += ["--data-dir", self.data_dir, *args]
         if target == "naive":
             command += ["--port", str(port)]
-        env = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
-        env.update({"HUIYI_RATE_LIMITS": "off", "HUIYI_SERVER_LOG_LEVEL": "WARNING"})
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
+        environment.update({"HUIYI_RATE_LIMITS": "off", "HUIYI_SERVER_LOG_LEVEL": "WARNING", **(env or {})})
         with self.log.open("w") as handle:
-            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
 
     @property
     def url(self) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,8 +30,23 @@ def iso_utc(moment: datetime) -> str:
 
 def request_id_from(header: str | None) -> str:
     """Keep a caller's X-Request-ID only as far as it is safe to log and echo."""
-    cleaned = _REQUEST_ID_UNSAFE.sub("", header or "")[:_REQUEST_ID_MAX]
-    return cleaned or uuid.uuid4().hex
+    if header:
+        cleaned = _REQUEST_ID_UNSAFE.sub("", header)[:_REQUEST_ID_MAX]
+        if cleaned:
+            return cleaned
+    return os.urandom(16).hex()
+
+
+_stamp: tuple[int, str] = (0, "")
+
+
+def timestamp_now() -> str:
+    """The envelope's timestamp: whole seconds, so formatted once a second, not per answer."""
+    global _stamp
+    second = int(time.time())
+    if _stamp[0] != second:
+        _stamp = (second, iso_utc(datetime.fromtimestamp(second, UTC)))
+    return _stamp[1]
 
 
 def _jsonable(data: Any) -> Any:
@@ -54,7 +70,7 @@ def envelope(
         "code": status if code is None else code,
         "message": message,
         "data": _jsonable(data),
-        "timestamp": iso_utc(utc_now()),
+        "timestamp": timestamp_now(),
         "request_id": request.get(REQUEST_ID_KEY) or request_id_from(None),
     }
     return web.Response(
