@@ -300,39 +300,6 @@ async def test_corrupt_input_fails_the_job_not_the_worker(api: Api, samples: dic
     assert (await finished(api, owner, again["data"]["job_id"]))["status"] == "succeeded"
 
 
-async def test_unfinished_jobs_resume_after_a_restart(
-    settings_factory: Any, make_api: Any, samples: dict[str, bytes]
-) -> None:
-    settings = settings_factory()
-    first: Api = await make_api(settings)
-    owner = await first.account()
-    clip = await uploaded(first, owner, samples["small.webm"], "small.webm")
-    store = first.app[STORE]
-    interrupted = await store.jobs.add(
-        job_id="a" * 32,
-        user_id=owner.id,
-        kind="extract-audio",
-        params={"format": "wav", "inputs": [clip["file_id"]], "meeting_id": None},
-    )
-    await store.jobs.update(interrupted.id, status="running", attempts=1, progress=40)
-    waiting = await store.jobs.add(
-        job_id="b" * 32,
-        user_id=owner.id,
-        kind="thumbnail",
-        params={"inputs": [clip["file_id"]], "meeting_id": None},
-    )
-    hopeless = await store.jobs.add(
-        job_id="c" * 32, user_id=owner.id, kind="thumbnail", params={"inputs": [clip["file_id"]], "meeting_id": None}
-    )
-    await store.jobs.update(hopeless.id, status="running", attempts=2)
-
-    second: Api = await make_api(settings)
-    for job_id in (interrupted.id, waiting.id):
-        assert (await finished(second, owner, job_id))["status"] == "succeeded"
-    gave_up = await finished(second, owner, hopeless.id)
-    assert gave_up["status"] == "failed" and "restart" in gave_up["error"]
-
-
 async def test_api_stays_responsive_while_transcoding(api: Api, tmp_path: Path) -> None:
     owner = await api.account()
     long_clip = write_clip(tmp_path / "long.mp4", seconds=20, width=640, height=360).read_bytes()
