@@ -16,6 +16,8 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Protocol
 
+_LEGACY_SCRATCH = re.compile(r"[0-9a-f]{32}(\.part)?")
+
 
 class TooLarge(Exception):
     """The stream went past the size cap; nothing was kept."""
@@ -42,17 +44,20 @@ class LocalStorage:
         self._scratch = root / ".scratch" / _folder_name(node_id)
 
     def clear_scratch(self) -> int:
-        """Remove what this node's previous run left half done; how many entries went."""
-        if not self._scratch.is_dir():
-            return 0
-        removed = 0
-        for entry in self._scratch.iterdir():
+        """Remove what this node's previous run left half done; how many entries went. Entries
+        of the layout before scratch folders were per node (directly in ``.scratch``) go too."""
+        shared = self._scratch.parent
+        leftovers = (
+            [entry for entry in shared.iterdir() if _LEGACY_SCRATCH.fullmatch(entry.name)] if shared.is_dir() else []
+        )
+        if self._scratch.is_dir():
+            leftovers += list(self._scratch.iterdir())
+        for entry in leftovers:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-            removed += 1
-        return removed
+        return len(leftovers)
 
     def _new_key(self) -> str:
         return secrets.token_hex(16)

@@ -80,9 +80,20 @@ def kill(server: ServerProcess) -> list[int]:
     return workers
 
 
+OTHER_NODE_SCRATCH = "other-node-0123abcd"
+
+
 def scratch_entries(data_dir: Path) -> list[Path]:
+    """What is in scratch space, but for the folder of another node sharing the storage."""
     root = data_dir / "media" / ".scratch"
-    return [entry for node in root.iterdir() for entry in node.iterdir()] if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return [
+        entry
+        for node in root.iterdir()
+        if node.name != OTHER_NODE_SCRATCH
+        for entry in (node.iterdir() if node.is_dir() else [node])
+    ]
 
 
 class Client:
@@ -176,6 +187,12 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
             assert workers, "the running job has a worker process"
             await until(lambda: not any(alive(pid) for pid in workers), "workers gone after the server", 5)
             assert scratch_entries(data_dir), "the killed job left its scratch folder"
+            (own,) = (data_dir / "media" / ".scratch").iterdir()
+            (own / "cut-upload.part").write_bytes(b"half")
+            (data_dir / "media" / ".scratch" / ("e" * 32 + ".part")).write_bytes(b"older layout")
+            other = data_dir / "media" / ".scratch" / OTHER_NODE_SCRATCH / "in-flight.part"
+            other.parent.mkdir()
+            other.write_bytes(b"another node's upload")
 
             # Started again: the job runs a second time, and is interrupted again.
             server = await asyncio.to_thread(start)
@@ -188,6 +205,7 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
             gave_up = await user.job(server, twice)
             assert gave_up["status"] == "failed" and "interrupted" in gave_up["error"], gave_up
             assert scratch_entries(data_dir) == []
+            assert other.read_bytes() == b"another node's upload"
 
             # Interrupted once: runs again after the restart, to the end.
             # A queued job (one worker, busy) runs after the restart as well.
