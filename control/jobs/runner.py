@@ -92,7 +92,7 @@ class JobRunner:
             if job.status == "running":
                 await self.store.jobs.update(job.id, node_id=self.node_id, status="queued", progress=0)
                 log.info("job %s was running when its server stopped; running it again", job.id)
-            self.submit(job)
+            self._submit(job)
 
     async def _keep_leases(self) -> None:
         """Renew the leases of the jobs held here and take over those whose owner stopped."""
@@ -113,10 +113,10 @@ class JobRunner:
             node_id=self.node_id,
             lease_until=self._lease_until(),
         )
-        self.submit(job)
+        self._submit(job)
         return job
 
-    def submit(self, job: JobRecord) -> None:
+    def _submit(self, job: JobRecord) -> None:
         task = self._spawn(self._run(job))
         self._held[job.id] = task
         task.add_done_callback(lambda done: self._held.pop(job.id) if self._held.get(job.id) is done else None)
@@ -212,7 +212,7 @@ class JobRunner:
             await self._finish(job.id, "failed", error="the worker process crashed")
         elif await self.store.jobs.update(job.id, node_id=self.node_id, status="queued", progress=0):
             log.info("job %s: running it again after its worker died", job.id)
-            self.submit(current)
+            self._submit(current)
 
     async def _keep(self, job: JobRecord, outputs: list[tuple[str, str]]) -> None:
         """Outputs become media files of the job's owner, in the meeting of its first input, only
