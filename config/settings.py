@@ -84,6 +84,7 @@ class UploadSettings(_Section):
 class MediaSettings(_Section):
     max_upload_bytes: int = Field(gt=0)
     job_workers: int = Field(ge=0, le=64)
+    job_lease_seconds: float = Field(ge=0.5, le=3600)
 
 
 class SignalingSettings(_Section):

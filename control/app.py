@@ -91,7 +91,10 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
-    app[JOBS] = JobRunner(app[STORE], app[STORAGE], app[SETTINGS].media.job_workers)
+    settings = app[SETTINGS]
+    app[JOBS] = JobRunner(
+        app[STORE], app[STORAGE], settings.media.job_workers, settings.node_id, settings.media.job_lease_seconds
+    )
     await app[JOBS].start()
     yield
     await app[JOBS].close()
@@ -137,7 +140,7 @@ def create_app(settings: Settings) -> web.Application:
     app[BACKGROUND] = set()
     app[OPENAPI] = build_openapi(endpoints, huiyi_version())
     app[STARTED] = time.monotonic()
-    app[STORAGE] = LocalStorage(data_dir / "media")
+    app[STORAGE] = LocalStorage(data_dir / "media", settings.node_id)
     # Closed in reverse: sockets and jobs stop first, then their cleanups are awaited while the
     # store is still open.
     app.cleanup_ctx.extend(

@@ -7,11 +7,16 @@ half file where a finished one is expected."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 import secrets
+import shutil
 from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Protocol
+
+_LEGACY_SCRATCH = re.compile(r"[0-9a-f]{32}(\.part)?")
 
 
 class TooLarge(Exception):
@@ -31,9 +36,28 @@ class Storage(Protocol):
 
 
 class LocalStorage:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, node_id: str = "") -> None:
         self.root = root
-        self._scratch = root / ".scratch"
+        # Each node writes its half-done files (uploads in flight, job outputs) in a folder of its
+        # own, so that on start it can clear what a crash left there without touching the work of
+        # another node sharing this storage.
+        self._scratch = root / ".scratch" / _folder_name(node_id)
+
+    def clear_scratch(self) -> int:
+        """Remove what this node's previous run left half done; how many entries went. Entries
+        of the layout before scratch folders were per node (directly in ``.scratch``) go too."""
+        shared = self._scratch.parent
+        leftovers = (
+            [entry for entry in shared.iterdir() if _LEGACY_SCRATCH.fullmatch(entry.name)] if shared.is_dir() else []
+        )
+        if self._scratch.is_dir():
+            leftovers += list(self._scratch.iterdir())
+        for entry in leftovers:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        return len(leftovers)
 
     def _new_key(self) -> str:
         return secrets.token_hex(16)
@@ -72,3 +96,9 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)
+
+
+def _folder_name(node_id: str) -> str:
+    """A node id as a folder name: readable, and distinct for distinct ids."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", node_id)[:40]
+    return f"{readable}-{hashlib.sha256(node_id.encode()).hexdigest()[:8]}"

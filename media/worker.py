@@ -1,19 +1,50 @@
-"""Entry point of a job worker process: runs one job and reports progress on a shared queue."""
+"""Entry point of a job worker process: runs one job and reports progress on a shared queue.
+
+A worker lives only as long as the server that started it: left running after the server was
+killed it would burn a core on a job the restarted server runs again."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing.queues
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from media.jobs import JOBS, JobFailed
 
 _progress: multiprocessing.queues.Queue[tuple[str, int]] | None = None
+PR_SET_PDEATHSIG = 1
+PARENT_CHECK_SECONDS = 0.5
 
 
-def initialise(progress: multiprocessing.queues.Queue[tuple[str, int]]) -> None:
+def initialise(progress: multiprocessing.queues.Queue[tuple[str, int]], parent_pid: int) -> None:
     global _progress
     _progress = progress
+    die_with_parent(parent_pid)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux kills this process the moment the server goes (the signal is tied to the server's
+    thread that started the worker: the event loop's, which lives as long as the server); a
+    watchdog thread notices it too, on any system, within PARENT_CHECK_SECONDS."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # the watchdog still covers it
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the server died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run(job_id: str, kind: str, params: dict[str, Any], inputs: list[str], scratch: str) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from aiohttp import FormData
 from PIL import Image
 
 from control.context import STORAGE, STORE
+from control.store.media import MeetingGone
 from media.samples import write_clip
 from tests.conftest import Account, Api
 
@@ -300,39 +301,6 @@ async def test_corrupt_input_fails_the_job_not_the_worker(api: Api, samples: dic
     assert (await finished(api, owner, again["data"]["job_id"]))["status"] == "succeeded"
 
 
-async def test_unfinished_jobs_resume_after_a_restart(
-    settings_factory: Any, make_api: Any, samples: dict[str, bytes]
-) -> None:
-    settings = settings_factory()
-    first: Api = await make_api(settings)
-    owner = await first.account()
-    clip = await uploaded(first, owner, samples["small.webm"], "small.webm")
-    store = first.app[STORE]
-    interrupted = await store.jobs.add(
-        job_id="a" * 32,
-        user_id=owner.id,
-        kind="extract-audio",
-        params={"format": "wav", "inputs": [clip["file_id"]], "meeting_id": None},
-    )
-    await store.jobs.update(interrupted.id, status="running", attempts=1, progress=40)
-    waiting = await store.jobs.add(
-        job_id="b" * 32,
-        user_id=owner.id,
-        kind="thumbnail",
-        params={"inputs": [clip["file_id"]], "meeting_id": None},
-    )
-    hopeless = await store.jobs.add(
-        job_id="c" * 32, user_id=owner.id, kind="thumbnail", params={"inputs": [clip["file_id"]], "meeting_id": None}
-    )
-    await store.jobs.update(hopeless.id, status="running", attempts=2)
-
-    second: Api = await make_api(settings)
-    for job_id in (interrupted.id, waiting.id):
-        assert (await finished(second, owner, job_id))["status"] == "succeeded"
-    gave_up = await finished(second, owner, hopeless.id)
-    assert gave_up["status"] == "failed" and "restart" in gave_up["error"]
-
-
 async def test_api_stays_responsive_while_transcoding(api: Api, tmp_path: Path) -> None:
     owner = await api.account()
     long_clip = write_clip(tmp_path / "long.mp4", seconds=20, width=640, height=360).read_bytes()
@@ -373,3 +341,49 @@ async def test_api_stays_responsive_while_transcoding(api: Api, tmp_path: Path) 
     # never by the job's length (a blocked loop would answer only when the job is over).
     assert busy < max(5 * idle, idle + 0.05), (idle, busy)
     assert (await finished(api, owner, job["data"]["job_id"]))["status"] == "succeeded"
+
+
+async def test_a_job_outliving_its_meeting_leaves_nothing_in_a_new_one(api: Api, tmp_path: Path) -> None:
+    owner = await api.account()
+    meeting = await api.call("POST", "/api/v1/meetings", token=owner.access, json={"title": "Short-lived"})
+    old_id = meeting["data"]["meeting_id"]
+    clip_bytes = write_clip(tmp_path / "c.webm", seconds=3, width=160, height=120).read_bytes()
+    clip = await uploaded(api, owner, clip_bytes, "c.webm", meeting_id=old_id)
+    started = await api.call(
+        "POST",
+        "/api/v1/ffmpeg/transcode",
+        token=owner.access,
+        json={"file_id": clip["file_id"], "format": "webm", "video_codec": "vp8", "width": 320, "height": 240},
+        expect=201,
+    )
+    job_url = f"/api/v1/ffmpeg/job/{started['data']['job_id']}/status"
+    deadline = time.monotonic() + JOB_DEADLINE
+    while (await api.call("GET", job_url, token=owner.access))["data"]["status"] == "queued":
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.05)
+    assert (await api.call("GET", job_url, token=owner.access))["data"]["status"] == "running"
+
+    await api.call("DELETE", f"/api/v1/meetings/{old_id}", token=owner.access, expect=200)
+    replacement = await api.call("POST", "/api/v1/meetings", token=owner.access, json={"title": "Next"}, expect=201)
+    new_id = replacement["data"]["meeting_id"]
+    assert new_id > old_id, "a deleted meeting's id was given to a new meeting"
+
+    job = await finished(api, owner, started["data"]["job_id"])
+    assert job["status"] == "cancelled" and job["result_file_ids"] == [], job
+    assert "meeting was deleted" in job["error"]
+    in_new = await api.call("GET", f"/api/v1/media?meeting_id={new_id}", token=owner.access, expect=200)
+    assert in_new["data"]["total"] == 0
+    mine = await api.call("GET", "/api/v1/media", token=owner.access, expect=200)
+    assert [f["file_id"] for f in mine["data"]["items"]] == [clip["file_id"]]
+    storage = api.app[STORAGE]
+    record = await api.app[STORE].media.get(clip["file_id"])
+    assert record is not None and record.meeting_id is None
+    deadline = time.monotonic() + 5
+    while [p for p in storage.root.rglob("*") if p.is_file()] != [storage.local_path(record.storage_key)]:
+        assert time.monotonic() < deadline, "the discarded output's bytes were kept"
+        await asyncio.sleep(0.05)
+    # Any other late write for the deleted meeting is refused the same way.
+    with pytest.raises(MeetingGone):
+        fields = {**record.__dict__, "id": "d" * 32, "meeting_id": old_id}
+        del fields["created_at"]
+        await api.app[STORE].media.add(**fields)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
-from control.store import Store
+from control.envelope import utc_now
+from control.store import Store, schema
+from control.store.engine import migrate, open_engine
 from control.store.schema import metadata
 from tests.conftest import SettingsFactory
 
@@ -31,3 +36,120 @@ async def test_migrations_match_the_declared_schema(settings_factory: SettingsFa
         await again.close()
     finally:
         await store.close()
+
+
+INTEGER_KEYED = ["users", "password_resets", "meetings", "participants", "chat_messages"]
+
+
+async def test_upgrade_keeps_rows_and_then_ids_are_never_reused(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory()
+    engine = open_engine(settings.database_url, settings.database.schema_name)
+    try:
+        await migrate(engine, settings.database.schema_name, revision="0003")
+        now = utc_now()
+        # Rows get ids 1 and 2 (the first of each table), which the references below rely on.
+        async with engine.begin() as connection:
+            for user_id in (1, 2):
+                await connection.execute(
+                    schema.users.insert().values(
+                        username=f"u{user_id}", password_hash="x", created_at=now, updated_at=now
+                    )
+                )
+                await connection.execute(
+                    schema.password_resets.insert().values(
+                        user_id=user_id, token_hash=f"h{user_id}", created_at=now, expires_at=now
+                    )
+                )
+                await connection.execute(
+                    schema.meetings.insert().values(
+                        title="m",
+                        start_time=now,
+                        max_participants=5,
+                        meeting_type="instant",
+                        status="scheduled",
+                        creator_id=user_id,
+                        settings={},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                await connection.execute(
+                    schema.participants.insert().values(
+                        meeting_id=user_id, user_id=user_id, role="host", status="joined", created_at=now
+                    )
+                )
+                await connection.execute(
+                    schema.chat_messages.insert().values(
+                        meeting_id=user_id, user_id=user_id, text="hi", source="socket", created_at=now
+                    )
+                )
+            await connection.execute(
+                schema.refresh_tokens.insert().values(jti="j", user_id=2, family="f", issued_at=now, expires_at=now)
+            )
+        await migrate(engine, settings.database.schema_name)
+
+        async with engine.begin() as connection:
+            for name in [*INTEGER_KEYED, "refresh_tokens"]:
+                table = schema.metadata.tables[name]
+                count = (await connection.execute(select(func.count()).select_from(table))).scalar_one()
+                assert count == (1 if name == "refresh_tokens" else 2), name
+            # The unique, case-blind user names survived the rebuild.
+            with pytest.raises(IntegrityError):
+                async with connection.begin_nested():
+                    await connection.execute(
+                        schema.users.insert().values(username="U1", password_hash="x", created_at=now, updated_at=now)
+                    )
+            # Remove the newest row of each table (children first), then add one: it gets a new id.
+            for name in reversed(INTEGER_KEYED):
+                table = schema.metadata.tables[name]
+                if name == "users":
+                    await connection.execute(delete(schema.refresh_tokens))
+                await connection.execute(delete(table).where(table.c.id == 2))
+            await connection.execute(
+                schema.users.insert().values(username="new", password_hash="x", created_at=now, updated_at=now)
+            )
+            new_user = (await connection.execute(select(func.max(schema.users.c.id)))).scalar_one()
+            assert new_user > 2
+            await connection.execute(
+                schema.meetings.insert().values(
+                    title="m",
+                    start_time=now,
+                    max_participants=5,
+                    meeting_type="instant",
+                    status="scheduled",
+                    creator_id=new_user,
+                    settings={},
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            new_meeting = (await connection.execute(select(func.max(schema.meetings.c.id)))).scalar_one()
+            assert new_meeting > 2
+            for name, values in (
+                ("password_resets", {"user_id": new_user, "token_hash": "h3", "created_at": now, "expires_at": now}),
+                (
+                    "participants",
+                    {
+                        "meeting_id": new_meeting,
+                        "user_id": new_user,
+                        "role": "host",
+                        "status": "joined",
+                        "created_at": now,
+                    },
+                ),
+                (
+                    "chat_messages",
+                    {
+                        "meeting_id": new_meeting,
+                        "user_id": new_user,
+                        "text": "x",
+                        "source": "socket",
+                        "created_at": now,
+                    },
+                ),
+            ):
+                table = schema.metadata.tables[name]
+                await connection.execute(table.insert().values(**values))
+                assert (await connection.execute(select(func.max(table.c.id)))).scalar_one() > 2, name
+    finally:
+        await engine.dispose()

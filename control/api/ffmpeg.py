@@ -124,13 +124,12 @@ async def start_job(request: web.Request, kind: str, file_ids: list[str], params
     for record in inputs:
         if record.file_type not in {"video", "audio"} or (wanted and record.file_type != wanted):
             raise bad_request(f"file {record.id} is {record.file_type}; this job needs {wanted or 'audio or video'}")
-    job = await request.app[STORE].jobs.add(
+    job = await request.app[JOBS].enqueue(
         job_id=secrets.token_hex(16),
         user_id=current_user(request).id,
         kind=kind,
         params={**params, "inputs": file_ids, "meeting_id": inputs[0].meeting_id},
     )
-    request.app[JOBS].submit(job)
     return JobOut.of(job)
 
 

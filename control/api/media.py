@@ -27,8 +27,8 @@ from control.context import SETTINGS, STORAGE, STORE, current_user
 from control.endpoints import Access, EndpointGroup, validation_error
 from control.envelope import iso_utc
 from control.errors import ApiError, BusinessCode, forbidden
-from control.rooms import load_meeting, require_member
-from control.store.media import MediaRecord
+from control.rooms import load_meeting, meeting_not_found, require_member
+from control.store.media import MediaRecord, MeetingGone
 from control.uploads import store_upload
 from media.probe import UnsupportedMedia, probe
 
@@ -138,17 +138,20 @@ async def upload(request: web.Request) -> MediaFileOut:
             found = await asyncio.to_thread(probe, storage.local_path(stored.key))
         except UnsupportedMedia as exc:
             raise upload_failed(str(exc)) from None
-        record = await app[STORE].media.add(
-            id=secrets.token_hex(16),
-            user_id=user.id,
-            meeting_id=meeting_id,
-            file_name=stored.file_name,
-            storage_key=stored.key,
-            file_type=found.file_type,
-            mime_type=found.mime_type,
-            size=stored.size,
-            duration=found.duration,
-        )
+        try:
+            record = await app[STORE].media.add(
+                id=secrets.token_hex(16),
+                user_id=user.id,
+                meeting_id=meeting_id,
+                file_name=stored.file_name,
+                storage_key=stored.key,
+                file_type=found.file_type,
+                mime_type=found.mime_type,
+                size=stored.size,
+                duration=found.duration,
+            )
+        except MeetingGone:
+            raise meeting_not_found() from None  # deleted while the upload was checked
     except BaseException:
         if stored.key is not None:
             await storage.delete(stored.key)

@@ -1,5 +1,10 @@
 """Runs jobs in a process pool so the event loop never does media work, keeps their state in the
-database, and picks up what a stopped server left unfinished."""
+database, and picks up what a stopped node left unfinished.
+
+Each unfinished job belongs to one node, which renews a lease on it while it holds it. A node
+starting up resumes its own unfinished jobs at once; those of another node only once that node's
+lease lapsed (it stopped without finishing them), so a node starting beside a live one never
+runs that one's jobs a second time."""
 
 from __future__ import annotations
 
@@ -11,19 +16,23 @@ import shutil
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from control.envelope import utc_now
 from control.storage import LocalStorage
 from control.store import Store
-from control.store.media import JobRecord
+from control.store.media import JobRecord, MeetingGone
 from media import worker
 from media.jobs import JobFailed
 from media.probe import UnsupportedMedia, probe
 
 log = logging.getLogger("huiyi.jobs")
+# A job started this many times without finishing (its server or worker process died each time)
+# fails rather than being tried again.
 MAX_ATTEMPTS = 2
+MEETING_DELETED = "the meeting was deleted while the job was pending; its output was discarded"
 
 
 def default_workers() -> int:
@@ -31,14 +40,17 @@ def default_workers() -> int:
 
 
 class JobRunner:
-    def __init__(self, store: Store, storage: LocalStorage, workers: int) -> None:
+    def __init__(self, store: Store, storage: LocalStorage, workers: int, node_id: str, lease_seconds: float) -> None:
         self.store = store
         self.storage = storage
         self.workers = workers or default_workers()
+        self.node_id = node_id
+        self.lease = timedelta(seconds=lease_seconds)
         self._context = multiprocessing.get_context("spawn")
         self._progress: Any = self._context.Queue()
         self._pool = self._new_pool()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[str, asyncio.Task[None]] = {}
         self._reader: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Progress writes run as separate tasks; per job they go through one lock and never go back.
@@ -50,26 +62,70 @@ class JobRunner:
             max_workers=self.workers,
             mp_context=self._context,
             initializer=worker.initialise,
-            initargs=(self._progress,),
+            initargs=(self._progress, os.getpid()),
         )
 
+    def _lease_until(self) -> datetime:
+        return utc_now() + self.lease
+
     async def start(self) -> None:
+        """Clear this node's scratch space (nothing of this run is in it yet), then resume."""
+        removed = await asyncio.to_thread(self.storage.clear_scratch)
+        if removed:
+            log.info("removed %d half-done files or folders left by this node's previous run", removed)
         self._loop = asyncio.get_running_loop()
         self._reader = threading.Thread(target=self._read_progress, name="job-progress", daemon=True)
         self._reader.start()
-        for job in await self.store.jobs.unfinished():
+        await self._take_over()
+        self._spawn(self._keep_leases())
+
+    async def _take_over(self) -> None:
+        """Run the unfinished jobs this node may claim and does not hold yet."""
+        for job in await self.store.jobs.claimable(self.node_id):
+            if job.id in self._held or not await self.store.jobs.claim(job, self.node_id, self._lease_until()):
+                continue
+            if job.node_id not in (None, self.node_id):
+                log.info("job %s was left by node %s; taking it over", job.id, job.node_id)
             if job.status == "running" and job.attempts >= MAX_ATTEMPTS:
                 await self._finish(job.id, "failed", error="interrupted by server restarts; giving up")
                 continue
             if job.status == "running":
-                await self.store.jobs.update(job.id, status="queued", progress=0)
-                log.info("job %s was running when the server stopped; running it again", job.id)
-            self.submit(job)
+                await self.store.jobs.update(job.id, node_id=self.node_id, status="queued", progress=0)
+                log.info("job %s was running when its server stopped; running it again", job.id)
+            self._submit(job)
 
-    def submit(self, job: JobRecord) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(job))
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the jobs held here and take over those whose owner stopped."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                await self.store.jobs.renew(self._held, self.node_id, self._lease_until())
+                await self._take_over()
+            except Exception:
+                log.exception("renewing job leases failed; trying again")
+
+    async def enqueue(self, *, job_id: str, user_id: int, kind: str, params: dict[str, Any]) -> JobRecord:
+        job = await self.store.jobs.add(
+            job_id=job_id,
+            user_id=user_id,
+            kind=kind,
+            params=params,
+            node_id=self.node_id,
+            lease_until=self._lease_until(),
+        )
+        self._submit(job)
+        return job
+
+    def _submit(self, job: JobRecord) -> None:
+        task = self._spawn(self._run(job))
+        self._held[job.id] = task
+        task.add_done_callback(lambda done: self._held.pop(job.id) if self._held.get(job.id) is done else None)
+
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _read_progress(self) -> None:
         while True:
@@ -80,28 +136,25 @@ class JobRunner:
             self._loop.call_soon_threadsafe(lambda j=job_id, p=percent: self.submit_progress(j, p))
 
     def submit_progress(self, job_id: str, percent: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._record_progress(job_id, percent))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._record_progress(job_id, percent))
 
     async def _record_progress(self, job_id: str, percent: int) -> None:
         if percent < 0:
-            job = await self.store.jobs.get(job_id)
-            attempts = (job.attempts if job else 0) + 1
-            await self.store.jobs.update(
-                job_id, only_if=["queued"], status="running", started_at=utc_now(), attempts=attempts
-            )
+            await self.store.jobs.mark_started(job_id, self.node_id)
             return
         async with self._progress_locks.setdefault(job_id, asyncio.Lock()):
             if percent <= self._progress_written.get(job_id, -1):
                 return
             self._progress_written[job_id] = percent
-            await self.store.jobs.update(job_id, only_if=["running"], progress=percent)
+            await self.store.jobs.update(job_id, node_id=self.node_id, only_if=["running"], progress=percent)
 
     async def _finish(self, job_id: str, status: str, **values: Any) -> None:
+        self._forget_progress(job_id)
+        await self.store.jobs.update(job_id, node_id=self.node_id, status=status, finished_at=utc_now(), **values)
+
+    def _forget_progress(self, job_id: str) -> None:
         self._progress_locks.pop(job_id, None)
         self._progress_written.pop(job_id, None)
-        await self.store.jobs.update(job_id, status=status, finished_at=utc_now(), **values)
 
     async def _inputs(self, job: JobRecord) -> list[str]:
         paths = []
@@ -112,57 +165,99 @@ class JobRunner:
             paths.append(str(self.storage.local_path(record.storage_key)))
         return paths
 
+    async def _meeting_gone(self, job: JobRecord) -> bool:
+        meeting_id = job.params.get("meeting_id")
+        return meeting_id is not None and await self.store.meetings.get(meeting_id) is None
+
     async def _run(self, job: JobRecord) -> None:
         scratch = self.storage.scratch_path("")
         scratch.mkdir(parents=True)
+        pool = self._pool
         try:
+            if await self._meeting_gone(job):
+                raise MeetingGone(job.params["meeting_id"])
             inputs = await self._inputs(job)
             outputs = await asyncio.get_running_loop().run_in_executor(
-                self._pool, worker.run, job.id, job.kind, job.params, inputs, str(scratch)
+                pool, worker.run, job.id, job.kind, job.params, inputs, str(scratch)
             )
-            file_ids = [await self._keep(job, path, name) for path, name in outputs]
+            await self._keep(job, outputs)
         except JobFailed as exc:
             log.info("job %s (%s) failed: %s", job.id, job.kind, exc)
             await self._finish(job.id, "failed", error=str(exc))
+        except MeetingGone:
+            log.info("job %s (%s) cancelled: its meeting was deleted", job.id, job.kind)
+            await self._finish(job.id, "cancelled", error=MEETING_DELETED)
         except BrokenProcessPool:
-            log.error("a worker process died during job %s; starting a new pool", job.id)
-            self._pool = self._new_pool()
-            await self._finish(job.id, "failed", error="the worker process crashed")
+            await self._worker_died(job, pool)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
             await self._finish(job.id, "failed", error="internal error")
-        else:
-            await self._finish(job.id, "succeeded", progress=100, result_file_ids=file_ids)
-            log.info("job %s (%s) succeeded: %s", job.id, job.kind, ", ".join(file_ids))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _keep(self, job: JobRecord, path: str, name: str) -> str:
-        """An output becomes a media file of the job's owner, in the same meeting as its input."""
+    async def _worker_died(self, job: JobRecord, pool: ProcessPoolExecutor) -> None:
+        """A worker process died (killed, out of memory, a crash in a codec): every job the pool
+        ran fails over to a new pool, and is tried again unless it has used up its attempts."""
+        if self._pool is pool:
+            log.error("a worker process died during job %s; starting a new pool", job.id)
+            self._pool = self._new_pool()
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._forget_progress(job.id)
+        current = await self.store.jobs.get(job.id)
+        if current is None or current.node_id != self.node_id:
+            return
+        if current.attempts >= MAX_ATTEMPTS:
+            await self._finish(job.id, "failed", error="the worker process crashed")
+        elif await self.store.jobs.update(job.id, node_id=self.node_id, status="queued", progress=0):
+            log.info("job %s: running it again after its worker died", job.id)
+            self._submit(current)
+
+    async def _keep(self, job: JobRecord, outputs: list[tuple[str, str]]) -> None:
+        """Outputs become media files of the job's owner, in the meeting of its first input, only
+        if that meeting still exists and this node still owns the job; otherwise they go."""
+        files = []
         try:
-            found = await asyncio.to_thread(probe, Path(path))
-        except UnsupportedMedia as exc:
-            raise JobFailed(f"the output could not be read back: {exc}") from None
-        key, size = await self.storage.adopt(Path(path))
-        record = await self.store.media.add(
-            id=os.urandom(16).hex(),
-            user_id=job.user_id,
-            meeting_id=job.params.get("meeting_id"),
-            file_name=name,
-            storage_key=key,
-            file_type=found.file_type,
-            mime_type=found.mime_type,
-            size=size,
-            duration=found.duration,
-        )
-        return record.id
+            for path, name in outputs:
+                try:
+                    found = await asyncio.to_thread(probe, Path(path))
+                except UnsupportedMedia as exc:
+                    raise JobFailed(f"the output could not be read back: {exc}") from None
+                key, size = await self.storage.adopt(Path(path))
+                files.append(
+                    {
+                        "id": os.urandom(16).hex(),
+                        "user_id": job.user_id,
+                        "meeting_id": job.params.get("meeting_id"),
+                        "file_name": name,
+                        "storage_key": key,
+                        "file_type": found.file_type,
+                        "mime_type": found.mime_type,
+                        "size": size,
+                        "duration": found.duration,
+                    }
+                )
+            self._forget_progress(job.id)
+            file_ids = await self.store.jobs.succeed(job.id, self.node_id, files)
+        except BaseException:
+            await self._discard(files)
+            raise
+        if file_ids is None:
+            await self._discard(files)
+            log.warning("job %s finished here but another node had taken it over; output discarded", job.id)
+            return
+        log.info("job %s (%s) succeeded: %s", job.id, job.kind, ", ".join(file_ids))
+
+    async def _discard(self, files: list[dict[str, Any]]) -> None:
+        for values in files:
+            await self.storage.delete(values["storage_key"])
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Jobs still running stay marked so: this node runs them again when it starts.
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._progress.put(None)
         if self._reader is not None:

@@ -47,26 +47,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
-async def migrate(engine: AsyncEngine, schema: str = "") -> None:
-    """Apply pending migrations; on PostgreSQL an advisory lock keeps concurrent starts in line."""
+async def migrate(engine: AsyncEngine, schema: str = "", revision: str = "head") -> None:
+    """Apply pending migrations; on PostgreSQL an advisory lock keeps concurrent starts in line.
+
+    On SQLite foreign keys are off while migrating: a migration that rebuilds a table drops the
+    old copy, and with them on that drop would first delete every row referring to it."""
     async with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             if schema:
                 await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
                 await connection.commit()
             await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        else:
+            # Outside a transaction, or SQLite ignores it.
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         try:
-            await connection.run_sync(_upgrade)
+            await connection.run_sync(_upgrade, revision)
+            if connection.dialect.name == "sqlite":
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"migration left rows with dangling references: {broken[:5]}")
             await connection.commit()
         finally:
             if connection.dialect.name == "postgresql":
                 await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-                await connection.commit()
-    log.info("database schema is at the latest migration")
+            else:
+                await connection.rollback()
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await connection.commit()
+    log.info("database schema is at migration %s", revision)

@@ -8,10 +8,17 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from control.envelope import utc_now
-from control.store.schema import jobs, media_files, participants
+from control.store.schema import jobs, media_files, meetings, participants
+
+UNFINISHED = ("queued", "running")
+
+
+class MeetingGone(Exception):
+    """The meeting a file was meant for was deleted meanwhile; the file must not be kept for it."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,28 @@ class JobRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    node_id: str | None
+    lease_expires_at: datetime | None
+
+
+async def _insert_file(connection: AsyncConnection, values: dict[str, Any]) -> MediaRecord:
+    """The foreign key refuses a meeting deleted meanwhile (ids are never reused, so an id that
+    still exists is the same meeting); that refusal becomes MeetingGone."""
+    try:
+        async with connection.begin_nested():
+            row = (
+                await connection.execute(
+                    media_files.insert().values(created_at=utc_now(), **values).returning(*media_files.c)
+                )
+            ).one()
+    except IntegrityError:
+        meeting_id = values.get("meeting_id")
+        if meeting_id is not None:
+            found = await connection.execute(select(meetings.c.id).where(meetings.c.id == meeting_id))
+            if found.first() is None:
+                raise MeetingGone(meeting_id) from None
+        raise
+    return MediaRecord(**row._mapping)
 
 
 class MediaStore:
@@ -49,13 +78,9 @@ class MediaStore:
         self._engine = engine
 
     async def add(self, **values: Any) -> MediaRecord:
+        """Raises MeetingGone when ``meeting_id`` names a meeting that no longer exists."""
         async with self._engine.begin() as connection:
-            row = (
-                await connection.execute(
-                    media_files.insert().values(created_at=utc_now(), **values).returning(*media_files.c)
-                )
-            ).one()
-        return MediaRecord(**row._mapping)
+            return await _insert_file(connection, values)
 
     async def get(self, file_id: str) -> MediaRecord | None:
         async with self._engine.connect() as connection:
@@ -112,10 +137,16 @@ class MediaStore:
 
 
 class JobStore:
+    """Jobs, each owned by one node while unfinished: every write of a running job's state is
+    conditional on the writer still owning it, so a node that lost a job cannot overwrite the
+    state the new owner writes."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def add(self, *, job_id: str, user_id: int, kind: str, params: dict[str, Any]) -> JobRecord:
+    async def add(
+        self, *, job_id: str, user_id: int, kind: str, params: dict[str, Any], node_id: str, lease_until: datetime
+    ) -> JobRecord:
         async with self._engine.begin() as connection:
             row = (
                 await connection.execute(
@@ -130,6 +161,8 @@ class JobStore:
                         result_file_ids=[],
                         attempts=0,
                         created_at=utc_now(),
+                        node_id=node_id,
+                        lease_expires_at=lease_until,
                     )
                     .returning(*jobs.c)
                 )
@@ -141,18 +174,99 @@ class JobStore:
             row = (await connection.execute(select(jobs).where(jobs.c.id == job_id))).first()
         return JobRecord(**row._mapping) if row else None
 
-    async def update(self, job_id: str, *, only_if: Iterable[str] = (), **values: Any) -> bool:
-        statement = update(jobs).where(jobs.c.id == job_id)
-        allowed = list(only_if)
-        if allowed:
-            statement = statement.where(jobs.c.status.in_(allowed))
+    async def update(self, job_id: str, *, node_id: str, only_if: Iterable[str] = UNFINISHED, **values: Any) -> bool:
+        """Change a job this node owns and that is still in one of ``only_if``."""
+        statement = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.status.in_(list(only_if)))
+            .values(**values)
+        )
         async with self._engine.begin() as connection:
-            return (await connection.execute(statement.values(**values))).rowcount == 1
+            return (await connection.execute(statement)).rowcount == 1
 
-    async def unfinished(self) -> list[JobRecord]:
+    async def mark_started(self, job_id: str, node_id: str) -> bool:
+        """A worker picked the job up: one more attempt."""
+        return await self.update(
+            job_id,
+            node_id=node_id,
+            only_if=["queued"],
+            status="running",
+            started_at=utc_now(),
+            attempts=jobs.c.attempts + 1,
+        )
+
+    async def renew(self, job_ids: Iterable[str], node_id: str, lease_until: datetime) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        statement = (
+            update(jobs)
+            .where(jobs.c.id.in_(ids), jobs.c.node_id == node_id, jobs.c.status.in_(UNFINISHED))
+            .values(lease_expires_at=lease_until)
+        )
+        async with self._engine.begin() as connection:
+            await connection.execute(statement)
+
+    async def claimable(self, node_id: str) -> list[JobRecord]:
+        """Unfinished jobs this node may run: its own (left by its previous run), and those whose
+        owner let the lease lapse or that never had one."""
         query = (
-            select(jobs).where(or_(jobs.c.status == "queued", jobs.c.status == "running")).order_by(jobs.c.created_at)
+            select(jobs)
+            .where(
+                jobs.c.status.in_(UNFINISHED),
+                or_(
+                    jobs.c.node_id == node_id,
+                    jobs.c.node_id.is_(None),
+                    jobs.c.lease_expires_at.is_(None),
+                    jobs.c.lease_expires_at < utc_now(),
+                ),
+            )
+            .order_by(jobs.c.created_at)
         )
         async with self._engine.connect() as connection:
             rows = (await connection.execute(query)).all()
         return [JobRecord(**row._mapping) for row in rows]
+
+    async def claim(self, job: JobRecord, node_id: str, lease_until: datetime) -> bool:
+        """Take ``job`` over, unless its owner renewed it or another node took it since it was read."""
+        owner = jobs.c.node_id.is_(None) if job.node_id is None else jobs.c.node_id == job.node_id
+        statement = (
+            update(jobs)
+            .where(
+                jobs.c.id == job.id,
+                jobs.c.status == job.status,
+                jobs.c.attempts == job.attempts,
+                owner,
+                or_(
+                    jobs.c.node_id == node_id,
+                    jobs.c.node_id.is_(None),
+                    jobs.c.lease_expires_at.is_(None),
+                    jobs.c.lease_expires_at < utc_now(),
+                ),
+            )
+            .values(node_id=node_id, lease_expires_at=lease_until)
+        )
+        async with self._engine.begin() as connection:
+            return (await connection.execute(statement)).rowcount == 1
+
+    async def succeed(self, job_id: str, node_id: str, files: list[dict[str, Any]]) -> list[str] | None:
+        """Keep the outputs as media files and mark the job done, all or nothing; None when this
+        node no longer owns the job. Raises MeetingGone when the job's meeting was deleted."""
+        try:
+            async with self._engine.begin() as connection:
+                records = [await _insert_file(connection, values) for values in files]
+                file_ids = [record.id for record in records]
+                done = await connection.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.status.in_(UNFINISHED))
+                    .values(status="succeeded", progress=100, result_file_ids=file_ids, finished_at=utc_now())
+                )
+                if done.rowcount != 1:
+                    raise _Lost
+        except _Lost:
+            return None
+        return file_ids
+
+
+class _Lost(Exception):
+    """Rolls back a completion for a job this node no longer owns."""

@@ -44,6 +44,11 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
+# An id names one row for ever: a deleted meeting's id must not come back as a new meeting's,
+# or work and links that outlive the first (a job's output, a token, a room) land in the second.
+# PostgreSQL sequences never hand a value out twice; SQLite needs AUTOINCREMENT for that, as
+# without it a new row takes the largest id in use plus one.
+NEVER_REUSED = {"sqlite_autoincrement": True}
 
 users = Table(
     "users",
@@ -59,6 +64,7 @@ users = Table(
     Column("token_version", Integer, nullable=False, server_default="0"),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    **NEVER_REUSED,
 )
 Index("ux_users_username", func.lower(users.c.username), unique=True)
 Index("ux_users_email", func.lower(users.c.email), unique=True)
@@ -84,6 +90,7 @@ password_resets = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     Column("used_at", UtcDateTime(), nullable=True),
+    **NEVER_REUSED,
 )
 
 meetings = Table(
@@ -104,6 +111,7 @@ meetings = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("started_at", UtcDateTime(), nullable=True),
     Column("ended_at", UtcDateTime(), nullable=True),
+    **NEVER_REUSED,
 )
 Index("ix_meetings_status_start", meetings.c.status, meetings.c.start_time)
 
@@ -125,6 +133,7 @@ participants = Table(
     Column("left_at", UtcDateTime(), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("meeting_id", "user_id", name="uq_participants_meeting_user"),
+    **NEVER_REUSED,
 )
 
 chat_messages = Table(
@@ -136,6 +145,7 @@ chat_messages = Table(
     Column("text", Text, nullable=False),
     Column("source", String(16), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    **NEVER_REUSED,
 )
 Index("ix_chat_messages_meeting_id", chat_messages.c.meeting_id, chat_messages.c.id)
 
@@ -184,4 +194,8 @@ jobs = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("started_at", UtcDateTime(), nullable=True),
     Column("finished_at", UtcDateTime(), nullable=True),
+    # The node running the job, and until when its claim holds unless renewed: another node takes
+    # the job over only once the claim has lapsed (its owner stopped without finishing it).
+    Column("node_id", String(64), nullable=True),
+    Column("lease_expires_at", UtcDateTime(), nullable=True),
 )
