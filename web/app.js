@@ -76,8 +76,8 @@ function participantLabel(client, userId) {
  * @param {boolean} audible play remote audio. Only after a user gesture: without one the browser
  *   refuses to autoplay sound, which is why the video elements themselves always stay muted.
  */
-function createClient({ token, userId, meetingId, audible }) {
-  const client = new HuiyiClient({ token, userId, meetingId });
+function createClient({ token, refreshToken, userId, meetingId, audible }) {
+  const client = new HuiyiClient({ token, refreshToken, userId, meetingId });
   window.huiyi = client;
   const tiles = new Map();
 
@@ -216,6 +216,7 @@ async function loginAndRun(form) {
   const session = await HuiyiClient.login(location.origin, fields.get('username'), fields.get('password'));
   const client = createClient({
     token: session.access_token,
+    refreshToken: session.refresh_token,
     userId: session.user.user_id,
     meetingId: Number(fields.get('meeting_id')),
     audible: true,

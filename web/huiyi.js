@@ -20,6 +20,19 @@ const ANSWER_TIMEOUT_MS = 15_000;
 
 const LAYERS = new Set(['low', 'medium', 'high']);
 
+// The socket lives as long as its access token; it is renewed this long before the token expires.
+const RENEW_BEFORE_MS = 60_000;
+
+/** A JWT's expiry in epoch milliseconds (read, not verified: the server verifies), or null. */
+function tokenExpiry(token) {
+  try {
+    const payload = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    return typeof payload.exp === 'number' ? payload.exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
 /** An API or signaling failure, carrying the server envelope's code (HTTP status or business code). */
 export class HuiyiError extends Error {
   constructor(message, code, data) {
@@ -94,6 +107,7 @@ export class HuiyiClient extends EventTarget {
   #publisher = null;
   #publisherChain = Promise.resolve();
   #pendingAnswer = null;
+  #renewTimer = null;
   #subscriber = null;
   #subscriberChain = Promise.resolve();
   // mid → Track from the latest subscriber offer: ontrack fires during setRemoteDescription,
@@ -105,14 +119,17 @@ export class HuiyiClient extends EventTarget {
   /**
    * @param {object} options
    * @param {string} options.token access token
+   * @param {string} [options.refreshToken] lets the client renew its tokens (and the socket) by
+   *   itself before the access token expires; the new pair is announced in a `tokens` event
    * @param {number} options.userId the token's user
    * @param {number} options.meetingId
    * @param {string} [options.baseUrl] REST server; defaults to the page's origin
    * @param {string} [options.wsBase] signaling server (ws:// or wss://); defaults to baseUrl's
    */
-  constructor({ token, userId, meetingId, baseUrl = globalThis.location?.origin, wsBase } = {}) {
+  constructor({ token, refreshToken, userId, meetingId, baseUrl = globalThis.location?.origin, wsBase } = {}) {
     super();
     this.token = token;
+    this.refreshToken = refreshToken ?? null;
     this.userId = Number(userId);
     this.meetingId = Number(meetingId);
     this.baseUrl = trimBase(baseUrl);
@@ -159,7 +176,10 @@ export class HuiyiClient extends EventTarget {
     const joined = new Promise((resolve, reject) => {
       this.#joinWaiter = { resolve, reject };
     });
-    socket.addEventListener('open', () => this.#send('join', {}));
+    socket.addEventListener('open', () => {
+      this.#send('join', {});
+      this.#scheduleRenewal();
+    });
     socket.addEventListener('message', (event) => this.#receive(event.data));
     socket.addEventListener('close', (event) => this.#onSocketClosed(event));
     return joined;
@@ -228,6 +248,35 @@ export class HuiyiClient extends EventTarget {
 
   sendChat(text) {
     this.#send('chat', { text });
+  }
+
+  /**
+   * Hands the socket a fresh access token of the same user (the socket would otherwise be closed
+   * with 4401 when the token it was opened with expires). Called by the client itself when it was
+   * given a refresh token; call it yourself when your application refreshes tokens.
+   */
+  renewToken(token) {
+    this.token = token;
+    this.#send('auth', { token });
+    this.#scheduleRenewal();
+  }
+
+  #scheduleRenewal() {
+    clearTimeout(this.#renewTimer);
+    const expiry = tokenExpiry(this.token);
+    if (!this.refreshToken || expiry === null) return;
+    const delay = Math.max(0, expiry - Date.now() - RENEW_BEFORE_MS);
+    this.#renewTimer = setTimeout(() => {
+      this.#refreshTokens().catch((error) => this.#emitFailure(error));
+    }, delay);
+  }
+
+  async #refreshTokens() {
+    const pair = await postJson(this.baseUrl, '/auth/refresh', {}, this.refreshToken);
+    this.refreshToken = pair.refresh_token;
+    this.#emit('tokens', { access_token: pair.access_token, refresh_token: pair.refresh_token });
+    if (this.#socket?.readyState === WebSocket.OPEN) this.renewToken(pair.access_token);
+    else this.token = pair.access_token;
   }
 
   /** Flattened inbound (subscriber) and outbound (publisher) RTP statistics. */
@@ -349,6 +398,7 @@ export class HuiyiClient extends EventTarget {
   #teardown() {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#renewTimer);
     this.#publisher?.close();
     this.#subscriber?.close();
     for (const track of this.localStream?.getTracks() ?? []) track.stop();
