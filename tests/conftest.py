@@ -3,7 +3,6 @@ schema of its own per test), Redis is the real server; under CI a missing server
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import uuid
@@ -48,18 +47,9 @@ async def postgres_schema() -> str:
 
 
 async def drop_schema(schema: str) -> None:
-    """Drop a test's schema. A query the test's server still finishes (a socket's cleanup after its
-    peer vanished) can make PostgreSQL pick this DROP as a deadlock victim: try again shortly."""
     connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
     try:
-        for attempt in range(5):
-            try:
-                await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-                return
-            except asyncpg.DeadlockDetectedError:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.5)
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await connection.close()
 
@@ -177,7 +167,10 @@ class Api:
 
 
 @pytest.fixture
-async def make_api(aiohttp_client: Any) -> Callable[[Settings], Any]:
+async def make_api(settings_factory: SettingsFactory, aiohttp_client: Any) -> Callable[[Settings], Any]:
+    """Apps made here are shut down (aiohttp_client's teardown) before the test's database is
+    dropped (settings_factory's): fixtures are torn down in reverse order of their setup."""
+
     async def make(settings: Settings) -> Api:
         return Api(await aiohttp_client(create_app(settings)))
 
