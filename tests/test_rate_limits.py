@@ -2,61 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from config import ConfigError
+from control.api.schemas import TokenPair
 from control.app import all_endpoints, create_app
-from tests.conftest import IN_CI, Api, SettingsFactory
+from control.auth.sessions import issue_tokens
+from control.context import STORE
+from control.endpoints import Access, Endpoint
+from tests.conftest import Api, SettingsFactory
+from tests.contract import CONTRACT_LIMITS
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "API.md"
-UNITS = {"min": "minute", "hour": "hour", "day": "day", "sec": "second"}
 # Endpoints the contract does not list: service endpoints and the avatar download.
 NOT_IN_SPEC = {"meta.health", "meta.openapi", "users.get_avatar"}
+# Limits do not depend on the database: these tests run once, on SQLite.
+sqlite_only = pytest.mark.parametrize("settings_factory", ["sqlite"], indirect=True)
 
 
-def spec_limits() -> dict[tuple[str, str], str]:
-    """(method, path with {} for parameters) -> "N/unit", read from the contract's tables."""
-    if not SPEC.is_file():
-        if IN_CI:
-            pytest.fail(f"the API contract is missing at {SPEC}")
-        pytest.skip(f"the API contract is not beside the repository ({SPEC})")
-    limits: dict[tuple[str, str], str] = {}
-    prefix = ""
-    for line in SPEC.read_text().splitlines():
-        if line.startswith("### "):
-            found = re.search(r"`(/[^`]+)`", line)
-            prefix = found.group(1) if found else ""
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) != 5 or cells[0] not in {"GET", "POST", "PUT", "DELETE"}:
-            continue
-        method, path, _meaning, _auth, limit = cells
-        full = path if path.startswith(("/api/", "/ws")) else prefix + path
-        full = re.sub(r":\w+", "{}", full).rstrip("/")
-        amount, unit = limit.split("/")
-        limits[(method, full)] = f"{amount}/{UNITS[unit]}"
-    return limits
+def contract_key(endpoint: Endpoint) -> tuple[str, str]:
+    return endpoint.method, re.sub(r"\{[^}]+\}", "{}", endpoint.openapi_path).rstrip("/")
 
 
-def test_every_endpoint_has_the_spec_rate_limit() -> None:
-    spec = spec_limits()
-    assert len(spec) > 70
-    checked = 0
+def test_every_endpoint_has_the_contract_rate_limit() -> None:
     for endpoint in all_endpoints():
-        key = (endpoint.method, re.sub(r"\{[^}]+\}", "{}", endpoint.openapi_path).rstrip("/"))
+        key = contract_key(endpoint)
         if endpoint.operation_id in NOT_IN_SPEC:
-            assert key not in spec
+            assert key not in CONTRACT_LIMITS, endpoint.operation_id
             continue
-        assert key in spec, f"{endpoint.operation_id} {key} is not in the contract"
-        assert endpoint.rate_limit == spec[key], endpoint.operation_id
-        checked += 1
-    assert checked >= 16
+        assert key in CONTRACT_LIMITS, f"{endpoint.operation_id} {key} is not in the contract"
+        assert endpoint.rate_limit == CONTRACT_LIMITS[key], endpoint.operation_id
 
 
 @pytest.fixture
@@ -132,3 +112,63 @@ async def test_redis_shares_counters_between_nodes(
         assert (await node.call("POST", "/api/v1/auth/login", json=attempt))["status"] == 404
     await node_b.call("POST", "/api/v1/auth/login", json=attempt, expect=429)
     await node_a.call("POST", "/api/v1/auth/login", json=attempt, expect=429)
+
+
+_ACCOUNTS = (("limitadmin", "admin"), ("limituser", "user"), ("limitdoomed", "user"))
+
+
+async def stored_account(api: Api, name: str, role: str) -> TokenPair:
+    record = await api.app[STORE].users.create(
+        username=name, email=f"{name}@example.com", password_hash="!", nickname=name, role=role
+    )
+    return await issue_tokens(api.app, record)
+
+
+@sqlite_only
+async def test_every_operation_enforces_its_limit(limited: Callable[..., Any]) -> None:
+    """Each operation, with its limit overridden to 2 a minute, refuses the third call with 429:
+    the limit is applied on every route the declarations make, before the handler runs."""
+    api = await limited(endpoints={endpoint.operation_id: "2/minute" for endpoint in all_endpoints()})
+    # Accounts made in the store, so registering and logging in keep their whole budget.
+    admin, user, doomed = [await stored_account(api, name, role) for name, role in _ACCOUNTS]
+    for endpoint in all_endpoints():
+        path = endpoint.path
+        for name in endpoint.integer_params:
+            path = re.sub(r"\{" + name + r"(:[^}]*)?\}", "999999", path)
+        for name in endpoint.string_params:  # hex ids; avatar names end in .png
+            value = "f" * 32 + (".png" if name == "name" else "")
+            path = re.sub(r"\{" + name + r"(:[^}]*)?\}", value, path)
+        token = {
+            Access.PUBLIC: None,
+            Access.USER: doomed.access_token if endpoint.operation_id == "users.delete_account" else user.access_token,
+            Access.ADMIN: admin.access_token,
+            Access.REFRESH: user.refresh_token,
+        }[endpoint.access]
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        statuses = []
+        for _ in range(3):
+            response = await api.client.request(endpoint.method, path, headers=headers)
+            statuses.append(response.status)
+            retry_after = response.headers.get("Retry-After")
+            await response.read()
+        assert 429 not in statuses[:2] and statuses[2] == 429, (endpoint.operation_id, statuses)
+        assert retry_after is not None and 1 <= int(retry_after) <= 60, endpoint.operation_id
+
+
+@sqlite_only
+async def test_the_window_moves(limited: Callable[..., Any]) -> None:
+    """A moving window: a slot frees when the call that took it is a window old, not at a
+    fixed boundary when every slot would free at once."""
+    api = await limited(endpoints={"meta.health": "3 per 2 seconds"})
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(2):
+        await api.call("GET", "/api/v1/health", expect=200)
+    await asyncio.sleep(1.0)
+    await api.call("GET", "/api/v1/health", expect=200)
+    await api.call("GET", "/api/v1/health", expect=429)
+    await asyncio.sleep(max(0.0, start + 2.1 - loop.time()))
+    # The first two calls left the window; the one made a second later did not.
+    await api.call("GET", "/api/v1/health", expect=200)
+    await api.call("GET", "/api/v1/health", expect=200)
+    await api.call("GET", "/api/v1/health", expect=429)
