@@ -425,8 +425,6 @@ async def signaling_socket(request: web.Request) -> web.StreamResponse:
                 connection.close_reason = f"socket error: {socket.exception()}"
                 break
     finally:
-        if socket.close_code == 1009:
-            connection.close_reason = "frame too large"
         # aiohttp cancels this handler when the peer vanishes; the room must hear of it anyway.
         await asyncio.shield(run_in_background(request.app, session.finish(writer)))
     return socket
