@@ -270,15 +270,17 @@ async def test_jobs_refuse_foreign_unknown_and_unsuitable_files(api: Api, sample
     assert foreign["status"] == 403
     missing = await api.call("POST", "/api/v1/ffmpeg/extract-video", token=owner.access, json={"file_id": "0" * 32})
     assert missing["status"] == 404 and missing["code"] == 3002
-    for path, body in (
-        ("/api/v1/ffmpeg/thumbnail", {"file_id": tone}),
-        ("/api/v1/ffmpeg/transcode", {"file_id": notes, "format": "mp4"}),
-        ("/api/v1/ffmpeg/transcode", {"file_id": clip, "format": "mp4", "video_codec": "vp9"}),
-        ("/api/v1/ffmpeg/merge", {"file_ids": [clip], "mode": "concat"}),
-        ("/api/v1/ffmpeg/merge", {"file_ids": [clip, tone, tone], "mode": "mux"}),
-        ("/api/v1/ffmpeg/transcode", {"file_id": "../../etc/passwd", "format": "mp4"}),
+    for path, body, reason in (
+        ("/api/v1/ffmpeg/thumbnail", {"file_id": tone}, "is audio; this job needs video"),
+        ("/api/v1/ffmpeg/transcode", {"file_id": notes, "format": "mp4"}, "is document; this job needs audio or video"),
+        ("/api/v1/ffmpeg/transcode", {"file_id": clip, "format": "mp4", "video_codec": "vp9"}, "mp4 takes video_codec"),
+        ("/api/v1/ffmpeg/merge", {"file_ids": [clip], "mode": "concat"}, "at least 2 items"),
+        ("/api/v1/ffmpeg/merge", {"file_ids": [clip, tone, tone], "mode": "mux"}, "mux takes exactly"),
+        ("/api/v1/ffmpeg/transcode", {"file_id": "../../etc/passwd", "format": "mp4"}, "at least 32 characters"),
     ):
-        assert (await api.call("POST", path, token=owner.access, json=body))["status"] == 400, body
+        refused = await api.call("POST", path, token=owner.access, json=body, expect=400)
+        said = refused["message"] + " ".join(e["message"] for e in (refused["data"] or {}).get("errors", []))
+        assert reason in said, (body, refused)
     job = await api.call("POST", "/api/v1/ffmpeg/extract-video", token=owner.access, json={"file_id": clip})
     peek = await api.call("GET", f"/api/v1/ffmpeg/job/{job['data']['job_id']}/status", token=stranger.access)
     assert peek["status"] == 404
