@@ -100,6 +100,8 @@ meetings = Table(
     Column("creator_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
     Column("settings", JSON, nullable=False),
     Column("password_hash", String(255), nullable=True),
+    # Unguessable: with the numeric id it lets a user join who was neither invited nor told the password.
+    Column("invite_code", String(64), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("started_at", UtcDateTime(), nullable=True),
