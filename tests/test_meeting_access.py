@@ -108,6 +108,20 @@ async def test_a_creator_without_the_host_role_has_no_host_powers(api: Api, how:
     assert (alice.id in roles) == (how == "demoted")
 
 
+async def test_racing_hand_overs_leave_exactly_one_host(api: Api) -> None:
+    host = await api.account()
+    crowd = await many_accounts(api, 10)
+    meeting_id = (await create(api, host))["meeting_id"]
+    for who in crowd:
+        await add(api, meeting_id, host, who.id)
+    answers = await asyncio.gather(*(set_role(api, meeting_id, host, who.id, "host") for who in crowd))
+    assert sorted(a["status"] for a in answers) == [200] + [403] * 9, [(a["status"], a["message"]) for a in answers]
+    winner = next(who for who, a in zip(crowd, answers, strict=True) if a["status"] == 200)
+    roles = {uid: p["role"] for uid, p in (await people(api, meeting_id, host)).items()}
+    assert [uid for uid, role in roles.items() if role == "host"] == [winner.id]
+    assert roles[host.id] == "moderator"
+
+
 # --- joining needs an invitation, the password or the invite code -----------------------------------------
 
 

@@ -593,15 +593,10 @@ async def _change_role(
             raise _join_refused(refused.reason) from None
     caller_id = current_user(request).id
     if role == "host":
-        if user_id != caller_id:
-            current_host = next((p for p in await app[STORE].participants.list(meeting.id) if p.role == "host"), None)
-            await app[STORE].participants.hand_over_host(
-                meeting.id, current_host.user_id if current_host else caller_id, user_id
-            )
-    else:
-        if target.role == "host":
-            raise bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
-        await app[STORE].participants.update(meeting.id, user_id, role=role)
+        if user_id != caller_id and not await app[STORE].participants.hand_over_host(meeting.id, caller_id, user_id):
+            raise forbidden("Only the meeting's host may do this")
+    elif not await app[STORE].participants.set_role(meeting.id, user_id, role):
+        raise bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
     if target.status == "waiting":
         await app[HUB].admit(meeting.id, user_id)
     updated = await app[STORE].participants.get(meeting.id, user_id)

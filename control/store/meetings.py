@@ -375,12 +375,43 @@ class ParticipantStore:
             )
         return await self.get(meeting_id, user_id)
 
-    async def hand_over_host(self, meeting_id: int, from_user: int, to_user: int) -> None:
-        """Exactly one host: the new host is promoted and the old one becomes a moderator at once."""
+    async def set_role(self, meeting_id: int, user_id: int, role: str) -> bool:
+        """Give a participant a non-host role; False when they hold the host role (a meeting keeps
+        its host until the host hands the role over), checked in the same statement."""
         async with self._engine.begin() as connection:
+            changed = await connection.execute(
+                update(participants)
+                .where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.user_id == user_id,
+                    participants.c.role != "host",
+                )
+                .values(role=role)
+            )
+        return changed.rowcount > 0
+
+    async def hand_over_host(self, meeting_id: int, by_user: int, to_user: int) -> bool:
+        """Exactly one host, even when hand-overs race: under the meeting's lock ``by_user`` must
+        still be the host (False if not); they become a moderator and ``to_user`` the host."""
+        async with self._engine.begin() as connection:
+            if await _lock_meeting(connection, meeting_id) is None:
+                return False
+            current = (
+                await connection.execute(
+                    select(participants.c.role, participants.c.removed).where(
+                        participants.c.meeting_id == meeting_id, participants.c.user_id == by_user
+                    )
+                )
+            ).first()
+            if current is None or current.role != "host" or current.removed:
+                return False
             await connection.execute(
                 update(participants)
-                .where(participants.c.meeting_id == meeting_id, participants.c.user_id == from_user)
+                .where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.role == "host",
+                    participants.c.user_id != to_user,
+                )
                 .values(role="moderator")
             )
             await connection.execute(
@@ -388,3 +419,4 @@ class ParticipantStore:
                 .where(participants.c.meeting_id == meeting_id, participants.c.user_id == to_user)
                 .values(role="host")
             )
+        return True
