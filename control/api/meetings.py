@@ -592,13 +592,16 @@ async def _change_role(
         except JoinRefused as refused:
             raise _join_refused(refused.reason) from None
     caller_id = current_user(request).id
+    refusal: ApiError | None = None
     if role == "host":
         if user_id != caller_id and not await app[STORE].participants.hand_over_host(meeting.id, caller_id, user_id):
-            raise forbidden("Only the meeting's host may do this")
+            refusal = forbidden("Only the meeting's host may do this")
     elif not await app[STORE].participants.set_role(meeting.id, user_id, role):
-        raise bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
+        refusal = bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
     if target.status == "waiting":
-        await app[HUB].admit(meeting.id, user_id)
+        await app[HUB].admit(meeting.id, user_id)  # seated above, whatever became of the role
+    if refusal is not None:
+        raise refusal
     updated = await app[STORE].participants.get(meeting.id, user_id)
     assert updated is not None
     return ParticipantOut.of(updated)

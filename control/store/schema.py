@@ -118,7 +118,7 @@ participants = Table(
     Column("role", String(16), nullable=False),
     Column("status", String(16), nullable=False),
     Column("removed", Boolean, nullable=False, server_default=false()),
-    # Added by a host or moderator (or the creator): skips the meeting password and waiting room.
+    # Added by a host or moderator (or the creator): needs no invite code or password, skips the waiting room.
     Column("invited", Boolean, nullable=False, server_default=false()),
     Column("audio", Boolean, nullable=False, server_default=true()),
     Column("video", Boolean, nullable=False, server_default=true()),
