@@ -225,8 +225,9 @@ async def test_removed_user_is_disconnected_and_cannot_return(api: Api) -> None:
     assert (await receive_type(host_socket, "user-left"))["data"]["user_id"] == guest.id
     again = await connect(api, meeting_id, guest)
     assert (await receive(again))["data"]["code"] == 403
-    rejoin = await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=guest.access, json={})
-    assert rejoin["status"] == 403
+    link = {"invite_code": await invite_code(api, meeting_id, host)}
+    rejoin = await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=guest.access, json=link)
+    assert rejoin["status"] == 403 and "removed" in rejoin["message"], "the invite code does not undo a removal"
     await host_socket.close()
 
 
