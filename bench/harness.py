@@ -113,10 +113,12 @@ async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> list[ClientSpe
                 json={"title": f"bench {tag} {room}", "max_participants": 1000},
                 headers=headers,
             ) as r:
-                meeting_id = (await r.json())["data"]["meeting_id"]
+                created = (await r.json())["data"]
+            meeting_id = created["meeting_id"]
+            link = {"invite_code": created["invite_code"]}  # the host's view of the meeting carries it
             for token, _ in accounts:
                 async with http.post(
-                    f"{url}/api/v1/meetings/{meeting_id}/join", json={}, headers={"Authorization": f"Bearer {token}"}
+                    f"{url}/api/v1/meetings/{meeting_id}/join", json=link, headers={"Authorization": f"Bearer {token}"}
                 ) as response:
                     if response.status != 200:
                         raise RuntimeError(f"join: {await response.text()}")

@@ -46,12 +46,13 @@ async def require_moderator(app: web.Application, meeting: MeetingRecord, user: 
     return participant
 
 
-async def require_host(app: web.Application, meeting: MeetingRecord, user: UserRecord) -> ParticipantRecord | None:
-    """The meeting's host; its creator keeps these rights even after handing the role over."""
+async def require_host(app: web.Application, meeting: MeetingRecord, user: UserRecord) -> ParticipantRecord:
+    """The meeting's host, by the participant row alone: the creator holds the role through the
+    host row made with the meeting, and loses it on handing it over or being removed."""
     participant = await app[STORE].participants.get(meeting.id, user.id)
-    if user.id == meeting.creator_id or (participant is not None and participant.role == "host"):
-        return participant
-    raise forbidden("Only the meeting's host may do this")
+    if participant is None or not participant.is_host:
+        raise forbidden("Only the meeting's host may do this")
+    return participant
 
 
 def media_state(participant: ParticipantRecord) -> dict[str, bool]:

@@ -211,8 +211,17 @@ def make_meeting(base_url: str, host_token: str, title: str = "media test") -> i
     return int(body["data"]["meeting_id"])
 
 
-def join_meeting(base_url: str, token: str, meeting_id: int) -> None:
-    status, body = request("POST", f"{base_url}/api/v1/meetings/{meeting_id}/join", {}, token=token)
+def invite_code_of(base_url: str, host_token: str, meeting_id: int) -> str:
+    """The meeting's invite code, read by its host from the meeting view."""
+    status, body = request("GET", f"{base_url}/api/v1/meetings/{meeting_id}", token=host_token)
+    assert status == 200, body
+    return body["data"]["invite_code"]
+
+
+def join_meeting(base_url: str, token: str, meeting_id: int, invite_code: str | None = None) -> None:
+    """Join over REST; anyone but the host needs the meeting's ``invite_code``."""
+    payload = {"invite_code": invite_code} if invite_code else {}
+    status, body = request("POST", f"{base_url}/api/v1/meetings/{meeting_id}/join", payload, token=token)
     assert status == 200, body
 
 

@@ -166,7 +166,8 @@ async def test_meeting_files_and_access(api: Api, samples: dict[str, bytes]) -> 
     owner, member, stranger = await api.account(), await api.account(), await api.account()
     meeting = await api.call("POST", "/api/v1/meetings", token=owner.access, json={"title": "Files"})
     meeting_id = meeting["data"]["meeting_id"]
-    await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=member.access, json={}, expect=200)
+    link = {"invite_code": meeting["data"]["invite_code"]}
+    await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=member.access, json=link, expect=200)
 
     refused = await upload(api, stranger, samples["notes.txt"], "n.txt", meeting_id=meeting_id)
     assert refused["status"] == 403

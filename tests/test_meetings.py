@@ -19,7 +19,7 @@ DEFAULT_SETTINGS = {
 }
 MEETING_FIELDS = {
     "meeting_id", "title", "description", "start_time", "end_time", "max_participants", "meeting_type",
-    "status", "creator_id", "settings", "has_password", "created_at", "updated_at",
+    "status", "creator_id", "settings", "has_password", "invite_code", "created_at", "updated_at",
 }  # fmt: skip
 PARTICIPANT_FIELDS = {
     "participant_id", "meeting_id", "user_id", "username", "nickname", "role", "status", "joined_at", "media_state",
@@ -157,7 +157,7 @@ async def test_list_visibility_pagination_and_filters(api: Api) -> None:
     b1 = await create(api, bob, title="B1", start_time=at(72))
     await create(api, bob, title="B2", start_time=at(96))
     await add(api, b1["meeting_id"], bob, alice.id)
-    await join(api, a1["meeting_id"], dave)
+    await join(api, a1["meeting_id"], dave, invite_code=a1["invite_code"])
 
     assert await listed(api, alice) == ["A2", "A1", "B1"], "own and invited, soonest first"
     assert await listed(api, bob) == ["B1", "B2"]
@@ -197,7 +197,7 @@ async def test_get_meeting_access(api: Api) -> None:
 # --- update, delete -----------------------------------------------------------------------------------
 
 
-async def test_update_by_creator_and_host(api: Api) -> None:
+async def test_update_by_the_host(api: Api) -> None:
     alice, bob, carol, guest = [await api.account() for _ in range(4)]
     meeting = await create(api, alice, settings={"mute_on_join": True})
     meeting_id = meeting["meeting_id"]
@@ -213,7 +213,7 @@ async def test_update_by_creator_and_host(api: Api) -> None:
     refused(await join(api, meeting_id, guest), 400, 2004)
     unlocked = await api.call("PUT", path, token=alice.access, json={"password": None})
     assert unlocked["status"] == 200 and unlocked["data"]["has_password"] is False
-    assert (await join(api, meeting_id, guest))["status"] == 200
+    assert (await join(api, meeting_id, guest, invite_code=meeting["invite_code"]))["status"] == 200
 
     refused(await api.call("PUT", path, token=alice.access, json={"end_time": "2000-01-01T00:00:00Z"}), 400)
     await add(api, meeting_id, alice, bob.id)
@@ -223,10 +223,11 @@ async def test_update_by_creator_and_host(api: Api) -> None:
     by_host = await api.call("PUT", path, token=bob.access, json={"description": "by the host"})
     assert by_host["status"] == 200 and by_host["data"]["description"] == "by the host"
     assert by_host["data"]["title"] == "Renamed"
+    refused(await api.call("PUT", path, token=alice.access, json={"title": "Mine again"}), 403)
 
     await api.call("POST", f"{path}/start", token=bob.access, expect=200)
     await api.call("POST", f"{path}/end", token=bob.access, expect=200)
-    refused(await api.call("PUT", path, token=alice.access, json={"title": "Too late"}), 400, 2002)
+    refused(await api.call("PUT", path, token=bob.access, json={"title": "Too late"}), 400, 2002)
     got = await api.call("GET", path, token=alice.access, expect=200)
     assert got["data"]["title"] == "Renamed" and got["data"]["status"] == "ended"
 
@@ -240,22 +241,24 @@ async def test_update_a_cancelled_meeting_is_2002(api: Api) -> None:
 
 
 @pytest.mark.parametrize("started", [False, True])
-async def test_delete_is_for_the_creator_only(api: Api, started: bool) -> None:
-    alice, bob, outsider = await api.account(), await api.account(), await api.account()
+async def test_delete_is_for_the_host_only(api: Api, started: bool) -> None:
+    alice, bob, carol, outsider = [await api.account() for _ in range(4)]
     meeting = await create(api, alice, title="Doomed")
     meeting_id = meeting["meeting_id"]
     path = f"{BASE}/{meeting_id}"
     await add(api, meeting_id, alice, bob.id)
+    await add(api, meeting_id, alice, carol.id, role="moderator")
     await set_role(api, meeting_id, alice, bob.id, "host")
     if started:
-        await api.call("POST", f"{path}/start", token=alice.access, expect=200)
-    refused(await api.call("DELETE", path, token=bob.access), 403)
+        await api.call("POST", f"{path}/start", token=bob.access, expect=200)
+    refused(await api.call("DELETE", path, token=alice.access), 403)  # the creator handed the host role over
+    refused(await api.call("DELETE", path, token=carol.access), 403)
     refused(await api.call("DELETE", path, token=outsider.access), 403)
     assert (await api.call("GET", path, token=alice.access))["status"] == 200
 
-    await api.call("DELETE", path, token=alice.access, expect=200)
+    await api.call("DELETE", path, token=bob.access, expect=200)
     refused(await api.call("GET", path, token=alice.access), 404, 2001)
-    refused(await api.call("DELETE", path, token=alice.access), 404, 2001)
+    refused(await api.call("DELETE", path, token=bob.access), 404, 2001)
     refused(await join(api, meeting_id, bob), 404, 2001)
     assert await listed(api, alice) == [] and await listed(api, bob) == []
 
@@ -265,10 +268,11 @@ async def test_delete_is_for_the_creator_only(api: Api, started: bool) -> None:
 
 async def test_start_and_end(api: Api) -> None:
     alice, bob, outsider = await api.account(), await api.account(), await api.account()
-    meeting_id = (await create(api, alice))["meeting_id"]
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     path = f"{BASE}/{meeting_id}"
     await join(api, meeting_id, alice)
-    await join(api, meeting_id, bob)
+    await join(api, meeting_id, bob, invite_code=code)
     for who in (bob, outsider):
         refused(await api.call("POST", f"{path}/start", token=who.access), 403)
     started = await api.call("POST", f"{path}/start", token=alice.access, expect=200)
@@ -289,10 +293,11 @@ async def test_start_and_end(api: Api) -> None:
 
 async def test_ending_a_scheduled_meeting_cancels_it(api: Api) -> None:
     alice, bob = await api.account(), await api.account()
-    meeting_id = (await create(api, alice))["meeting_id"]
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     path = f"{BASE}/{meeting_id}"
     await join(api, meeting_id, alice)
-    await join(api, meeting_id, bob)
+    await join(api, meeting_id, bob, invite_code=code)
     cancelled = await api.call("POST", f"{path}/end", token=alice.access, expect=200)
     assert cancelled["data"]["status"] == "cancelled"
     assert {p["status"] for p in (await people(api, meeting_id, alice)).values()} == {"offline"}
@@ -335,37 +340,39 @@ async def test_join_password(api: Api) -> None:
 
 async def test_join_full_meeting(api: Api) -> None:
     alice, bob, carol = await api.account(), await api.account(), await api.account()
-    meeting_id = (await create(api, alice, max_participants=2))["meeting_id"]
+    meeting = await create(api, alice, max_participants=2)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     assert (await join(api, meeting_id, alice))["status"] == 200
-    assert (await join(api, meeting_id, bob))["status"] == 200
-    refused(await join(api, meeting_id, carol), 400, 2003)
+    assert (await join(api, meeting_id, bob, invite_code=code))["status"] == 200
+    refused(await join(api, meeting_id, carol, invite_code=code), 400, 2003)
     assert carol.id not in await people(api, meeting_id, alice)
-    again = await join(api, meeting_id, bob)
+    again = await join(api, meeting_id, bob, invite_code=code)
     assert again["status"] == 200 and again["data"]["participant"]["status"] == "online"
     assert (await join(api, meeting_id, alice))["status"] == 200
 
     await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
-    assert (await join(api, meeting_id, carol))["status"] == 200, "a seat was freed"
-    refused(await join(api, meeting_id, bob), 400, 2003)
+    assert (await join(api, meeting_id, carol, invite_code=code))["status"] == 200, "a seat was freed"
+    refused(await join(api, meeting_id, bob, invite_code=code), 400, 2003)
 
 
 async def test_join_roles_and_media_state(api: Api) -> None:
     alice, bob = await api.account(), await api.account()
-    plain_id = (await create(api, alice))["meeting_id"]
+    plain = await create(api, alice)
+    plain_id = plain["meeting_id"]
     muted = await create(api, alice, meeting_type="audio", settings={"mute_on_join": True})
 
     host = await join(api, plain_id, alice)
     assert host["status"] == 200 and host["data"]["meeting"]["meeting_id"] == plain_id
     assert host["data"]["participant"]["role"] == "host" and host["data"]["participant"]["user_id"] == alice.id
     assert host["data"]["media_state"] == {"audio": True, "video": True, "screen_share": False}
-    guest = (await join(api, plain_id, bob))["data"]
+    guest = (await join(api, plain_id, bob, invite_code=plain["invite_code"]))["data"]
     assert set(guest) == {"meeting", "participant", "media_state"}
     assert set(guest["participant"]) == PARTICIPANT_FIELDS
     assert guest["participant"]["role"] == "participant" and guest["participant"]["status"] == "online"
     assert guest["participant"]["joined_at"] is not None
 
     for who in (alice, bob):
-        answer = await join(api, muted["meeting_id"], who)
+        answer = await join(api, muted["meeting_id"], who, invite_code=muted["invite_code"])
         assert answer["status"] == 200
         assert answer["data"]["media_state"] == {"audio": False, "video": False, "screen_share": False}
     stored = await people(api, muted["meeting_id"], bob)
@@ -379,13 +386,14 @@ async def test_join_roles_and_media_state(api: Api) -> None:
 @pytest.mark.parametrize("admit_by", ["add", "role"])
 async def test_waiting_room(api: Api, admit_by: str) -> None:
     alice, bob, carol = await api.account(), await api.account(), await api.account()
-    meeting_id = (await create(api, alice, settings={"enable_waiting_room": True}))["meeting_id"]
+    meeting = await create(api, alice, settings={"enable_waiting_room": True})
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     chat = f"{BASE}/{meeting_id}/messages"
     host = await join(api, meeting_id, alice)
     assert host["data"]["participant"]["status"] == "online"
-    waiting = await join(api, meeting_id, bob)
+    waiting = await join(api, meeting_id, bob, invite_code=code)
     assert waiting["status"] == 200 and waiting["data"]["participant"]["status"] == "waiting"
-    assert (await join(api, meeting_id, bob))["data"]["participant"]["status"] == "waiting"
+    assert (await join(api, meeting_id, bob, invite_code=code))["data"]["participant"]["status"] == "waiting"
     refused(await api.call("GET", chat, token=bob.access), 403)
     refused(await post_chat(api, meeting_id, bob, "let me in"), 403)
     assert (await people(api, meeting_id, alice))[bob.id]["status"] == "waiting"
@@ -408,17 +416,19 @@ async def test_waiting_room(api: Api, admit_by: str) -> None:
 
 async def test_a_waiting_user_who_left_waits_again(api: Api) -> None:
     alice, bob = await api.account(), await api.account()
-    meeting_id = (await create(api, alice, settings={"enable_waiting_room": True}))["meeting_id"]
-    assert (await join(api, meeting_id, bob))["data"]["participant"]["status"] == "waiting"
+    meeting = await create(api, alice, settings={"enable_waiting_room": True})
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
+    assert (await join(api, meeting_id, bob, invite_code=code))["data"]["participant"]["status"] == "waiting"
     await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
-    again = await join(api, meeting_id, bob)
+    again = await join(api, meeting_id, bob, invite_code=code)
     assert again["status"] == 200 and again["data"]["participant"]["status"] == "waiting", "not admitted by anyone"
 
 
 async def test_a_self_joined_user_needs_a_password_set_later(api: Api) -> None:
     alice, bob = await api.account(), await api.account()
-    meeting_id = (await create(api, alice))["meeting_id"]
-    await join(api, meeting_id, bob)
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
+    await join(api, meeting_id, bob, invite_code=code)
     await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
     await api.call("PUT", f"{BASE}/{meeting_id}", token=alice.access, json={"password": "open-sesame"}, expect=200)
     refused(await join(api, meeting_id, bob), 400, 2004)
@@ -427,9 +437,10 @@ async def test_a_self_joined_user_needs_a_password_set_later(api: Api) -> None:
 
 async def test_leave_marks_the_caller_offline(api: Api) -> None:
     alice, bob = await api.account(), await api.account()
-    meeting_id = (await create(api, alice))["meeting_id"]
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     await join(api, meeting_id, alice)
-    await join(api, meeting_id, bob)
+    await join(api, meeting_id, bob, invite_code=code)
     await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
     after = await people(api, meeting_id, alice)
     assert after[bob.id]["status"] == "offline" and after[bob.id]["role"] == "participant"
@@ -442,8 +453,9 @@ async def test_leave_marks_the_caller_offline(api: Api) -> None:
 async def test_participant_list(api: Api) -> None:
     alice, bob, outsider = await api.account(), await api.account(nickname="Bobby"), await api.account()
     admin = await api.admin()
-    meeting_id = (await create(api, alice))["meeting_id"]
-    await join(api, meeting_id, bob)
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
+    await join(api, meeting_id, bob, invite_code=code)
     listing = await api.call("GET", f"{BASE}/{meeting_id}/participants", token=bob.access, expect=200)
     assert [p["user_id"] for p in listing["data"]] == [alice.id, bob.id]
     entry = listing["data"][1]
@@ -491,9 +503,10 @@ async def test_the_host_can_add_a_new_user_as_host(api: Api) -> None:
 
 async def test_remove_participants(api: Api) -> None:
     alice, bob, carol, dave = [await api.account() for _ in range(4)]
-    meeting_id = (await create(api, alice))["meeting_id"]
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     for who in (alice, bob, carol, dave):
-        await join(api, meeting_id, who)
+        await join(api, meeting_id, who, invite_code=code)
     await set_role(api, meeting_id, alice, carol.id, "moderator")
 
     async def remove(by: Account, user_id: int) -> dict[str, Any]:
@@ -504,13 +517,13 @@ async def test_remove_participants(api: Api) -> None:
     removed = await remove(carol, bob.id)
     assert removed["status"] == 200
     assert bob.id not in await people(api, meeting_id, alice)
-    refused(await join(api, meeting_id, bob), 403)
+    refused(await join(api, meeting_id, bob, invite_code=code), 403)
     refused(await api.call("GET", f"{BASE}/{meeting_id}", token=bob.access), 403)
     refused(await post_chat(api, meeting_id, bob, "still here?"), 403)
     assert await listed(api, bob) == []
 
     assert (await remove(alice, carol.id))["status"] == 200, "the host may remove a moderator"
-    refused(await join(api, meeting_id, carol), 403)
+    refused(await join(api, meeting_id, carol, invite_code=code), 403)
     readded = await add(api, meeting_id, alice, bob.id)
     assert readded["status"] == 201 and readded["data"]["role"] == "participant"
     back = await join(api, meeting_id, bob)
@@ -520,9 +533,10 @@ async def test_remove_participants(api: Api) -> None:
 
 async def test_roles_and_host_hand_over(api: Api) -> None:
     alice, bob, carol = await api.account(), await api.account(), await api.account()
-    meeting_id = (await create(api, alice))["meeting_id"]
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     for who in (alice, bob, carol):
-        await join(api, meeting_id, who)
+        await join(api, meeting_id, who, invite_code=code)
     await api.call("POST", f"{BASE}/{meeting_id}/start", token=alice.access, expect=200)
 
     refused(await set_role(api, meeting_id, bob, carol.id, "moderator"), 403)
@@ -545,9 +559,10 @@ async def test_roles_and_host_hand_over(api: Api) -> None:
 
 async def test_chat_is_stored_as_sent(api: Api) -> None:
     alice, bob = await api.account(), await api.account()
-    meeting_id = (await create(api, alice))["meeting_id"]
+    meeting = await create(api, alice)
+    meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     await join(api, meeting_id, alice)
-    await join(api, meeting_id, bob)
+    await join(api, meeting_id, bob, invite_code=code)
     sent = await post_chat(api, meeting_id, bob, "<b>hi</b> & 你好")
     assert sent["status"] == 201 and sent["code"] == 201
     message = sent["data"]

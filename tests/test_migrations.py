@@ -7,7 +7,7 @@ import warnings
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -119,6 +119,7 @@ async def test_upgrade_keeps_rows_and_then_ids_are_never_reused(settings_factory
                     status="scheduled",
                     creator_id=new_user,
                     settings={},
+                    invite_code="new-meeting-code",
                     created_at=now,
                     updated_at=now,
                 )
@@ -151,5 +152,38 @@ async def test_upgrade_keeps_rows_and_then_ids_are_never_reused(settings_factory
                 table = schema.metadata.tables[name]
                 await connection.execute(table.insert().values(**values))
                 assert (await connection.execute(select(func.max(table.c.id)))).scalar_one() > 2, name
+    finally:
+        await engine.dispose()
+
+
+async def test_meetings_made_before_invite_codes_each_get_their_own(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory()
+    schema_name = settings.database.schema_name
+    engine = open_engine(settings.database_url, schema_name)
+    try:
+        await migrate(engine, schema_name, revision="0004_ids_never_reused")
+        now = utc_now()
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO users (id, username, email, nickname, password_hash, role, status, token_version,"
+                    " created_at, updated_at) VALUES (1, 'old', 'old@example.com', '', 'x', 'user', 'active', 0,"
+                    " :now, :now)"
+                ),
+                {"now": now},
+            )
+            for meeting_id in (1, 2):
+                await connection.execute(
+                    text(
+                        "INSERT INTO meetings (id, title, description, start_time, max_participants, meeting_type,"
+                        " status, creator_id, settings, created_at, updated_at) VALUES (:id, 'old', '', :now, 10,"
+                        " 'video', 'scheduled', 1, '{}', :now, :now)"
+                    ),
+                    {"id": meeting_id, "now": now},
+                )
+        await migrate(engine, schema_name)
+        async with engine.connect() as connection:
+            codes = (await connection.execute(text("SELECT invite_code FROM meetings ORDER BY id"))).scalars().all()
+        assert len(codes) == 2 and len(set(codes)) == 2 and all(len(code) >= 22 for code in codes)
     finally:
         await engine.dispose()

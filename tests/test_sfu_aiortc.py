@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.codec_guard_server import CODEC_USED
-from tests.rtc_clients import Participant, join_meeting, make_meeting, make_user, wait_until
+from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user, wait_until
 from tests.server_process import ROOT, ServerProcess, request, start_server
 
 GUARDED = ROOT / "tests" / "codec_guard_server.py"
@@ -41,7 +41,7 @@ async def room(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, int,
 
 async def enter(server: ServerProcess, meeting_id: int, people: list[Participant], name: str) -> Participant:
     token, user_id = make_user(server.url, name)
-    join_meeting(server.url, token, meeting_id)
+    join_meeting(server.url, token, meeting_id, invite_code_of(server.url, people[0].token, meeting_id))
     person = Participant(server.url, token, user_id, meeting_id)
     await person.connect()
     people.append(person)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import IN_CI
-from tests.rtc_clients import join_meeting, make_meeting, make_user
+from tests.rtc_clients import invite_code_of, join_meeting, make_meeting, make_user
 from tests.server_process import ServerProcess, request, start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -108,8 +108,9 @@ async def poll(page_check, timeout: float, what: str) -> None:
 async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(server, browser) -> None:
     accounts = [make_user(server.url, name) for name in ("ann", "ben", "cat")]
     meeting_id = make_meeting(server.url, accounts[0][0])
+    code = invite_code_of(server.url, accounts[0][0], meeting_id)
     for token, _ in accounts:
-        join_meeting(server.url, token, meeting_id)
+        join_meeting(server.url, token, meeting_id, code)
     pages = [await open_participant(browser, server, meeting_id, token, user_id) for token, user_id in accounts]
     ids = [user_id for _, user_id in accounts]
 

@@ -46,12 +46,21 @@ async def closed_with(socket: ClientWebSocketResponse) -> int:
 
 
 async def meeting_with(api: Api, host: Account, *guests: Account, **fields: Any) -> int:
+    """A meeting ``host`` created, joined by the host and by ``guests`` through its invite link."""
     created = await api.call("POST", "/api/v1/meetings", token=host.access, json={"title": "Standup", **fields})
     assert created["status"] == 201, created
     meeting_id = created["data"]["meeting_id"]
-    for account in (host, *guests):
-        await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=account.access, json={}, expect=200)
+    await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=host.access, json={}, expect=200)
+    link = {"invite_code": created["data"]["invite_code"]}
+    for account in guests:
+        await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=account.access, json=link, expect=200)
     return meeting_id
+
+
+async def invite_code(api: Api, meeting_id: int, host: Account) -> str:
+    """The meeting's invite code, as its host reads it from the meeting view."""
+    meeting = await api.call("GET", f"/api/v1/meetings/{meeting_id}", token=host.access, expect=200)
+    return meeting["data"]["invite_code"]
 
 
 async def connect(api: Api, meeting_id: int, account: Account, *, header: bool = False) -> ClientWebSocketResponse:
@@ -218,15 +227,17 @@ async def test_removed_user_is_disconnected_and_cannot_return(api: Api) -> None:
     assert (await receive_type(host_socket, "user-left"))["data"]["user_id"] == guest.id
     again = await connect(api, meeting_id, guest)
     assert (await receive(again))["data"]["code"] == 403
-    rejoin = await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=guest.access, json={})
-    assert rejoin["status"] == 403
+    link = {"invite_code": await invite_code(api, meeting_id, host)}
+    rejoin = await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=guest.access, json=link)
+    assert rejoin["status"] == 403 and "removed" in rejoin["message"], "the invite code does not undo a removal"
     await host_socket.close()
 
 
 async def test_waiting_room_socket_is_let_in_by_the_host(api: Api) -> None:
     host, guest = await api.account(), await api.account()
     meeting_id = await meeting_with(api, host, settings={"enable_waiting_room": True})
-    joined = await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=guest.access, json={})
+    link = {"invite_code": await invite_code(api, meeting_id, host)}
+    joined = await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=guest.access, json=link)
     assert joined["data"]["participant"]["status"] == "waiting"
     host_socket, host_join = await enter(api, meeting_id, host)
     assert guest.id not in {p["user_id"] for p in host_join["data"]["participants"]}
@@ -266,7 +277,8 @@ async def test_two_nodes_share_a_room_over_redis(
     node_b: Api = await make_api(settings_factory(server={"node_id": "node-b"}, **shared))
     alice, bob = await node_a.account(), await node_b.account()
     meeting_id = await meeting_with(node_a, alice)
-    await node_b.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=bob.access, json={}, expect=200)
+    link = {"invite_code": await invite_code(node_a, meeting_id, alice)}
+    await node_b.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=bob.access, json=link, expect=200)
 
     alice_socket, _ = await enter(node_a, meeting_id, alice)
     bob_socket, bob_join = await enter(node_b, meeting_id, bob)

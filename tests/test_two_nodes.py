@@ -89,10 +89,11 @@ async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, Serv
             http, "POST", a.url + "/api/v1/meetings", tokens["alice"], json={"title": "Across nodes"}
         )
         meeting_id = created["data"]["meeting_id"]
+        link = {"invite_code": created["data"]["invite_code"]}
         await call(http, "POST", a.url + f"/api/v1/meetings/{meeting_id}/start", tokens["alice"])
         for name, node in (("alice", a), ("bob", b)):
             status, _ = await call(
-                http, "POST", node.url + f"/api/v1/meetings/{meeting_id}/join", tokens[name], json={}
+                http, "POST", node.url + f"/api/v1/meetings/{meeting_id}/join", tokens[name], json=link
             )
             assert status == 200
 

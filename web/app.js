@@ -1,5 +1,7 @@
 /**
- * The meeting page. Interactive use goes through the login form; browser tests skip it with
+ * The meeting page. Interactive use goes through the login form; an invite link
+ * `/?meeting=ID&code=CODE` fills in the meeting and its invite code, so signing in joins it. Browser
+ * tests skip the form with
  * `?token=…&user_id=…&meeting_id=…&autostart=1[&audio=0][&video=0][&simulcast=0][&width=…&height=…]`
  * and drive the page through `window.huiyi` (the client) and `window.huiyiReady`.
  */
@@ -221,9 +223,32 @@ async function loginAndRun(form) {
     meetingId: Number(fields.get('meeting_id')),
     audible: true,
   });
-  const joined = await client.joinMeeting(client.meetingId, fields.get('meeting_password') || undefined);
+  const joined = await client.joinMeeting(
+    client.meetingId,
+    fields.get('meeting_password') || undefined,
+    fields.get('invite_code') || undefined,
+  );
   if (joined.participant?.status === 'waiting') showStatus('Waiting for a host to let you in…');
+  showInviteLink(joined.meeting);
   await run(client, { audio: true, video: true, simulcast: true });
+}
+
+/** Members see the meeting's invite code (others get null): offer it as a link to pass on. */
+function showInviteLink(meeting) {
+  const code = meeting?.invite_code;
+  $('invite').hidden = !code;
+  if (!code) return;
+  const link = new URL('/', location.origin);
+  link.search = new URLSearchParams({ meeting: String(meeting.meeting_id), code }).toString();
+  $('invite-link').value = link.href;
+}
+
+/** An invite link's meeting and code go into the form; the user only has to sign in. */
+function fillFromInviteLink() {
+  const meeting = params.get('meeting');
+  if (meeting && /^[0-9]+$/.test(meeting)) $('login').elements.meeting_id.value = meeting;
+  const code = params.get('code');
+  if (code) $('login').elements.invite_code.value = code;
 }
 
 if (autostart) {
@@ -241,6 +266,7 @@ if (autostart) {
     height: positiveNumber('height', 720),
   }).catch(fail);
 } else {
+  fillFromInviteLink();
   $('login').addEventListener('submit', (event) => {
     event.preventDefault();
     armReady();

@@ -148,9 +148,15 @@ export class HuiyiClient extends EventTarget {
     return postJson(baseUrl, '/auth/login', { username, password });
   }
 
-  /** REST join, required before the socket is admitted. @returns {Promise<{meeting, participant, media_state}>} */
-  joinMeeting(meetingId = this.meetingId, password) {
-    const body = password ? { password } : {};
+  /**
+   * REST join, required before the socket is admitted. Someone the host did not add needs the
+   * meeting's `inviteCode` (from its invite link) or its `password`.
+   * @returns {Promise<{meeting, participant, media_state}>}
+   */
+  joinMeeting(meetingId = this.meetingId, password, inviteCode) {
+    const body = {};
+    if (password) body.password = password;
+    if (inviteCode) body.invite_code = inviteCode;
     return postJson(this.baseUrl, `/meetings/${meetingId}/join`, body, this.token);
   }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,13 @@ from control.rooms import (
     require_moderator,
 )
 from control.signaling.hub import CLOSE_REMOVED, message
-from control.store.meetings import MeetingRecord, ParticipantRecord
+from control.store.meetings import (
+    JoinRefusal,
+    JoinRefused,
+    MeetingRecord,
+    ParticipantRecord,
+    new_invite_code,
+)
 
 log = logging.getLogger("huiyi.meetings")
 group = EndpointGroup("/api/v1/meetings", "meetings")
@@ -109,11 +116,16 @@ class MeetingOut(BaseModel):
     creator_id: int
     settings: MeetingSettings
     has_password: bool
+    invite_code: str | None = Field(
+        description="Joins the meeting without an invitation or the password; shown to its members only, "
+        "null for anyone else"
+    )
     created_at: str
     updated_at: str
 
     @classmethod
-    def of(cls, meeting: MeetingRecord) -> MeetingOut:
+    def of(cls, meeting: MeetingRecord, *, member: bool) -> MeetingOut:
+        """``member``: the viewer takes part in the meeting and may see (and pass on) its invite code."""
         return cls(
             meeting_id=meeting.id,
             title=meeting.title,
@@ -126,6 +138,7 @@ class MeetingOut(BaseModel):
             creator_id=meeting.creator_id,
             settings=MeetingSettings(**{**DEFAULT_SETTINGS, **meeting.settings}),
             has_password=meeting.password_hash is not None,
+            invite_code=meeting.invite_code if member else None,
             created_at=iso_utc(meeting.created_at),
             updated_at=iso_utc(meeting.updated_at),
         )
@@ -163,6 +176,7 @@ class ParticipantOut(BaseModel):
 
 class JoinIn(RequestModel):
     password: str | None = Field(None, max_length=64)
+    invite_code: str | None = Field(None, max_length=64, description="The meeting's invite code (from its link)")
 
 
 class JoinOut(BaseModel):
@@ -240,14 +254,14 @@ async def create_meeting(request: web.Request, body: MeetingCreate) -> MeetingOu
         password_hash=await hash_password(body.password) if body.password else None,
     )
     log.info("user %s created meeting %s", user.id, meeting.id)
-    return MeetingOut.of(meeting)
+    return MeetingOut.of(meeting, member=True)
 
 
 @group.route(
     "GET",
     "",
     name="list",
-    summary="Meetings the caller created or takes part in (admins: all)",
+    summary="Meetings the caller takes part in (admins: all); not while waiting to be admitted",
     access=Access.USER,
     limit="100/minute",
     query=MeetingListQuery,
@@ -263,8 +277,12 @@ async def list_meetings(request: web.Request, query: MeetingListQuery) -> Page[M
         start_from=query.start_from,
         start_to=query.start_to,
     )
+    member = await request.app[STORE].meetings.member_of(user.id, [m.id for m in items])
     return Page[MeetingOut](
-        items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size
+        items=[MeetingOut.of(m, member=m.id in member) for m in items],
+        total=total,
+        page=query.page,
+        page_size=query.page_size,
     )
 
 
@@ -279,15 +297,15 @@ async def list_meetings(request: web.Request, query: MeetingListQuery) -> Page[M
 )
 async def get_meeting(request: web.Request) -> MeetingOut:
     meeting = await _meeting(request)
-    await require_member(request.app, meeting, current_user(request))
-    return MeetingOut.of(meeting)
+    participant = await require_member(request.app, meeting, current_user(request))
+    return MeetingOut.of(meeting, member=participant is not None)
 
 
 @group.route(
     "PUT",
     "/" + MEETING_ID,
     name="update",
-    summary="Update a meeting (creator or host; not once it is over)",
+    summary="Update a meeting (host; not once it is over)",
     access=Access.USER,
     limit="50/minute",
     body=MeetingUpdate,
@@ -316,26 +334,25 @@ async def update_meeting(request: web.Request, body: MeetingUpdate) -> MeetingOu
     updated = await request.app[STORE].meetings.update(meeting.id, **changes)
     if updated is None:
         raise meeting_not_found()
-    return MeetingOut.of(updated)
+    return MeetingOut.of(updated, member=True)
 
 
 @group.route(
     "DELETE",
     "/" + MEETING_ID,
     name="delete",
-    summary="Delete a meeting (creator only; an ongoing one is ended)",
+    summary="Delete a meeting (host; an ongoing one is ended)",
     access=Access.USER,
     limit="50/minute",
 )
 async def delete_meeting(request: web.Request) -> None:
     meeting = await _meeting(request)
-    if meeting.creator_id != current_user(request).id:
-        raise forbidden("Only the meeting's creator may delete it")
+    await require_host(request.app, meeting, current_user(request))
     if meeting.status == "ongoing":
         await request.app[STORE].meetings.transition(meeting.id, ["ongoing"], status="ended", ended_at=utc_now())
     await close_room(request.app, meeting.id, "meeting deleted")
     await request.app[STORE].meetings.delete(meeting.id)
-    log.info("meeting %s deleted by its creator", meeting.id)
+    log.info("meeting %s deleted by its host", meeting.id)
 
 
 @group.route(
@@ -355,7 +372,7 @@ async def start_meeting(request: web.Request) -> MeetingOut:
     )
     if started is None:
         raise bad_request(f"Only a scheduled meeting can start; this one is {meeting.status}")
-    return MeetingOut.of(started)
+    return MeetingOut.of(started, member=True)
 
 
 @group.route(
@@ -379,7 +396,7 @@ async def end_meeting(request: web.Request) -> MeetingOut:
     if ended is None:
         raise bad_request("Meeting changed state meanwhile; fetch it again")
     await close_room(request.app, meeting.id, f"meeting {target}")
-    return MeetingOut.of(ended)
+    return MeetingOut.of(ended, member=True)
 
 
 @group.route(
@@ -401,13 +418,9 @@ async def join_meeting(request: web.Request, body: JoinIn) -> JoinOut:
     if existing is not None and existing.removed:
         raise forbidden("You were removed from this meeting; a host or moderator must add you again")
     invited = existing is not None and (existing.invited or existing.role != "participant")
-    if (
-        meeting.password_hash
-        and not invited
-        and (not body.password or not await verify_password(meeting.password_hash, body.password))
-    ):
-        raise ApiError(400, "Wrong meeting password", code=BusinessCode.WRONG_MEETING_PASSWORD)
-    role = existing.role if existing else ("host" if user.id == meeting.creator_id else "participant")
+    if not invited:
+        await _check_entry(meeting, body)
+    role = existing.role if existing else "participant"
     settings = _settings_merged(meeting.settings, None)
     waits = settings["enable_waiting_room"] and not invited and role == "participant"
     if existing is not None and existing.status in {"online", "waiting"}:
@@ -415,14 +428,55 @@ async def join_meeting(request: web.Request, body: JoinIn) -> JoinOut:
     else:
         status = "waiting" if waits else "online"
     media = {"audio": not settings["mute_on_join"], "video": meeting.meeting_type == "video", "screen": False}
-    participant = await app[STORE].participants.join(meeting, user.id, role=role, status=status, media=media)
-    if participant is None:
-        raise ApiError(400, "Meeting is full", code=BusinessCode.MEETING_FULL)
+    try:
+        participant = await app[STORE].participants.join(meeting.id, user.id, role=role, status=status, media=media)
+    except JoinRefused as refused:
+        raise _join_refused(refused.reason) from None
     return JoinOut(
-        meeting=MeetingOut.of(meeting),
+        meeting=MeetingOut.of(meeting, member=participant.is_member),
         participant=ParticipantOut.of(participant),
         media_state=MediaState(**media_state(participant)),
     )
+
+
+async def _check_entry(meeting: MeetingRecord, body: JoinIn) -> None:
+    """Someone not invited gets in with the meeting's current invite code or its password; a
+    meeting's number alone is never enough, since numbers are easy to guess."""
+    if body.invite_code is not None and secrets.compare_digest(body.invite_code.encode(), meeting.invite_code.encode()):
+        return
+    if meeting.password_hash:
+        if body.password and await verify_password(meeting.password_hash, body.password):
+            return
+        raise ApiError(400, "Wrong or missing meeting password", code=BusinessCode.WRONG_MEETING_PASSWORD)
+    raise forbidden("Joining needs an invitation or the meeting's invite code; ask a host for the invite link")
+
+
+def _join_refused(reason: JoinRefusal) -> ApiError:
+    if reason is JoinRefusal.GONE:
+        return meeting_not_found()
+    if reason is JoinRefusal.OVER:
+        return ApiError(400, "Meeting is already over", code=BusinessCode.MEETING_ENDED)
+    return ApiError(400, "Meeting is full", code=BusinessCode.MEETING_FULL)
+
+
+@group.route(
+    "POST",
+    "/" + MEETING_ID + "/invite-code",
+    name="rotate_invite_code",
+    summary="Give the meeting a new invite code (host); links with the old one stop admitting anyone",
+    access=Access.USER,
+    limit="50/minute",
+    response=MeetingOut,
+)
+async def rotate_invite_code(request: web.Request) -> MeetingOut:
+    meeting = await _meeting(request)
+    await require_host(request.app, meeting, current_user(request))
+    _refuse_if_over(meeting)
+    updated = await request.app[STORE].meetings.update(meeting.id, invite_code=new_invite_code())
+    if updated is None:
+        raise meeting_not_found()
+    log.info("meeting %s has a new invite code", meeting.id)
+    return MeetingOut.of(updated, member=True)
 
 
 @group.route(
@@ -480,9 +534,12 @@ async def add_participant(request: web.Request, body: AddParticipantIn) -> Parti
         raise user_not_found()
     existing = await app[STORE].participants.get(meeting.id, target.id)
     keep_role = existing is not None and not existing.removed and existing.role != "participant"
-    participant = await app[STORE].participants.add(
-        meeting.id, target.id, existing.role if keep_role and existing else "participant"
-    )
+    try:
+        participant = await app[STORE].participants.add(
+            meeting.id, target.id, existing.role if keep_role and existing else "participant"
+        )
+    except JoinRefused as refused:
+        raise _join_refused(refused.reason) from None
     if existing is not None and existing.status == "waiting":
         await app[HUB].admit(meeting.id, target.id)
     if body.role == "host":
@@ -528,20 +585,23 @@ async def _change_role(
     app = request.app
     if target is None or target.removed:
         raise not_found("Not a participant of this meeting", BusinessCode.USER_NOT_FOUND)
-    caller_id = current_user(request).id
-    if role == "host":
-        if user_id != caller_id:
-            current_host = next((p for p in await app[STORE].participants.list(meeting.id) if p.role == "host"), None)
-            await app[STORE].participants.hand_over_host(
-                meeting.id, current_host.user_id if current_host else caller_id, user_id
-            )
-    else:
-        if target.role == "host":
-            raise bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
-        await app[STORE].participants.update(meeting.id, user_id, role=role)
     if target.status == "waiting":
-        await app[STORE].participants.update(meeting.id, user_id, status="online", joined_at=utc_now())
-        await app[HUB].admit(meeting.id, user_id)
+        # Seated first: a full meeting refuses them before their role changes.
+        try:
+            await app[STORE].participants.admit(meeting.id, user_id)
+        except JoinRefused as refused:
+            raise _join_refused(refused.reason) from None
+    caller_id = current_user(request).id
+    refusal: ApiError | None = None
+    if role == "host":
+        if user_id != caller_id and not await app[STORE].participants.hand_over_host(meeting.id, caller_id, user_id):
+            refusal = forbidden("Only the meeting's host may do this")
+    elif not await app[STORE].participants.set_role(meeting.id, user_id, role):
+        refusal = bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
+    if target.status == "waiting":
+        await app[HUB].admit(meeting.id, user_id)  # seated above, whatever became of the role
+    if refusal is not None:
+        raise refusal
     updated = await app[STORE].participants.get(meeting.id, user_id)
     assert updated is not None
     return ParticipantOut.of(updated)

@@ -1,4 +1,4 @@
-"""/api/v1/my: the caller's own meetings, upcoming and past."""
+"""/api/v1/my: the caller's own meetings, upcoming and past (not those still waiting to be admitted to)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def _page(request: web.Request, query: PageQuery, **criteria: object) -> P
         viewer_id=current_user(request).id, page=query.page, page_size=query.page_size, **criteria
     )
     return Page[MeetingOut](
-        items=[MeetingOut.of(m) for m in items], total=total, page=query.page, page_size=query.page_size
+        items=[MeetingOut.of(m, member=True) for m in items], total=total, page=query.page, page_size=query.page_size
     )
 
 
@@ -32,7 +32,7 @@ async def _page(request: web.Request, query: PageQuery, **criteria: object) -> P
     "GET",
     "/meetings",
     name="meetings",
-    summary="Meetings I created or take part in, by start time",
+    summary="Meetings I take part in, by start time",
     access=Access.USER,
     limit="100/minute",
     query=PageQuery,

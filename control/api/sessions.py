@@ -14,7 +14,9 @@ from control.endpoints import Access, EndpointGroup, path_int
 from control.envelope import iso_utc
 from control.errors import not_found
 from control.rooms import chat_view, load_meeting, meeting_not_found, require_member
+from control.store.meetings import ParticipantRecord
 from control.store.sessions import SessionRecord
+from control.store.users import UserRecord
 
 group = EndpointGroup("/api/v1", "signaling")
 STARTED = web.AppKey("started_monotonic", float)
@@ -25,7 +27,9 @@ class SessionOut(BaseModel):
     meeting_id: int
     user_id: int
     node_id: str
-    client_address: str
+    client_address: str | None = Field(
+        description="The client's network address: shown to the meeting's host, admins and the session's own user"
+    )
     connected_at: str
     disconnected_at: str | None
     close_reason: str | None
@@ -33,13 +37,14 @@ class SessionOut(BaseModel):
     messages_out: int
 
     @classmethod
-    def of(cls, record: SessionRecord) -> SessionOut:
+    def of(cls, record: SessionRecord, *, viewer: UserRecord, host: bool) -> SessionOut:
+        """``host``: the viewer hosts the session's meeting."""
         return cls(
             session_id=record.id,
             meeting_id=record.meeting_id,
             user_id=record.user_id,
             node_id=record.node_id,
-            client_address=record.client_address,
+            client_address=record.client_address if host or viewer.is_admin or record.user_id == viewer.id else None,
             connected_at=iso_utc(record.connected_at),
             disconnected_at=iso_utc(record.disconnected_at) if record.disconnected_at else None,
             close_reason=record.close_reason,
@@ -66,6 +71,11 @@ class RoomStats(BaseModel):
     messages: int
 
 
+def _hosts(participant: ParticipantRecord | None) -> bool:
+    """Client addresses are personal data: among participants only the host may read them."""
+    return participant is not None and participant.is_host
+
+
 @group.route(
     "GET",
     "/sessions/{session_id:[0-9a-f]+}",
@@ -80,9 +90,10 @@ async def get_session(request: web.Request) -> SessionOut:
     if record is None:
         raise not_found("Session not found")
     user = current_user(request)
+    host = False  # one's own session shows one's own address anyway
     if record.user_id != user.id:
-        await require_member(request.app, await load_meeting(request.app, record.meeting_id), user)
-    return SessionOut.of(record)
+        host = _hosts(await require_member(request.app, await load_meeting(request.app, record.meeting_id), user))
+    return SessionOut.of(record, viewer=user, host=host)
 
 
 @group.route(
@@ -96,8 +107,12 @@ async def get_session(request: web.Request) -> SessionOut:
 )
 async def room_sessions(request: web.Request) -> list[SessionOut]:
     meeting = await load_meeting(request.app, path_int(request, "meeting_id", meeting_not_found()))
-    await require_member(request.app, meeting, current_user(request))
-    return [SessionOut.of(record) for record in await request.app[STORE].sessions.for_meeting(meeting.id)]
+    user = current_user(request)
+    host = _hosts(await require_member(request.app, meeting, user))
+    return [
+        SessionOut.of(record, viewer=user, host=host)
+        for record in await request.app[STORE].sessions.for_meeting(meeting.id)
+    ]
 
 
 @group.route(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Select, and_, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from control.envelope import utc_now
@@ -29,6 +31,7 @@ class MeetingRecord:
     creator_id: int
     settings: dict[str, bool]
     password_hash: str | None
+    invite_code: str
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -64,6 +67,39 @@ class ParticipantRecord:
         """In the meeting proper: not removed and not held in the waiting room."""
         return not self.removed and self.status != "waiting"
 
+    @property
+    def is_host(self) -> bool:
+        return self.role == "host" and not self.removed
+
+
+class JoinRefusal(enum.Enum):
+    """Why the store would not put a user online, decided under the meeting's lock."""
+
+    GONE = "gone"
+    OVER = "over"
+    FULL = "full"
+
+
+class JoinRefused(Exception):
+    def __init__(self, reason: JoinRefusal) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+def new_invite_code() -> str:
+    """128 random bits: a meeting's id is guessable, its invite code is not."""
+    return secrets.token_urlsafe(16)
+
+
+def _member_of_meeting(user_id: int) -> Any:
+    """The user takes part in the meeting: a participant row that is neither removed nor waiting."""
+    return exists().where(
+        participants.c.meeting_id == meetings.c.id,
+        participants.c.user_id == user_id,
+        participants.c.removed.is_(False),
+        participants.c.status != "waiting",
+    )
+
 
 _PARTICIPANT_COLUMNS = (
     participants.c.id,
@@ -94,6 +130,39 @@ def _participant(row: Any) -> ParticipantRecord:
     return ParticipantRecord(**row._mapping)
 
 
+async def _lock_meeting(connection: AsyncConnection, meeting_id: int) -> Any:
+    """Hold the meeting's lock for the rest of the transaction and read its cap and status fresh.
+
+    A no-op UPDATE is the one statement that serialises on both backends: PostgreSQL locks the
+    row, SQLite takes its database-wide write lock at once (``SELECT ... FOR UPDATE`` is a no-op
+    there, so two joins could both count a free seat). None when the meeting is gone."""
+    return (
+        await connection.execute(
+            update(meetings)
+            .where(meetings.c.id == meeting_id)
+            .values(max_participants=meetings.c.max_participants)
+            .returning(meetings.c.max_participants, meetings.c.status)
+        )
+    ).first()
+
+
+async def _claim_seat(connection: AsyncConnection, meeting_id: int, user_id: int, capacity: int) -> None:
+    """Under the meeting's lock: JoinRefused unless one more user (not already online) fits."""
+    online = (
+        await connection.execute(
+            select(func.count())
+            .select_from(participants)
+            .where(
+                participants.c.meeting_id == meeting_id,
+                participants.c.status == "online",
+                participants.c.user_id != user_id,
+            )
+        )
+    ).scalar_one()
+    if online >= capacity:
+        raise JoinRefused(JoinRefusal.FULL)
+
+
 class MeetingStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -104,7 +173,14 @@ class MeetingStore:
             row = (
                 await connection.execute(
                     meetings.insert()
-                    .values(creator_id=creator_id, status="scheduled", created_at=now, updated_at=now, **fields)
+                    .values(
+                        creator_id=creator_id,
+                        status="scheduled",
+                        invite_code=new_invite_code(),
+                        created_at=now,
+                        updated_at=now,
+                        **fields,
+                    )
                     .returning(*meetings.c)
                 )
             ).one()
@@ -167,15 +243,11 @@ class MeetingStore:
         newest_first: bool = False,
         order_by_end: bool = False,
     ) -> tuple[list[MeetingRecord], int]:
-        """Meetings ``viewer_id`` created or takes part in (every meeting when None)."""
+        """Meetings ``viewer_id`` takes part in (every meeting when None). Creating a meeting makes
+        one its host participant; removed and still-waiting users do not see it."""
         conditions = []
         if viewer_id is not None:
-            member = exists().where(
-                participants.c.meeting_id == meetings.c.id,
-                participants.c.user_id == viewer_id,
-                participants.c.removed.is_(False),
-            )
-            conditions.append(or_(meetings.c.creator_id == viewer_id, member))
+            conditions.append(_member_of_meeting(viewer_id))
         statuses = list(statuses)
         if statuses:
             conditions.append(meetings.c.status.in_(statuses))
@@ -192,6 +264,15 @@ class MeetingStore:
             rows = (await connection.execute(rows_query)).all()
             total = int((await connection.execute(count_query)).scalar_one())
         return [_meeting(row) for row in rows], total
+
+    async def member_of(self, user_id: int, meeting_ids: Iterable[int]) -> set[int]:
+        """Which of these meetings the user takes part in (see ``search``)."""
+        ids = list(meeting_ids)
+        if not ids:
+            return set()
+        query = select(meetings.c.id).where(meetings.c.id.in_(ids), _member_of_meeting(user_id))
+        async with self._engine.connect() as connection:
+            return {row.id for row in (await connection.execute(query)).all()}
 
 
 class ParticipantStore:
@@ -226,35 +307,32 @@ class ParticipantStore:
             )
 
     async def join(
-        self, meeting: MeetingRecord, user_id: int, *, role: str, status: str, media: dict[str, bool]
-    ) -> ParticipantRecord | None:
-        """Enter the meeting unless it is full; None when ``max_participants`` are already online.
-        The meeting row is locked (PostgreSQL) so concurrent joins cannot overfill it."""
+        self, meeting_id: int, user_id: int, *, role: str, status: str, media: dict[str, bool]
+    ) -> ParticipantRecord:
+        """Enter the meeting; raises JoinRefused when it is gone, over, or (going online) full."""
         async with self._engine.begin() as connection:
-            await connection.execute(select(meetings.c.id).where(meetings.c.id == meeting.id).with_for_update())
+            locked = await _lock_meeting(connection, meeting_id)
+            if locked is None:
+                raise JoinRefused(JoinRefusal.GONE)
+            if locked.status not in ACTIVE_STATUSES:
+                raise JoinRefused(JoinRefusal.OVER)
             if status == "online":
-                online = (
-                    await connection.execute(
-                        select(func.count())
-                        .select_from(participants)
-                        .where(
-                            participants.c.meeting_id == meeting.id,
-                            participants.c.status == "online",
-                            participants.c.user_id != user_id,
-                        )
-                    )
-                ).scalar_one()
-                if online >= meeting.max_participants:
-                    return None
+                await _claim_seat(connection, meeting_id, user_id, locked.max_participants)
             values: dict[str, Any] = {"role": role, "status": status, "removed": False, **media}
             if status == "online":
                 values["joined_at"] = utc_now()
-            await self._upsert(connection, meeting.id, user_id, **values)
-        return await self.get(meeting.id, user_id)
+            await self._upsert(connection, meeting_id, user_id, **values)
+        participant = await self.get(meeting_id, user_id)
+        assert participant is not None
+        return participant
 
     async def add(self, meeting_id: int, user_id: int, role: str) -> ParticipantRecord | None:
-        """Invite, re-admit or admit: a waiting user comes in online, others are invited offline."""
+        """Invite, re-admit or admit: a waiting user comes in online (raises JoinRefused when the
+        meeting is full), others are invited offline."""
         async with self._engine.begin() as connection:
+            locked = await _lock_meeting(connection, meeting_id)
+            if locked is None:
+                raise JoinRefused(JoinRefusal.GONE)
             current = (
                 await connection.execute(
                     select(participants.c.status).where(
@@ -265,8 +343,27 @@ class ParticipantStore:
             status = "online" if current in {"waiting", "online"} else "offline"
             values: dict[str, Any] = {"role": role, "status": status, "removed": False, "invited": True}
             if current == "waiting":
+                await _claim_seat(connection, meeting_id, user_id, locked.max_participants)
                 values["joined_at"] = utc_now()
             await self._upsert(connection, meeting_id, user_id, **values)
+        return await self.get(meeting_id, user_id)
+
+    async def admit(self, meeting_id: int, user_id: int) -> ParticipantRecord | None:
+        """A waiting user comes in online, if a seat is free (else JoinRefused)."""
+        async with self._engine.begin() as connection:
+            locked = await _lock_meeting(connection, meeting_id)
+            if locked is None:
+                raise JoinRefused(JoinRefusal.GONE)
+            await _claim_seat(connection, meeting_id, user_id, locked.max_participants)
+            await connection.execute(
+                update(participants)
+                .where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.user_id == user_id,
+                    participants.c.status == "waiting",
+                )
+                .values(status="online", joined_at=utc_now())
+            )
         return await self.get(meeting_id, user_id)
 
     async def update(self, meeting_id: int, user_id: int, **values: Any) -> ParticipantRecord | None:
@@ -278,12 +375,43 @@ class ParticipantStore:
             )
         return await self.get(meeting_id, user_id)
 
-    async def hand_over_host(self, meeting_id: int, from_user: int, to_user: int) -> None:
-        """Exactly one host: the new host is promoted and the old one becomes a moderator at once."""
+    async def set_role(self, meeting_id: int, user_id: int, role: str) -> bool:
+        """Give a participant a non-host role; False when they hold the host role (a meeting keeps
+        its host until the host hands the role over), checked in the same statement."""
         async with self._engine.begin() as connection:
+            changed = await connection.execute(
+                update(participants)
+                .where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.user_id == user_id,
+                    participants.c.role != "host",
+                )
+                .values(role=role)
+            )
+        return changed.rowcount > 0
+
+    async def hand_over_host(self, meeting_id: int, by_user: int, to_user: int) -> bool:
+        """Exactly one host, even when hand-overs race: under the meeting's lock ``by_user`` must
+        still be the host (False if not); they become a moderator and ``to_user`` the host."""
+        async with self._engine.begin() as connection:
+            if await _lock_meeting(connection, meeting_id) is None:
+                return False
+            current = (
+                await connection.execute(
+                    select(participants.c.role, participants.c.removed).where(
+                        participants.c.meeting_id == meeting_id, participants.c.user_id == by_user
+                    )
+                )
+            ).first()
+            if current is None or current.role != "host" or current.removed:
+                return False
             await connection.execute(
                 update(participants)
-                .where(participants.c.meeting_id == meeting_id, participants.c.user_id == from_user)
+                .where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.role == "host",
+                    participants.c.user_id != to_user,
+                )
                 .values(role="moderator")
             )
             await connection.execute(
@@ -291,3 +419,4 @@ class ParticipantStore:
                 .where(participants.c.meeting_id == meeting_id, participants.c.user_id == to_user)
                 .values(role="host")
             )
+        return True

@@ -107,6 +107,8 @@ meetings = Table(
     Column("creator_id", IdType, ForeignKey("users.id"), nullable=False, index=True),
     Column("settings", JSON, nullable=False),
     Column("password_hash", String(255), nullable=True),
+    # Unguessable: with the numeric id it lets a user join who was neither invited nor told the password.
+    Column("invite_code", String(64), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("started_at", UtcDateTime(), nullable=True),
@@ -124,7 +126,7 @@ participants = Table(
     Column("role", String(16), nullable=False),
     Column("status", String(16), nullable=False),
     Column("removed", Boolean, nullable=False, server_default=false()),
-    # Added by a host or moderator (or the creator): skips the meeting password and waiting room.
+    # Added by a host or moderator (or the creator): needs no invite code or password, skips the waiting room.
     Column("invited", Boolean, nullable=False, server_default=false()),
     Column("audio", Boolean, nullable=False, server_default=true()),
     Column("video", Boolean, nullable=False, server_default=true()),

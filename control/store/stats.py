@@ -30,7 +30,8 @@ class StatsStore:
             return int((await connection.execute(query)).scalar_one())
 
     async def rooms(self, viewer_id: int | None) -> list[RoomFigures]:
-        """Rooms that are ongoing or hold an open socket; only the viewer's own unless None."""
+        """Rooms that are ongoing or hold an open socket; only those the viewer takes part in
+        (not removed, not waiting to be admitted) unless None."""
         online = (
             select(func.count())
             .where(participants.c.meeting_id == meetings.c.id, participants.c.status == "online")
@@ -52,7 +53,9 @@ class StatsStore:
         ).where(or_(meetings.c.status == "ongoing", open_sessions > 0))
         if viewer_id is not None:
             member = select(participants.c.meeting_id).where(
-                participants.c.user_id == viewer_id, participants.c.removed.is_(False)
+                participants.c.user_id == viewer_id,
+                participants.c.removed.is_(False),
+                participants.c.status != "waiting",
             )
             query = query.where(meetings.c.id.in_(member))
         async with self._engine.connect() as connection:
