@@ -12,6 +12,7 @@ from urllib.parse import unquote
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from control.bodies import reading_body
 from control.errors import bad_request, too_large
 from control.storage import Storage, TooLarge
 
@@ -24,18 +25,20 @@ async def _parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Expected a multipart/form-data body")
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if isinstance(part, BodyPartReader):
-                yield part
+        with reading_body():
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if isinstance(part, BodyPartReader):
+                    yield part
     except (ValueError, HttpProcessingError):
         raise bad_request("Malformed multipart body") from None
 
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     try:
-        while chunk := await part.read_chunk(CHUNK):
-            yield chunk
+        with reading_body():
+            while chunk := await part.read_chunk(CHUNK):
+                yield chunk
     except (ValueError, HttpProcessingError):
         raise bad_request("Malformed multipart body") from None
 

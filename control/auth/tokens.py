@@ -61,6 +61,11 @@ class TokenCodec:
         return jwt.encode(payload, self._key, algorithm=ALGORITHM)
 
     def decode(self, token: str, expected: TokenType) -> TokenClaims:
+        """The claims of a valid token, else a 401. The token comes straight from a header or a
+        query string, where aiohttp keeps undecodable bytes as surrogates: a JWT is ASCII, so
+        anything else is refused here before the JWT library tries to encode it."""
+        if not token.isascii():
+            raise unauthorized("Invalid token")
         try:
             payload = jwt.decode(
                 token,
