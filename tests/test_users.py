@@ -109,6 +109,10 @@ async def test_avatar_is_reencoded_to_a_square_png(api: Api) -> None:
     assert b"<script>" not in served
     with Image.open(io.BytesIO(served)) as image:
         assert image.format == "PNG" and image.size == (256, 256)
+    tail = await api.client.get(avatar_url, headers={"Range": "bytes=-8"})
+    assert tail.status == 206 and await tail.read() == served[-8:]
+    nothing = await api.client.get(avatar_url, headers={"Range": "bytes=-0"})
+    assert nothing.status == 416 and nothing.headers["Content-Range"] == f"bytes */{len(served)}"
 
     replaced = await api.call(
         "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG"), field="avatar")

@@ -14,6 +14,7 @@ from control.auth.passwords import hash_password, verify_password
 from control.auth.sessions import issue_tokens
 from control.avatars import AVATAR_NAME_PATTERN, NotAnImage
 from control.context import AVATARS, MAILER, SETTINGS, STORE, current_user, run_in_background
+from control.downloads import file_download
 from control.endpoints import Access, EndpointGroup
 from control.envelope import utc_now
 from control.errors import BusinessCode, bad_request, not_found
@@ -188,15 +189,16 @@ async def upload_avatar(request: web.Request) -> UserOut:
     access=Access.PUBLIC,
     limit="600/minute",
     raw_response=("image/png", {"type": "string", "format": "binary"}),
-    errors=(404,),
+    errors=(404, 416),
 )
 async def get_avatar(request: web.Request) -> web.StreamResponse:
     path = request.app[AVATARS].path_of(request.match_info["name"])
     if not path.is_file():
         raise not_found("Avatar not found")
-    return web.FileResponse(
+    return await file_download(
+        request,
         path,
-        headers={
+        {
             "Content-Type": "image/png",
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "public, max-age=86400, immutable",
