@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web import RequestPayloadError
 
 from control.errors import bad_request
 

@@ -133,6 +133,11 @@ def unstorable_text(value: Any) -> str | None:
     return None
 
 
+def invalid(where: str, errors: list[dict[str, Any]]) -> ApiError:
+    """A 400 naming each offending field, e.g. ``{"field": "email", "message": ..., "type": ...}``."""
+    return bad_request(f"Invalid {where}", {"errors": errors})
+
+
 def validation_error(exc: ValidationError, where: str) -> ApiError:
     errors = [
         {
@@ -142,7 +147,7 @@ def validation_error(exc: ValidationError, where: str) -> ApiError:
         }
         for error in exc.errors(include_url=False, include_context=False, include_input=False)
     ]
-    return bad_request(f"Invalid {where}", {"errors": errors})
+    return invalid(where, errors)
 
 
 class NotJson(ValueError):

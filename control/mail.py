@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from email.message import EmailMessage
 from pathlib import Path
@@ -12,7 +11,7 @@ import aiosmtplib
 
 from config.settings import MailSettings
 from control.envelope import utc_now
-from control.private_files import create_private
+from control.private_files import write_private
 
 log = logging.getLogger("huiyi.mail")
 
@@ -42,7 +41,6 @@ class Mailer:
             return
         name = f"{utc_now():%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}.eml"
         temporary = self.outbox / f".{name}.tmp"
-        with os.fdopen(create_private(temporary), "wb") as handle:
-            handle.write(bytes(message))
+        write_private(temporary, bytes(message))
         temporary.rename(self.outbox / name)
         log.info("mail %r to %s written to %s (no SMTP server configured)", subject, to, self.outbox / name)

@@ -12,7 +12,7 @@ FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 
 
-def private_directory(path: Path) -> Path:
+def private_directory(path: Path) -> None:
     """Make ``path`` and any missing parents 0700 (``Path.mkdir`` gives parents the default mode)."""
     missing = []
     for directory in (path, *path.parents):
@@ -21,7 +21,6 @@ def private_directory(path: Path) -> Path:
         missing.append(directory)
     for directory in reversed(missing):
         directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
-    return path
 
 
 def create_private(path: Path) -> int:

@@ -15,7 +15,7 @@ from control.auth.sessions import issue_tokens
 from control.avatars import AVATAR_NAME_PATTERN, NotAnImage
 from control.context import AVATARS, MAILER, SETTINGS, STORE, current_user, run_in_background
 from control.downloads import file_download
-from control.endpoints import Access, EndpointGroup
+from control.endpoints import Access, EndpointGroup, invalid
 from control.envelope import utc_now
 from control.errors import BusinessCode, bad_request, not_found
 from control.store.users import DuplicateEmail, DuplicateUsername, UserRecord
@@ -83,14 +83,8 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> UserOut:
     new_email = changes.get("email", user.email) != user.email
     if new_email:
         if body.current_password is None:
-            raise bad_request(
-                "Invalid request body",
-                {
-                    "errors": [
-                        {"field": "current_password", "message": "Required to change the email", "type": "missing"}
-                    ]
-                },
-            )
+            missing = {"field": "current_password", "message": "Required to change the email", "type": "missing"}
+            raise invalid("request body", [missing])
         await check_password(user, body.current_password)
     if not changes:
         return UserOut.of(user)
