@@ -59,6 +59,12 @@ async def read_file_field(request: web.Request, field_names: tuple[str, ...], ma
     raise bad_request(f"Missing file field ({' or '.join(field_names)})")
 
 
+def _shown(name: str) -> str:
+    """A part name as it may appear in a message: aiohttp keeps undecodable header bytes as
+    surrogates, which cannot be encoded into an answer."""
+    return name[:40].encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+
+
 def safe_file_name(name: str | None) -> str:
     """The client's file name as display metadata only: no directories, no control characters.
     Some clients percent-encode the name, so it is decoded before directories are cut off."""
@@ -92,7 +98,7 @@ async def store_upload(request: web.Request, storage: Storage, file_field: str, 
                 async for chunk in _chunks(part):
                     value.extend(chunk)
                     if len(value) > TEXT_FIELD_MAX:
-                        raise bad_request(f"Field {part.name[:40]} is too long")
+                        raise bad_request(f"Field {_shown(part.name)} is too long")
                 upload.fields[part.name] = value.decode("utf-8", "replace").strip()
     except TooLarge:
         raise too_large(f"File is larger than {max_bytes} bytes") from None

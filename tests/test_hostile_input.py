@@ -98,3 +98,21 @@ async def test_a_body_that_fails_to_decompress_is_a_400(api: Api) -> None:
         status == 400
         and json.loads(body)["message"] == "The request body could not be decoded (broken framing or compression)"
     )
+
+
+async def test_an_undecodable_form_field_name_is_a_400(api: Api) -> None:
+    account = await api.account()
+    body = (
+        b'--edge\r\nContent-Disposition: form-data; name="note\xff\xfe"\r\n\r\n' + b"v" * 300 + b"\r\n"
+        b'--edge\r\nContent-Disposition: form-data; name="file"; filename="a\xff.txt"\r\n\r\nhello\r\n--edge--\r\n'
+    )
+    reader, writer = await open_raw(api)
+    writer.write(
+        f"POST /api/v1/media/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {account.access}\r\n"
+        f"Content-Type: multipart/form-data; boundary=edge\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body
+    )
+    status, _, answer = await http_answer(reader)
+    writer.close()
+    assert status == 400 and json.loads(answer)["message"] == "Field note\\udcff\\udcfe is too long"
