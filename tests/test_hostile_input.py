@@ -75,7 +75,7 @@ async def test_undecodable_token_on_the_socket_is_a_socket_error(api: Api) -> No
         + b"\r\n"
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
-    assert head.startswith(b"HTTP/1.1 101 ")
+    assert head.startswith(b"HTTP/1.1 101 ") and b"\r\nServer: huiyi\r\n" in head
     opcode, payload = await websocket_frame(reader)
     assert opcode == 0x1
     refusal = json.loads(payload)
@@ -116,3 +116,12 @@ async def test_an_undecodable_form_field_name_is_a_400(api: Api) -> None:
     status, _, answer = await http_answer(reader)
     writer.close()
     assert status == 400 and json.loads(answer)["message"] == "Field note\\udcff\\udcfe is too long"
+
+
+async def test_the_web_client_refuses_a_range_that_selects_nothing(api: Api) -> None:
+    page = await api.client.get("/")
+    size = len(await page.read())
+    nothing = await api.client.get("/", headers={"Range": "bytes=-0"})
+    assert nothing.status == 416 and nothing.headers["Content-Range"] == f"bytes */{size}"
+    head = await api.client.get("/", headers={"Range": "bytes=0-9"})
+    assert head.status == 206 and len(await head.read()) == 10
