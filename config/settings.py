@@ -31,6 +31,7 @@ class ServerSettings(_Section):
     public_url: str
     log_level: str
     node_id: str = Field(max_length=64)
+    header_timeout_seconds: float = Field(gt=0, le=3600)
 
     @field_validator("log_level")
     @classmethod

@@ -51,10 +51,16 @@ from sfu.server import Sfu
 
 # Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
 MAX_JSON_BODY = 1024 * 1024
+SERVER_NAME = "huiyi"
 
 
 def all_endpoints() -> list[Endpoint]:
     return [endpoint for group in GROUPS for endpoint in group.endpoints]
+
+
+async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp would answer with its and Python's versions, a map to known flaws: say only what this is."""
+    response.headers["Server"] = SERVER_NAME
 
 
 async def _store_context(app: web.Application) -> AsyncIterator[None]:
@@ -157,4 +163,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/ws/signaling", signaling_socket, name="signaling")
     add_web_client(app)
     app.on_shutdown.append(_close_sockets)
+    app.on_response_prepare.append(_name_the_server)
     return app

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from control.private_files import write_private
+
 ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP"}
 MAX_SOURCE_PIXELS = 40_000_000
 AVATAR_NAME_PATTERN = r"[0-9a-f]+\.png"
@@ -47,9 +49,8 @@ class AvatarStore:
         """Store a thumbnail of the upload under a random name; returns that name."""
         png = await asyncio.to_thread(_thumbnail, data, self.size)
         name = f"{secrets.token_hex(16)}.png"
-        self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.directory / f".{name}.tmp"
-        temporary.write_bytes(png)
+        write_private(temporary, png)
         os.replace(temporary, self.directory / name)
         return name
 

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import web, web_response
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from config import ConfigError, Settings, load_settings
@@ -45,12 +46,28 @@ def _settings(args: argparse.Namespace, **server: object) -> Settings:
     )
 
 
+class _MalformedRequestsAreInfo(logging.Filter):
+    """aiohttp logs every request it cannot parse as an error with a traceback. Such a request is
+    the client's fault, and anyone can send many: one info line each, so errors stay worth reading."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            reason = exc.message.splitlines()[0].rstrip(":") if exc.message else ""
+            record.msg = f"{record.getMessage()}: {exc.code} {reason}"
+            record.args = None
+            record.exc_info = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequestsAreInfo())
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -68,7 +85,11 @@ def serve(argv: Sequence[str]) -> int:
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    from control.app import create_app
+    from control.app import SERVER_NAME, create_app
+
+    # The application names itself on every answer it makes; aiohttp answers requests it cannot
+    # parse before any application sees them, with its default (its and Python's versions).
+    web_response.SERVER_SOFTWARE = SERVER_NAME
 
     log.info(
         "starting huiyi on %s:%s (database %s, data dir %s, rate limits %s)",
@@ -83,6 +104,10 @@ def serve(argv: Sequence[str]) -> int:
         host=settings.server.host,
         port=settings.server.port,
         access_log_class=AccessLogger,
+        # aiohttp closes a connection that waits this long for a request's headers (the first
+        # one, or the next on a kept-alive connection), so slow or silent clients cannot hold
+        # connections open.
+        keepalive_timeout=settings.server.header_timeout_seconds,
         print=None,
     )
     return 0
@@ -134,6 +159,9 @@ def create_admin(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Whatever this process or a library it uses writes (the database, media, mail) is for this
+    # user only; where the server creates files it also says so explicitly.
+    os.umask(0o077)
     try:
         if argv[:1] == ["create-admin"]:
             return create_admin(argv[1:])

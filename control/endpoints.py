@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from control.bodies import reading_body
 from control.envelope import envelope
 from control.errors import ApiError, bad_request, not_found
 
@@ -132,6 +133,11 @@ def unstorable_text(value: Any) -> str | None:
     return None
 
 
+def invalid(where: str, errors: list[dict[str, Any]]) -> ApiError:
+    """A 400 naming each offending field, e.g. ``{"field": "email", "message": ..., "type": ...}``."""
+    return bad_request(f"Invalid {where}", {"errors": errors})
+
+
 def validation_error(exc: ValidationError, where: str) -> ApiError:
     errors = [
         {
@@ -141,17 +147,36 @@ def validation_error(exc: ValidationError, where: str) -> ApiError:
         }
         for error in exc.errors(include_url=False, include_context=False, include_input=False)
     ]
-    return bad_request(f"Invalid {where}", {"errors": errors})
+    return invalid(where, errors)
+
+
+class NotJson(ValueError):
+    """A client's document that cannot be decoded; the message completes "The document ..." and
+    is safe to show the client."""
+
+
+def load_json(raw: bytes | str) -> Any:
+    """Decode a client's JSON document. Every way ``json.loads`` can fail on hostile input (bad
+    syntax or encoding, nesting past the recursion limit, an integer longer than Python converts)
+    comes out as ``NotJson``, so no caller answers such input with a server error."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise NotJson("is not valid JSON") from None
+    except RecursionError:
+        raise NotJson("is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits (int_max_str_digits).
+        raise NotJson("holds a number with too many digits") from None
 
 
 async def parse_json_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    raw = await request.read()
+    with reading_body():
+        raw = await request.read()
     try:
-        document = json.loads(raw) if raw.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad_request("Request body is not valid JSON") from None
-    except RecursionError:
-        raise bad_request("Request body is nested too deeply") from None
+        document = load_json(raw) if raw.strip() else {}
+    except NotJson as exc:
+        raise bad_request(f"Request body {exc}") from None
     if not isinstance(document, dict):
         raise bad_request("Request body must be a JSON object")
     problem = unstorable_text(document)

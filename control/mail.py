@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from email.message import EmailMessage
 from pathlib import Path
@@ -12,6 +11,7 @@ import aiosmtplib
 
 from config.settings import MailSettings
 from control.envelope import utc_now
+from control.private_files import write_private
 
 log = logging.getLogger("huiyi.mail")
 
@@ -39,11 +39,8 @@ class Mailer:
             )
             log.info("mail %r sent to %s via %s", subject, to, self._settings.smtp_host)
             return
-        self.outbox.mkdir(parents=True, exist_ok=True)
         name = f"{utc_now():%Y%m%dT%H%M%S.%f}-{secrets.token_hex(4)}.eml"
         temporary = self.outbox / f".{name}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(bytes(message))
+        write_private(temporary, bytes(message))
         temporary.rename(self.outbox / name)
         log.info("mail %r to %s written to %s (no SMTP server configured)", subject, to, self.outbox / name)

@@ -18,6 +18,7 @@ _ERROR_TEXT = {
     403: "Authenticated but not allowed",
     404: "Unknown resource (see `code`)",
     413: "Upload too large",
+    416: "The requested byte range lies past the end of the file; see Content-Range",
     429: "Rate limit exceeded; see Retry-After",
     500: "Unexpected server error",
     503: "A service the server depends on is unreachable",

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Protocol
 
+from control.private_files import FILE_MODE, create_private, private_directory
+
 _LEGACY_SCRATCH = re.compile(r"[0-9a-f]{32}(\.part)?")
 
 
@@ -69,14 +71,14 @@ class LocalStorage:
 
     def scratch_path(self, suffix: str) -> Path:
         """A fresh path for a worker to write a result into before it is adopted."""
-        self._scratch.mkdir(parents=True, exist_ok=True)
+        private_directory(self._scratch)
         return self._scratch / f"{secrets.token_hex(16)}{suffix}"
 
     async def save(self, chunks: AsyncIterable[bytes], max_bytes: int) -> tuple[str, int]:
         temporary = self.scratch_path(".part")
         size = 0
         try:
-            with temporary.open("wb") as handle:
+            with os.fdopen(create_private(temporary), "wb") as handle:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
@@ -90,7 +92,10 @@ class LocalStorage:
     async def adopt(self, scratch: Path) -> tuple[str, int]:
         key = self._new_key()
         target = self.local_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(target.parent)
+        # A job's worker wrote the file with the process's umask: it becomes private before it
+        # is in place.
+        await asyncio.to_thread(os.chmod, scratch, FILE_MODE)
         await asyncio.to_thread(os.replace, scratch, target)
         return key, target.stat().st_size
 

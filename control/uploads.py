@@ -12,6 +12,7 @@ from urllib.parse import unquote
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from control.bodies import reading_body
 from control.errors import bad_request, too_large
 from control.storage import Storage, TooLarge
 
@@ -24,18 +25,20 @@ async def _parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Expected a multipart/form-data body")
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if isinstance(part, BodyPartReader):
-                yield part
+        with reading_body():
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if isinstance(part, BodyPartReader):
+                    yield part
     except (ValueError, HttpProcessingError):
         raise bad_request("Malformed multipart body") from None
 
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     try:
-        while chunk := await part.read_chunk(CHUNK):
-            yield chunk
+        with reading_body():
+            while chunk := await part.read_chunk(CHUNK):
+                yield chunk
     except (ValueError, HttpProcessingError):
         raise bad_request("Malformed multipart body") from None
 
@@ -54,6 +57,12 @@ async def read_file_field(request: web.Request, field_names: tuple[str, ...], ma
             raise bad_request("The uploaded file is empty")
         return bytes(data)
     raise bad_request(f"Missing file field ({' or '.join(field_names)})")
+
+
+def _shown(name: str) -> str:
+    """A part name as it may appear in a message: aiohttp keeps undecodable header bytes as
+    surrogates, which cannot be encoded into an answer."""
+    return name[:40].encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
 
 
 def safe_file_name(name: str | None) -> str:
@@ -89,7 +98,7 @@ async def store_upload(request: web.Request, storage: Storage, file_field: str, 
                 async for chunk in _chunks(part):
                     value.extend(chunk)
                     if len(value) > TEXT_FIELD_MAX:
-                        raise bad_request(f"Field {part.name[:40]} is too long")
+                        raise bad_request(f"Field {_shown(part.name)} is too long")
                 upload.fields[part.name] = value.decode("utf-8", "replace").strip()
     except TooLarge:
         raise too_large(f"File is larger than {max_bytes} bytes") from None

@@ -7,18 +7,20 @@ from pathlib import Path
 
 from aiohttp import web
 
+from control.downloads import file_download
+
 log = logging.getLogger("huiyi.web")
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 
-async def _serve(request: web.Request) -> web.FileResponse:
+async def _serve(request: web.Request) -> web.StreamResponse:
     name = request.match_info.get("name") or "index.html"
     path = WEB_DIR / name
     if path.suffix not in CONTENT_TYPES or not path.is_file():
         raise web.HTTPNotFound()
-    return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[path.suffix], "Cache-Control": "no-cache"})
+    return await file_download(request, path, {"Content-Type": CONTENT_TYPES[path.suffix], "Cache-Control": "no-cache"})
 
 
 def add_web_client(app: web.Application) -> None:

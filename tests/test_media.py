@@ -128,6 +128,60 @@ async def test_download_whole_and_by_range(api: Api, samples: dict[str, bytes]) 
     assert await tail.read() == samples["clip.mp4"][-10:]
 
 
+TEXT = b"0123456789" * 10
+HUGE = "9" * 5000
+
+
+RANGE_CASES: list[tuple[str, int, str | None, bytes | None]] = [
+    ("bytes=0-0", 206, "bytes 0-0/100", TEXT[:1]),
+    ("bytes=90-", 206, "bytes 90-99/100", TEXT[90:]),
+    ("bytes=95-1000", 206, "bytes 95-99/100", TEXT[95:]),
+    ("bytes=-1000", 206, "bytes 0-99/100", TEXT),
+    (f"bytes=-{HUGE}", 206, "bytes 0-99/100", TEXT),
+    ("BYTES=1-2", 206, "bytes 1-2/100", TEXT[1:3]),
+    # A well-formed range that selects nothing is refused with the size ...
+    ("bytes=-0", 416, "bytes */100", None),
+    ("bytes=100-", 416, "bytes */100", None),
+    ("bytes=100-200", 416, "bytes */100", None),
+    (f"bytes={HUGE}-", 416, "bytes */100", None),
+    # ... one that is malformed, in another unit or asks for several parts is ignored.
+    ("bytes=5-2", 200, None, TEXT),
+    ("bytes=0-1,5-6", 200, None, TEXT),
+    ("items=0-5", 200, None, TEXT),
+    ("bytes=abc", 200, None, TEXT),
+    ("bytes=-", 200, None, TEXT),
+]
+
+
+async def test_download_ranges_follow_rfc_9110(api: Api) -> None:
+    owner = await api.account()
+    data = await uploaded(api, owner, TEXT, "digits.txt")
+    for range_header, status, content_range, body in RANGE_CASES:
+        answer = await api.client.get(data["file_url"], headers={**owner.auth, "Range": range_header})
+        assert (answer.status, answer.headers.get("Content-Range")) == (status, content_range), range_header[:20]
+        if body is not None:
+            assert await answer.read() == body, range_header[:20]
+        else:
+            assert (await answer.json())["code"] == 416, "errors stay in the envelope"
+
+
+async def test_download_range_applies_only_while_if_range_holds(api: Api) -> None:
+    owner = await api.account()
+    data = await uploaded(api, owner, TEXT, "digits.txt")
+    whole = await api.client.get(data["file_url"], headers=owner.auth)
+    for validator in (whole.headers["ETag"], whole.headers["Last-Modified"]):
+        held = await api.client.get(
+            data["file_url"], headers={**owner.auth, "Range": "bytes=0-1", "If-Range": validator}
+        )
+        assert held.status == 206 and await held.read() == TEXT[:2]
+    for stale in ('"0-0"', "W/" + whole.headers["ETag"], "Mon, 01 Jan 2001 00:00:00 GMT", "garbage"):
+        for range_header in ("bytes=0-1", "bytes=-0"):
+            changed = await api.client.get(
+                data["file_url"], headers={**owner.auth, "Range": range_header, "If-Range": stale}
+            )
+            assert changed.status == 200 and await changed.read() == TEXT
+
+
 @pytest.mark.parametrize(
     ("payload", "status"),
     [

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 import random
+import re
+from email.message import EmailMessage
 
 from aiohttp import FormData
 from PIL import Image
 
+from control.context import BACKGROUND, SETTINGS
 from tests.conftest import PASSWORD, Api
 
 
@@ -29,7 +34,10 @@ async def test_profile_get_and_update(api: Api) -> None:
     assert profile["data"]["user_id"] == account.id and profile["data"]["email"] == account.email
 
     changed = await api.call(
-        "PUT", "/api/v1/users/profile", token=account.access, json={"nickname": "  Neo ", "email": "neo@example.com"}
+        "PUT",
+        "/api/v1/users/profile",
+        token=account.access,
+        json={"nickname": "  Neo ", "email": "neo@example.com", "current_password": PASSWORD},
     )
     assert changed["status"] == 200
     assert changed["data"]["nickname"] == "Neo" and changed["data"]["email"] == "neo@example.com"
@@ -40,7 +48,12 @@ async def test_profile_get_and_update(api: Api) -> None:
 async def test_profile_email_must_stay_unique_and_fields_are_checked(api: Api) -> None:
     first = await api.account()
     second = await api.account()
-    clash = await api.call("PUT", "/api/v1/users/profile", token=second.access, json={"email": first.email.upper()})
+    clash = await api.call(
+        "PUT",
+        "/api/v1/users/profile",
+        token=second.access,
+        json={"email": first.email.upper(), "current_password": PASSWORD},
+    )
     assert clash["status"] == 400 and clash["code"] == 1002
     read_only = await api.call("PUT", "/api/v1/users/profile", token=second.access, json={"avatar_url": "/x.png"})
     assert read_only["status"] == 400 and read_only["data"]["errors"][0]["field"] == "avatar_url"
@@ -96,6 +109,10 @@ async def test_avatar_is_reencoded_to_a_square_png(api: Api) -> None:
     assert b"<script>" not in served
     with Image.open(io.BytesIO(served)) as image:
         assert image.format == "PNG" and image.size == (256, 256)
+    tail = await api.client.get(avatar_url, headers={"Range": "bytes=-8"})
+    assert tail.status == 206 and await tail.read() == served[-8:]
+    nothing = await api.client.get(avatar_url, headers={"Range": "bytes=-0"})
+    assert nothing.status == 416 and nothing.headers["Content-Range"] == f"bytes */{len(served)}"
 
     replaced = await api.call(
         "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG"), field="avatar")
@@ -150,7 +167,9 @@ async def test_unknown_avatar_is_404(api: Api) -> None:
 async def test_delete_account_scrubs_and_frees_the_name(api: Api) -> None:
     account = await api.account(nickname="Doomed")
     await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG")))
-    await api.call("DELETE", "/api/v1/users/account", token=account.access, expect=200)
+    await api.call(
+        "DELETE", "/api/v1/users/account", token=account.access, json={"current_password": PASSWORD}, expect=200
+    )
 
     assert (await api.call("GET", "/api/v1/users/profile", token=account.access))["status"] == 401
     assert (await api.call("POST", "/api/v1/auth/refresh", token=account.refresh))["status"] == 401
@@ -167,3 +186,89 @@ async def test_delete_account_scrubs_and_frees_the_name(api: Api) -> None:
 
     again = await api.register(username=account.username, email=account.email)
     assert again["status"] == 201, "a deleted account's username and email are free again"
+
+
+def outbox(api: Api) -> list[EmailMessage]:
+    mails = sorted((api.app[SETTINGS].server.data_dir / "outbox").glob("*.eml"))
+    parsed = [email.message_from_bytes(path.read_bytes(), policy=email.policy.default) for path in mails]
+    return [mail for mail in parsed if isinstance(mail, EmailMessage)]
+
+
+async def mail_sent(api: Api) -> None:
+    for task in list(api.app[BACKGROUND]):
+        await task
+
+
+async def test_a_stolen_access_token_cannot_take_the_account_over(api: Api) -> None:
+    """Holding only an access token (no password), an attacker can neither move the account to
+    their address (and then reset the password) nor delete it."""
+    victim = await api.account()
+    move = {"email": "attacker@example.com"}
+    missing = await api.call("PUT", "/api/v1/users/profile", token=victim.access, json=move)
+    assert missing["status"] == 400
+    assert [error["field"] for error in missing["data"]["errors"]] == ["current_password"]
+    guessed = await api.call(
+        "PUT", "/api/v1/users/profile", token=victim.access, json={**move, "current_password": "guess-123"}
+    )
+    assert guessed["status"] == 400 and guessed["code"] == 1004
+
+    missing = await api.call("DELETE", "/api/v1/users/account", token=victim.access)
+    assert missing["status"] == 400
+    assert [error["field"] for error in missing["data"]["errors"]] == ["current_password"]
+    guessed = await api.call(
+        "DELETE", "/api/v1/users/account", token=victim.access, json={"current_password": "guess-123"}
+    )
+    assert guessed["status"] == 400 and guessed["code"] == 1004
+
+    profile = await api.call("GET", "/api/v1/users/profile", token=victim.access, expect=200)
+    assert profile["data"]["email"] == victim.email and profile["data"]["status"] == "active"
+    await api.call("POST", "/api/v1/auth/forgot-password", json={"email": "attacker@example.com"}, expect=200)
+    await mail_sent(api)
+    assert outbox(api) == [], "no reset mail goes to the attacker's address"
+
+
+async def test_changing_the_email_tells_the_old_address_and_voids_its_reset_links(api: Api) -> None:
+    account = await api.account(nickname="Mover")
+    await api.call("POST", "/api/v1/auth/forgot-password", json={"email": account.email}, expect=200)
+    await mail_sent(api)
+    (reset_mail,) = outbox(api)
+    found = re.search(r"token=([\w-]+)", reset_mail.get_content())
+    assert found
+
+    # Sending the unchanged address along with a new nickname is no change of email.
+    same = {"nickname": "Still me", "email": account.email}
+    await api.call("PUT", "/api/v1/users/profile", token=account.access, json=same, expect=200)
+    changed = await api.call(
+        "PUT",
+        "/api/v1/users/profile",
+        token=account.access,
+        json={"email": "moved@example.com", "current_password": PASSWORD},
+        expect=200,
+    )
+    assert changed["data"]["email"] == "moved@example.com"
+    await mail_sent(api)
+    notice = outbox(api)[-1]
+    assert notice["To"] == account.email and "was changed" in notice["Subject"]
+    assert account.username in notice.get_content() and "moved@example.com" not in notice.get_content()
+
+    reset = {"token": found.group(1), "new_password": "taken-over-1"}
+    stale = await api.call("POST", "/api/v1/auth/reset-password", json=reset)
+    assert stale["status"] == 400, "a reset link mailed to the old address dies with the change"
+    await api.call("GET", "/api/v1/users/profile", token=account.access, expect=200)
+
+
+async def test_change_password_voids_mailed_reset_links(api: Api) -> None:
+    account = await api.account()
+    await api.call("POST", "/api/v1/auth/forgot-password", json={"email": account.email}, expect=200)
+    await mail_sent(api)
+    found = re.search(r"token=([\w-]+)", outbox(api)[0].get_content())
+    assert found
+    await api.call(
+        "POST",
+        "/api/v1/users/change-password",
+        token=account.access,
+        json={"old_password": PASSWORD, "new_password": "fresh-pass-99"},
+        expect=200,
+    )
+    reset = {"token": found.group(1), "new_password": "other-pass-42"}
+    assert (await api.call("POST", "/api/v1/auth/reset-password", json=reset))["status"] == 400

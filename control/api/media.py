@@ -24,6 +24,7 @@ from control.api.ffmpeg import (
 )
 from control.api.schemas import Page, RequestModel
 from control.context import SETTINGS, STORAGE, STORE, current_user
+from control.downloads import file_download
 from control.endpoints import Access, EndpointGroup, validation_error
 from control.envelope import iso_utc
 from control.errors import ApiError, BusinessCode, forbidden
@@ -164,19 +165,21 @@ async def upload(request: web.Request) -> MediaFileOut:
     "GET",
     "/download/" + FILE_ID,
     name="download",
-    summary="Download a file (owner, the meeting's participants, admins); HTTP Range supported",
+    summary="Download a file (owner, the meeting's participants, admins); one HTTP byte range supported",
     access=Access.USER,
     limit="50/minute",
     raw_response=("application/octet-stream", {"type": "string"}),
+    errors=(416,),
 )
 async def download(request: web.Request) -> web.StreamResponse:
     record = await readable_file(request, request.match_info["file_id"])
     path = request.app[STORAGE].local_path(record.storage_key)
     if not path.is_file():
         raise file_not_found()
-    return web.FileResponse(
+    return await file_download(
+        request,
         path,
-        headers={
+        {
             "Content-Type": record.mime_type,
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(record.file_name, safe='')}",
             "X-Content-Type-Options": "nosniff",

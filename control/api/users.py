@@ -3,32 +3,53 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from aiohttp import web
+from pydantic import Field
 
 from control.api.auth import duplicate_error
 from control.api.schemas import Email, Nickname, Password, RequestModel, TokenPair, UserOut
 from control.auth.passwords import hash_password, verify_password
 from control.auth.sessions import issue_tokens
 from control.avatars import AVATAR_NAME_PATTERN, NotAnImage
-from control.context import AVATARS, SETTINGS, STORE, current_user
-from control.endpoints import Access, EndpointGroup
+from control.context import AVATARS, MAILER, SETTINGS, STORE, current_user, run_in_background
+from control.downloads import file_download
+from control.endpoints import Access, EndpointGroup, invalid
+from control.envelope import utc_now
 from control.errors import BusinessCode, bad_request, not_found
-from control.store.users import DuplicateEmail, DuplicateUsername
+from control.store.users import DuplicateEmail, DuplicateUsername, UserRecord
 from control.uploads import read_file_field
 
 log = logging.getLogger("huiyi.users")
 group = EndpointGroup("/api/v1/users", "users")
 
 
+CurrentPassword = Annotated[str, Field(max_length=128, description="the account's current password")]
+
+
 class ProfileUpdate(RequestModel):
     nickname: Nickname | None = None
     email: Email | None = None
+    current_password: CurrentPassword | None = Field(
+        None, description="the account's current password; required to change the email"
+    )
 
 
 class ChangePasswordIn(RequestModel):
-    old_password: str
+    old_password: CurrentPassword
     new_password: Password
+
+
+class DeleteAccountIn(RequestModel):
+    current_password: CurrentPassword
+
+
+async def check_password(user: UserRecord, given: str) -> None:
+    """Proof that the caller knows the password, not just holds a token: what a stolen token
+    must not be enough for (a new password, a new email, deleting the account) asks for it."""
+    if not await verify_password(user.password_hash, given):
+        raise bad_request("Current password is wrong", code=BusinessCode.WRONG_PASSWORD)
 
 
 @group.route(
@@ -48,7 +69,8 @@ async def get_profile(request: web.Request) -> UserOut:
     "PUT",
     "/profile",
     name="update_profile",
-    summary="Update the caller's nickname or email",
+    summary="Update the caller's nickname or email; a new email needs `current_password` and is "
+    "announced to the old address",
     access=Access.USER,
     limit="50/minute",
     body=ProfileUpdate,
@@ -57,15 +79,47 @@ async def get_profile(request: web.Request) -> UserOut:
 )
 async def update_profile(request: web.Request, body: ProfileUpdate) -> UserOut:
     user = current_user(request)
-    changes = body.model_dump(exclude_none=True)
+    changes = body.model_dump(exclude_none=True, exclude={"current_password"})
+    new_email = changes.get("email", user.email) != user.email
+    if new_email:
+        if body.current_password is None:
+            missing = {"field": "current_password", "message": "Required to change the email", "type": "missing"}
+            raise invalid("request body", [missing])
+        await check_password(user, body.current_password)
     if not changes:
         return UserOut.of(user)
+    store = request.app[STORE]
     try:
-        updated = await request.app[STORE].users.update(user.id, **changes)
+        updated = await store.users.update(user.id, **changes)
     except (DuplicateUsername, DuplicateEmail) as exc:
         raise duplicate_error(exc) from None
     assert updated is not None
+    if new_email:
+        # A reset link already mailed to the old address must not outlive the change.
+        await store.tokens.revoke_resets(user.id)
+        log.info("user %s changed their email address", user.id)
+        if user.email:
+            run_in_background(request.app, _tell_old_address(request.app, user))
     return UserOut.of(updated)
+
+
+async def _tell_old_address(app: web.Application, user: UserRecord) -> None:
+    """The owner of the old address learns of the change, so a takeover does not go unnoticed."""
+    assert user.email is not None
+    try:
+        await app[MAILER].send(
+            user.email,
+            "The email address of your huiyi account was changed",
+            f"Hello {user.nickname or user.username},\n\n"
+            f"On {utc_now():%Y-%m-%d at %H:%M} UTC the email address of the huiyi account "
+            f"{user.username} was changed from this address to another one. Mail about the account, "
+            f"including password resets, now goes there.\n\n"
+            f"If you made this change, there is nothing more to do. If you did not, someone who knows "
+            f"your password did: contact the administrator of {app[SETTINGS].base_url} to recover "
+            f"the account.\n",
+        )
+    except Exception:
+        log.exception("could not mail the old address about an email change")
 
 
 @group.route(
@@ -81,16 +135,17 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> UserOut:
 )
 async def change_password(request: web.Request, body: ChangePasswordIn) -> TokenPair:
     user = current_user(request)
-    if not await verify_password(user.password_hash, body.old_password):
-        raise bad_request("Old password is wrong", code=BusinessCode.WRONG_PASSWORD)
+    await check_password(user, body.old_password)
     if body.old_password == body.new_password:
         raise bad_request("New password must differ from the old one")
     if user.username.lower() in body.new_password.lower():
         raise bad_request("Password must not contain the username")
     password_hash = await hash_password(body.new_password)
-    updated = await request.app[STORE].users.update(user.id, revoke_tokens=True, password_hash=password_hash)
+    store = request.app[STORE]
+    updated = await store.users.update(user.id, revoke_tokens=True, password_hash=password_hash)
     assert updated is not None
-    log.info("user %s changed their password; earlier tokens revoked", user.id)
+    await store.tokens.revoke_resets(user.id)
+    log.info("user %s changed their password; earlier tokens and reset links revoked", user.id)
     return await issue_tokens(request.app, updated)
 
 
@@ -128,15 +183,16 @@ async def upload_avatar(request: web.Request) -> UserOut:
     access=Access.PUBLIC,
     limit="600/minute",
     raw_response=("image/png", {"type": "string", "format": "binary"}),
-    errors=(404,),
+    errors=(404, 416),
 )
 async def get_avatar(request: web.Request) -> web.StreamResponse:
     path = request.app[AVATARS].path_of(request.match_info["name"])
     if not path.is_file():
         raise not_found("Avatar not found")
-    return web.FileResponse(
+    return await file_download(
+        request,
         path,
-        headers={
+        {
             "Content-Type": "image/png",
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "public, max-age=86400, immutable",
@@ -148,12 +204,16 @@ async def get_avatar(request: web.Request) -> web.StreamResponse:
     "DELETE",
     "/account",
     name="delete_account",
-    summary="Delete the caller's account: personal data scrubbed, tokens revoked, username and email freed",
+    summary="Delete the caller's account (needs `current_password`): personal data scrubbed, tokens revoked, "
+    "username and email freed",
     access=Access.USER,
     limit="1/day",
+    body=DeleteAccountIn,
+    errors=(400,),
 )
-async def delete_account(request: web.Request) -> None:
+async def delete_account(request: web.Request, body: DeleteAccountIn) -> None:
     user = current_user(request)
+    await check_password(user, body.current_password)
     await request.app[STORE].users.scrub(user.id)
     request.app[AVATARS].remove(user.avatar_file)
     log.info("user %s deleted their account", user.id)

@@ -7,6 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
+from control.private_files import create_private
+
 log = logging.getLogger("huiyi.auth")
 
 SECRET_FILE_NAME = "jwt_secret"
@@ -18,9 +20,8 @@ def load_signing_key(configured: str, data_dir: Path) -> str:
     if configured:
         return configured
     path = data_dir / SECRET_FILE_NAME
-    data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = create_private(path)
     except FileExistsError:
         key = path.read_text(encoding="ascii").strip()
         if len(key) < 32:

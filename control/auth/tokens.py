@@ -80,6 +80,11 @@ class TokenCodec:
         return claims
 
     def _verify(self, token: str) -> TokenClaims:
+        """Check a token not seen before. It comes straight from a header or a query string, where
+        aiohttp keeps undecodable bytes as surrogates: a JWT is ASCII, so anything else is refused
+        here before the JWT library tries to encode it."""
+        if not token.isascii():
+            raise unauthorized("Invalid token")
         try:
             payload = jwt.decode(
                 token,

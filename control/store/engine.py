@@ -12,6 +12,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from control.private_files import touch_private
+
 log = logging.getLogger("huiyi.store")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -29,7 +31,7 @@ def open_engine(url: str, schema: str = "", pool_size: int = 20) -> AsyncEngine:
     options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 1800}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            touch_private(Path(parsed.database))
         options["connect_args"] = {"timeout": 30}
     elif schema:
         options["connect_args"] = {"server_settings": {"search_path": schema}}

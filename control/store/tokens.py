@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Update, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control.envelope import utc_now
@@ -61,16 +61,18 @@ class TokenStore:
         """Store a new reset token; earlier unused ones stop working so only the newest mail counts."""
         now = utc_now()
         async with self._engine.begin() as connection:
-            await connection.execute(
-                update(password_resets)
-                .where(password_resets.c.user_id == user_id, password_resets.c.used_at.is_(None))
-                .values(used_at=now)
-            )
+            await connection.execute(_spend_unused_resets(user_id, now))
             await connection.execute(
                 password_resets.insert().values(
                     user_id=user_id, token_hash=token_hash, created_at=now, expires_at=expires_at
                 )
             )
+
+    async def revoke_resets(self, user_id: int) -> None:
+        """Reset tokens already mailed stop working: the address they went to, or the password
+        they would replace, has changed since."""
+        async with self._engine.begin() as connection:
+            await connection.execute(_spend_unused_resets(user_id, utc_now()))
 
     async def use_reset(self, token_hash: str) -> int | None:
         """Spend a reset token atomically; the user id when it was valid, else None."""
@@ -93,3 +95,11 @@ class TokenStore:
                 )
             ).scalar_one()
             return int(user_id)
+
+
+def _spend_unused_resets(user_id: int, now: datetime) -> Update:
+    return (
+        update(password_resets)
+        .where(password_resets.c.user_id == user_id, password_resets.c.used_at.is_(None))
+        .values(used_at=now)
+    )
