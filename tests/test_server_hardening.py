@@ -184,7 +184,7 @@ def test_an_upload_cut_off_mid_stream_leaves_nothing(server: ServerProcess, toke
         + b"\x00" * 300_000
     )
     if path == "/api/v1/media/upload":
-        until(lambda: list((root / "media" / ".scratch").glob("*.part")), "the upload never reached storage")
+        until(lambda: list((root / "media" / ".scratch").rglob("*.part")), "the upload never reached storage")
     # A reset instead of an orderly close: the client vanished.
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     connection.close()

@@ -5,6 +5,7 @@ Revises: 0004_ids_never_reused
 """
 
 import secrets
+import warnings
 
 import sqlalchemy as sa
 from alembic import op
@@ -25,8 +26,13 @@ def upgrade() -> None:
         connection.execute(
             meetings.update().where(meetings.c.id == meeting_id).values(invite_code=secrets.token_urlsafe(16))
         )
-    # On SQLite this rebuilds the table, which must stay AUTOINCREMENT (ids never reused).
-    with op.batch_alter_table("meetings", schema=None, table_kwargs={"sqlite_autoincrement": True}) as batch_op:
+    # On SQLite this rebuilds the table, which must stay AUTOINCREMENT (ids never reused); reflecting
+    # the users table it refers to skips its expression indexes, which the rebuild leaves alone.
+    with (
+        warnings.catch_warnings(),
+        op.batch_alter_table("meetings", schema=None, table_kwargs={"sqlite_autoincrement": True}) as batch_op,
+    ):
+        warnings.filterwarnings("ignore", message=".*expression-based index.*")
         batch_op.alter_column("invite_code", existing_type=sa.String(length=64), nullable=False)
 
 
