@@ -73,9 +73,10 @@ def envelope(
         "timestamp": timestamp_now(),
         "request_id": request.get(REQUEST_ID_KEY) or request_id_from(None),
     }
-    return web.Response(
-        status=status,
-        text=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
-        content_type="application/json",
-        headers=headers,
-    )
+    try:
+        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # Text that is not valid Unicode (half a surrogate pair, e.g. from a file's name) cannot be
+        # sent as UTF-8; as \u escapes it is still valid JSON.
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+    return web.Response(status=status, body=encoded, content_type="application/json", charset="utf-8", headers=headers)

@@ -168,6 +168,7 @@ async def test_bad_frames_get_errors_and_the_socket_survives(api: Api) -> None:
         '{"type": "chat", "data": {"text": "\\ud800"}}',
         '{"type": "offer", "to": 99999999999999999999999, "data": {}}',
         '{"type": "chat", "data": ' + "[" * 50_000,
+        '{"type": "chat", "data": {"n": ' + "7" * 5000 + "}}",
         "{nope",
         "[1,2]",
         json.dumps({"type": "teleport", "data": {}}),

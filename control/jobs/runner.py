@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from control.envelope import utc_now
+from control.private_files import private_directory
 from control.storage import LocalStorage
 from control.store import Store
 from control.store.media import JobRecord, MeetingGone
@@ -171,7 +172,7 @@ class JobRunner:
 
     async def _run(self, job: JobRecord) -> None:
         scratch = self.storage.scratch_path("")
-        scratch.mkdir(parents=True)
+        private_directory(scratch)
         pool = self._pool
         try:
             if await self._meeting_gone(job):

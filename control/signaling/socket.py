@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -15,7 +14,7 @@ from aiohttp import WSMsgType, web
 from control.auth.guard import authenticate, bearer_token
 from control.auth.tokens import TokenClaims
 from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_background
-from control.endpoints import unstorable_text
+from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat
 from control.signaling.hub import (
@@ -202,12 +201,9 @@ class Session:
             await self.error(f"message larger than {MESSAGE_MAX_BYTES} bytes", 413)
             return
         try:
-            incoming = json.loads(raw)
-        except json.JSONDecodeError:
-            await self.error("message is not valid JSON")
-            return
-        except RecursionError:
-            await self.error("message is nested too deeply")
+            incoming = load_json(raw)
+        except NotJson as exc:
+            await self.error(f"message {exc}")
             return
         problem = unstorable_text(incoming)
         if problem:
@@ -284,6 +280,8 @@ class Session:
         if peer is None or not peer.is_member or peer.status != "online":
             await self.error(f"user {target} is not in this meeting", 404)
             return
+        if self.connection.closing:
+            return
         await self.app[HUB].broadcast(
             message(incoming["type"], self.meeting.id, self.connection.user_id, data, to=target), to_user=target
         )
@@ -299,6 +297,8 @@ class Session:
         if meeting is None or not meeting.settings.get("enable_chat", True):
             await self.error("chat is disabled in this meeting", 403)
             return
+        if self.connection.closing:
+            return  # removed, revoked or the meeting ended while the meeting was looked up
         await post_chat(self.app, meeting, self.connection.user_id, text, "socket")
 
     async def on_media_state(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
@@ -323,6 +323,8 @@ class Session:
         meeting = await self.app[STORE].meetings.get(self.meeting.id)
         if changes.get("screen") and meeting is not None and not meeting.settings.get("enable_screen_share", True):
             await self.error("screen sharing is disabled in this meeting", 403)
+            return
+        if self.connection.closing:
             return
         updated = await self.app[STORE].participants.update(self.meeting.id, self.connection.user_id, **changes)
         if updated is None:
