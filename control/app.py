@@ -42,6 +42,7 @@ from control.limits import RateLimiter
 from control.mail import Mailer
 from control.middleware import error_middleware, request_id_middleware
 from control.openapi import build_openapi
+from control.rooms import close_node_sessions
 from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
 from control.storage import LocalStorage
@@ -74,10 +75,10 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    await app[STORE].sessions.close_node(settings.node_id, "node restarted")
     bus = open_bus(settings.redis.url, settings.redis.key_prefix, settings.node_id)
     app[HUB] = Hub(bus, settings.node_id, app[ACCOUNTS])
     await app[HUB].start()
+    await close_node_sessions(app, settings.node_id)
     app[STORE].users.listeners.append(app[HUB].announce_account)
     yield
     app[STORE].users.listeners.remove(app[HUB].announce_account)

@@ -100,3 +100,15 @@ async def leave(app: web.Application, meeting_id: int, user_id: int, reason: str
 async def close_room(app: web.Application, meeting_id: int, reason: str) -> None:
     """Every socket of the room hears the meeting is over, then is closed."""
     await app[HUB].close_user(meeting_id, None, CLOSE_MEETING_ENDED, reason)
+
+
+async def close_node_sessions(app: web.Application, node_id: str) -> None:
+    """This node starts again after it stopped or crashed: the sockets it held are gone. Their
+    sessions close, and users left with no socket on any node turn offline and their rooms hear it."""
+    for meeting_id, user_id in await app[STORE].sessions.close_node(node_id, "node restarted"):
+        participant = await app[STORE].participants.get(meeting_id, user_id)
+        if participant is None or participant.status != "online":
+            continue
+        await app[STORE].participants.update(meeting_id, user_id, status="offline")
+        farewell = {"user_id": user_id, "reason": "connection lost"}
+        await app[HUB].broadcast(message("user-left", meeting_id, user_id, farewell))

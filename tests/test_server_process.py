@@ -164,3 +164,44 @@ def test_socket_tokens_never_reach_the_log(tmp_path: Path) -> None:
         server.stop()
     text = log.read_text()
     assert "/ws/signaling?meeting_id=1&user_id=1&token=***" in text and "secret-part" not in text
+
+
+async def test_sessions_a_killed_node_left_open_are_closed_when_it_returns(
+    backend: tuple[list[str], dict[str, str]], tmp_path: Path
+) -> None:
+    args, env = backend
+    env = {**env, "HUIYI_RATE_LIMITS": "off", "HUIYI_SERVER_NODE_ID": "node-crashy"}
+    log = tmp_path / "server.log"
+    server = await asyncio.to_thread(start_server, *args, log=log, env=env)
+    try:
+        account = {"username": "crashy", "email": "crashy@example.com", "password": "crash-me-123"}
+        assert request("POST", server.url + "/api/v1/auth/register", account)[0] == 201
+        _, session = request(
+            "POST", server.url + "/api/v1/auth/login", {"username": "crashy", "password": "crash-me-123"}
+        )
+        token, user_id = session["data"]["access_token"], session["data"]["user"]["user_id"]
+        _, meeting = request("POST", server.url + "/api/v1/meetings", {"title": "doomed"}, token=token)
+        meeting_id = meeting["data"]["meeting_id"]
+        assert request("POST", server.url + f"/api/v1/meetings/{meeting_id}/join", {}, token=token)[0] == 200
+        async with aiohttp.ClientSession() as http:
+            socket = await http.ws_connect(
+                server.url + f"/ws/signaling?meeting_id={meeting_id}&user_id={user_id}&token={token}"
+            )
+            await socket.send_json({"type": "join", "data": {}})
+            assert (await socket.receive_json(timeout=10))["type"] == "join"
+            _, sessions = request("GET", server.url + f"/api/v1/sessions/room/{meeting_id}", token=token)
+            assert [s["disconnected_at"] for s in sessions["data"]] == [None]
+            server.process.kill()  # no chance to close anything
+            server.process.wait()
+    finally:
+        server.stop()
+
+    server = await asyncio.to_thread(start_server, *args, log=log, env=env)
+    try:
+        _, sessions = request("GET", server.url + f"/api/v1/sessions/room/{meeting_id}", token=token)
+        [closed] = sessions["data"]
+        assert closed["disconnected_at"] is not None and closed["close_reason"] == "node restarted", closed
+        _, participants = request("GET", server.url + f"/api/v1/meetings/{meeting_id}/participants", token=token)
+        assert participants["data"][0]["status"] == "offline", participants["data"]
+    finally:
+        assert server.stop() == 0, log.read_text()

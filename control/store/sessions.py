@@ -61,14 +61,31 @@ class SessionStore:
                 )
             )
 
-    async def close_node(self, node_id: str, reason: str) -> None:
-        """Sessions a node left open when it stopped (or crashed and restarted) are closed."""
+    async def close_node(self, node_id: str, reason: str) -> list[tuple[int, int]]:
+        """Sessions a node left open when it stopped (or crashed and restarted) are closed; the
+        (meeting, user) pairs that have no open session left on any node."""
+        still_open = signaling_sessions.c.disconnected_at.is_(None)
         async with self._engine.begin() as connection:
+            pairs = {
+                (row.meeting_id, row.user_id)
+                for row in await connection.execute(
+                    select(signaling_sessions.c.meeting_id, signaling_sessions.c.user_id).where(
+                        signaling_sessions.c.node_id == node_id, still_open
+                    )
+                )
+            }
             await connection.execute(
                 update(signaling_sessions)
-                .where(signaling_sessions.c.node_id == node_id, signaling_sessions.c.disconnected_at.is_(None))
+                .where(signaling_sessions.c.node_id == node_id, still_open)
                 .values(disconnected_at=utc_now(), close_reason=reason)
             )
+            elsewhere = {
+                (row.meeting_id, row.user_id)
+                for row in await connection.execute(
+                    select(signaling_sessions.c.meeting_id, signaling_sessions.c.user_id).where(still_open)
+                )
+            }
+        return sorted(pairs - elsewhere)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         async with self._engine.connect() as connection:
