@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 
 import pytest
@@ -187,3 +188,85 @@ async def test_meetings_made_before_invite_codes_each_get_their_own(settings_fac
         assert len(codes) == 2 and len(set(codes)) == 2 and all(len(code) >= 22 for code in codes)
     finally:
         await engine.dispose()
+
+
+# Rows each revision introduced, written in that revision's own columns (raw SQL: the declared
+# schema is the newest one). An upgrade from any older revision must keep all of them.
+ROWS_SINCE = {
+    "0001": [
+        "INSERT INTO users (id, username, email, nickname, password_hash, role, status, token_version,"
+        " created_at, updated_at) VALUES (1, 'elder', 'elder@example.com', 'Elder', 'x', 'user', 'active', 3,"
+        " :now, :now)",
+        "INSERT INTO refresh_tokens (jti, user_id, family, issued_at, expires_at) VALUES ('j1', 1, 'f1', :now, :now)",
+    ],
+    "0002": [
+        "INSERT INTO meetings (id, title, description, start_time, max_participants, meeting_type, status,"
+        " creator_id, settings, created_at, updated_at) VALUES (1, 'Old standup', '', :now, 10, 'video',"
+        " 'ongoing', 1, '{\"enable_chat\": true}', :now, :now)",
+        "INSERT INTO participants (id, meeting_id, user_id, role, status, created_at) VALUES (1, 1, 1, 'host',"
+        " 'online', :now)",
+        "INSERT INTO chat_messages (id, meeting_id, user_id, text, source, created_at) VALUES (1, 1, 1,"
+        " 'hello from before', 'rest', :now)",
+        "INSERT INTO signaling_sessions (id, meeting_id, user_id, node_id, client_address, connected_at)"
+        " VALUES ('" + "a" * 32 + "', 1, 1, 'old-node', '127.0.0.1', :now)",
+    ],
+    "0003": [
+        "INSERT INTO media_files (id, user_id, meeting_id, file_name, storage_key, file_type, mime_type, size,"
+        " created_at) VALUES ('" + "b" * 32 + "', 1, 1, 'notes.txt', '" + "c" * 32 + "', 'document',"
+        " 'text/plain', 5, :now)",
+        "INSERT INTO jobs (id, user_id, kind, params, status, result_file_ids, created_at) VALUES ('"
+        + "d" * 32
+        + "', 1, 'thumbnail', '{}', 'succeeded', '[]', :now)",
+    ],
+}
+REVISIONS = ["0001", "0002", "0003", "0004_ids_never_reused"]
+
+
+@pytest.mark.parametrize("start", REVISIONS)
+async def test_upgrading_from_any_revision_keeps_what_was_written(
+    settings_factory: SettingsFactory, start: str
+) -> None:
+    settings = settings_factory()
+    engine = open_engine(settings.database_url, settings.database.schema_name)
+    try:
+        await migrate(engine, settings.database.schema_name, revision=start)
+        written = [rows for revision, rows in ROWS_SINCE.items() if revision <= start]
+        async with engine.begin() as connection:
+            for rows in written:
+                for statement in rows:
+                    await connection.execute(text(statement), {"now": utc_now()})
+    finally:
+        await engine.dispose()
+    store = await Store.open(settings.database_url, settings.database.schema_name)
+    try:
+        user = await store.users.get(1)
+        assert user is not None and user.username == "elder" and user.token_version == 3
+        if len(written) >= 2:
+            meeting = await store.meetings.get(1)
+            assert meeting is not None and meeting.title == "Old standup" and meeting.settings["enable_chat"]
+            assert meeting.invite_code, "meetings made before invite codes get one"
+            assert [p.role for p in await store.participants.list(1)] == ["host"]
+            assert [m.text for m in await store.chat.page(1, limit=10)] == ["hello from before"]
+            assert (await store.sessions.get("a" * 32)) is not None
+        if len(written) >= 3:
+            media = await store.media.get("b" * 32)
+            assert media is not None and media.file_name == "notes.txt"
+            job = await store.jobs.get("d" * 32)
+            assert job is not None and job.status == "succeeded"
+    finally:
+        await store.close()
+
+
+async def test_concurrent_starts_migrate_once(settings_factory: SettingsFactory) -> None:
+    """Processes starting together on one empty database wait for each other's migration (an
+    advisory lock on PostgreSQL, SQLite's write lock) and all come up on the same schema."""
+    settings = settings_factory()
+    stores = await asyncio.gather(*(Store.open(settings.database_url, settings.database.schema_name) for _ in range(4)))
+    try:
+        async with stores[0].engine.connect() as connection:
+            assert await connection.run_sync(differences) == []
+            versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
+        assert versions == ["0005_meeting_invite_codes"]
+    finally:
+        for store in stores:
+            await store.close()

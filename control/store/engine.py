@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +61,42 @@ def _upgrade(connection: Connection, revision: str) -> None:
 
 
 async def migrate(engine: AsyncEngine, schema: str = "", revision: str = "head") -> None:
-    """Apply pending migrations; on PostgreSQL an advisory lock keeps concurrent starts in line.
+    """Apply pending migrations; concurrent starts wait for each other: on PostgreSQL through an
+    advisory lock, on SQLite through a lock on a file beside the database.
 
     On SQLite foreign keys are off while migrating: a migration that rebuilds a table drops the
     old copy, and with them on that drop would first delete every row referring to it."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        async with _file_lock(Path(database + ".migrating")):
+            await _migrate(engine, schema, revision)
+    else:
+        await _migrate(engine, schema, revision)
+    log.info("database schema is at migration %s", revision)
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive lock on ``path`` between processes (and engines of one process), waited for
+    in a thread so the event loop runs on meanwhile."""
+    touch_private(path)
+    with path.open("r+b") as handle:
+        await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def _migrate(engine: AsyncEngine, schema: str, revision: str) -> None:
     async with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
+            # The lock (held by the session, across commits) comes first: two concurrent CREATE
+            # SCHEMA IF NOT EXISTS of one name can both miss it, and the second then fails.
+            await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
             if schema:
                 await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-                await connection.commit()
-            await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            await connection.commit()
         else:
             # Outside a transaction, or SQLite ignores it.
             await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
@@ -84,4 +114,3 @@ async def migrate(engine: AsyncEngine, schema: str = "", revision: str = "head")
                 await connection.rollback()
                 await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
             await connection.commit()
-    log.info("database schema is at migration %s", revision)
