@@ -9,6 +9,8 @@ import wave
 from collections.abc import Mapping
 from typing import Any
 
+import av
+import numpy as np
 from PIL import Image
 
 ENVELOPE_KEYS = {"code", "message", "data", "timestamp", "request_id"}
@@ -41,4 +43,20 @@ def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:
 def png_bytes(size: int = 8) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (size, size), (40, 120, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def video_bytes(frames: int = 6, size: int = 32) -> bytes:
+    """A tiny silent VP8 WebM (0.6 s), which the upload probe accepts as video."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            image = np.full((size, size, 3), i * 40, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     return out.getvalue()
