@@ -197,7 +197,12 @@ class Scene:
 
     world: World
     meeting_id: int
+    invite_code: str | None = None
     extras: dict[str, str] = field(default_factory=dict)
+
+    def entry(self) -> dict[str, str]:
+        """What someone who was given the meeting's link sends to join it."""
+        return {"invite_code": self.invite_code} if self.invite_code else {}
 
     async def file(self) -> str:
         if "file" not in self.extras:
@@ -345,9 +350,10 @@ class World:
         await self.remove(meeting_id, "host", "removed")
         if with_banned:
             await self.add(meeting_id, "host", "participant", "banned")
-        joined = await self.ok("POST", f"/api/v1/meetings/{meeting_id}/join", "waiting", json={})
+        scene = Scene(self, meeting_id, meeting.get("invite_code"))
+        joined = await self.ok("POST", f"/api/v1/meetings/{meeting_id}/join", "waiting", json=scene.entry())
         assert joined["participant"]["status"] == "waiting"
-        return Scene(self, meeting_id)
+        return scene
 
     async def handed_over_scene(self) -> Scene:
         """Created by removed_creator, who made the host its host and was then removed by them."""
@@ -552,7 +558,8 @@ BUILDERS: dict[str, Builder] = {
     "meetings.delete": _meeting,
     "meetings.start": _meeting,
     "meetings.end": _meeting,
-    "meetings.join": lambda case: _with_meeting(case, json={}),
+    # Only the user in the waiting room came in by the meeting's link; the others have no code.
+    "meetings.join": lambda case: _with_meeting(case, json=case.scene.entry() if case.role == "waiting" else {}),
     "meetings.leave": _meeting,
     "meetings.participants": _meeting,
     "meetings.add_participant": lambda case: _with_meeting(case, json={"user_id": case.world.accounts["invitee"].id}),
