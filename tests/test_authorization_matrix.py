@@ -90,6 +90,7 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "meetings.participants":        (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "meetings.add_participant":     (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
     "meetings.remove_participant":  (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.rotate_invite_code":  (401,  403,  403,  403,  OK,   403,  403,  403,  403,  403),
     "meetings.set_role":            (401,  403,  403,  403,  OK,   403,  403,  403,  403,  403),
     "meetings.messages":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
     "meetings.send_message":        (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
@@ -119,42 +120,9 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
 }
 # fmt: on
 
-# Semantics being implemented now, and defects found: the case must fail until it is fixed.
-_REMOVED_CREATOR = (
-    "a removed creator keeps host powers: control.rooms.require_host admits meeting.creator_id "
-    "without checking that the creator's participant row is removed"
-)
-_REMOVED_CREATOR_DELETES = (
-    "a removed creator can still delete the meeting: meetings.delete (control/api/meetings.py) "
-    "checks only meeting.creator_id"
-)
-_JOIN = (
-    "joining needs an invitation, the password or an invite code: meetings.join "
-    "(control/api/meetings.py) lets any registered user into a meeting without a password"
-)
-_WAITING_LISTED = (
-    "a waiting-room user sees the meeting listed: MeetingStore.search (control/store/meetings.py) "
-    "counts participants whose status is waiting"
-)
-_CLIENT_ADDRESS = (
-    "only hosts and admins may see client_address: SessionOut (control/api/sessions.py) shows it to every participant"
-)
-EXPECTED_FAILURES: dict[tuple[str, str], str] = {
-    ("meetings.update", "removed_creator"): _REMOVED_CREATOR,
-    ("meetings.delete", "removed_creator"): _REMOVED_CREATOR_DELETES,
-    ("meetings.start", "removed_creator"): _REMOVED_CREATOR,
-    ("meetings.end", "removed_creator"): _REMOVED_CREATOR,
-    ("meetings.set_role", "removed_creator"): _REMOVED_CREATOR,
-    ("meetings.join", "other"): _JOIN,
-    ("meetings.join", "admin"): _JOIN,
-    ("meetings.list", "waiting"): _WAITING_LISTED,
-    ("my.meetings", "waiting"): _WAITING_LISTED,
-    ("my.upcoming", "waiting"): _WAITING_LISTED,
-    ("signaling.session", "participant"): _CLIENT_ADDRESS,
-    ("signaling.session", "moderator"): _CLIENT_ADDRESS,
-    ("signaling.room_sessions", "participant"): _CLIENT_ADDRESS,
-    ("signaling.room_sessions", "moderator"): _CLIENT_ADDRESS,
-}
+# Semantics being implemented, and defects found outside this suite: (operation_id, role) -> the
+# defect, named precisely. Each such case is a strict expected failure until the fix lands.
+EXPECTED_FAILURES: dict[tuple[str, str], str] = {}
 
 # A request that passes every permission check but breaks a business rule answers 400 here.
 BUSINESS_ERROR_OK = {
@@ -171,6 +139,7 @@ FRESH_MEETING = {
     "meetings.add_participant",
     "meetings.remove_participant",
     "meetings.set_role",
+    "meetings.rotate_invite_code",
 }
 # Roles the guard turns away before any meeting is looked at.
 SIGNED_OUT = {"anonymous", "banned"}
@@ -216,6 +185,7 @@ class Scene:
         if "job" not in self.extras:
             body = await self.world.ok("POST", "/api/v1/ffmpeg/thumbnail", "host", json={"file_id": await self.file()})
             self.extras["job"] = body["job_id"]
+            self.world.jobs.append(body["job_id"])
         return self.extras["job"]
 
     async def session(self) -> str:
@@ -265,6 +235,7 @@ class World:
         self.sockets: dict[ClientWebSocketResponse, asyncio.Task[None]] = {}
         self.avatar = ""
         self.password_hash = ""
+        self.jobs: list[str] = []
 
     def hold(self, socket: ClientWebSocketResponse) -> None:
         """Keep a socket open for the module, reading it so the server's pings are answered."""
@@ -278,9 +249,13 @@ class World:
     async def jobs_done(self, timeout: float = 60.0) -> None:
         """Wait for the jobs the cases started, so the server closes without cutting one short."""
         deadline = time.monotonic() + timeout
-        while await self.api.app[STORE].jobs.unfinished():
-            assert time.monotonic() < deadline, "jobs still running"
-            await asyncio.sleep(0.05)
+        for job_id in self.jobs:
+            while (await self.ok("GET", f"/api/v1/ffmpeg/job/{job_id}/status", "admin"))["status"] in {
+                "queued",
+                "running",
+            }:
+                assert time.monotonic() < deadline, f"job {job_id} still unfinished"
+                await asyncio.sleep(0.05)
 
     async def send(
         self, method: str, path: str, account: Account | None, call: Call
@@ -544,7 +519,7 @@ BUILDERS: dict[str, Builder] = {
     ),
     "users.upload_avatar": _avatar_upload,
     "users.get_avatar": lambda case: _done(Call(path={"name": case.world.avatar})),
-    "users.delete_account": _nothing,
+    "users.delete_account": lambda case: _done(Call(json={"current_password": PASSWORD})),
     "admin.list": _nothing,
     "admin.get": _subject,
     "admin.update": lambda case: _subject_with(case, json={"nickname": "Renamed"}),
@@ -565,6 +540,7 @@ BUILDERS: dict[str, Builder] = {
     "meetings.add_participant": lambda case: _with_meeting(case, json={"user_id": case.world.accounts["invitee"].id}),
     "meetings.remove_participant": _participant_of_meeting,
     "meetings.set_role": lambda case: _role_change(case),
+    "meetings.rotate_invite_code": _meeting,
     "meetings.messages": _meeting,
     "meetings.send_message": lambda case: _with_meeting(case, json={"text": "hello"}),
     "my.meetings": _page,
@@ -711,6 +687,8 @@ async def test_access(world: World, operation_id: str, role: str) -> None:
     status, body, headers = await world.send(endpoint.method, path, actor, call)
 
     assert status < 500, body
+    if status == 201 and isinstance(body, dict) and isinstance(body["data"], dict) and "job_id" in body["data"]:
+        world.jobs.append(body["data"]["job_id"])
     raw_success = endpoint.raw_response is not None and status == endpoint.status
     if not raw_success:
         problem = envelope_problem(body, headers)
