@@ -14,7 +14,8 @@ JSON envelope with its X-Request-ID. Path parameters and ids in bodies and queri
 generated or, like links between operations, taken from live resources: the caller's own meeting,
 file, job and signaling session, or the other fuzzing account's (which an ordinary user must be
 refused). Deleted resources are made again when next needed. ``DELETE /users/account`` runs as a
-throwaway account, so the fuzzing accounts live through the run.
+throwaway account (with its password in the linked examples), so the fuzzing accounts live
+through the run.
 """
 
 from __future__ import annotations
@@ -452,16 +453,17 @@ def test_operation_answers_inside_its_schema(fuzzer: Fuzzer, role: str, operatio
                 spare_fuzzing_accounts(case, own, protected)
             else:
                 link(case, source, protected)
+                if key == DELETE_ACCOUNT and isinstance(case.body, dict):
+                    case.body["current_password"] = PASSWORD  # the throwaway account's
             exchange(case, [negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
 
         fuzz()
 
-    if key == DELETE_ACCOUNT:
-        # No inputs but the token, and each success costs an account: two examples cover it.
-        run(2, GenerationMode.POSITIVE, None)
-        return
     run(EXAMPLES, GenerationMode.POSITIVE, None)
-    if linkable(ENDPOINTS[operation_id]):
+    if key == DELETE_ACCOUNT:
+        # With the right password each example costs an account: two cover it.
+        run(2, GenerationMode.POSITIVE, own)
+    elif linkable(ENDPOINTS[operation_id]):
         run(EXAMPLES, GenerationMode.POSITIVE, own)
         run(max(1, EXAMPLES // 2), GenerationMode.POSITIVE, other)
     try:
