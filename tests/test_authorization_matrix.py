@@ -617,16 +617,23 @@ def _listed(case: Case, data: Any) -> bool:
 
 
 def sees_meeting(*roles: str) -> Check:
-    """The standing meeting is listed for these roles and for no other member of it."""
+    """The standing meeting is listed for these roles and for no other caller; where it is
+    listed, only its members see its invite code."""
 
     def check(case: Case, data: Any) -> None:
-        if case.role in {"removed_creator", "anonymous", "banned"}:
-            return
         assert _listed(case, data) == (case.role in roles), (
             f"{case.role} listing: {[item['meeting_id'] for item in data['items']]}"
         )
+        for item in data["items"]:
+            if item["meeting_id"] == case.scene.meeting_id:
+                sees_invite_code(case, item)
 
     return check
+
+
+def sees_invite_code(case: Case, meeting: Any) -> None:
+    shown = meeting.get("invite_code") is not None
+    assert shown == (case.role in MEMBERS), f"{case.role} sees invite_code: {meeting}"
 
 
 def sees_client_address(case: Case, data: Any) -> None:
@@ -637,7 +644,9 @@ def sees_client_address(case: Case, data: Any) -> None:
         assert shown == (case.role in {"host", "admin"}), f"{case.role} sees client_address: {session}"
 
 
+MEMBERS = {"participant", "moderator", "host"}
 CONTENT_CHECKS: dict[str, Check] = {
+    "meetings.get": sees_invite_code,
     "meetings.list": sees_meeting("participant", "moderator", "host", "admin"),
     "my.meetings": sees_meeting("participant", "moderator", "host"),
     "my.upcoming": sees_meeting("participant", "moderator", "host"),
