@@ -1,0 +1,62 @@
+"""Small pieces shared by the API-wide suites: the envelope every JSON answer must be, and tiny
+valid media to upload (made here, so no fixture files are needed)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import wave
+from collections.abc import Mapping
+from typing import Any
+
+import av
+import numpy as np
+from PIL import Image
+
+ENVELOPE_KEYS = {"code", "message", "data", "timestamp", "request_id"}
+
+
+def envelope_problem(body: Any, headers: Mapping[str, str]) -> str | None:
+    """Why ``body`` is not the API's JSON envelope (None when it is)."""
+    if not isinstance(body, dict) or set(body) != ENVELOPE_KEYS:
+        return f"not the envelope: {str(body)[:300]}"
+    if not isinstance(body["code"], int) or not isinstance(body["message"], str):
+        return f"envelope code/message of the wrong type: {body}"
+    if headers.get("X-Request-ID") != body["request_id"]:
+        return f"X-Request-ID {headers.get('X-Request-ID')!r} differs from request_id {body['request_id']!r}"
+    return None
+
+
+def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:
+    """A short mono 16-bit WAV (a rising tone), which the upload probe accepts as audio."""
+    frames = int(seconds * rate)
+    samples = b"".join(struct.pack("<h", (i * 1200) % 20000 - 10000) for i in range(frames))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as sound:
+        sound.setnchannels(1)
+        sound.setsampwidth(2)
+        sound.setframerate(rate)
+        sound.writeframes(samples)
+    return out.getvalue()
+
+
+def png_bytes(size: int = 8) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), (40, 120, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def video_bytes(frames: int = 6, size: int = 32) -> bytes:
+    """A tiny silent VP8 WebM (0.6 s), which the upload probe accepts as video."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            image = np.full((size, size, 3), i * 40, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()
