@@ -96,13 +96,6 @@ class IceLink:
         return True
 
 
-async def gather(use_ipv6: bool, controlling: bool = False) -> Connection:
-    """Local candidates; the server is always the controlled side (it is ICE-lite to its clients)."""
-    connection = Connection(ice_controlling=controlling, components=1, use_ipv4=True, use_ipv6=use_ipv6)
-    await connection.gather_candidates()
-    return connection
-
-
 async def connect_ice(connection: Connection, ufrag: str, password: str, candidates: list[str]) -> None:
     connection.remote_username = ufrag
     connection.remote_password = password

@@ -1,0 +1,124 @@
+"""Where the media sockets are bound and what the ICE candidates say about them.
+
+aioice gathers a host candidate on every non-loopback interface, on any port. An operator needs more
+control: bind one address (127.0.0.1 for tests, a private address behind 1:1 NAT), announce another
+(the NAT's public address), and keep media within a firewall's UDP port range. Gathering is done here,
+on an aioice ``Connection`` that is then used as usual: each bound socket keeps its true address as
+its candidate (so pairing and checks see the real socket), while the candidates listed in the SDP
+carry the announced addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+from dataclasses import dataclass
+
+from aioice import Candidate, Connection
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, get_host_addresses
+from aioice.turn import UDP_SOCKET_BUFFER_SIZE
+
+log = logging.getLogger("huiyi.sfu.network")
+
+COMPONENT = 1  # RTP and RTCP are muxed: one component
+
+
+class NoMediaPort(ConnectionError):
+    """No socket could be bound for a connection (every port of the range in use, or no address)."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """Addresses and ports for media. An empty ``bind`` means every non-loopback interface (IPv6
+    ones only with ``ipv6``); an empty ``announce`` means candidates carry the bound addresses."""
+
+    bind: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()
+    port_min: int = 0
+    port_max: int = 0
+    ipv6: bool = False
+
+    def addresses(self) -> list[str]:
+        return list(self.bind) or get_host_addresses(use_ipv4=True, use_ipv6=self.ipv6)
+
+    def ports(self) -> list[int]:
+        """The ports to try, in random order (0: let the kernel pick)."""
+        if not self.port_min:
+            return [0]
+        ports = list(range(self.port_min, self.port_max + 1))
+        random.shuffle(ports)
+        return ports
+
+    def announced(self, bound: str) -> list[str]:
+        """The addresses to announce for a socket bound to ``bound``: those of its IP version."""
+        if not self.announce:
+            return [bound]
+        version = ipaddress.ip_address(bound).version
+        return [address for address in self.announce if ipaddress.ip_address(address).version == version]
+
+
+LOOPBACK = Network(bind=("127.0.0.1",))
+
+
+async def gather(network: Network, controlling: bool = False) -> Connection:
+    """A connection with one UDP socket per address of ``network``; raises ``NoMediaPort`` when none
+    could be bound. The server is the controlled side (it is ICE-lite to its clients)."""
+    connection = Connection(ice_controlling=controlling, components=1, use_ipv4=True, use_ipv6=network.ipv6)
+    connection._local_candidates_start = True
+    listed: list[Candidate] = []
+    for address in network.addresses():
+        protocol = await _bind(connection, address, network.ports())
+        if protocol is None:
+            continue
+        connection._protocols.append(protocol)
+        real = protocol.local_candidate
+        for announced in network.announced(real.host):
+            listed.append(
+                Candidate(
+                    foundation=candidate_foundation("host", "udp", announced),
+                    component=COMPONENT,
+                    transport="udp",
+                    priority=real.priority,
+                    host=announced,
+                    port=real.port,
+                    type="host",
+                )
+            )
+    if not listed:
+        await connection.close()
+        raise NoMediaPort(f"no UDP socket could be bound for media on {network.addresses() or 'any interface'}")
+    connection._local_candidates = listed
+    connection._local_candidates_end = True
+    return connection
+
+
+async def _bind(connection: Connection, address: str, ports: list[int]) -> StunProtocol | None:
+    loop = asyncio.get_running_loop()
+    for port in ports:
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: StunProtocol(connection), local_addr=(address, port)
+            )
+        except OSError as exc:
+            if port == ports[-1]:
+                log.warning("cannot bind a media socket on %s (%s)", address, exc.strerror or exc)
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
+        host, bound_port = transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", host),
+            component=COMPONENT,
+            transport="udp",
+            priority=candidate_priority(COMPONENT, "host"),
+            host=host,
+            port=bound_port,
+            type="host",
+        )
+        return protocol
+    return None
