@@ -89,10 +89,12 @@ class SfuSettings(_Section):
     ipv6: bool
     publish_bitrate: int = Field(ge=100_000, le=100_000_000)
     simulated_loss: float = Field(ge=0.0, le=0.5)
-    bind_addresses: list[str]
-    announce_addresses: list[str]
-    port_min: int = Field(ge=0, le=65535)
-    port_max: int = Field(ge=0, le=65535)
+    # Defaulted as in default.toml, so that code building SfuSettings for an in-process SFU need not
+    # spell out the media network.
+    bind_addresses: list[str] = Field(default_factory=list)
+    announce_addresses: list[str] = Field(default_factory=list)
+    port_min: int = Field(0, ge=0, le=65535)
+    port_max: int = Field(0, ge=0, le=65535)
 
     @field_validator("bind_addresses", "announce_addresses", mode="before")
     @classmethod

@@ -20,7 +20,11 @@ GUARDED = ROOT / "tests" / "codec_guard_server.py"
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     log = tmp_path / "server.log"
     process = start_server(
-        "--data-dir", str(tmp_path / "data"), log=log, env={"HUIYI_RATE_LIMITS": "off"}, script=GUARDED
+        "--data-dir",
+        str(tmp_path / "data"),
+        log=log,
+        env={"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"},
+        script=GUARDED,
     )
     yield process
     process.stop()

@@ -1,0 +1,192 @@
+"""Where the SFU's media goes: the ``[sfu]`` address and port settings, checked in the loader, in the
+candidates the server gathers, and end to end with media flowing over 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiortc import RTCPeerConnection
+
+from config import ConfigError, load_settings
+from sfu.network import Network, NoMediaPort, gather
+from tests.rtc_clients import Participant, join_meeting, make_meeting, make_user, wait_until
+from tests.server_process import ServerProcess, run_cli, start_server
+
+LOOPBACK_ENV = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# settings -------------------------------------------------------------------------------------------
+
+
+def test_addresses_and_port_range_are_read_from_the_environment() -> None:
+    sfu = load_settings(
+        None,
+        environ={
+            "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1, ::1",
+            "HUIYI_SFU_ANNOUNCE_ADDRESSES": "203.0.113.9,2001:db8::9",
+            "HUIYI_SFU_PORT_MIN": "40000",
+            "HUIYI_SFU_PORT_MAX": "40099",
+        },
+    ).sfu
+    assert sfu.bind_addresses == ["127.0.0.1", "::1"] and sfu.announce_addresses == ["203.0.113.9", "2001:db8::9"]
+    assert (sfu.port_min, sfu.port_max) == (40000, 40099)
+    defaults = load_settings(None, environ={}).sfu
+    assert defaults.bind_addresses == [] and defaults.announce_addresses == [] and defaults.port_min == 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"HUIYI_SFU_BIND_ADDRESSES": "localhost"}, r"sfu\.bind_addresses: .*'localhost' is not an IPv4 or IPv6"),
+        ({"HUIYI_SFU_ANNOUNCE_ADDRESSES": "1.2.3"}, r"sfu\.announce_addresses: .*'1.2.3'"),
+        ({"HUIYI_SFU_PORT_MIN": "50000", "HUIYI_SFU_PORT_MAX": "40000"}, r"sfu: .*port_min and port_max"),
+        ({"HUIYI_SFU_PORT_MIN": "50000"}, r"sfu: .*port_min and port_max"),
+        ({"HUIYI_SFU_PORT_MAX": "70000"}, r"sfu\.port_max"),
+        ({"HUIYI_SFU_BIND_ADDRESSES": "0.0.0.0"}, r"bind_addresses: 0\.0\.0\.0 needs announce_addresses"),
+        (
+            {"HUIYI_SFU_BIND_ADDRESSES": "::1", "HUIYI_SFU_ANNOUNCE_ADDRESSES": "203.0.113.9"},
+            r"bind_addresses: ::1 has no announce_addresses entry of its IP version",
+        ),
+        ({"HUIYI_SFU_ANNOUNCE_ADDRESSES": "0.0.0.0"}, r"announce_addresses: 0\.0\.0\.0 cannot be announced"),
+    ],
+)
+def test_bad_addresses_and_ranges_are_refused_naming_the_setting(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, environ=environ)
+
+
+def test_the_server_refuses_to_start_with_a_bad_media_address(tmp_path: Path) -> None:
+    completed = run_cli("--data-dir", str(tmp_path), env={"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1,not-an-ip"})
+    assert completed.returncode == 2, completed.stderr
+    assert "sfu.bind_addresses" in completed.stderr and "not-an-ip" in completed.stderr
+
+
+# gathering ------------------------------------------------------------------------------------------
+
+
+async def test_candidates_use_the_configured_addresses_and_port_range() -> None:
+    bind = ("127.0.0.1", "::1") if has_ipv6_loopback() else ("127.0.0.1",)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # a port range that is free right now
+        probe.bind(("127.0.0.1", 0))
+        low = probe.getsockname()[1]
+    network = Network(bind=bind, port_min=low, port_max=low + 1)
+    first, second = await gather(network), await gather(network)
+    try:
+        for connection in (first, second):
+            hosts = [candidate.host for candidate in connection.local_candidates]
+            assert sorted(hosts) == sorted(bind)
+            assert all(low <= candidate.port <= low + 1 for candidate in connection.local_candidates)
+            bound = {protocol.transport.get_extra_info("sockname")[0] for protocol in connection._protocols}
+            assert bound == set(bind)
+        ports = {c.port for c in first.local_candidates if c.host == "127.0.0.1"}
+        ports |= {c.port for c in second.local_candidates if c.host == "127.0.0.1"}
+        assert ports == {low, low + 1}, "two connections take the two ports of the range"
+        with pytest.raises(NoMediaPort):
+            await gather(Network(bind=("127.0.0.1",), port_min=low, port_max=low + 1))
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_announced_addresses_replace_the_bound_ones_in_candidates() -> None:
+    connection = await gather(Network(bind=("127.0.0.1",), announce=("127.0.0.2", "2001:db8::7")))
+    try:
+        (candidate,) = connection.local_candidates  # the IPv6 address has no IPv6 socket to stand for
+        assert candidate.host == "127.0.0.2"
+        (protocol,) = connection._protocols
+        assert protocol.transport.get_extra_info("sockname") == ("127.0.0.1", candidate.port)
+    finally:
+        await connection.close()
+
+
+async def test_by_default_every_non_loopback_interface_is_used() -> None:
+    connection = await gather(Network())
+    try:
+        hosts = [ipaddress.ip_address(candidate.host) for candidate in connection.local_candidates]
+        assert not any(host.is_loopback for host in hosts)
+    finally:
+        await connection.close()
+
+
+# end to end -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loopback_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    process = start_server("--data-dir", str(tmp_path / "data"), log=tmp_path / "server.log", env=LOOPBACK_ENV)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def people() -> AsyncIterator[list[Participant]]:
+    found: list[Participant] = []
+    yield found
+    await asyncio.gather(*(person.close() for person in found), return_exceptions=True)
+
+
+async def participant(server: ServerProcess, meeting_id: int | None, name: str, people: list) -> Participant:
+    token, user_id = make_user(server.url, name)
+    if meeting_id is None:
+        meeting_id = make_meeting(server.url, token)
+    join_meeting(server.url, token, meeting_id)
+    person = Participant(server.url, token, user_id, meeting_id)
+    await person.connect()
+    people.append(person)
+    return person
+
+
+def sdp_candidate_hosts(sdp: str) -> set[str]:
+    return {line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")}
+
+
+def local_and_selected(pc: RTCPeerConnection) -> tuple[set[str], tuple[str, str] | None]:
+    """The hosts of a client connection's own candidates, and its selected pair (local, remote host)."""
+    ice = pc.getTransceivers()[0].sender.transport.transport
+    hosts = {candidate.ip for candidate in ice.iceGatherer.getLocalCandidates()}
+    pair = ice._connection._nominated.get(1)
+    return hosts, (pair.local_candidate.host, pair.remote_addr[0]) if pair is not None else None
+
+
+async def test_media_flows_with_the_sfu_bound_to_loopback_only(loopback_server, people) -> None:
+    host = await participant(loopback_server, None, "host", people)
+    await host.publish(video=(160, 120), audio=False)
+    viewer = await participant(loopback_server, host.meeting_id, "viewer", people)
+    await wait_until(
+        lambda: (t := viewer.video_from(host.user_id)) is not None and t.frames >= 5, 20, "the viewer's frames"
+    )
+    assert host.publisher.remoteDescription is not None and viewer.subscriber is not None
+    assert sdp_candidate_hosts(host.publisher.remoteDescription.sdp) == {"127.0.0.1"}
+    assert sdp_candidate_hosts(viewer.subscriber.remoteDescription.sdp) == {"127.0.0.1"}
+    for pc in (host.publisher, viewer.subscriber):
+        hosts, selected = local_and_selected(pc)
+        assert hosts == {"127.0.0.1"} and selected == ("127.0.0.1", "127.0.0.1")
+
+
+@pytest.fixture
+def announcing_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    env = {**LOOPBACK_ENV, "HUIYI_SFU_ANNOUNCE_ADDRESSES": "127.0.0.2"}
+    process = start_server("--data-dir", str(tmp_path / "data"), log=tmp_path / "server.log", env=env)
+    yield process
+    process.stop()
+
+
+async def test_announced_addresses_are_what_clients_are_told(announcing_server, people) -> None:
+    host = await participant(announcing_server, None, "host", people)
+    await host.publish(video=(160, 120), audio=False)
+    assert host.publisher.remoteDescription is not None
+    assert sdp_candidate_hosts(host.publisher.remoteDescription.sdp) == {"127.0.0.2"}
