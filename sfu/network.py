@@ -15,9 +15,11 @@ import ipaddress
 import logging
 import random
 import socket
+import struct
 from dataclasses import dataclass
+from typing import Any
 
-from aioice import Candidate, Connection
+from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, get_host_addresses
 from aioice.turn import UDP_SOCKET_BUFFER_SIZE
@@ -25,6 +27,60 @@ from aioice.turn import UDP_SOCKET_BUFFER_SIZE
 log = logging.getLogger("huiyi.sfu.network")
 
 COMPONENT = 1  # RTP and RTCP are muxed: one component
+
+
+def parse_stun(data: bytes) -> stun.Message | None:
+    """A STUN message, or ``None`` for bytes that are not one. aioice's parser refuses with
+    ``ValueError``, but an attribute shorter than its type needs (PRIORITY, ICE-CONTROLLING...) makes
+    it raise ``struct.error``, which would escape from the socket's callback into the loop's log."""
+    try:
+        return stun.parse_message(data)
+    except (ValueError, struct.error):
+        return None
+
+
+class MediaProtocol(StunProtocol):
+    """A media socket that lets through only what its connection can use (RFC 7983 demultiplexing):
+    STUN that parses, and DTLS, RTP or RTCP from the client's validated address. Anything else (an
+    empty datagram, an unknown first byte, a datagram from an address that is on none of the
+    connection's candidate pairs) is dropped here and counted, before the DTLS transport sees it: aioice
+    hands every non-STUN datagram on, whoever sent it, and one empty datagram would end the DTLS
+    transport's receive loop. Pairs come from the client's signaled candidates and from its checks that
+    carried the right credentials, so a client's first DTLS packet is never refused."""
+
+    def __init__(self, receiver: Connection) -> None:
+        super().__init__(receiver)
+        self.stats: Any = None  # the transport's counters (``malformed`` counts the drops here)
+        self.dropped = 0
+        self._validated: tuple[str, int] | None = None  # the last address found on a pair
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        addr = (addr[0], addr[1])
+        if not isinstance(data, bytes) or not data:
+            self._drop()
+        elif data[0] < 4:  # STUN
+            if parse_stun(data) is None:
+                self._drop()
+                return
+            super().datagram_received(data, addr)
+        elif (19 < data[0] < 64 or 127 < data[0] < 192) and self._from_client(addr):  # DTLS; RTP or RTCP
+            self.receiver.data_received(data, self.local_candidate.component)
+        else:
+            self._drop()
+
+    def _from_client(self, addr: tuple[str, int]) -> bool:
+        if addr == self._validated:
+            return True
+        for pair in self.receiver._check_list:
+            if pair.protocol is self and pair.remote_addr == addr:
+                self._validated = addr
+                return True
+        return False
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.stats is not None:
+            self.stats.malformed += 1
 
 
 class NoMediaPort(ConnectionError):
@@ -96,12 +152,12 @@ async def gather(network: Network, controlling: bool = False) -> Connection:
     return connection
 
 
-async def _bind(connection: Connection, address: str, ports: list[int]) -> StunProtocol | None:
+async def _bind(connection: Connection, address: str, ports: list[int]) -> MediaProtocol | None:
     loop = asyncio.get_running_loop()
     for port in ports:
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: StunProtocol(connection), local_addr=(address, port)
+                lambda: MediaProtocol(connection), local_addr=(address, port)
             )
         except OSError as exc:
             if port == ports[-1]:
