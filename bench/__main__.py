@@ -74,7 +74,11 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
     server = None
     if arguments.spawn:
         server = SpawnedServer(target, _free_port())
-        await server.wait_ready()
+        try:
+            await server.wait_ready()
+        except RuntimeError:
+            server.stop()
+            raise
         url, pid = server.url, server.process.pid
     else:
         url = arguments.url.rstrip("/")
@@ -97,7 +101,6 @@ async def _churn(arguments: argparse.Namespace) -> int:
     server = None
     if arguments.spawn:
         server = SpawnedServer("sfu", _free_port(), log_level="INFO")
-        await server.wait_ready()
         url, probe = server.url, churn.ServerProbe(server.process.pid, server.log)
     else:
         url = arguments.url.rstrip("/")
@@ -108,6 +111,8 @@ async def _churn(arguments: argparse.Namespace) -> int:
         probe = churn.ServerProbe(pid, None)
     print(f"churning for {arguments.churn_minutes:g} min ...", file=sys.stderr, flush=True)
     try:
+        if server is not None:
+            await server.wait_ready()
         figures = await churn.soak(
             url, probe, arguments.churn_minutes, arguments.churn_peers, arguments.sample_seconds, secrets.token_hex(3)
         )
