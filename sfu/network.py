@@ -46,7 +46,8 @@ class MediaProtocol(StunProtocol):
     connection's candidate pairs) is dropped here and counted, before the DTLS transport sees it: aioice
     hands every non-STUN datagram on, whoever sent it, and one empty datagram would end the DTLS
     transport's receive loop. Pairs come from the client's signaled candidates and from its checks that
-    carried the right credentials, so a client's first DTLS packet is never refused."""
+    carried the right credentials (also those that arrived before the client's answer was read, which
+    aioice answers at once and keeps for later), so a client's first DTLS packet is never refused."""
 
     def __init__(self, receiver: Connection) -> None:
         super().__init__(receiver)
@@ -71,11 +72,13 @@ class MediaProtocol(StunProtocol):
     def _from_client(self, addr: tuple[str, int]) -> bool:
         if addr == self._validated:
             return True
-        for pair in self.receiver._check_list:
-            if pair.protocol is self and pair.remote_addr == addr:
-                self._validated = addr
-                return True
-        return False
+        connection = self.receiver
+        known = any(pair.protocol is self and pair.remote_addr == addr for pair in connection._check_list) or any(
+            protocol is self and source == addr for _, source, protocol in connection._early_checks
+        )
+        if known:
+            self._validated = addr
+        return known
 
     def _drop(self) -> None:
         self.dropped += 1

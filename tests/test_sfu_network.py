@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aioice import stun
 from aiortc import RTCPeerConnection
 
 from config import ConfigError, load_settings
-from sfu.network import Network, NoMediaPort, gather
+from sfu.network import LOOPBACK, Network, NoMediaPort, gather
 from tests.rtc_clients import Participant, join_meeting, make_meeting, make_user, wait_until
 from tests.server_process import ServerProcess, run_cli, start_server
 
@@ -138,6 +139,40 @@ async def test_by_default_every_non_loopback_interface_is_used() -> None:
         hosts = [ipaddress.ip_address(candidate.host) for candidate in connection.local_candidates]
         assert not any(host.is_loopback for host in hosts)
     finally:
+        await connection.close()
+
+
+async def test_media_is_taken_only_from_addresses_whose_checks_authenticated() -> None:
+    """A client may finish ICE and send its DTLS hello before the server has read its answer (the
+    server answers checks at once): that hello is kept; the same bytes from anyone else are not."""
+    connection = await gather(LOOPBACK)
+    (protocol,) = connection._protocols
+    server_port = connection.local_candidates[0].port
+    client, stranger = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    try:
+        for sock in (client, stranger):
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+        check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        check.attributes["USERNAME"] = f"{connection.local_username}:abcd"
+        check.attributes["PRIORITY"] = 1853824767
+        check.attributes["ICE-CONTROLLING"] = 1
+        check.attributes["USE-CANDIDATE"] = None
+        check.add_message_integrity(connection.local_password.encode())
+        check.add_fingerprint()
+        hello = bytes([22, 0xFE, 0xFD]) + bytes(40)
+        stranger.sendto(hello, ("127.0.0.1", server_port))
+        client.sendto(bytes(check), ("127.0.0.1", server_port))
+        reply = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(client, 1500), 5)
+        response = stun.parse_message(reply)  # answered before the client is known
+        assert response.message_class == stun.Class.RESPONSE
+        client.sendto(hello, ("127.0.0.1", server_port))
+        await wait_until(lambda: connection._queue.qsize() == 1, 5, "the client's hello to be queued")
+        assert protocol.dropped == 1, "the stranger's hello was dropped"
+        assert connection._queue.get_nowait() == (hello, 1)
+    finally:
+        client.close()
+        stranger.close()
         await connection.close()
 
 
