@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,13 +105,14 @@ class Network:
     def addresses(self) -> list[str]:
         return list(self.bind) or get_host_addresses(use_ipv4=True, use_ipv6=self.ipv6)
 
-    def ports(self) -> list[int]:
-        """The ports to try, in random order (0: let the kernel pick)."""
+    def ports(self) -> Iterator[int]:
+        """The ports to try: the whole range once, from a random place in it (0: the kernel picks)."""
         if not self.port_min:
-            return [0]
-        ports = list(range(self.port_min, self.port_max + 1))
-        random.shuffle(ports)
-        return ports
+            yield 0
+            return
+        start = random.randint(self.port_min, self.port_max)
+        yield from range(start, self.port_max + 1)
+        yield from range(self.port_min, start)
 
     def announced(self, bound: str) -> list[str]:
         """The addresses to announce for a socket bound to ``bound``: those of its IP version."""
@@ -133,9 +135,13 @@ async def gather(network: Network, controlling: bool = False) -> Connection:
         protocol = await _bind(connection, address, network.ports())
         if protocol is None:
             continue
-        connection._protocols.append(protocol)
         real = protocol.local_candidate
-        for announced in network.announced(real.host):
+        announced_addresses = network.announced(real.host)
+        if not announced_addresses:  # an interface of an IP version nothing is announced for
+            protocol.transport.close()
+            continue
+        connection._protocols.append(protocol)
+        for announced in announced_addresses:
             listed.append(
                 Candidate(
                     foundation=candidate_foundation("host", "udp", announced),
@@ -155,16 +161,16 @@ async def gather(network: Network, controlling: bool = False) -> Connection:
     return connection
 
 
-async def _bind(connection: Connection, address: str, ports: list[int]) -> MediaProtocol | None:
+async def _bind(connection: Connection, address: str, ports: Iterator[int]) -> MediaProtocol | None:
     loop = asyncio.get_running_loop()
+    failure: OSError | None = None
     for port in ports:
         try:
             transport, protocol = await loop.create_datagram_endpoint(
                 lambda: MediaProtocol(connection), local_addr=(address, port)
             )
         except OSError as exc:
-            if port == ports[-1]:
-                log.warning("cannot bind a media socket on %s (%s)", address, exc.strerror or exc)
+            failure = exc
             continue
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -180,4 +186,6 @@ async def _bind(connection: Connection, address: str, ports: list[int]) -> Media
             type="host",
         )
         return protocol
+    if failure is not None:
+        log.warning("cannot bind a media socket on %s (%s)", address, failure.strerror or failure)
     return None

@@ -131,6 +131,17 @@ async def test_announced_addresses_replace_the_bound_ones_in_candidates() -> Non
         await connection.close()
 
 
+async def test_a_socket_with_nothing_to_announce_for_its_ip_version_is_not_kept() -> None:
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    connection = await gather(Network(bind=("127.0.0.1", "::1"), announce=("127.0.0.2",)))
+    try:
+        assert [candidate.host for candidate in connection.local_candidates] == ["127.0.0.2"]
+        assert [p.transport.get_extra_info("sockname")[0] for p in connection._protocols] == ["127.0.0.1"]
+    finally:
+        await connection.close()
+
+
 async def test_by_default_every_non_loopback_interface_is_used() -> None:
     if not Network().addresses():
         pytest.skip("this machine has no non-loopback interface")
