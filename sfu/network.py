@@ -91,6 +91,9 @@ class NoMediaPort(ConnectionError):
     """No socket could be bound for a connection (every port of the range in use, or no address)."""
 
 
+NO_MEDIA_PORT = "the media server has no free port; try again later"  # what the client is told (503)
+
+
 @dataclass(frozen=True)
 class Network:
     """Addresses and ports for media. An empty ``bind`` means every non-loopback interface (IPv6

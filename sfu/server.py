@@ -16,7 +16,7 @@ from typing import Any
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from config.settings import SfuSettings
-from sfu.network import Network, NoMediaPort
+from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort
 from sfu.peer import Peer, Signal
 from sfu.room import Room
 from sfu.sdp import SdpError
@@ -124,7 +124,7 @@ class Sfu:
                 raise SignalError(409, str(exc)) from None
             except NoMediaPort:
                 log.warning("no media port free for peer %s", peer.id)
-                raise SignalError(503, "the media server has no free port; try again later") from None
+                raise SignalError(503, NO_MEDIA_PORT) from None
 
     async def _dispatch(self, peer: Peer, kind: str, data: dict[str, Any]) -> None:
         target = data.get("target")

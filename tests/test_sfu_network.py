@@ -16,7 +16,7 @@ from aiortc import RTCPeerConnection
 
 from config import ConfigError, load_settings
 from sfu.network import LOOPBACK, Network, NoMediaPort, gather
-from tests.rtc_clients import Participant, join_meeting, make_meeting, make_user, wait_until
+from tests.rtc_clients import Participant, PatternVideoTrack, join_meeting, make_meeting, make_user, wait_until
 from tests.server_process import ServerProcess, run_cli, start_server
 
 LOOPBACK_ENV = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
@@ -255,3 +255,28 @@ async def test_announced_addresses_are_what_clients_are_told(announcing_server, 
     await host.publish(video=(160, 120), audio=False)
     assert host.publisher.remoteDescription is not None
     assert sdp_candidate_hosts(host.publisher.remoteDescription.sdp) == {"127.0.0.2"}
+
+
+async def test_when_the_port_range_is_used_up_clients_are_told(tmp_path: Path, people) -> None:
+    port = free_port_pair(("127.0.0.1",))
+    env = {**LOOPBACK_ENV, "HUIYI_SFU_PORT_MIN": str(port), "HUIYI_SFU_PORT_MAX": str(port)}
+    server = start_server("--data-dir", str(tmp_path / "data"), log=tmp_path / "server.log", env=env)
+    try:
+        host = await participant(server, None, "host", people)
+        await host.publish(video=(160, 120), audio=False)
+        assert host.publisher.remoteDescription is not None
+        assert f" 127.0.0.1 {port} typ host" in host.publisher.remoteDescription.sdp
+        viewer = await participant(server, host.meeting_id, "viewer", people)
+
+        def refusals() -> list[dict]:
+            return [error for error in viewer.errors if error.get("code") == 503]
+
+        await wait_until(lambda: len(refusals()) == 1, 10, "the viewer to hear there is no port for its media")
+        viewer.publisher.addTransceiver(PatternVideoTrack(160, 120), direction="sendonly")
+        await viewer.publisher.setLocalDescription(await viewer.publisher.createOffer())
+        await viewer.send("offer", {"target": "publisher", "sdp": viewer.publisher.localDescription.sdp})
+        await wait_until(lambda: len(refusals()) == 2, 10, "the viewer's publisher offer to be refused")
+        assert all("no free port" in error["message"] for error in refusals())
+        assert server.process.poll() is None
+    finally:
+        server.stop()
