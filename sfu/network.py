@@ -18,12 +18,15 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, get_host_addresses
 from aioice.turn import UDP_SOCKET_BUFFER_SIZE
+
+if TYPE_CHECKING:
+    from sfu.transport import TransportStats
 
 log = logging.getLogger("huiyi.sfu.network")
 
@@ -52,7 +55,7 @@ class MediaProtocol(StunProtocol):
 
     def __init__(self, receiver: Connection) -> None:
         super().__init__(receiver)
-        self.stats: Any = None  # the transport's counters (``malformed`` counts the drops here)
+        self.stats: TransportStats | None = None  # its transport's counters: ``malformed`` counts drops
         self.dropped = 0
         self._validated: tuple[str, int] | None = None  # the last address found on a pair
 
