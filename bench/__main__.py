@@ -5,6 +5,7 @@ Examples::
     python -m bench --spawn --rooms 1 --publishers 1 --subscribers 10 --duration 20
     python -m bench --url http://127.0.0.1:8000 --subscribers 5,10,20,40      # capacity sweep
     python -m bench --spawn --compare --layers 1 --subscribers 5,10,20           # SFU vs baselines
+    python -m bench --spawn --churn-minutes 10 --churn-peers 6                   # leak soak
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench import metrics
+from bench import churn, metrics
 from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
 from bench.report import capacity_table, plot, run_table
 
@@ -45,6 +46,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-latency", action="store_true", help="count only; skip per-packet latency matching")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     parser.add_argument("--png", type=Path, help="plot CPU and latency against subscribers here")
+    soak = parser.add_argument_group("churn soak (instead of a load run)")
+    soak.add_argument("--churn-minutes", type=float, help="peers join and leave for this long; sample for leaks")
+    soak.add_argument("--churn-peers", type=int, default=4, help="peers churning at once")
+    soak.add_argument("--sample-seconds", type=float, default=10.0, help="time between samples of the server")
     return parser.parse_args(argv)
 
 
@@ -62,7 +67,11 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
     server = None
     if arguments.spawn:
         server = SpawnedServer(target, free_port())
-        await server.wait_ready()
+        try:
+            await server.wait_ready()
+        except RuntimeError:
+            server.stop()
+            raise
         url, pid = server.url, server.process.pid
     else:
         url = arguments.url.rstrip("/")
@@ -81,7 +90,39 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
     return results
 
 
+async def _churn(arguments: argparse.Namespace) -> int:
+    server = None
+    if arguments.spawn:
+        server = SpawnedServer("sfu", free_port(), env={"HUIYI_SERVER_LOG_LEVEL": "INFO"})
+        url, probe = server.url, churn.ServerProbe(server.process.pid, server.log)
+    else:
+        url = arguments.url.rstrip("/")
+        pid = arguments.server_pid or metrics.pid_listening_on(urlparse(url).port or 80)
+        if pid is None:
+            print("cannot find the server's process; give --server-pid", file=sys.stderr)
+            return 2
+        probe = churn.ServerProbe(pid, None)
+    print(f"churning for {arguments.churn_minutes:g} min ...", file=sys.stderr, flush=True)
+    try:
+        if server is not None:
+            await server.wait_ready()
+        figures = await churn.soak(
+            url, probe, arguments.churn_minutes, arguments.churn_peers, arguments.sample_seconds, secrets.token_hex(3)
+        )
+    finally:
+        if server is not None:
+            server.stop()
+    print(churn.table(figures))
+    if arguments.json:
+        arguments.json.write_text(json.dumps(asdict(figures), indent=2))
+    for error in figures.errors[:3]:
+        print(f"churn error: {error}", file=sys.stderr)
+    return 0 if figures.flat else 1
+
+
 async def _main(arguments: argparse.Namespace) -> int:
+    if arguments.churn_minutes is not None:
+        return await _churn(arguments)
     counts = [int(value) for value in arguments.subscribers.split(",") if value.strip()]
     targets = list(TARGETS) if arguments.compare else [arguments.target]
     if not arguments.spawn and targets != ["sfu"]:

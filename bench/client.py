@@ -3,7 +3,7 @@ the browser SDK, but a publisher replays pre-encoded packets and a subscriber on
 receives (sequence gaps, frames, bytes) and notes when each payload arrived, without decoding.
 
 They run on the same ICE/DTLS/SRTP pieces as the server (``sfu.transport``), as the controlling,
-DTLS-client side of each connection."""
+DTLS-client side of each connection, with their sockets on 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from bench.clip import FPS, Clip
 from sfu import rtcp, rtp, sdp
 from sfu.negotiation import transport_lines
-from sfu.transport import MediaTransport, gather
+from sfu.network import LOOPBACK, gather
+from sfu.transport import MediaTransport
 
 MID_ID, RID_ID = 1, 2
 VIDEO_PT, RTX_PT, AUDIO_PT = 96, 97, 111
 VIDEO_TICKS = 90000 // FPS
 KEYFRAME_REQUEST_GAP_NS = 300_000_000
+JOIN_TIMEOUT = 20.0
 
 
 @dataclass
@@ -118,9 +120,17 @@ class SyntheticClient:
         self.result.opened_ns = time.monotonic_ns()
         self.socket = await self.http.ws_connect(url, params=params, heartbeat=10)
         await self._send("join", {})
-        while (await self.socket.receive_json(timeout=20))["type"] != "join":
-            pass
+        await asyncio.wait_for(self._joined(), JOIN_TIMEOUT)
         self.tasks.append(asyncio.get_running_loop().create_task(self._read()))
+
+    async def _joined(self) -> None:
+        assert self.socket is not None
+        while True:
+            message = await self.socket.receive_json()
+            if message["type"] == "join":
+                return
+            if message["type"] == "error":
+                raise ConnectionError(f"join refused: {(message.get('data') or {}).get('message')}")
 
     async def _send(self, kind: str, data: dict[str, Any]) -> None:
         assert self.socket is not None
@@ -149,7 +159,7 @@ class SyntheticClient:
 
     async def publish(self) -> None:
         assert self.clip is not None
-        connection = await gather(False, controlling=True)
+        connection = await gather(LOOPBACK, controlling=True)
         self.publisher = MediaTransport(connection, self.certificate, self._ignore, self._on_publisher_rtcp)
         local = self.publisher.local_description("actpass")
         video_rids = ["l", "m", "h"] if self.simulcast else ["h"]
@@ -230,7 +240,7 @@ class SyntheticClient:
                 self.ssrc_mids[ssrc] = section.mid
         first = self.subscriber is None
         if first:
-            connection = await gather(False, controlling=not offer.ice_lite)
+            connection = await gather(LOOPBACK, controlling=not offer.ice_lite)
             self.subscriber = MediaTransport(connection, self.certificate, self._on_media, self._ignore)
         assert self.subscriber is not None
         local = self.subscriber.local_description("active")

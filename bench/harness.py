@@ -85,7 +85,7 @@ class Figures:
 # accounts -------------------------------------------------------------------------------------------
 
 
-async def _account(http: aiohttp.ClientSession, url: str, name: str) -> tuple[str, int]:
+async def account(http: aiohttp.ClientSession, url: str, name: str) -> tuple[str, int]:
     body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
     async with http.post(f"{url}/api/v1/auth/register", json=body) as response:
         answer = await response.json()
@@ -98,6 +98,50 @@ async def _account(http: aiohttp.ClientSession, url: str, name: str) -> tuple[st
     return payload["data"]["access_token"], payload["data"]["user"]["user_id"]
 
 
+async def create_meeting(http: aiohttp.ClientSession, url: str, host_token: str, title: str) -> tuple[int, str]:
+    """A meeting for the run: its id, and the invite code (in the host's view) others join with."""
+    async with http.post(
+        f"{url}/api/v1/meetings",
+        json={"title": title, "max_participants": 1000},
+        headers={"Authorization": f"Bearer {host_token}"},
+    ) as response:
+        payload = await response.json()
+        if response.status not in (200, 201):
+            raise RuntimeError(f"create meeting: {response.status} {payload}")
+        return int(payload["data"]["meeting_id"]), str(payload["data"]["invite_code"])
+
+
+async def join(http: aiohttp.ClientSession, url: str, meeting_id: int, token: str, invite_code: str) -> None:
+    """Join a meeting over REST, which a client must do before its signaling socket is admitted
+    (and again after its socket closed). Every benchmark join goes through here."""
+    async with http.post(
+        f"{url}/api/v1/meetings/{meeting_id}/join",
+        json={"invite_code": invite_code},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        if response.status != 200:
+            raise RuntimeError(f"join: {await response.text()}")
+
+
+async def wait_until_left(
+    http: aiohttp.ClientSession, url: str, meeting_id: int, token: str, user_id: int, timeout: float = 10.0
+) -> None:
+    """After a client closed its socket: wait until the server has marked it offline, so that joining
+    again is not undone by the server finishing the old socket."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with http.get(
+            f"{url}/api/v1/meetings/{meeting_id}/participants", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            payload = await response.json()
+        if response.status != 200 or all(
+            p["user_id"] != user_id or p["status"] != "online" for p in payload.get("data") or []
+        ):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"user {user_id} still online {timeout:.0f} s after closing its socket")
+
+
 async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> list[ClientSpec]:
     """Users, one meeting per room, everyone joined over REST, as real clients do."""
     specs: list[ClientSpec] = []
@@ -105,23 +149,10 @@ async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> list[ClientSpe
         for room in range(scenario.rooms):
             people = [("publisher", f"b{tag}r{room}p{i}") for i in range(scenario.publishers)]
             people += [("subscriber", f"b{tag}r{room}s{i}") for i in range(scenario.subscribers)]
-            accounts = await asyncio.gather(*(_account(http, url, name) for _, name in people))
-            host_token = accounts[0][0]
-            headers = {"Authorization": f"Bearer {host_token}"}
-            async with http.post(
-                f"{url}/api/v1/meetings",
-                json={"title": f"bench {tag} {room}", "max_participants": 1000},
-                headers=headers,
-            ) as r:
-                created = (await r.json())["data"]
-            meeting_id = created["meeting_id"]
-            link = {"invite_code": created["invite_code"]}  # the host's view of the meeting carries it
+            accounts = await asyncio.gather(*(account(http, url, name) for _, name in people))
+            meeting_id, code = await create_meeting(http, url, accounts[0][0], f"bench {tag} {room}")
             for token, _ in accounts:
-                async with http.post(
-                    f"{url}/api/v1/meetings/{meeting_id}/join", json=link, headers={"Authorization": f"Bearer {token}"}
-                ) as response:
-                    if response.status != 200:
-                        raise RuntimeError(f"join: {await response.text()}")
+                await join(http, url, meeting_id, token, code)
             specs += _specs(people, accounts, meeting_id, room, scenario)
     return specs
 
@@ -376,7 +407,7 @@ class SpawnedServer:
         self.log = Path(self.data_dir) / "server.log"
         command = {
             "sfu": [sys.executable, str(ROOT / "run_server.py"), "--host", "127.0.0.1", "--port", str(port)],
-            "naive": [sys.executable, str(ROOT / "bench" / "naive_server.py"), "--host", "127.0.0.1"],
+            "naive": [sys.executable, "-m", "bench.naive_server", "--host", "127.0.0.1"],
             "relay": [sys.executable, "-m", "bench.relay", "--port", str(port)],
             "bare": [sys.executable, "-m", "bench.bare_http", "--port", str(port)],
         }[target]
@@ -385,7 +416,14 @@ class SpawnedServer:
         if target == "naive":
             command += ["--port", str(port)]
         environment = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
-        environment.update({"HUIYI_RATE_LIMITS": "off", "HUIYI_SERVER_LOG_LEVEL": "WARNING", **(env or {})})
+        environment.update(
+            {
+                "HUIYI_RATE_LIMITS": "off",
+                "HUIYI_SERVER_LOG_LEVEL": "WARNING",
+                "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1",
+                **(env or {}),
+            }
+        )
         with self.log.open("w") as handle:
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
 

@@ -3,7 +3,7 @@ connection, every received track decoded and shared through ``MediaRelay``, and 
 sender encoding its own copy. It speaks the same signaling as huiyi (docs/sfu.md), without accounts,
 so the same synthetic clients can load it.
 
-``python bench/naive_server.py --host 127.0.0.1 --port 8100``"""
+``python -m bench.naive_server --host 127.0.0.1 --port 8100``"""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
+
+from bench.loopback import loopback_only
 
 RELAY = MediaRelay()
 
@@ -171,6 +173,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     arguments = parser.parse_args()
+    loopback_only()
     try:
         import uvloop
 

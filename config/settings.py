@@ -3,6 +3,7 @@ environment and the command line, in that order of precedence (last wins)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULTS_FILE = Path(__file__).with_name("default.toml")
 ENV_PREFIX = "HUIYI_"
@@ -97,6 +98,51 @@ class SfuSettings(_Section):
     ipv6: bool
     publish_bitrate: int = Field(ge=100_000, le=100_000_000)
     simulated_loss: float = Field(ge=0.0, le=0.5)
+    # Defaulted as in default.toml, so that code building SfuSettings for an in-process SFU need not
+    # spell out the media network.
+    bind_addresses: list[str] = Field(default_factory=list)
+    announce_addresses: list[str] = Field(default_factory=list)
+    port_min: int = Field(0, ge=0, le=65535)
+    port_max: int = Field(0, ge=0, le=65535)
+
+    @field_validator("bind_addresses", "announce_addresses", mode="before")
+    @classmethod
+    def _address_list(cls, value: Any) -> Any:
+        """A list, or (from the environment) one string of comma-separated addresses."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("bind_addresses", "announce_addresses")
+    @classmethod
+    def _ip_literals(cls, value: list[str]) -> list[str]:
+        addresses = []
+        for text in value:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+            if address.version == 6 and address.scope_id:
+                raise ValueError(f"{text!r}: scoped (link-local) IPv6 addresses are not supported")
+            addresses.append(str(address))
+        return addresses
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SfuSettings:
+        if (self.port_min == 0) != (self.port_max == 0) or self.port_min > self.port_max:
+            raise ValueError("port_min and port_max: both 0 (any port), or a range with port_min <= port_max")
+        for text in self.announce_addresses:
+            if ipaddress.ip_address(text).is_unspecified:
+                raise ValueError(f"announce_addresses: {text} cannot be announced")
+        for text in self.bind_addresses:
+            version = ipaddress.ip_address(text).version
+            if ipaddress.ip_address(text).is_unspecified and not self.announce_addresses:
+                raise ValueError(f"bind_addresses: {text} needs announce_addresses (what clients should reach)")
+            if self.announce_addresses and not any(
+                ipaddress.ip_address(a).version == version for a in self.announce_addresses
+            ):
+                raise ValueError(f"bind_addresses: {text} has no announce_addresses entry of its IP version")
+        return self
 
 
 class RateLimitSettings(_Section):

@@ -13,8 +13,9 @@ from aioice import Connection
 
 from sfu import rtcp, rtp, sdp
 from sfu.negotiation import PublishedSection, accept_publisher_offer, publisher_answer
+from sfu.network import gather
 from sfu.track import Layer, PublishedTrack
-from sfu.transport import MediaTransport, add_candidate, gather
+from sfu.transport import MediaTransport, add_candidate
 
 if TYPE_CHECKING:
     from sfu.peer import Peer
@@ -53,7 +54,7 @@ class PublisherSide:
         if self.transport is None or self.state in ("failed", "closed"):
             if self.transport is not None:
                 await self.transport.close()
-            connection = await gather(self.peer.sfu.settings.ipv6)
+            connection = await gather(self.peer.sfu.network)
             self.transport = MediaTransport(connection, self.peer.sfu.certificate, self.on_rtp, self.on_rtcp)
             self.transport.on("statechange", self._on_transport_state)
             self.remote_ice = (ufrag, password)
@@ -63,7 +64,7 @@ class PublisherSide:
             )
             local = self.transport.local_description("passive" if role == "server" else "active")
         elif (ufrag, password) != self.remote_ice:
-            fresh = await gather(self.peer.sfu.settings.ipv6)
+            fresh = await gather(self.peer.sfu.network)
             self.pending_ice = fresh
             self.remote_ice = (ufrag, password)
             self.peer.spawn(self._restart(self.transport, fresh, ufrag, password, candidates))

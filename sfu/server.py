@@ -7,13 +7,16 @@ choices, RTCP reports and active-speaker detection for all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import time
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from config.settings import SfuSettings
+from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort
 from sfu.peer import Peer, Signal
 from sfu.room import Room
 from sfu.sdp import SdpError
@@ -38,6 +41,13 @@ class SignalError(Exception):
 class Sfu:
     def __init__(self, settings: SfuSettings) -> None:
         self.settings = settings
+        self.network = Network(
+            bind=tuple(settings.bind_addresses),
+            announce=tuple(settings.announce_addresses),
+            port_min=settings.port_min,
+            port_max=settings.port_max,
+            ipv6=settings.ipv6,
+        )
         self.certificate = RTCCertificate.generateCertificate()
         self.rooms: dict[int, Room] = {}
         self.peers: dict[str, Peer] = {}
@@ -45,13 +55,35 @@ class Sfu:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.create_task(self._tick_forever())
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or no signals
+            loop.add_signal_handler(signal.SIGUSR1, self.log_status)
 
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
+
+    def log_status(self) -> None:
+        """On SIGUSR1: one line with the process's media load, so an operator (or a soak test) can
+        watch for leaks in a live server without a debugger."""
+        sockets = sum(
+            len(side.transport.link.connection._protocols)
+            for peer in self.peers.values()
+            for side in (peer.publisher, peer.subscriber)
+            if side.transport is not None
+        )
+        log.info(
+            "media server status: rooms=%d peers=%d media_sockets=%d tasks=%d",
+            len(self.rooms),
+            len(self.peers),
+            sockets,
+            len(asyncio.all_tasks()),
+        )
 
     # peers --------------------------------------------------------------------------------------
 
@@ -90,6 +122,9 @@ class Sfu:
                 raise SignalError(400, f"unusable sdp: {exc}") from None
             except NegotiationError as exc:
                 raise SignalError(409, str(exc)) from None
+            except NoMediaPort:
+                log.warning("no media port free for peer %s", peer.id)
+                raise SignalError(503, NO_MEDIA_PORT) from None
 
     async def _dispatch(self, peer: Peer, kind: str, data: dict[str, Any]) -> None:
         target = data.get("target")

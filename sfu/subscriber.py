@@ -14,8 +14,9 @@ from aioice import Connection
 from sfu import rtcp, sdp
 from sfu.forwarder import NO_LAYER, DownTrack
 from sfu.negotiation import OfferSlot, accepted_in_answer, outgoing_codec, subscriber_offer
+from sfu.network import NO_MEDIA_PORT, NoMediaPort, gather
 from sfu.track import PublishedTrack
-from sfu.transport import MediaTransport, add_candidate, gather
+from sfu.transport import MediaTransport, add_candidate
 
 if TYPE_CHECKING:
     from sfu.peer import Peer
@@ -100,7 +101,12 @@ class SubscriberSide:
     async def _offer(self) -> None:
         try:
             if self.transport is None:
-                connection = await gather(self.peer.sfu.settings.ipv6)
+                try:
+                    connection = await gather(self.peer.sfu.network)
+                except NoMediaPort:
+                    log.warning("no media port free for peer %s's subscriber connection", self.peer.id)
+                    self.peer.signal("error", {"code": 503, "message": NO_MEDIA_PORT})
+                    return
                 self.transport = MediaTransport(connection, self.peer.sfu.certificate, self._on_rtp, self.on_rtcp)
                 self.transport.on("statechange", self._on_transport_state)
             if not self.slots:
@@ -203,7 +209,7 @@ class SubscriberSide:
         if self.transport is None:
             raise NegotiationError("there is no subscriber connection to restart")
         if self.fresh_ice is None:
-            self.fresh_ice = await gather(self.peer.sfu.settings.ipv6)
+            self.fresh_ice = await gather(self.peer.sfu.network)
         self.schedule_offer()
 
     def _on_transport_state(self) -> None:

@@ -16,6 +16,7 @@ import pylibsrtp
 from aioice import Candidate, Connection
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, RTCDtlsParameters, RTCDtlsTransport
 
+from sfu.network import MediaProtocol
 from sfu.sdp import LocalTransport
 
 log = logging.getLogger("huiyi.sfu.transport")
@@ -71,9 +72,22 @@ class IceLink:
 
     role = "controlled"
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, stats: TransportStats) -> None:
+        self.stats = stats
         self.connection = connection
         self.closed = False
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    @connection.setter
+    def connection(self, connection: Connection) -> None:
+        """Its sockets count what they drop into the transport's ``malformed``."""
+        self._connection = connection
+        for protocol in connection._protocols:
+            if isinstance(protocol, MediaProtocol):
+                protocol.stats = self.stats
 
     async def _recv(self) -> bytes:
         while True:
@@ -96,13 +110,6 @@ class IceLink:
         return True
 
 
-async def gather(use_ipv6: bool, controlling: bool = False) -> Connection:
-    """Local candidates; the server is always the controlled side (it is ICE-lite to its clients)."""
-    connection = Connection(ice_controlling=controlling, components=1, use_ipv4=True, use_ipv6=use_ipv6)
-    await connection.gather_candidates()
-    return connection
-
-
 async def connect_ice(connection: Connection, ufrag: str, password: str, candidates: list[str]) -> None:
     connection.remote_username = ufrag
     connection.remote_password = password
@@ -117,15 +124,20 @@ async def add_candidate(connection: Connection, line: str | None) -> None:
         if not connection._remote_candidates_end:
             await connection.add_remote_candidate(None)
         return
-    text = line.removeprefix("candidate:")
-    try:
-        candidate = Candidate.from_sdp(text)
-    except (ValueError, IndexError):
-        log.debug("ignoring malformed candidate %r", text[:80])
-        return
-    if candidate.transport.lower() != "udp" or connection._remote_candidates_end:
+    candidate = parse_candidate(line)
+    if candidate is None or candidate.transport.lower() != "udp" or connection._remote_candidates_end:
         return
     await connection.add_remote_candidate(candidate)
+
+
+def parse_candidate(line: str) -> Candidate | None:
+    """A client's ``candidate:...`` line, or ``None`` (logged) when it does not parse."""
+    text = line.removeprefix("candidate:")
+    try:
+        return Candidate.from_sdp(text)
+    except (ValueError, IndexError):
+        log.debug("ignoring malformed candidate %r", text[:80])
+        return None
 
 
 class MediaTransport(RTCDtlsTransport):
@@ -138,9 +150,9 @@ class MediaTransport(RTCDtlsTransport):
         on_rtp: Callable[[bytes], None],
         on_rtcp: Callable[[bytes], None],
     ) -> None:
-        self.link = IceLink(connection)
-        super().__init__(self.link, [certificate])  # type: ignore[arg-type]
         self.stats = TransportStats()
+        self.link = IceLink(connection, self.stats)
+        super().__init__(self.link, [certificate])  # type: ignore[arg-type]
         self.on_rtp = on_rtp
         self.on_rtcp = on_rtcp
         self._certificate = certificate

@@ -18,6 +18,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from bench.loopback import loopback_only
 from tests.server_process import request
 
 VIDEO_CLOCK = 90000
@@ -87,6 +88,7 @@ class Participant:
 
     def __init__(self, base_url: str, token: str, user_id: int, meeting_id: int) -> None:
         self.base_url, self.token, self.user_id, self.meeting_id = base_url, token, user_id, meeting_id
+        loopback_only()
         self.http: aiohttp.ClientSession | None = None
         self.socket: aiohttp.ClientWebSocketResponse | None = None
         self.peer_id = ""

@@ -50,3 +50,23 @@ def test_sfu_and_relay_runs_report_the_figures(tmp_path: Path) -> None:
     assert relay["errors"] == [] and relay["latency_ms"]["p50"] is not None
     naive = figures["naive"][0]
     assert naive["errors"] == [] and naive["forwarded_packets_per_second"] > 10
+
+
+def test_a_short_churn_soak_reports_flat_figures(tmp_path: Path) -> None:
+    report = tmp_path / "churn.json"
+    arguments = ["--churn-minutes", "0.1", "--churn-peers", "3", "--sample-seconds", "1", "--json", str(report)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--spawn", *arguments],
+        cwd=ROOT,
+        env=server_environment(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    figures = json.loads(report.read_text())
+    assert completed.returncode == 0, (completed.stdout, completed.stderr[-3000:])
+    assert figures["flat"] and figures["cycles"] >= 3 and figures["failures"] == 0, figures
+    start, end = figures["start"], figures["end"]
+    assert start["tasks"] is not None and end["tasks"] is not None and start["peers"] == end["peers"] == 1
+    assert end["fds"] <= start["fds"] + 8 and len(figures["samples"]) >= 3
+    assert "join/leave cycles" in completed.stdout

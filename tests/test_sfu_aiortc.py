@@ -19,9 +19,9 @@ GUARDED = ROOT / "tests" / "codec_guard_server.py"
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     log = tmp_path / "server.log"
-    process = start_server(
-        "--data-dir", str(tmp_path / "data"), log=log, env={"HUIYI_RATE_LIMITS": "off"}, script=GUARDED
-    )
+    # The guard script lives in tests/, so this checkout's packages must be put on its path.
+    env = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1", "PYTHONPATH": str(ROOT)}
+    process = start_server("--data-dir", str(tmp_path / "data"), log=log, env=env, script=GUARDED)
     yield process
     process.stop()
 
