@@ -16,7 +16,15 @@ from aiortc import RTCPeerConnection
 
 from config import ConfigError, load_settings
 from sfu.network import LOOPBACK, Network, NoMediaPort, gather
-from tests.rtc_clients import Participant, PatternVideoTrack, join_meeting, make_meeting, make_user, wait_until
+from tests.rtc_clients import (
+    Participant,
+    PatternVideoTrack,
+    invite_code_of,
+    join_meeting,
+    make_meeting,
+    make_user,
+    wait_until,
+)
 from tests.server_process import ServerProcess, run_cli, start_server
 
 LOOPBACK_ENV = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
@@ -204,11 +212,15 @@ async def people() -> AsyncIterator[list[Participant]]:
     await asyncio.gather(*(person.close() for person in found), return_exceptions=True)
 
 
-async def participant(server: ServerProcess, meeting_id: int | None, name: str, people: list) -> Participant:
+async def participant(server: ServerProcess, host: Participant | None, name: str, people: list) -> Participant:
+    """The host of a new meeting (``host`` None), or a guest of ``host``'s meeting."""
     token, user_id = make_user(server.url, name)
-    if meeting_id is None:
+    if host is None:
         meeting_id = make_meeting(server.url, token)
-    join_meeting(server.url, token, meeting_id)
+        join_meeting(server.url, token, meeting_id)
+    else:
+        meeting_id = host.meeting_id
+        join_meeting(server.url, token, meeting_id, invite_code_of(server.url, host.token, meeting_id))
     person = Participant(server.url, token, user_id, meeting_id)
     await person.connect()
     people.append(person)
@@ -230,7 +242,7 @@ def local_and_selected(pc: RTCPeerConnection) -> tuple[set[str], tuple[str, str]
 async def test_media_flows_with_the_sfu_bound_to_loopback_only(loopback_server, people) -> None:
     host = await participant(loopback_server, None, "host", people)
     await host.publish(video=(160, 120), audio=False)
-    viewer = await participant(loopback_server, host.meeting_id, "viewer", people)
+    viewer = await participant(loopback_server, host, "viewer", people)
     await wait_until(
         lambda: (t := viewer.video_from(host.user_id)) is not None and t.frames >= 5, 20, "the viewer's frames"
     )
@@ -266,7 +278,7 @@ async def test_when_the_port_range_is_used_up_clients_are_told(tmp_path: Path, p
         await host.publish(video=(160, 120), audio=False)
         assert host.publisher.remoteDescription is not None
         assert f" 127.0.0.1 {port} typ host" in host.publisher.remoteDescription.sdp
-        viewer = await participant(server, host.meeting_id, "viewer", people)
+        viewer = await participant(server, host, "viewer", people)
 
         def refusals() -> list[dict]:
             return [error for error in viewer.errors if error.get("code") == 503]

@@ -18,7 +18,7 @@ from aioice import stun
 from aiortc import RTCPeerConnection
 
 from sfu import rtcp, rtp
-from tests.rtc_clients import Participant, join_meeting, make_meeting, make_user, wait_until
+from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user, wait_until
 from tests.server_process import ServerProcess, request, start_server
 from tests.test_sfu_packets import rtp_packet
 
@@ -103,7 +103,7 @@ async def test_hostile_datagrams_are_dropped_and_media_keeps_flowing(server, peo
     await host.connect()
     await host.publish(video=(160, 120), audio=True)
     viewer_token, viewer_id = make_user(server.url, "viewer")
-    join_meeting(server.url, viewer_token, meeting_id)
+    join_meeting(server.url, viewer_token, meeting_id, invite_code_of(server.url, token, meeting_id))
     viewer = Participant(server.url, viewer_token, viewer_id, meeting_id)
     people.append(viewer)
     await viewer.connect()
