@@ -46,8 +46,9 @@ class Endpoint:
     response: Any = None
     status: int = 200
     multipart: dict[str, str] = field(default_factory=dict)
-    # (media type, schema) of a success answer that is not the JSON envelope, e.g. a file.
-    raw_response: tuple[str, dict[str, Any]] | None = None
+    # (media type or types, schema) of a success answer that is not the JSON envelope, e.g. a file;
+    # ranges such as "video/*" say which kinds of file it may be.
+    raw_response: tuple[str | tuple[str, ...], dict[str, Any]] | None = None
     errors: tuple[int, ...] = ()
 
     @property

@@ -103,8 +103,9 @@ def _operation(endpoint: Endpoint, refs: dict[Any, dict[str, Any]], schemas: dic
         operation["security"] = [{"bearer": []}]
     success: dict[str, Any]
     if endpoint.raw_response:
-        media_type, schema = endpoint.raw_response
-        success = {"description": "Success (not enveloped)", "content": {media_type: {"schema": schema}}}
+        media_types, schema = endpoint.raw_response
+        names = (media_types,) if isinstance(media_types, str) else media_types
+        success = {"description": "Success (not enveloped)", "content": {name: {"schema": schema} for name in names}}
     else:
         success = _json_response("Success", _data_schema(endpoint.response, refs))
     error_data = {"description": "details, e.g. field errors under `errors`"}

@@ -168,7 +168,8 @@ async def upload(request: web.Request) -> MediaFileOut:
     summary="Download a file (owner, the meeting's participants, admins); one HTTP byte range supported",
     access=Access.USER,
     limit="50/minute",
-    raw_response=("application/octet-stream", {"type": "string"}),
+    # The file's own type, as detected at upload (MediaFile.mime_type).
+    raw_response=(("video/*", "audio/*", "image/*", "application/*", "text/*"), {"type": "string", "format": "binary"}),
     errors=(416,),
 )
 async def download(request: web.Request) -> web.StreamResponse:
