@@ -16,7 +16,7 @@ from control.api.sessions import STARTED
 from control.auth.accounts import AccountCache
 from control.auth.guard import guard
 from control.auth.secret import load_signing_key
-from control.auth.throttle import LoginThrottle
+from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.bus import open_bus
@@ -27,9 +27,9 @@ from control.context import (
     HUB,
     JOBS,
     LIMITER,
-    LOGIN_THROTTLE,
     MAILER,
     OPENAPI,
+    PASSWORD_THROTTLE,
     SETTINGS,
     SFU,
     STORAGE,
@@ -110,7 +110,7 @@ async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
 async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
-    await app[LOGIN_THROTTLE].close()
+    await app[PASSWORD_THROTTLE].close()
 
 
 async def _background_context(app: web.Application) -> AsyncIterator[None]:
@@ -139,7 +139,7 @@ def create_app(settings: Settings) -> web.Application:
         redis_url=settings.redis.url,
         key_prefix=settings.redis.key_prefix,
     )
-    app[LOGIN_THROTTLE] = LoginThrottle(
+    app[PASSWORD_THROTTLE] = PasswordThrottle(
         enabled=settings.rate_limits.enabled, redis_url=settings.redis.url, key_prefix=settings.redis.key_prefix
     )
     app[MAILER] = Mailer(settings.mail, data_dir / "outbox")

@@ -58,6 +58,8 @@ class _MalformedRequestsAreInfo(logging.Filter):
             record.args = None
             record.exc_info = None
             record.levelno, record.levelname = logging.INFO, "INFO"
+            # The logger let the record through as an error: as info it must pass the level again.
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 

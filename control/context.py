@@ -10,7 +10,7 @@ from aiohttp import web
 
 from config import Settings
 from control.auth.accounts import AccountCache
-from control.auth.throttle import LoginThrottle
+from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.jobs.runner import JobRunner
@@ -27,7 +27,7 @@ STORE = web.AppKey("store", Store)
 ACCOUNTS = web.AppKey("accounts", AccountCache)
 TOKENS = web.AppKey("tokens", TokenCodec)
 LIMITER = web.AppKey("limiter", RateLimiter)
-LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+PASSWORD_THROTTLE = web.AppKey("password_throttle", PasswordThrottle)
 MAILER = web.AppKey("mailer", Mailer)
 AVATARS = web.AppKey("avatars", AvatarStore)
 OPENAPI = web.AppKey("openapi", dict)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from sqlalchemy.exc import DBAPIError
 from yarl import URL
 
 from control.envelope import REQUEST_ID_KEY, envelope, request_id_from
@@ -40,6 +41,19 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        return await _answer_or_envelope(request, handler)
+    except web.HTTPException:
+        raise  # redirects and the like: answers, not failures
+    except Exception:
+        log.exception(
+            "unhandled error on %s %s [request_id=%s]", request.method, request.path, request.get(REQUEST_ID_KEY)
+        )
+        return envelope(request, None, status=500, message="Internal server error")
+
+
+async def _answer_or_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Failures the client can act on, in the envelope; anything else propagates (a 500)."""
+    try:
         return await handler(request)
     except ApiError as exc:
         return envelope(request, exc.data, status=exc.status, code=exc.code, message=exc.message, headers=exc.headers)
@@ -49,14 +63,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         message = _HTTP_MESSAGES.get(exc.status, exc.reason)
         return envelope(request, None, status=exc.status, message=message, headers=headers)
-    except Exception:
-        log.exception(
-            "unhandled error on %s %s [request_id=%s]", request.method, request.path, request.get(REQUEST_ID_KEY)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        # The database went away (a restart, a failover): the pool drops the dead connections,
+        # and the client is told to try again rather than that the server failed.
+        log.warning("database unreachable on %s %s: %s", request.method, request.path, type(exc.orig).__name__)
+        return envelope(
+            request, None, status=503, message="The database is unreachable; try again", headers={"Retry-After": "1"}
         )
-        return envelope(request, None, status=500, message="Internal server error")
 
 
-SECRET_PARAMETERS = {"token", "access_token"}
+# Query parameters that grant access: a socket's token, a meeting's invite code (invite links).
+SECRET_PARAMETERS = {"token", "access_token", "code", "invite_code"}
 
 
 def loggable_url(url: URL) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 
 from control.context import STORE
-from tests.conftest import Api
+from tests.conftest import POSTGRES_URL, Api, SettingsFactory
 
 
 async def test_success_envelope_and_generated_request_id(api: Api) -> None:
@@ -65,6 +66,25 @@ async def test_unexpected_failure_is_500_without_internals(api: Api) -> None:
         assert leak not in raw
     still_serving = await api.call("GET", "/api/v1/users/profile", token=account.access)
     assert still_serving["status"] == 200
+
+
+@pytest.mark.parametrize("settings_factory", ["postgresql"], indirect=True)
+async def test_a_lost_database_connection_is_503_then_recovers(settings_factory: SettingsFactory, make_api) -> None:
+    """Connections are not pinged at checkout: one that died under the pool (a database restart)
+    fails its request with a 503 to retry, not a 500, and the pool replaces it."""
+    api: Api = await make_api(settings_factory(database={"pool_size": 1}))
+    account = await api.account()
+    await api.call("GET", "/api/v1/meetings", token=account.access, expect=200)
+    async with api.app[STORE].engine.connect() as connection:
+        pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    killer = await asyncpg.connect(POSTGRES_URL)
+    try:
+        assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await killer.close()
+    lost = await api.call("GET", "/api/v1/meetings", token=account.access, expect=503)
+    assert lost["headers"]["Retry-After"] == "1" and "database" in lost["message"]
+    await api.call("GET", "/api/v1/meetings", token=account.access, expect=200)
 
 
 async def test_openapi_lists_every_endpoint(api: Api) -> None:

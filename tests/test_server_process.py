@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import stat
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -154,16 +155,19 @@ async def test_stopping_with_open_sockets_is_clean(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0][0] is not None, rows
 
 
-def test_socket_tokens_never_reach_the_log(tmp_path: Path) -> None:
+def test_tokens_and_invite_codes_never_reach_the_log(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     server = start_server("--data-dir", str(tmp_path / "data"), log=log, env={"HUIYI_RATE_LIMITS": "off"})
     try:
         secret = "eyJhbGciOiJIUzI1NiJ9.secret-part.signature"
         request("GET", server.url + f"/ws/signaling?meeting_id=1&user_id=1&token={secret}")
+        with urllib.request.urlopen(server.url + "/?meeting=1&code=invite-secret-code", timeout=10) as page:
+            assert page.status == 200
     finally:
         server.stop()
     text = log.read_text()
     assert "/ws/signaling?meeting_id=1&user_id=1&token=***" in text and "secret-part" not in text
+    assert "/?meeting=1&code=***" in text and "invite-secret-code" not in text
 
 
 async def test_sessions_a_killed_node_left_open_are_closed_when_it_returns(

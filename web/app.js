@@ -249,6 +249,8 @@ function fillFromInviteLink() {
   if (meeting && /^[0-9]+$/.test(meeting)) $('login').elements.meeting_id.value = meeting;
   const code = params.get('code');
   if (code) $('login').elements.invite_code.value = code;
+  // The code lets anyone in: keep it out of the address bar and the history once it is read.
+  if (meeting || code) history.replaceState(null, '', location.pathname);
 }
 
 if (autostart) {

@@ -14,7 +14,7 @@ from control.api.schemas import Email, Nickname, Password, RequestModel, Session
 from control.auth.guard import TOKEN_CLAIMS
 from control.auth.passwords import hash_password, verify_password
 from control.auth.sessions import issue_tokens
-from control.context import LOGIN_THROTTLE, MAILER, SETTINGS, STORE, current_user, run_in_background
+from control.context import MAILER, PASSWORD_THROTTLE, SETTINGS, STORE, current_user, run_in_background
 from control.endpoints import Access, EndpointGroup
 from control.envelope import utc_now
 from control.errors import ApiError, BusinessCode, bad_request, forbidden, unauthorized, user_not_found
@@ -101,14 +101,13 @@ async def login(request: web.Request, body: LoginIn) -> Session:
     user = await request.app[STORE].users.find_for_login(body.username)
     if user is None or user.status == "deleted":
         raise user_not_found()
-    throttle, address = request.app[LOGIN_THROTTLE], request.remote or "unknown"
-    await throttle.check(user.id, address)
+    throttle, address = request.app[PASSWORD_THROTTLE], request.remote or "unknown"
+    await throttle.attempt(user.id, address)
     if not await verify_password(user.password_hash, body.password):
-        await throttle.failed(user.id, address)
         raise ApiError(401, "Wrong password", code=BusinessCode.WRONG_PASSWORD)
-    await throttle.succeeded(user.id, address)
     if user.status == "banned":
         raise forbidden("Account is banned")
+    await throttle.succeeded(user.id, address)
     tokens = await issue_tokens(request.app, user)
     return Session(**tokens.model_dump(), user=UserOut.of(user))
 

@@ -13,7 +13,7 @@ from control.api.schemas import Email, Nickname, Password, RequestModel, TokenPa
 from control.auth.passwords import hash_password, verify_password
 from control.auth.sessions import issue_tokens
 from control.avatars import AVATAR_NAME_PATTERN, NotAnImage
-from control.context import AVATARS, MAILER, SETTINGS, STORE, current_user, run_in_background
+from control.context import AVATARS, MAILER, PASSWORD_THROTTLE, SETTINGS, STORE, current_user, run_in_background
 from control.downloads import file_download
 from control.endpoints import Access, EndpointGroup, invalid
 from control.envelope import utc_now
@@ -45,11 +45,15 @@ class DeleteAccountIn(RequestModel):
     current_password: CurrentPassword
 
 
-async def check_password(user: UserRecord, given: str) -> None:
+async def check_password(request: web.Request, user: UserRecord, given: str) -> None:
     """Proof that the caller knows the password, not just holds a token: what a stolen token
-    must not be enough for (a new password, a new email, deleting the account) asks for it."""
+    must not be enough for (a new password, a new email, deleting the account) asks for it.
+    Guesses here back off like failed logins, so a token is no faster a way to guess."""
+    throttle, address = request.app[PASSWORD_THROTTLE], request.remote or "unknown"
+    await throttle.attempt(user.id, address)
     if not await verify_password(user.password_hash, given):
         raise bad_request("Current password is wrong", code=BusinessCode.WRONG_PASSWORD)
+    await throttle.succeeded(user.id, address)
 
 
 @group.route(
@@ -85,7 +89,7 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> UserOut:
         if body.current_password is None:
             missing = {"field": "current_password", "message": "Required to change the email", "type": "missing"}
             raise invalid("request body", [missing])
-        await check_password(user, body.current_password)
+        await check_password(request, user, body.current_password)
     if not changes:
         return UserOut.of(user)
     store = request.app[STORE]
@@ -135,7 +139,7 @@ async def _tell_old_address(app: web.Application, user: UserRecord) -> None:
 )
 async def change_password(request: web.Request, body: ChangePasswordIn) -> TokenPair:
     user = current_user(request)
-    await check_password(user, body.old_password)
+    await check_password(request, user, body.old_password)
     if body.old_password == body.new_password:
         raise bad_request("New password must differ from the old one")
     if user.username.lower() in body.new_password.lower():
@@ -213,7 +217,7 @@ async def get_avatar(request: web.Request) -> web.StreamResponse:
 )
 async def delete_account(request: web.Request, body: DeleteAccountIn) -> None:
     user = current_user(request)
-    await check_password(user, body.current_password)
+    await check_password(request, user, body.current_password)
     await request.app[STORE].users.scrub(user.id)
     request.app[AVATARS].remove(user.avatar_file)
     log.info("user %s deleted their account", user.id)

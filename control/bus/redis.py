@@ -51,14 +51,23 @@ class RedisBus:
             if message is None or message.get("type") != "message":
                 continue
             channel = message["channel"].decode()
+            payload: dict[str, Any] = {}
             try:
                 payload = json.loads(message["data"])
                 await listener(channel[len(self._prefix) :], payload)
-                if "ack" in payload:
-                    await self._client.rpush(payload["ack"], self._node_id)
-                    await self._client.expire(payload["ack"], 60)
             except Exception:
                 log.exception("bus message on %s could not be handled", channel)
+            finally:
+                # Confirmed even when handling failed (and logged): the sender must not stall.
+                if "ack" in payload:
+                    await self._confirm(payload["ack"])
+
+    async def _confirm(self, ack: str) -> None:
+        try:
+            await self._client.rpush(ack, self._node_id)
+            await self._client.expire(ack, 60)
+        except (aioredis.ConnectionError, aioredis.TimeoutError):
+            log.warning("could not confirm a bus message; its sender waits until its deadline")
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         await self._client.publish(self._prefix + channel, json.dumps(message, separators=(",", ":")))

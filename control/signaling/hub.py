@@ -184,7 +184,12 @@ class Hub:
         """An account was written: every node drops its cached copy and closes the sockets the
         change revokes before this returns, so the change holds on the caller's next request."""
         event = {"event": "account", "user_id": user.id, "status": user.status, "token_version": user.token_version}
-        await self.bus.publish_confirmed(ACCOUNTS_CHANNEL, event, CONFIRM_SECONDS)
+        try:
+            await self.bus.publish_confirmed(ACCOUNTS_CHANNEL, event, CONFIRM_SECONDS)
+        except Exception:
+            # The change is stored: it holds here at once, and elsewhere once cached copies expire.
+            log.exception("could not tell the other nodes about account %s; applying it here only", user.id)
+            await self._on_account(event)
 
     async def admit(self, meeting_id: int, user_id: int) -> None:
         """A waiting user was let in: their sockets leave the lobby and get the room state."""

@@ -346,9 +346,11 @@ class Session:
         connection.close(1000, connection.close_reason)  # no-op when a close is already queued
         await writer
         log.info("socket %s closed: %s", connection.session_id, connection.close_reason)
-        await app[SFU].remove_peer(connection.session_id)
-        await app[HUB].remove(connection)
-        app[HUB].release(connection.user_id)
+        try:
+            await app[SFU].remove_peer(connection.session_id)
+            await app[HUB].remove(connection)
+        finally:
+            app[HUB].release(connection.user_id)  # the user's slot comes back whatever failed above
         store = app[STORE]
         await store.sessions.close(
             connection.session_id, connection.close_reason, connection.messages_in, connection.messages_out

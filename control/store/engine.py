@@ -32,9 +32,12 @@ def open_engine(url: str, schema: str = "", pool_size: int = 20) -> AsyncEngine:
     pays for new connections; connections are not pinged at checkout (a round trip per request)
     but recycled after half an hour, and a connection found dead invalidates the pool."""
     parsed = make_url(url)
-    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 1800}
+    options: dict[str, Any] = {}
+    in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    if not in_memory:  # an in-memory SQLite database lives in its one connection: no pool to size
+        options.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if not in_memory:
             touch_private(Path(parsed.database))
         options["connect_args"] = {"timeout": 30}
     elif schema:
