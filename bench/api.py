@@ -48,7 +48,7 @@ MIX = (
     (10, "meetings.get"),
     (25, "meetings.participants"),
     (25, "meetings.messages"),
-    (10, "meetings.post_message"),
+    (10, "meetings.send_message"),
     (5, "meetings.join"),
 )
 
@@ -283,7 +283,7 @@ async def run_huiyi(database: str, arguments: argparse.Namespace) -> list[PhaseF
             "meetings.get": lambda t: http_request("GET", base, t),
             "meetings.participants": lambda t: http_request("GET", base + "/participants", t),
             "meetings.messages": lambda t: http_request("GET", base + "/messages?limit=50", t),
-            "meetings.post_message": lambda t: http_request("POST", base + "/messages", t, {"text": "hello all"}),
+            "meetings.send_message": lambda t: http_request("POST", base + "/messages", t, {"text": "hello all"}),
             "meetings.join": lambda t: http_request("POST", base + "/join", t, join_body),
         }
         labels = [label for weight, label in MIX for _ in range(weight)]

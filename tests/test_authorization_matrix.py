@@ -120,10 +120,6 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
 }
 # fmt: on
 
-# Semantics being implemented, and defects found outside this suite: (operation_id, role) -> the
-# defect, named precisely. Each such case is a strict expected failure until the fix lands.
-EXPECTED_FAILURES: dict[tuple[str, str], str] = {}
-
 # A request that passes every permission check but breaks a business rule answers 400 here.
 BUSINESS_ERROR_OK = {
     "auth.reset_password",  # no mailed token to hand: an unknown one is refused as a token, not a caller
@@ -660,13 +656,9 @@ ENDPOINTS: dict[str, Endpoint] = {endpoint.operation_id: endpoint for endpoint i
 
 
 def _cases() -> list[Any]:
-    cases = []
-    for operation_id in ENDPOINTS:
-        for role in ROLES:
-            reason = EXPECTED_FAILURES.get((operation_id, role))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            cases.append(pytest.param(operation_id, role, marks=marks, id=f"{operation_id}-{role}"))
-    return cases
+    return [
+        pytest.param(operation_id, role, id=f"{operation_id}-{role}") for operation_id in ENDPOINTS for role in ROLES
+    ]
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -679,7 +671,7 @@ async def test_every_endpoint_has_a_row() -> None:
     for operation_id, row in MATRIX.items():
         assert len(row) == len(ROLES), f"{operation_id}: one column per role"
         assert all(cell == OK or cell in (401, 403, 404) for cell in row), f"{operation_id}: {row}"
-    named = {key[0] for key in EXPECTED_FAILURES} | set(CONTENT_CHECKS) | BUSINESS_ERROR_OK | FRESH_MEETING | STAND_IN
+    named = set(CONTENT_CHECKS) | BUSINESS_ERROR_OK | FRESH_MEETING | STAND_IN
     assert named <= declared, f"unknown operations named: {named - declared}"
 
 

@@ -165,16 +165,16 @@ async def test_every_operation_enforces_its_limit(limited: Callable[..., Any]) -
 async def test_the_window_moves(limited: Callable[..., Any]) -> None:
     """A moving window: a slot frees when the call that took it is a window old, not at a
     fixed boundary when every slot would free at once."""
-    api = await limited(endpoints={"meta.health": "3 per 2 seconds"})
+    api = await limited(endpoints={"meta.health": "3 per 4 seconds"})
     loop = asyncio.get_running_loop()
     start = loop.time()
     for _ in range(2):
         await api.call("GET", "/api/v1/health", expect=200)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(max(0.0, start + 2.0 - loop.time()))
     await api.call("GET", "/api/v1/health", expect=200)
     await api.call("GET", "/api/v1/health", expect=429)
-    await asyncio.sleep(max(0.0, start + 2.1 - loop.time()))
-    # The first two calls left the window; the one made a second later did not.
+    await asyncio.sleep(max(0.0, start + 4.2 - loop.time()))
+    # The first two calls left the window; the one made two seconds later did not.
     await api.call("GET", "/api/v1/health", expect=200)
     await api.call("GET", "/api/v1/health", expect=200)
     await api.call("GET", "/api/v1/health", expect=429)

@@ -272,9 +272,20 @@ export class HuiyiClient extends EventTarget {
     const expiry = tokenExpiry(this.token);
     if (!this.refreshToken || expiry === null) return;
     const delay = Math.max(0, expiry - Date.now() - RENEW_BEFORE_MS);
-    this.#renewTimer = setTimeout(() => {
-      this.#refreshTokens().catch((error) => this.#emitFailure(error));
-    }, delay);
+    this.#renewTimer = setTimeout(() => this.#renewWithRetries(expiry), delay);
+  }
+
+  /** A refresh can fail for a moment (network, a 429): try again with backoff while the token lasts. */
+  async #renewWithRetries(expiry, wait = 2_000) {
+    try {
+      await this.#refreshTokens();
+    } catch (error) {
+      if (this.#closed || Date.now() + wait >= expiry) {
+        this.#emitFailure(error);
+        return;
+      }
+      this.#renewTimer = setTimeout(() => this.#renewWithRetries(expiry, Math.min(wait * 2, 30_000)), wait);
+    }
   }
 
   async #refreshTokens() {
