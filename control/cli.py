@@ -8,6 +8,7 @@ import asyncio
 import getpass
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +73,14 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequestsAreInfo())
 
 
+async def _status_on_sigusr1(app: web.Application) -> None:
+    """``kill -USR1 <pid>`` logs the media server's load: the process has one app, so the signal
+    is the command line's to give out (an embedding program keeps its own signals)."""
+    from control.context import SFU
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, app[SFU].log_status)
+
+
 def serve(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="run_server.py", description="Start the huiyi server.")
     _common_flags(parser)
@@ -101,8 +110,10 @@ def serve(argv: Sequence[str]) -> int:
         settings.server.data_dir,
         "on" if settings.rate_limits.enabled else "off",
     )
+    app = create_app(settings)
+    app.on_startup.append(_status_on_sigusr1)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         access_log_class=AccessLogger,

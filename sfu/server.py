@@ -7,9 +7,7 @@ choices, RTCP reports and active-speaker detection for all of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 from typing import Any
 
@@ -55,21 +53,16 @@ class Sfu:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ticker = loop.create_task(self._tick_forever())
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or no signals
-            loop.add_signal_handler(signal.SIGUSR1, self.log_status)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
 
     def log_status(self) -> None:
-        """On SIGUSR1: one line with the process's media load, so an operator (or a soak test) can
+        """On SIGUSR1 (see control/cli.py): one line with the process's media load, so an operator (or a soak test) can
         watch for leaks in a live server without a debugger."""
         sockets = sum(
             len(side.transport.link.connection._protocols)
