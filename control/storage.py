@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,9 @@ from typing import Protocol
 from control.private_files import FILE_MODE, create_private, private_directory
 
 _LEGACY_SCRATCH = re.compile(r"[0-9a-f]{32}(\.part)?")
+# A node of an earlier version, still running beside this one during an upgrade, writes directly
+# in the shared scratch folder; what it is writing changes often, what a crash left does not.
+LEGACY_SCRATCH_IDLE_SECONDS = 3600.0
 
 
 class TooLarge(Exception):
@@ -47,10 +51,18 @@ class LocalStorage:
 
     def clear_scratch(self) -> int:
         """Remove what this node's previous run left half done; how many entries went. Entries
-        of the layout before scratch folders were per node (directly in ``.scratch``) go too."""
+        of the layout before scratch folders were per node (directly in ``.scratch``, so of no
+        node in particular) go too once nothing in them changed for LEGACY_SCRATCH_IDLE_SECONDS."""
         shared = self._scratch.parent
+        idle_since = time.time() - LEGACY_SCRATCH_IDLE_SECONDS
         leftovers = (
-            [entry for entry in shared.iterdir() if _LEGACY_SCRATCH.fullmatch(entry.name)] if shared.is_dir() else []
+            [
+                entry
+                for entry in shared.iterdir()
+                if _LEGACY_SCRATCH.fullmatch(entry.name) and _last_change(entry) < idle_since
+            ]
+            if shared.is_dir()
+            else []
         )
         if self._scratch.is_dir():
             leftovers += list(self._scratch.iterdir())
@@ -101,6 +113,18 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)
+
+
+def _last_change(entry: Path) -> float:
+    """When anything in ``entry`` (a file, or a folder and all it holds) last changed; an entry
+    that went meanwhile counts as changed now, so that it is left alone."""
+    try:
+        times = [entry.lstat().st_mtime]
+        if entry.is_dir() and not entry.is_symlink():
+            times += [inner.lstat().st_mtime for inner in entry.rglob("*")]
+    except OSError:
+        return time.time()
+    return max(times)
 
 
 def _folder_name(node_id: str) -> str:

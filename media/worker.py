@@ -18,12 +18,12 @@ from typing import Any
 
 from media.jobs import JOBS, JobFailed
 
-_progress: multiprocessing.queues.Queue[tuple[str, int]] | None = None
+_progress: multiprocessing.queues.Queue[tuple[str, int, int]] | None = None
 PR_SET_PDEATHSIG = 1
 PARENT_CHECK_SECONDS = 0.5
 
 
-def initialise(progress: multiprocessing.queues.Queue[tuple[str, int]], parent_pid: int) -> None:
+def initialise(progress: multiprocessing.queues.Queue[tuple[str, int, int]], parent_pid: int) -> None:
     global _progress
     _progress = progress
     die_with_parent(parent_pid)
@@ -47,8 +47,11 @@ def _watch_parent(parent_pid: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run(job_id: str, kind: str, params: dict[str, Any], inputs: list[str], scratch: str) -> list[tuple[str, str]]:
-    """Outputs as (path, suggested name); JobFailed travels back to the server as is."""
+def run(
+    job_id: str, attempt: int, kind: str, params: dict[str, Any], inputs: list[str], scratch: str
+) -> list[tuple[str, str]]:
+    """Outputs as (path, suggested name); JobFailed travels back to the server as is. Reports
+    (job, attempt, percent), -1 for started: the attempt tells a late report of a dead worker."""
     last = -1
 
     def report(fraction: float) -> None:
@@ -56,10 +59,10 @@ def run(job_id: str, kind: str, params: dict[str, Any], inputs: list[str], scrat
         percent = max(0, min(99, int(fraction * 100)))
         if percent > last and _progress is not None:
             last = percent
-            _progress.put((job_id, percent))
+            _progress.put((job_id, attempt, percent))
 
     if _progress is not None:
-        _progress.put((job_id, -1))  # started
+        _progress.put((job_id, attempt, -1))  # started
     try:
         outputs = JOBS[kind](inputs, Path(scratch), params, report)
     except JobFailed:

@@ -1,7 +1,8 @@
 """Media jobs across real process deaths: a server killed mid-job (its workers must go with it, the
-job resumes on restart, a second interruption fails it), a worker killed mid-job (the pool is
-replaced, the job tried again once), and two nodes sharing a database (a job stays with the node
-running it until that node dies, then the other node takes it over)."""
+job resumes on restart, a second interruption fails it), a worker killed mid-job or before it
+could report the job started (the pool is replaced, the job tried again once), and two nodes
+sharing a database (a job stays with the node running it until that node dies, then the other
+node takes it over)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,6 @@ from tests.server_process import ServerProcess, start_server
 PASSWORD = "job-runner-123"
 # Long enough to be caught running (a few seconds), short enough to let one run to the end.
 SLOW_TRANSCODE = {"format": "webm", "video_codec": "vp8", "width": 320, "height": 240}
-# Long enough for a second server to start while it runs.
-SLOWER_TRANSCODE = {**SLOW_TRANSCODE, "width": 480, "height": 360}
 JOB_DEADLINE = 90.0
 LEASE_SECONDS = "2"
 
@@ -78,6 +78,19 @@ def kill(server: ServerProcess) -> list[int]:
     server.process.send_signal(signal.SIGKILL)
     server.process.wait(timeout=10)
     return workers
+
+
+async def kill_new_worker(server: ServerProcess, known: set[int]) -> int:
+    """SIGKILL the first worker of the server not in ``known`` the moment it exists: long before
+    it imported what a job needs, so before it could report anything."""
+    deadline = time.monotonic() + JOB_DEADLINE
+    while time.monotonic() < deadline:
+        new = [pid for pid in job_workers(server.process.pid) if pid not in known]
+        if new:
+            os.kill(new[0], signal.SIGKILL)
+            return new[0]
+        await asyncio.sleep(0.002)
+    raise AssertionError("no new worker process")
 
 
 OTHER_NODE_SCRATCH = "other-node-0123abcd"
@@ -189,7 +202,10 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
             assert scratch_entries(data_dir), "the killed job left its scratch folder"
             (own,) = (data_dir / "media" / ".scratch").iterdir()
             (own / "cut-upload.part").write_bytes(b"half")
-            (data_dir / "media" / ".scratch" / ("e" * 32 + ".part")).write_bytes(b"older layout")
+            older_layout = data_dir / "media" / ".scratch" / ("e" * 32 + ".part")
+            older_layout.write_bytes(b"left by a crash of a node of the older layout, long ago")
+            long_ago = time.time() - 2 * 3600
+            os.utime(older_layout, (long_ago, long_ago))
             other = data_dir / "media" / ".scratch" / OTHER_NODE_SCRATCH / "in-flight.part"
             other.parent.mkdir()
             other.write_bytes(b"another node's upload")
@@ -248,6 +264,16 @@ async def test_a_killed_worker_is_replaced_and_its_job_tried_once_more(tmp_path:
             failed = await user.finished(server, job_id)
             assert failed["status"] == "failed" and "worker process crashed" in failed["error"], failed
 
+            # Workers that die before they could report the job started (each new one of the
+            # new pools killed as soon as it exists) use up its attempts all the same.
+            early = await user.start(server, "thumbnail", {"file_id": file_id})
+            killed = {first, *second}
+            for _ in range(2):
+                killed.add(await kill_new_worker(server, killed))
+            failed = await user.finished(server, early)
+            assert failed["status"] == "failed" and "worker process crashed" in failed["error"], failed
+            assert sqlite_job(data_dir, early)["attempts"] == 2
+
             # The pool recovered: the next job runs.
             thumbnail = await user.start(server, "thumbnail", {"file_id": file_id})
             assert (await user.finished(server, thumbnail))["status"] == "succeeded"
@@ -295,10 +321,27 @@ async def test_a_job_stays_with_its_node_until_that_node_dies(
         try:
             await user.sign_up(a)
             file_id = await user.upload(a, clip)
-            kept = await user.start(a, "transcode", {"file_id": file_id, **SLOWER_TRANSCODE})
+            kept = await user.start(a, "transcode", {"file_id": file_id, **SLOW_TRANSCODE})
             await user.running(a, kept)
-            b = await asyncio.to_thread(start, "node-b")
-            assert (await user.job(b, kept))["status"] == "running", "node b started after the job ended"
+            # Node a's worker is held still, so the job is running however long node b takes to
+            # start; node a itself carries on and renews its lease.
+            (held,) = job_workers(a.process.pid)
+            os.kill(held, signal.SIGSTOP)
+            try:
+                b = await asyncio.to_thread(start, "node-b")
+                assert (await user.job(b, kept))["status"] == "running"
+                # Node b looked for jobs to take when it started, and again every third of a
+                # lease while node a renewed its lease past a whole lease after that.
+                renewed_past = (await postgres_job(shared_schema, kept))["lease_expires_at"] + timedelta(
+                    seconds=float(LEASE_SECONDS)
+                )
+
+                async def renewed() -> bool:
+                    return bool((await postgres_job(shared_schema, kept))["lease_expires_at"] > renewed_past)
+
+                await until(renewed, "node a renewing its lease")
+            finally:
+                os.kill(held, signal.SIGCONT)
             assert (await user.finished(a, kept))["status"] == "succeeded"
             row = await postgres_job(shared_schema, kept)
             assert (row["node_id"], row["attempts"]) == ("node-a", 1), "node b ran node a's job"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import secrets
 import statistics
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ from aiohttp import FormData
 from PIL import Image
 
 from control.context import STORAGE, STORE
+from control.envelope import utc_now
+from control.storage import LEGACY_SCRATCH_IDLE_SECONDS, LocalStorage
 from control.store.media import MeetingGone
 from media.samples import write_clip
 from tests.conftest import Account, Api
@@ -447,3 +452,91 @@ async def test_a_job_outliving_its_meeting_leaves_nothing_in_a_new_one(api: Api,
         fields = {**record.__dict__, "id": "d" * 32, "meeting_id": old_id}
         del fields["created_at"]
         await api.app[STORE].media.add(**fields)
+
+
+def output_row(user_id: int, meeting_id: int | None) -> dict[str, Any]:
+    return {
+        "id": secrets.token_hex(16),
+        "user_id": user_id,
+        "meeting_id": meeting_id,
+        "file_name": "out.webm",
+        "storage_key": secrets.token_hex(16),
+        "file_type": "video",
+        "mime_type": "video/webm",
+        "size": 1,
+        "duration": 1.0,
+    }
+
+
+async def test_a_refused_completion_keeps_none_of_the_job_outputs(api: Api) -> None:
+    """The runner deletes the bytes of outputs it could not keep: a row left of them would list
+    a file that cannot be downloaded."""
+    owner = await api.account()
+    kept = await api.call("POST", "/api/v1/meetings", token=owner.access, json={"title": "Kept"}, expect=201)
+    gone = await api.call("POST", "/api/v1/meetings", token=owner.access, json={"title": "Gone"}, expect=201)
+    kept_id, gone_id = kept["data"]["meeting_id"], gone["data"]["meeting_id"]
+    await api.call("DELETE", f"/api/v1/meetings/{gone_id}", token=owner.access, expect=200)
+    store = api.app[STORE]
+
+    async def job(node: str) -> str:
+        job_id = secrets.token_hex(16)
+        # Another node's job, its lease far off: the test's own server leaves it alone.
+        await store.jobs.add(
+            job_id=job_id,
+            user_id=owner.id,
+            kind="thumbnail",
+            params={"inputs": []},
+            node_id=node,
+            lease_until=utc_now() + timedelta(hours=1),
+        )
+        return job_id
+
+    async def rows(files: list[dict[str, Any]]) -> list[str]:
+        return [values["id"] for values in files if await store.media.get(values["id"]) is not None]
+
+    # Finished on a node that no longer owns the job.
+    taken = await job("node-b")
+    outputs = [output_row(owner.id, kept_id), output_row(owner.id, kept_id)]
+    assert await store.jobs.succeed(taken, "node-a", outputs) is None
+    assert await rows(outputs) == []
+    assert (await store.jobs.get(taken)).status == "queued"  # type: ignore[union-attr]
+
+    # Finished for a meeting deleted meanwhile, after an output that could have been kept.
+    orphaned = await job("node-a")
+    outputs = [output_row(owner.id, None), output_row(owner.id, gone_id)]
+    with pytest.raises(MeetingGone):
+        await store.jobs.succeed(orphaned, "node-a", outputs)
+    assert await rows(outputs) == []
+    assert (await store.jobs.get(orphaned)).status == "queued"  # type: ignore[union-attr]
+
+    # Owned, meeting there: all of it is kept.
+    outputs = [output_row(owner.id, None), output_row(owner.id, kept_id)]
+    done = await job("node-a")
+    assert await store.jobs.succeed(done, "node-a", outputs) == [values["id"] for values in outputs]
+    assert await rows(outputs) == [values["id"] for values in outputs]
+    assert (await store.jobs.get(done)).status == "succeeded"  # type: ignore[union-attr]
+
+
+def test_clearing_scratch_leaves_other_nodes_and_live_older_layout_files(tmp_path: Path) -> None:
+    node = LocalStorage(tmp_path, node_id="node-a")
+    leftover = node.scratch_path(".part")
+    leftover.write_bytes(b"cut upload of the previous run")
+    other = LocalStorage(tmp_path, node_id="node-b").scratch_path(".part")
+    other.write_bytes(b"upload in flight on another node")
+    shared = tmp_path / ".scratch"
+    # Of a node of the older layout: a crash's leftovers, and a job it is still writing (its
+    # folder untouched for long, the file in it just written).
+    idle = time.time() - LEGACY_SCRATCH_IDLE_SECONDS - 60
+    stale_file, stale_folder, live_folder = shared / ("a" * 32 + ".part"), shared / ("b" * 32), shared / ("c" * 32)
+    stale_file.write_bytes(b"left by a crash")
+    (stale_folder / "out.webm").parent.mkdir()
+    (stale_folder / "out.webm").write_bytes(b"left by a crash")
+    (live_folder / "out.webm").parent.mkdir()
+    (live_folder / "out.webm").write_bytes(b"being written")
+    for path in (stale_file, stale_folder / "out.webm", stale_folder, live_folder):
+        os.utime(path, (idle, idle))
+
+    assert node.clear_scratch() == 3
+    assert not leftover.exists() and not stale_file.exists() and not stale_folder.exists()
+    assert other.read_bytes() == b"upload in flight on another node"
+    assert (live_folder / "out.webm").read_bytes() == b"being written"

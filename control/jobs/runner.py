@@ -52,6 +52,9 @@ class JobRunner:
         self._pool = self._new_pool()
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[str, asyncio.Task[None]] = {}
+        # A job goes to the pool only when a worker is free for it, so that one handed over is
+        # one started: its attempt is counted then, and a pool that breaks takes only those along.
+        self._free_worker = asyncio.Semaphore(self.workers)
         self._reader: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Progress writes run as separate tasks; per job they go through one lock and never go back.
@@ -87,7 +90,7 @@ class JobRunner:
                 continue
             if job.node_id not in (None, self.node_id):
                 log.info("job %s was left by node %s; taking it over", job.id, job.node_id)
-            if job.status == "running" and job.attempts >= MAX_ATTEMPTS:
+            if job.attempts >= MAX_ATTEMPTS:
                 await self._finish(job.id, "failed", error="interrupted by server restarts; giving up")
                 continue
             if job.status == "running":
@@ -133,21 +136,24 @@ class JobRunner:
             item = self._progress.get()
             if item is None or self._loop is None:
                 return
-            job_id, percent = item
-            self._loop.call_soon_threadsafe(lambda j=job_id, p=percent: self.submit_progress(j, p))
+            job_id, attempt, percent = item
+            self._loop.call_soon_threadsafe(lambda j=job_id, a=attempt, p=percent: self.submit_progress(j, a, p))
 
-    def submit_progress(self, job_id: str, percent: int) -> None:
-        self._spawn(self._record_progress(job_id, percent))
+    def submit_progress(self, job_id: str, attempt: int, percent: int) -> None:
+        self._spawn(self._record_progress(job_id, attempt, percent))
 
-    async def _record_progress(self, job_id: str, percent: int) -> None:
+    async def _record_progress(self, job_id: str, attempt: int, percent: int) -> None:
+        """Reports of an earlier attempt (of a worker that died) arriving late change nothing."""
         if percent < 0:
-            await self.store.jobs.mark_started(job_id, self.node_id)
+            await self.store.jobs.mark_started(job_id, self.node_id, attempt)
             return
         async with self._progress_locks.setdefault(job_id, asyncio.Lock()):
             if percent <= self._progress_written.get(job_id, -1):
                 return
             self._progress_written[job_id] = percent
-            await self.store.jobs.update(job_id, node_id=self.node_id, only_if=["running"], progress=percent)
+            await self.store.jobs.update(
+                job_id, node_id=self.node_id, only_if=["running"], attempt=attempt, progress=percent
+            )
 
     async def _finish(self, job_id: str, status: str, **values: Any) -> None:
         self._forget_progress(job_id)
@@ -178,9 +184,22 @@ class JobRunner:
             if await self._meeting_gone(job):
                 raise MeetingGone(job.params["meeting_id"])
             inputs = await self._inputs(job)
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                pool, worker.run, job.id, job.kind, job.params, inputs, str(scratch)
-            )
+            async with self._free_worker:
+                # Counted before the worker has it: the worker's own report comes through a queue,
+                # too late when it dies at once.
+                attempt = await self.store.jobs.begin_attempt(job.id, self.node_id)
+                if attempt is None:
+                    log.info("job %s is no longer this node's to run", job.id)
+                    return
+                work = (worker.run, job.id, attempt, job.kind, job.params, inputs, str(scratch))
+                pool = self._pool  # the one of the moment, should another have broken meanwhile
+                try:
+                    submitted = pool.submit(*work)
+                except BrokenProcessPool:  # an idle worker died: the job never got to it
+                    self._replace_pool(pool)
+                    pool = self._pool
+                    submitted = pool.submit(*work)
+                outputs = await asyncio.wrap_future(submitted)
             await self._keep(job, outputs)
         except JobFailed as exc:
             log.info("job %s (%s) failed: %s", job.id, job.kind, exc)
@@ -201,10 +220,8 @@ class JobRunner:
     async def _worker_died(self, job: JobRecord, pool: ProcessPoolExecutor) -> None:
         """A worker process died (killed, out of memory, a crash in a codec): every job the pool
         ran fails over to a new pool, and is tried again unless it has used up its attempts."""
-        if self._pool is pool:
-            log.error("a worker process died during job %s; starting a new pool", job.id)
-            self._pool = self._new_pool()
-            pool.shutdown(wait=False, cancel_futures=True)
+        log.error("a worker process died during job %s", job.id)
+        self._replace_pool(pool)
         self._forget_progress(job.id)
         current = await self.store.jobs.get(job.id)
         if current is None or current.node_id != self.node_id:
@@ -214,6 +231,13 @@ class JobRunner:
         elif await self.store.jobs.update(job.id, node_id=self.node_id, status="queued", progress=0):
             log.info("job %s: running it again after its worker died", job.id)
             self._submit(current)
+
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
+        """Start a new pool in place of ``broken``, unless another job already did."""
+        if self._pool is broken:
+            log.info("starting a new worker pool in place of the broken one")
+            self._pool = self._new_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
 
     async def _keep(self, job: JobRecord, outputs: list[tuple[str, str]]) -> None:
         """Outputs become media files of the job's owner, in the meeting of its first input, only

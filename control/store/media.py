@@ -53,24 +53,38 @@ class JobRecord:
     lease_expires_at: datetime | None
 
 
-async def _insert_file(connection: AsyncConnection, values: dict[str, Any]) -> MediaRecord:
-    """The foreign key refuses a meeting deleted meanwhile (ids are never reused, so an id that
-    still exists is the same meeting); that refusal becomes MeetingGone."""
-    try:
-        async with connection.begin_nested():
-            row = (
-                await connection.execute(
-                    media_files.insert().values(created_at=utc_now(), **values).returning(*media_files.c)
-                )
-            ).one()
-    except IntegrityError:
-        meeting_id = values.get("meeting_id")
-        if meeting_id is not None:
+async def _insert_files(connection: AsyncConnection, files: list[dict[str, Any]]) -> list[MediaRecord]:
+    """Insert ``files`` within the caller's transaction, after checking their meetings still exist
+    (ids are never reused, so an id that still exists is the same meeting); one that was deleted
+    raises MeetingGone before anything is written, and the caller's rollback undoes the rest.
+
+    On PostgreSQL the meeting rows stay locked against deletion until the transaction ends; on
+    SQLite a deletion waits for the write lock, held from the transaction's first write (a caller
+    that has not written yet is covered by ``_refused``)."""
+    for meeting_id in {values["meeting_id"] for values in files if values.get("meeting_id") is not None}:
+        found = select(meetings.c.id).where(meetings.c.id == meeting_id).with_for_update(key_share=True)
+        if (await connection.execute(found)).first() is None:
+            raise MeetingGone(meeting_id)
+    records = []
+    for values in files:
+        row = (
+            await connection.execute(
+                media_files.insert().values(created_at=utc_now(), **values).returning(*media_files.c)
+            )
+        ).one()
+        records.append(MediaRecord(**row._mapping))
+    return records
+
+
+async def _refused(engine: AsyncEngine, files: list[dict[str, Any]], error: IntegrityError) -> Exception:
+    """What a rolled-back insert refused by the database means: MeetingGone when a meeting was
+    deleted between the check and the insert, else the error itself."""
+    async with engine.connect() as connection:
+        for meeting_id in {values["meeting_id"] for values in files if values.get("meeting_id") is not None}:
             found = await connection.execute(select(meetings.c.id).where(meetings.c.id == meeting_id))
             if found.first() is None:
-                raise MeetingGone(meeting_id) from None
-        raise
-    return MediaRecord(**row._mapping)
+                return MeetingGone(meeting_id)
+    return error
 
 
 class MediaStore:
@@ -79,8 +93,12 @@ class MediaStore:
 
     async def add(self, **values: Any) -> MediaRecord:
         """Raises MeetingGone when ``meeting_id`` names a meeting that no longer exists."""
-        async with self._engine.begin() as connection:
-            return await _insert_file(connection, values)
+        try:
+            async with self._engine.begin() as connection:
+                (record,) = await _insert_files(connection, [values])
+        except IntegrityError as exc:
+            raise await _refused(self._engine, [values], exc) from None
+        return record
 
     async def get(self, file_id: str) -> MediaRecord | None:
         async with self._engine.connect() as connection:
@@ -174,25 +192,40 @@ class JobStore:
             row = (await connection.execute(select(jobs).where(jobs.c.id == job_id))).first()
         return JobRecord(**row._mapping) if row else None
 
-    async def update(self, job_id: str, *, node_id: str, only_if: Iterable[str] = UNFINISHED, **values: Any) -> bool:
-        """Change a job this node owns and that is still in one of ``only_if``."""
+    async def update(
+        self,
+        job_id: str,
+        *,
+        node_id: str,
+        only_if: Iterable[str] = UNFINISHED,
+        attempt: int | None = None,
+        **values: Any,
+    ) -> bool:
+        """Change a job this node owns and that is still in one of ``only_if`` (and, given
+        ``attempt``, still in that attempt: a late report of an earlier one changes nothing)."""
+        conditions = [jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.status.in_(list(only_if))]
+        if attempt is not None:
+            conditions.append(jobs.c.attempts == attempt)
+        async with self._engine.begin() as connection:
+            return (await connection.execute(update(jobs).where(*conditions).values(**values))).rowcount == 1
+
+    async def begin_attempt(self, job_id: str, node_id: str) -> int | None:
+        """Count one more attempt of a queued job this node owns, before a worker gets it (so a
+        worker that dies at once still used it up); its number, None when the job is not ours."""
         statement = (
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.status.in_(list(only_if)))
-            .values(**values)
+            .where(jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.status == "queued")
+            .values(attempts=jobs.c.attempts + 1)
+            .returning(jobs.c.attempts)
         )
         async with self._engine.begin() as connection:
-            return (await connection.execute(statement)).rowcount == 1
+            row = (await connection.execute(statement)).first()
+        return None if row is None else int(row.attempts)
 
-    async def mark_started(self, job_id: str, node_id: str) -> bool:
-        """A worker picked the job up: one more attempt."""
+    async def mark_started(self, job_id: str, node_id: str, attempt: int) -> bool:
+        """A worker picked attempt ``attempt`` of the job up."""
         return await self.update(
-            job_id,
-            node_id=node_id,
-            only_if=["queued"],
-            status="running",
-            started_at=utc_now(),
-            attempts=jobs.c.attempts + 1,
+            job_id, node_id=node_id, only_if=["queued"], attempt=attempt, status="running", started_at=utc_now()
         )
 
     async def renew(self, job_ids: Iterable[str], node_id: str, lease_until: datetime) -> None:
@@ -251,11 +284,13 @@ class JobStore:
 
     async def succeed(self, job_id: str, node_id: str, files: list[dict[str, Any]]) -> list[str] | None:
         """Keep the outputs as media files and mark the job done, all or nothing; None when this
-        node no longer owns the job. Raises MeetingGone when the job's meeting was deleted."""
+        node no longer owns the job. Raises MeetingGone when the job's meeting was deleted.
+
+        The job is marked first: on SQLite that write takes the database's write lock, so that
+        nothing changes the job or the meetings between these checks and the file rows."""
+        file_ids = [values["id"] for values in files]
         try:
             async with self._engine.begin() as connection:
-                records = [await _insert_file(connection, values) for values in files]
-                file_ids = [record.id for record in records]
                 done = await connection.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.status.in_(UNFINISHED))
@@ -263,8 +298,11 @@ class JobStore:
                 )
                 if done.rowcount != 1:
                     raise _Lost
+                await _insert_files(connection, files)
         except _Lost:
             return None
+        except IntegrityError as exc:
+            raise await _refused(self._engine, files, exc) from None
         return file_ids
 
 
