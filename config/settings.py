@@ -104,6 +104,8 @@ class SfuSettings(_Section):
     announce_addresses: list[str] = Field(default_factory=list)
     port_min: int = Field(0, ge=0, le=65535)
     port_max: int = Field(0, ge=0, le=65535)
+    # Clients send RTCP every second or so; limits of a few seconds suit tests, not real networks.
+    silence_seconds: float = Field(15.0, ge=1.0, le=300.0)
 
     @field_validator("bind_addresses", "announce_addresses", mode="before")
     @classmethod

@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("huiyi.sfu.peer")
 
-# A connected client sends RTCP at least every few seconds (and ICE consent checks every 5 s); this
-# long without a packet that decrypts means it is gone, sooner than aioice's consent expiry (~30 s).
-SILENCE_LIMIT_SECONDS = 15.0
-
 Signal = Callable[[str, dict[str, Any]], None]
 
 
@@ -108,17 +104,16 @@ class Peer:
             self.subscriber.detach()
 
     def _reap_silent(self, now: float) -> None:
+        """A connected client sends RTCP at least every few seconds (and ICE consent checks every 5 s);
+        ``sfu.silence_seconds`` without a packet that decrypts means it is gone, sooner than aioice's
+        consent expiry (~30 s) would tell."""
+        limit = self.sfu.settings.silence_seconds
         for which, side in (("publisher", self.publisher), ("subscriber", self.subscriber)):
             transport = side.transport
             if transport is None or side.state != "connected":
                 continue
-            if now - transport.stats.last_heard > SILENCE_LIMIT_SECONDS:
-                log.info(
-                    "peer %s: nothing heard on the %s connection for %.0f s; closing it",
-                    self.id,
-                    which,
-                    SILENCE_LIMIT_SECONDS,
-                )
+            if now - transport.stats.last_heard > limit:
+                log.info("peer %s: nothing heard on the %s connection for %.0f s; closing it", self.id, which, limit)
                 side.state = "failed"
                 self.spawn(transport.close())
                 self.on_transport_lost(which)

@@ -15,7 +15,14 @@ from typing import Any
 import aiohttp
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from bench.loopback import loopback_only
@@ -78,6 +85,7 @@ class ToneAudioTrack(MediaStreamTrack):
 class RemoteTrack:
     info: dict[str, Any]
     track: MediaStreamTrack
+    receiver: RTCRtpReceiver
     frames: int = 0
     sizes: set[tuple[int, int]] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -135,11 +143,20 @@ class Participant:
             elif message["type"] == "offer" and message["from"] == 0 and data.get("target") == "subscriber":
                 await self._on_subscriber_offer(data)
 
-    async def publish(self, video: tuple[int, int] | None = (320, 240), audio: bool = True) -> None:
+    async def publish(
+        self, video: tuple[int, int] | None = (320, 240), audio: bool = True, video_codec: str | None = None
+    ) -> None:
+        """Send a tone and a pattern; ``video_codec`` (a MIME type, e.g. "video/H264") is the only
+        video codec offered (with RTX), otherwise aiortc's preference (VP8 first) stands."""
         if audio:
             self.publisher.addTransceiver(ToneAudioTrack(), direction="sendonly")
         if video:
-            self.publisher.addTransceiver(PatternVideoTrack(*video), direction="sendonly")
+            transceiver = self.publisher.addTransceiver(PatternVideoTrack(*video), direction="sendonly")
+            if video_codec is not None:
+                capabilities = RTCRtpSender.getCapabilities("video")
+                transceiver.setCodecPreferences(
+                    [c for c in capabilities.codecs if c.mimeType in (video_codec, "video/rtx")]
+                )
         await self.publisher.setLocalDescription(await self.publisher.createOffer())
         await self.send("offer", {"target": "publisher", "sdp": self.publisher.localDescription.sdp})
         answer = await asyncio.wait_for(self.answers.get(), 10)
@@ -158,8 +175,9 @@ class Participant:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.subscriber is not None
-        mid = next(t.mid for t in self.subscriber.getTransceivers() if t.receiver.track is track)
-        remote = RemoteTrack(self.track_info.get(mid, {}), track)
+        transceiver = next(t for t in self.subscriber.getTransceivers() if t.receiver.track is track)
+        mid = transceiver.mid
+        remote = RemoteTrack(self.track_info.get(mid, {}), track, transceiver.receiver)
         self.remote[mid] = remote
         self._consumers.append(asyncio.get_running_loop().create_task(self._consume(remote)))
 
@@ -172,6 +190,17 @@ class Participant:
                     remote.sizes.add((frame.width, frame.height))
         except MediaStreamError:
             remote.ended.set()
+
+    def media_ssrc(self, remote: RemoteTrack) -> int:
+        """The SSRC the server's offer signals for a received track's media (not its RTX)."""
+        assert self.subscriber is not None and self.subscriber.remoteDescription is not None
+        for section in self.subscriber.remoteDescription.sdp.split("\r\nm=")[1:]:
+            lines = section.split("\r\n")
+            if f"a=mid:{remote.info['mid']}" in lines:
+                groups = [line.split()[1] for line in lines if line.startswith("a=ssrc-group:FID ")]
+                ssrcs = [line[7:].split()[0] for line in lines if line.startswith("a=ssrc:")]
+                return int((groups or ssrcs)[0])
+        raise AssertionError(f"no m-section for mid {remote.info['mid']}")
 
     def video_from(self, user_id: int) -> RemoteTrack | None:
         for remote in self.remote.values():
