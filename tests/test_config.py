@@ -42,6 +42,10 @@ def test_each_layer_overrides_the_one_before(tmp_path: Path) -> None:
         ({"HUIYI_AUTH_ACCESS_TOKEN_TTL_SECONDS": "0"}, "auth.access_token_ttl_seconds"),
         ({"HUIYI_DATABASE_URL": "mysql://x"}, "unsupported database URL"),
         ({"HUIYI_SERVER_LOG_LEVEL": "LOUD"}, "server.log_level"),
+        ({"HUIYI_SFU_SILENCE_SECONDS": "0"}, "sfu.silence_seconds"),
+        ({"HUIYI_SIGNALING_MAX_SOCKETS_PER_USER": "0"}, "signaling.max_sockets_per_user"),
+        ({"HUIYI_AUTH_ACCOUNT_CACHE_SECONDS": "-1"}, "auth.account_cache_seconds"),
+        ({"HUIYI_DATABASE_POOL_SIZE": "0"}, "database.pool_size"),
     ],
 )
 def test_invalid_values_are_named(environ: dict[str, str], message: str) -> None:
