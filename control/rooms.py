@@ -102,13 +102,21 @@ async def close_room(app: web.Application, meeting_id: int, reason: str) -> None
     await app[HUB].close_user(meeting_id, None, CLOSE_MEETING_ENDED, reason)
 
 
+async def went_offline(
+    app: web.Application, meeting_id: int, user_id: int, reason: str, *, tell_room: bool = True
+) -> bool:
+    """A socket of the user's in the meeting is gone. Unless another of theirs is open on some node
+    at this very moment (a reconnect), they turn offline and, with ``tell_room``, the room hears
+    ``user-left`` once, however many of their sockets went at the same time. Whether they did."""
+    if not await app[STORE].participants.went_offline(meeting_id, user_id):
+        return False
+    if tell_room:
+        await app[HUB].broadcast(message("user-left", meeting_id, user_id, {"user_id": user_id, "reason": reason}))
+    return True
+
+
 async def close_node_sessions(app: web.Application, node_id: str) -> None:
     """This node starts again after it stopped or crashed: the sockets it held are gone. Their
     sessions close, and users left with no socket on any node turn offline and their rooms hear it."""
     for meeting_id, user_id in await app[STORE].sessions.close_node(node_id, "node restarted"):
-        participant = await app[STORE].participants.get(meeting_id, user_id)
-        if participant is None or participant.status != "online":
-            continue
-        await app[STORE].participants.update(meeting_id, user_id, status="offline")
-        farewell = {"user_id": user_id, "reason": "connection lost"}
-        await app[HUB].broadcast(message("user-left", meeting_id, user_id, farewell))
+        await went_offline(app, meeting_id, user_id, "connection lost")

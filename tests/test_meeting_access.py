@@ -122,6 +122,82 @@ async def test_racing_hand_overs_leave_exactly_one_host(api: Api) -> None:
     assert roles[host.id] == "moderator"
 
 
+# --- what lands while a join checks the password is kept ----------------------------------------------
+# Checking a password takes ~100 ms (Argon2): a removal, hand-over or admission lands in that window.
+
+
+async def _password_meeting(api: Api, host: Account, guest: Account, **settings: bool) -> int:
+    meeting_id = (await create(api, host, password="open-sesame", settings=settings))["meeting_id"]
+    assert (await join(api, meeting_id, guest, password="open-sesame"))["status"] == 200
+    return meeting_id
+
+
+async def test_a_removal_during_a_join_is_not_undone(api: Api) -> None:
+    host, guest = await api.account(), await api.account()
+    meeting_id = await _password_meeting(api, host, guest)
+    removal = f"{BASE}/{meeting_id}/participants/{guest.id}"
+    joined, removed = await asyncio.gather(
+        join(api, meeting_id, guest, password="open-sesame"), api.call("DELETE", removal, token=host.access)
+    )
+    assert removed["status"] == 200, removed
+    assert joined["status"] in {200, 403}, joined
+    assert guest.id not in await people(api, meeting_id, host)
+    answer = await join(api, meeting_id, guest, password="open-sesame")
+    refused(answer, 403)
+    assert "removed" in answer["message"]
+
+
+async def test_a_hand_over_during_a_join_keeps_the_new_host(api: Api) -> None:
+    host, guest = await api.account(), await api.account()
+    meeting_id = await _password_meeting(api, host, guest)
+    joined, handed = await asyncio.gather(
+        join(api, meeting_id, guest, password="open-sesame"), set_role(api, meeting_id, host, guest.id, "host")
+    )
+    assert joined["status"] == 200 and handed["status"] == 200, (joined, handed)
+    roles = {uid: p["role"] for uid, p in (await people(api, meeting_id, host)).items()}
+    assert roles == {host.id: "moderator", guest.id: "host"}
+
+
+async def test_an_admission_during_a_join_is_not_sent_back_to_the_waiting_room(api: Api) -> None:
+    host, guest = await api.account(), await api.account()
+    meeting_id = await _password_meeting(api, host, guest, enable_waiting_room=True)
+    assert (await people(api, meeting_id, host))[guest.id]["status"] == "waiting"
+    joined, admitted = await asyncio.gather(
+        join(api, meeting_id, guest, password="open-sesame"), add(api, meeting_id, host, guest.id)
+    )
+    assert joined["status"] == 200 and admitted["status"] == 201, (joined, admitted)
+    assert (await people(api, meeting_id, host))[guest.id]["status"] == "online"
+
+
+@pytest.mark.parametrize("other", ["removal", "re-adding"])
+async def test_a_hand_over_racing_a_moderator_leaves_one_host(api: Api, other: str) -> None:
+    """A moderator removes or re-adds the user the host is handing the role to, in several
+    meetings at once: every meeting ends with exactly one host who is still in it."""
+    host, moderator = await api.account(), await api.account()
+    targets = await many_accounts(api, 8)
+    meetings = []
+    for target in targets:
+        meeting_id = (await create(api, host))["meeting_id"]
+        await add(api, meeting_id, host, moderator.id, role="moderator")
+        await add(api, meeting_id, host, target.id)
+        meetings.append(meeting_id)
+
+    async def moderate(meeting_id: int, target: Account) -> dict[str, Any]:
+        if other == "removal":
+            return await api.call("DELETE", f"{BASE}/{meeting_id}/participants/{target.id}", token=moderator.access)
+        return await add(api, meeting_id, moderator, target.id)
+
+    answers = await asyncio.gather(
+        *(set_role(api, m, host, t.id, "host") for m, t in zip(meetings, targets, strict=True)),
+        *(moderate(m, t) for m, t in zip(meetings, targets, strict=True)),
+    )
+    assert {a["status"] for a in answers} <= {200, 201, 403, 404}, [(a["status"], a["message"]) for a in answers]
+    for meeting_id, target in zip(meetings, targets, strict=True):
+        listing = await people(api, meeting_id, moderator)
+        hosts = [uid for uid, p in listing.items() if p["role"] == "host"]
+        assert len(hosts) == 1 and hosts[0] in {host.id, target.id}, listing
+
+
 # --- joining needs an invitation, the password or the invite code -----------------------------------------
 
 

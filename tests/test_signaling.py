@@ -297,3 +297,27 @@ async def test_two_nodes_share_a_room_over_redis(
     assert (await receive_type(bob_socket, "user-left"))["data"]["reason"] == "meeting cancelled"  # never started
     assert await closed_with(bob_socket) == 4000
     await alice_socket.close()
+
+
+async def test_sockets_closing_together_tell_the_room_once(api: Api) -> None:
+    host, guest = await api.account(), await api.account()
+    meeting_id = await meeting_with(api, host, guest)
+    host_socket, _ = await enter(api, meeting_id, host)
+    guest_sockets = [(await enter(api, meeting_id, guest))[0] for _ in range(6)]
+    await asyncio.gather(*(socket.close() for socket in guest_sockets))
+
+    store = api.app[STORE]
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        sessions = [s for s in await store.sessions.for_meeting(meeting_id) if s.user_id == guest.id]
+        row = await store.participants.get(meeting_id, guest.id)
+        if row is not None and row.status == "offline" and all(s.disconnected_at for s in sessions):
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the guest's sockets did not close"
+        await asyncio.sleep(0.02)
+    await api.call("POST", f"/api/v1/meetings/{meeting_id}/messages", token=host.access, json={"text": "marker"})
+    farewells = 0
+    while (incoming := await receive(host_socket))["type"] != "chat":
+        farewells += incoming["type"] == "user-left" and incoming["data"]["user_id"] == guest.id
+    assert farewells == 1
+    await host_socket.close()

@@ -277,7 +277,11 @@ async def list_meetings(request: web.Request, query: MeetingListQuery) -> Page[M
         start_from=query.start_from,
         start_to=query.start_to,
     )
-    member = await request.app[STORE].meetings.member_of(user.id, [m.id for m in items])
+    # Anyone but an admin sees only meetings they take part in; an admin's list is everyone's.
+    if user.is_admin:
+        member = await request.app[STORE].meetings.member_of(user.id, [m.id for m in items])
+    else:
+        member = {m.id for m in items}
     return Page[MeetingOut](
         items=[MeetingOut.of(m, member=m.id in member) for m in items],
         total=total,
@@ -414,22 +418,19 @@ async def join_meeting(request: web.Request, body: JoinIn) -> JoinOut:
     user = current_user(request)
     meeting = await _meeting(request)
     _refuse_if_over(meeting)
+    # Read early only to skip the password check for invited users; role, status and removal are
+    # decided again by the store under the meeting's lock, after the (slow) check.
     existing = await app[STORE].participants.get(meeting.id, user.id)
     if existing is not None and existing.removed:
-        raise forbidden("You were removed from this meeting; a host or moderator must add you again")
-    invited = existing is not None and (existing.invited or existing.role != "participant")
-    if not invited:
+        raise _join_refused(JoinRefusal.REMOVED)
+    if existing is None or not (existing.invited or existing.role != "participant"):
         await _check_entry(meeting, body)
-    role = existing.role if existing else "participant"
     settings = _settings_merged(meeting.settings, None)
-    waits = settings["enable_waiting_room"] and not invited and role == "participant"
-    if existing is not None and existing.status in {"online", "waiting"}:
-        status = existing.status
-    else:
-        status = "waiting" if waits else "online"
     media = {"audio": not settings["mute_on_join"], "video": meeting.meeting_type == "video", "screen": False}
     try:
-        participant = await app[STORE].participants.join(meeting.id, user.id, role=role, status=status, media=media)
+        participant = await app[STORE].participants.join(
+            meeting.id, user.id, waiting_room=settings["enable_waiting_room"], media=media
+        )
     except JoinRefused as refused:
         raise _join_refused(refused.reason) from None
     return JoinOut(
@@ -456,6 +457,8 @@ def _join_refused(reason: JoinRefusal) -> ApiError:
         return meeting_not_found()
     if reason is JoinRefusal.OVER:
         return ApiError(400, "Meeting is already over", code=BusinessCode.MEETING_ENDED)
+    if reason is JoinRefusal.REMOVED:
+        return forbidden("You were removed from this meeting; a host or moderator must add you again")
     return ApiError(400, "Meeting is full", code=BusinessCode.MEETING_FULL)
 
 
@@ -532,21 +535,19 @@ async def add_participant(request: web.Request, body: AddParticipantIn) -> Parti
     target = await app[STORE].users.get(body.user_id)
     if target is None or target.status != "active":
         raise user_not_found()
-    existing = await app[STORE].participants.get(meeting.id, target.id)
-    keep_role = existing is not None and not existing.removed and existing.role != "participant"
     try:
-        participant = await app[STORE].participants.add(
-            meeting.id, target.id, existing.role if keep_role and existing else "participant"
-        )
+        participant, admitted = await app[STORE].participants.add(meeting.id, target.id)
     except JoinRefused as refused:
         raise _join_refused(refused.reason) from None
-    if existing is not None and existing.status == "waiting":
+    if admitted:
         await app[HUB].admit(meeting.id, target.id)
     if body.role == "host":
         return await _change_role(request, meeting, target.id, "host", participant)
-    if body.role == "moderator" and not keep_role:
-        participant = await app[STORE].participants.update(meeting.id, target.id, role="moderator")
-    assert participant is not None
+    if body.role == "moderator" and participant is not None and participant.role == "participant":
+        await app[STORE].participants.set_role(meeting.id, target.id, "moderator")  # never demotes a host
+        participant = await app[STORE].participants.get(meeting.id, target.id)
+    if participant is None:
+        raise meeting_not_found()  # deleted meanwhile, with its participants
     return ParticipantOut.of(participant)
 
 
@@ -565,14 +566,22 @@ async def remove_participant(request: web.Request) -> None:
     user_id = path_int(request, "user_id", user_not_found())
     target = await app[STORE].participants.get(meeting.id, user_id)
     if target is None or target.removed:
-        raise not_found("Not a participant of this meeting", BusinessCode.USER_NOT_FOUND)
+        raise _not_a_participant()
     if target.user_id == caller.user_id:
         raise bad_request("Use leave to leave a meeting")
+    refusal = forbidden("Only the host may remove moderators, and the host cannot be removed")
     if target.role == "host" or (target.role == "moderator" and caller.role != "host"):
-        raise forbidden("Only the host may remove moderators, and the host cannot be removed")
-    await app[STORE].participants.update(meeting.id, user_id, removed=True, status="offline")
+        raise refusal
+    # Checked again in the removal itself: a hand-over to the target may have landed meanwhile.
+    if not await app[STORE].participants.remove(meeting.id, user_id, by_user=caller.user_id):
+        now = await app[STORE].participants.get(meeting.id, user_id)
+        raise _not_a_participant() if now is None or now.removed else refusal
     await app[HUB].broadcast(message("user-left", meeting.id, user_id, {"user_id": user_id, "reason": "removed"}))
     await app[HUB].close_user(meeting.id, user_id, CLOSE_REMOVED, "removed from the meeting")
+
+
+def _not_a_participant() -> ApiError:
+    return not_found("Not a participant of this meeting", BusinessCode.USER_NOT_FOUND)
 
 
 async def _change_role(
@@ -584,7 +593,7 @@ async def _change_role(
 ) -> ParticipantOut:
     app = request.app
     if target is None or target.removed:
-        raise not_found("Not a participant of this meeting", BusinessCode.USER_NOT_FOUND)
+        raise _not_a_participant()
     if target.status == "waiting":
         # Seated first: a full meeting refuses them before their role changes.
         try:
@@ -595,7 +604,10 @@ async def _change_role(
     refusal: ApiError | None = None
     if role == "host":
         if user_id != caller_id and not await app[STORE].participants.hand_over_host(meeting.id, caller_id, user_id):
-            refusal = forbidden("Only the meeting's host may do this")
+            now = await app[STORE].participants.get(meeting.id, user_id)
+            refusal = (
+                _not_a_participant() if now is None or now.removed else forbidden("Only the meeting's host may do this")
+            )
     elif not await app[STORE].participants.set_role(meeting.id, user_id, role):
         refusal = bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
     if target.status == "waiting":

@@ -16,7 +16,7 @@ from control.auth.tokens import TokenClaims
 from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_background
 from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
-from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat
+from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat, went_offline
 from control.signaling.hub import (
     CLOSE_BAD_REQUEST,
     CLOSE_FLOOD,
@@ -355,21 +355,9 @@ class Session:
         await store.sessions.close(
             connection.session_id, connection.close_reason, connection.messages_in, connection.messages_out
         )
-        others = [s for s in await store.sessions.for_meeting(self.meeting.id, open_only=True)]
-        if any(s.user_id == connection.user_id for s in others):
-            return
-        participant = await store.participants.get(self.meeting.id, connection.user_id)
-        if participant is not None and participant.status == "online":
-            await store.participants.update(self.meeting.id, connection.user_id, status="offline")
-            if connection.joined_room:
-                await app[HUB].broadcast(
-                    message(
-                        "user-left",
-                        self.meeting.id,
-                        connection.user_id,
-                        {"user_id": connection.user_id, "reason": connection.close_reason},
-                    )
-                )
+        await went_offline(
+            app, self.meeting.id, connection.user_id, connection.close_reason, tell_room=connection.joined_room
+        )
 
 
 CLIENT_TYPES = {"join", "leave", "offer", "answer", "ice-candidate", "chat", "media-state", "auth"}

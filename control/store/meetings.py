@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, exists, func, select, update
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from control.envelope import utc_now
-from control.store.schema import meetings, participants, users
+from control.store.schema import meetings, participants, signaling_sessions, users
 
 ACTIVE_STATUSES = ("scheduled", "ongoing")
 
@@ -78,6 +78,7 @@ class JoinRefusal(enum.Enum):
     GONE = "gone"
     OVER = "over"
     FULL = "full"
+    REMOVED = "removed"
 
 
 class JoinRefused(Exception):
@@ -91,8 +92,9 @@ def new_invite_code() -> str:
     return secrets.token_urlsafe(16)
 
 
-def _member_of_meeting(user_id: int) -> Any:
-    """The user takes part in the meeting: a participant row that is neither removed nor waiting."""
+def member_of_meeting(user_id: int) -> Any:
+    """The user takes part in the meeting (correlated with ``meetings``): a participant row that is
+    neither removed nor waiting. Every list of "the caller's meetings" filters with this one rule."""
     return exists().where(
         participants.c.meeting_id == meetings.c.id,
         participants.c.user_id == user_id,
@@ -247,7 +249,7 @@ class MeetingStore:
         one its host participant; removed and still-waiting users do not see it."""
         conditions = []
         if viewer_id is not None:
-            conditions.append(_member_of_meeting(viewer_id))
+            conditions.append(member_of_meeting(viewer_id))
         statuses = list(statuses)
         if statuses:
             conditions.append(meetings.c.status.in_(statuses))
@@ -270,7 +272,7 @@ class MeetingStore:
         ids = list(meeting_ids)
         if not ids:
             return set()
-        query = select(meetings.c.id).where(meetings.c.id.in_(ids), _member_of_meeting(user_id))
+        query = select(meetings.c.id).where(meetings.c.id.in_(ids), member_of_meeting(user_id))
         async with self._engine.connect() as connection:
             return {row.id for row in (await connection.execute(query)).all()}
 
@@ -295,58 +297,84 @@ class ParticipantStore:
             rows = (await connection.execute(query)).all()
         return [_participant(row) for row in rows]
 
-    async def _upsert(self, connection: AsyncConnection, meeting_id: int, user_id: int, **values: Any) -> None:
-        changed = await connection.execute(
-            update(participants)
-            .where(participants.c.meeting_id == meeting_id, participants.c.user_id == user_id)
-            .values(**values)
-        )
-        if changed.rowcount == 0:
+    async def _locked_row(self, connection: AsyncConnection, meeting_id: int, user_id: int) -> Any:
+        """The participant row as it is now; call under the meeting's lock, so that what is decided
+        from it (removed, role, admitted) cannot be changed by a removal, hand-over or admission."""
+        return (
             await connection.execute(
-                participants.insert().values(meeting_id=meeting_id, user_id=user_id, created_at=utc_now(), **values)
+                select(
+                    participants.c.role, participants.c.status, participants.c.removed, participants.c.invited
+                ).where(participants.c.meeting_id == meeting_id, participants.c.user_id == user_id)
+            )
+        ).first()
+
+    async def _write(
+        self, connection: AsyncConnection, meeting_id: int, user_id: int, present: bool, **values: Any
+    ) -> None:
+        """Update the row, or insert it (as a ``participant``) when there is none yet."""
+        if present:
+            await connection.execute(
+                update(participants)
+                .where(participants.c.meeting_id == meeting_id, participants.c.user_id == user_id)
+                .values(**values)
+            )
+        else:
+            await connection.execute(
+                participants.insert().values(
+                    meeting_id=meeting_id, user_id=user_id, role="participant", created_at=utc_now(), **values
+                )
             )
 
     async def join(
-        self, meeting_id: int, user_id: int, *, role: str, status: str, media: dict[str, bool]
+        self, meeting_id: int, user_id: int, *, waiting_room: bool, media: dict[str, bool]
     ) -> ParticipantRecord:
-        """Enter the meeting; raises JoinRefused when it is gone, over, or (going online) full."""
+        """Enter the meeting; raises JoinRefused when it is gone, over, the user was removed, or
+        (going online) it is full. Decided under the meeting's lock from the row as it is then: a
+        participant keeps their role and an admitted one stays admitted; with ``waiting_room`` a
+        participant who was neither invited nor given a role waits to be admitted."""
         async with self._engine.begin() as connection:
             locked = await _lock_meeting(connection, meeting_id)
             if locked is None:
                 raise JoinRefused(JoinRefusal.GONE)
             if locked.status not in ACTIVE_STATUSES:
                 raise JoinRefused(JoinRefusal.OVER)
+            row = await self._locked_row(connection, meeting_id, user_id)
+            if row is not None and row.removed:
+                raise JoinRefused(JoinRefusal.REMOVED)
+            invited = row is not None and (row.invited or row.role != "participant")
+            if row is not None and row.status in {"online", "waiting"}:
+                status = row.status
+            else:
+                status = "waiting" if waiting_room and not invited else "online"
+            values: dict[str, Any] = {"status": status, **media}
             if status == "online":
                 await _claim_seat(connection, meeting_id, user_id, locked.max_participants)
-            values: dict[str, Any] = {"role": role, "status": status, "removed": False, **media}
-            if status == "online":
                 values["joined_at"] = utc_now()
-            await self._upsert(connection, meeting_id, user_id, **values)
+            await self._write(connection, meeting_id, user_id, row is not None, **values)
         participant = await self.get(meeting_id, user_id)
         assert participant is not None
         return participant
 
-    async def add(self, meeting_id: int, user_id: int, role: str) -> ParticipantRecord | None:
-        """Invite, re-admit or admit: a waiting user comes in online (raises JoinRefused when the
-        meeting is full), others are invited offline."""
+    async def add(self, meeting_id: int, user_id: int) -> tuple[ParticipantRecord | None, bool]:
+        """Invite, re-admit or admit; the row, and whether it came in from the waiting room. A
+        waiting user comes in online (raises JoinRefused when the meeting is full), others are
+        invited offline. A current participant keeps the role the row has under the meeting's lock
+        (a hand-over landing meanwhile is kept); a new or removed one is a ``participant``."""
         async with self._engine.begin() as connection:
             locked = await _lock_meeting(connection, meeting_id)
             if locked is None:
                 raise JoinRefused(JoinRefusal.GONE)
-            current = (
-                await connection.execute(
-                    select(participants.c.status).where(
-                        participants.c.meeting_id == meeting_id, participants.c.user_id == user_id
-                    )
-                )
-            ).scalar_one_or_none()
-            status = "online" if current in {"waiting", "online"} else "offline"
-            values: dict[str, Any] = {"role": role, "status": status, "removed": False, "invited": True}
-            if current == "waiting":
+            row = await self._locked_row(connection, meeting_id, user_id)
+            admitted = row is not None and row.status == "waiting"
+            online = row is not None and row.status in {"waiting", "online"}
+            values: dict[str, Any] = {"status": "online" if online else "offline", "removed": False, "invited": True}
+            if row is not None and row.removed:
+                values["role"] = "participant"
+            if admitted:
                 await _claim_seat(connection, meeting_id, user_id, locked.max_participants)
                 values["joined_at"] = utc_now()
-            await self._upsert(connection, meeting_id, user_id, **values)
-        return await self.get(meeting_id, user_id)
+            await self._write(connection, meeting_id, user_id, row is not None, **values)
+        return await self.get(meeting_id, user_id), admitted
 
     async def admit(self, meeting_id: int, user_id: int) -> ParticipantRecord | None:
         """A waiting user comes in online, if a seat is free (else JoinRefused)."""
@@ -375,6 +403,62 @@ class ParticipantStore:
             )
         return await self.get(meeting_id, user_id)
 
+    async def remove(self, meeting_id: int, user_id: int, *, by_user: int) -> bool:
+        """Remove a participant, in one statement under the meeting's lock, only if they are not the
+        host, ``by_user`` still moderates, and a moderator is removed by the host alone: a hand-over
+        landing meanwhile never leaves a meeting with a removed host. False when nothing changed."""
+        caller = participants.alias("caller")
+
+        def caller_is(*roles: str) -> Any:
+            return exists().where(
+                caller.c.meeting_id == meeting_id,
+                caller.c.user_id == by_user,
+                caller.c.role.in_(roles),
+                caller.c.removed.is_(False),
+            )
+
+        async with self._engine.begin() as connection:
+            if await _lock_meeting(connection, meeting_id) is None:
+                return False
+            changed = await connection.execute(
+                update(participants)
+                .where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.user_id == user_id,
+                    participants.c.removed.is_(False),
+                    participants.c.role != "host",
+                    caller_is("host", "moderator"),
+                    or_(participants.c.role != "moderator", caller_is("host")),
+                )
+                .values(removed=True, status="offline")
+            )
+        return changed.rowcount > 0
+
+    async def went_offline(self, meeting_id: int, user_id: int) -> bool:
+        """An online participant turns offline unless a socket of theirs in the meeting is open (on
+        any node) at this moment: checked and written in one statement under the meeting's lock, so
+        a reconnect is not undone and of sockets closing together one alone sees the change. True
+        when this call made them offline."""
+        open_socket = exists().where(
+            signaling_sessions.c.meeting_id == meeting_id,
+            signaling_sessions.c.user_id == user_id,
+            signaling_sessions.c.disconnected_at.is_(None),
+        )
+        async with self._engine.begin() as connection:
+            if await _lock_meeting(connection, meeting_id) is None:
+                return False
+            changed = await connection.execute(
+                update(participants)
+                .where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.user_id == user_id,
+                    participants.c.status == "online",
+                    ~open_socket,
+                )
+                .values(status="offline")
+            )
+        return changed.rowcount > 0
+
     async def set_role(self, meeting_id: int, user_id: int, role: str) -> bool:
         """Give a participant a non-host role; False when they hold the host role (a meeting keeps
         its host until the host hands the role over), checked in the same statement."""
@@ -391,19 +475,17 @@ class ParticipantStore:
         return changed.rowcount > 0
 
     async def hand_over_host(self, meeting_id: int, by_user: int, to_user: int) -> bool:
-        """Exactly one host, even when hand-overs race: under the meeting's lock ``by_user`` must
-        still be the host (False if not); they become a moderator and ``to_user`` the host."""
+        """Exactly one host, even when hand-overs or removals race: under the meeting's lock
+        ``by_user`` must still be the host and ``to_user`` still a participant (False if not); they
+        become a moderator and ``to_user`` the host."""
         async with self._engine.begin() as connection:
             if await _lock_meeting(connection, meeting_id) is None:
                 return False
-            current = (
-                await connection.execute(
-                    select(participants.c.role, participants.c.removed).where(
-                        participants.c.meeting_id == meeting_id, participants.c.user_id == by_user
-                    )
-                )
-            ).first()
+            current = await self._locked_row(connection, meeting_id, by_user)
             if current is None or current.role != "host" or current.removed:
+                return False
+            target = await self._locked_row(connection, meeting_id, to_user)
+            if target is None or target.removed:
                 return False
             await connection.execute(
                 update(participants)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from control.store.meetings import member_of_meeting
 from control.store.schema import chat_messages, meetings, participants, signaling_sessions
 
 
@@ -52,12 +53,7 @@ class StatsStore:
             messages.label("messages"),
         ).where(or_(meetings.c.status == "ongoing", open_sessions > 0))
         if viewer_id is not None:
-            member = select(participants.c.meeting_id).where(
-                participants.c.user_id == viewer_id,
-                participants.c.removed.is_(False),
-                participants.c.status != "waiting",
-            )
-            query = query.where(meetings.c.id.in_(member))
+            query = query.where(member_of_meeting(viewer_id))
         async with self._engine.connect() as connection:
             rows = (await connection.execute(query.order_by(meetings.c.id))).all()
         return [RoomFigures(**row._mapping) for row in rows]
