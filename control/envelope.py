@@ -22,10 +22,14 @@ def utc_now() -> datetime:
 
 
 def iso_utc(moment: datetime) -> str:
-    """ISO 8601 in UTC with a Z suffix; naive datetimes from SQLite are UTC by construction."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC with a Z suffix; naive datetimes from SQLite are UTC by construction.
+    Written out directly: every time in every listed row goes through here."""
+    if moment.tzinfo is not None and moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
+    )
 
 
 def request_id_from(header: str | None) -> str:

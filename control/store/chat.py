@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,8 +35,13 @@ _COLUMNS = (
 )
 
 
+# Rows of _COLUMNS are built by position (chat history is read per poll): the columns are the
+# record's fields, in order.
+assert [column.name for column in _COLUMNS] == [f.name for f in fields(ChatRecord)]
+
+
 def _record(row: Any) -> ChatRecord:
-    return ChatRecord(**row._mapping)
+    return ChatRecord(*row)
 
 
 class ChatStore:

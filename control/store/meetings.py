@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -128,8 +128,13 @@ def _meeting(row: Any) -> MeetingRecord:
     return MeetingRecord(**row._mapping)
 
 
+# Rows of _participant_query() are built by position (a participant list is read per poll of a
+# meeting's page): the columns are the record's fields, in order.
+assert [column.name for column in _PARTICIPANT_COLUMNS] == [f.name for f in fields(ParticipantRecord)]
+
+
 def _participant(row: Any) -> ParticipantRecord:
-    return ParticipantRecord(**row._mapping)
+    return ParticipantRecord(*row)
 
 
 async def _lock_meeting(connection: AsyncConnection, meeting_id: int) -> Any:
