@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from aiohttp import FormData
 from PIL import Image
 
-from control.context import BACKGROUND, SETTINGS
+from control.context import BACKGROUND, SETTINGS, STORE
 from tests.conftest import PASSWORD, Api
 
 
@@ -272,3 +272,16 @@ async def test_change_password_voids_mailed_reset_links(api: Api) -> None:
     )
     reset = {"token": found.group(1), "new_password": "other-pass-42"}
     assert (await api.call("POST", "/api/v1/auth/reset-password", json=reset))["status"] == 400
+
+
+async def test_a_deleted_account_takes_no_late_writes(api: Api) -> None:
+    """A write that lands after the deletion (an avatar upload still being decoded, say) changes
+    nothing: no personal data comes back to the scrubbed row, and its caller learns the account is gone."""
+    account = await api.account()
+    await api.call(
+        "DELETE", "/api/v1/users/account", token=account.access, json={"current_password": account.password}, expect=200
+    )
+    users = api.app[STORE].users
+    assert await users.update(account.id, avatar_file="late.png", nickname="back again") is None
+    row = await users.get(account.id)
+    assert row is not None and row.status == "deleted" and row.avatar_file is None and row.nickname == ""

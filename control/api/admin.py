@@ -54,7 +54,8 @@ async def _set_status(request: web.Request, status: str) -> UserOut:
     if target.status == status:
         return UserOut.of(target)
     updated = await request.app[STORE].users.update(target.id, revoke_tokens=True, status=status)
-    assert updated is not None
+    if updated is None:  # deleted meanwhile
+        raise user_not_found()
     log.info("admin %s set user %s to %s", current_user(request).id, target.id, status)
     return UserOut.of(updated)
 
@@ -114,7 +115,8 @@ async def update_user(request: web.Request, body: AdminUserUpdate) -> UserOut:
         updated = await request.app[STORE].users.update(target.id, revoke_tokens=revoke, **changes)
     except (DuplicateUsername, DuplicateEmail) as exc:
         raise duplicate_error(exc) from None
-    assert updated is not None
+    if updated is None:  # deleted meanwhile
+        raise user_not_found()
     log.info("admin %s updated user %s: %s", current_user(request).id, target.id, ", ".join(sorted(changes)))
     return UserOut.of(updated)
 

@@ -17,7 +17,7 @@ from control.context import AVATARS, MAILER, PASSWORD_THROTTLE, SETTINGS, STORE,
 from control.downloads import file_download
 from control.endpoints import Access, EndpointGroup, invalid
 from control.envelope import utc_now
-from control.errors import BusinessCode, bad_request, not_found
+from control.errors import ApiError, BusinessCode, bad_request, not_found, unauthorized
 from control.store.users import DuplicateEmail, DuplicateUsername, UserRecord
 from control.uploads import read_file_field
 
@@ -43,6 +43,10 @@ class ChangePasswordIn(RequestModel):
 
 class DeleteAccountIn(RequestModel):
     current_password: CurrentPassword
+
+
+def account_gone() -> ApiError:
+    return unauthorized("Account no longer exists")
 
 
 async def check_password(request: web.Request, user: UserRecord, given: str) -> None:
@@ -97,7 +101,8 @@ async def update_profile(request: web.Request, body: ProfileUpdate) -> UserOut:
         updated = await store.users.update(user.id, **changes)
     except (DuplicateUsername, DuplicateEmail) as exc:
         raise duplicate_error(exc) from None
-    assert updated is not None
+    if updated is None:  # deleted meanwhile
+        raise account_gone()
     if new_email:
         # A reset link already mailed to the old address must not outlive the change.
         await store.tokens.revoke_resets(user.id)
@@ -147,7 +152,8 @@ async def change_password(request: web.Request, body: ChangePasswordIn) -> Token
     password_hash = await hash_password(body.new_password)
     store = request.app[STORE]
     updated = await store.users.update(user.id, revoke_tokens=True, password_hash=password_hash)
-    assert updated is not None
+    if updated is None:  # deleted meanwhile
+        raise account_gone()
     await store.tokens.revoke_resets(user.id)
     log.info("user %s changed their password; earlier tokens and reset links revoked", user.id)
     return await issue_tokens(request.app, updated)
@@ -174,7 +180,8 @@ async def upload_avatar(request: web.Request) -> UserOut:
     except NotAnImage as exc:
         raise bad_request(str(exc)) from None
     updated = await request.app[STORE].users.update(user.id, avatar_file=name)
-    assert updated is not None
+    if updated is None:  # deleted meanwhile
+        raise account_gone()
     avatars.remove(user.avatar_file)
     return UserOut.of(updated)
 

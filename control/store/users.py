@@ -125,11 +125,15 @@ class UserStore:
         return _record(row) if row else None
 
     async def update(self, user_id: int, *, revoke_tokens: bool = False, **fields: Any) -> UserRecord | None:
-        """Update fields; ``revoke_tokens`` bumps the token version so every issued token dies."""
+        """Update fields; ``revoke_tokens`` bumps the token version so every issued token dies.
+        A deleted account is final: a write racing its deletion (a new avatar, a new email)
+        changes nothing and answers None, so no personal data comes back to a scrubbed row."""
         values: dict[str, Any] = {**fields, "updated_at": utc_now()}
         if revoke_tokens:
             values["token_version"] = users.c.token_version + 1
-        statement = update(users).where(users.c.id == user_id).values(**values).returning(*users.c)
+        statement = (
+            update(users).where(users.c.id == user_id, users.c.status != "deleted").values(**values).returning(*users.c)
+        )
         row = await self._write_unique(statement, fields.get("username"), fields.get("email"), user_id)
         if row is None:
             return None
