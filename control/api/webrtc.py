@@ -95,7 +95,9 @@ class TransportStats(BaseModel):
     packets_out: int
     bytes_out: int
     srtp_failures: int
-    malformed: int = Field(description="packets dropped because they could not be parsed or handled")
+    malformed: int = Field(
+        description="datagrams dropped unread: unparsable, of an unknown kind, or from an address that is not the client's"
+    )
     unrouted: int = Field(description="publisher packets that matched no published track")
 
 
