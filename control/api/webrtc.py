@@ -96,7 +96,7 @@ class TransportStats(BaseModel):
     bytes_out: int
     srtp_failures: int
     malformed: int = Field(
-        description="datagrams dropped unread: unparsable, of an unknown kind, or from an address that is not the client's"
+        description="datagrams dropped unread: unparsable, of no known kind, or not from the client's address"
     )
     unrouted: int = Field(description="publisher packets that matched no published track")
 
