@@ -20,6 +20,7 @@ START_TIMEOUT = 30.0
 
 
 def free_port() -> int:
+    """A loopback TCP port free at this moment, for a server or a fake the tests start."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -1,12 +1,15 @@
-"""Small pieces shared by the API-wide suites: the envelope every JSON answer must be, and tiny
-valid media to upload (made here, so no fixture files are needed)."""
+"""Small pieces shared by the suites: the envelope every JSON answer must be, waiting for a condition
+with a deadline, and tiny valid media to upload (made here, so no fixture files are needed)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import io
 import struct
+import time
 import wave
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import av
@@ -25,6 +28,22 @@ def envelope_problem(body: Any, headers: Mapping[str, str]) -> str | None:
     if headers.get("X-Request-ID") != body["request_id"]:
         return f"X-Request-ID {headers.get('X-Request-ID')!r} differs from request_id {body['request_id']!r}"
     return None
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """The first truthy value of ``check`` (a plain or an async callable), polled until ``timeout``
+    seconds have passed; then the test fails naming ``what``. Awaiting a condition with a deadline
+    keeps a test both fast and free of fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
 
 
 def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:

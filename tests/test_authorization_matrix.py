@@ -37,7 +37,7 @@ from control.auth.sessions import issue_tokens
 from control.context import SFU, STORE
 from control.endpoints import Endpoint
 from tests.conftest import PASSWORD, POSTGRES_URL, Account, Api, drop_schema, postgres_schema
-from tests.support import envelope_problem, png_bytes, video_bytes, wav_bytes
+from tests.support import envelope_problem, png_bytes, until, video_bytes, wav_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -211,14 +211,6 @@ class Case:
     role: str
     actor: Account | None
     scene: Scene
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class World:

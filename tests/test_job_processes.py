@@ -24,6 +24,7 @@ import pytest
 from media.samples import write_clip
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
 from tests.server_process import ServerProcess, start_server
+from tests.support import until
 
 PASSWORD = "job-runner-123"
 # Long enough to be caught running (a few seconds), short enough to let one run to the end.
@@ -58,18 +59,6 @@ def job_workers(server_pid: int) -> list[int]:
         if parent == server_pid and b"spawn_main" in command and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float = JOB_DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def kill(server: ServerProcess) -> list[int]:
@@ -154,14 +143,14 @@ class Client:
             assert job["status"] in {"queued", "running"}, job
             return job if job["status"] == "running" else None
 
-        return await until(check, f"job {job_id} running")
+        return await until(check, f"job {job_id} running", JOB_DEADLINE)
 
     async def finished(self, node: ServerProcess, job_id: str) -> dict[str, Any]:
         async def check() -> dict[str, Any] | None:
             job = await self.job(node, job_id)
             return job if job["status"] not in {"queued", "running"} else None
 
-        return await until(check, f"job {job_id} finished")
+        return await until(check, f"job {job_id} finished", JOB_DEADLINE)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +201,7 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
 
             # Started again: the job runs a second time, and is interrupted again.
             server = await asyncio.to_thread(start)
-            await until(lambda: sqlite_job(data_dir, twice)["attempts"] == 2, "second attempt started")
+            await until(lambda: sqlite_job(data_dir, twice)["attempts"] == 2, "second attempt started", JOB_DEADLINE)
             workers = kill(server)
             await until(lambda: not any(alive(pid) for pid in workers), "workers gone after the server", 5)
 
@@ -257,8 +246,8 @@ async def test_a_killed_worker_is_replaced_and_its_job_tried_once_more(tmp_path:
             (first,) = job_workers(server.process.pid)
             os.kill(first, signal.SIGKILL)
             # Tried again in a new pool, by a new worker; killed again, the job fails.
-            await until(lambda: sqlite_job(data_dir, job_id)["attempts"] == 2, "second attempt started")
-            second = await until(lambda: job_workers(server.process.pid), "a new worker")
+            await until(lambda: sqlite_job(data_dir, job_id)["attempts"] == 2, "second attempt started", JOB_DEADLINE)
+            second = await until(lambda: job_workers(server.process.pid), "a new worker", JOB_DEADLINE)
             assert first not in second
             os.kill(second[0], signal.SIGKILL)
             failed = await user.finished(server, job_id)
@@ -339,7 +328,7 @@ async def test_a_job_stays_with_its_node_until_that_node_dies(
                 async def renewed() -> bool:
                     return bool((await postgres_job(shared_schema, kept))["lease_expires_at"] > renewed_past)
 
-                await until(renewed, "node a renewing its lease")
+                await until(renewed, "node a renewing its lease", JOB_DEADLINE)
             finally:
                 os.kill(held, signal.SIGCONT)
             assert (await user.finished(a, kept))["status"] == "succeeded"

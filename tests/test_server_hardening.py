@@ -10,9 +10,8 @@ import stat
 import struct
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import FormData
@@ -21,6 +20,7 @@ from PIL import Image
 from control.context import BACKGROUND, SETTINGS
 from tests.conftest import Api
 from tests.server_process import ServerProcess, request, start_server
+from tests.support import until
 
 HEADER_TIMEOUT = 1.0
 DEADLINE = 15.0
@@ -55,14 +55,6 @@ def data_dir(server: ServerProcess) -> Path:
 
 def port(server: ServerProcess) -> int:
     return int(server.url.rsplit(":", 1)[1])
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (found := condition()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-    return found
 
 
 def png() -> bytes:
@@ -108,12 +100,12 @@ def modes_under(root: Path) -> dict[str, str]:
     return loose
 
 
-def test_everything_the_server_writes_is_private(server: ServerProcess, token: str) -> None:
+async def test_everything_the_server_writes_is_private(server: ServerProcess, token: str) -> None:
     assert upload(server, token, "/api/v1/media/upload", b"minutes of the meeting\n", "minutes.txt") == 201
     assert upload(server, token, "/api/v1/users/upload-avatar", png(), "me.png") == 200
     assert request("POST", server.url + "/api/v1/auth/forgot-password", {"email": "hardy@example.com"})[0] == 200
     root = data_dir(server)
-    until(lambda: list((root / "outbox").glob("*.eml")), "no reset mail was written")
+    await until(lambda: list((root / "outbox").glob("*.eml")), "a reset mail written", DEADLINE)
 
     written = {path.relative_to(root).parts[0] for path in root.rglob("*") if path.is_file()}
     assert {"huiyi.db", "huiyi.db-wal", "huiyi.db-shm", "jwt_secret", "media", "avatars", "outbox"} <= written
@@ -172,7 +164,7 @@ def test_a_connection_whose_headers_do_not_arrive_is_closed(server: ServerProces
 
 
 @pytest.mark.parametrize("path", ["/api/v1/media/upload", "/api/v1/users/upload-avatar"])
-def test_an_upload_cut_off_mid_stream_leaves_nothing(server: ServerProcess, token: str, path: str) -> None:
+async def test_an_upload_cut_off_mid_stream_leaves_nothing(server: ServerProcess, token: str, path: str) -> None:
     root = data_dir(server)
     before = {p for p in root.rglob("*") if p.is_file() and not p.name.startswith("huiyi.db")}
     log_before = server.log.read_text().count("request body cut off")
@@ -184,12 +176,16 @@ def test_an_upload_cut_off_mid_stream_leaves_nothing(server: ServerProcess, toke
         + b"\x00" * 300_000
     )
     if path == "/api/v1/media/upload":
-        until(lambda: list((root / "media" / ".scratch").rglob("*.part")), "the upload never reached storage")
+        await until(
+            lambda: list((root / "media" / ".scratch").rglob("*.part")), "the upload reaching storage", DEADLINE
+        )
     # A reset instead of an orderly close: the client vanished.
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     connection.close()
 
-    until(lambda: server.log.read_text().count("request body cut off") > log_before, "the cut-off was not noticed")
+    await until(
+        lambda: server.log.read_text().count("request body cut off") > log_before, "the cut-off noticed", DEADLINE
+    )
     log = server.log.read_text()
     assert " INFO huiyi.http: request body cut off" in log
     assert " ERROR " not in log and "Traceback" not in log
