@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket as net
+import struct
 from typing import Any
 
 from aiohttp import WSMsgType
 
-from tests.conftest import Api, SettingsFactory
+from tests.conftest import Account, Api, SettingsFactory
 from tests.test_signaling import closed_with, connect, enter, meeting_with, receive, receive_type
 
 
@@ -109,3 +113,105 @@ async def test_a_silent_peer_is_dropped_by_the_heartbeat(settings_factory: Setti
         frame = await silent.receive(timeout=5)
     assert frame.type in {WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING}
     await host_socket.close()
+
+
+SLOW_READER_BUFFER = 4096  # bytes the stalled client's kernel will take before the server must queue
+FLOOD_CHAT = "\U0001f600" * 2000  # the longest chat; JSON-escaped it is ~24 kB on every socket
+FLOOD_SENDERS = 5  # each may post 100 chats a minute over REST
+FLOOD_PER_SENDER = 95
+
+
+async def stalled_socket(api: Api, meeting_id: int, account: Account) -> net.socket:
+    """A signaling socket that joins its room and then never reads again: a raw TCP connection with
+    a small receive buffer, the WebSocket handshake done by hand, so no client library drains it."""
+    loop = asyncio.get_running_loop()
+    raw = net.socket(net.AF_INET, net.SOCK_STREAM)
+    raw.setsockopt(net.SOL_SOCKET, net.SO_RCVBUF, SLOW_READER_BUFFER)
+    raw.setblocking(False)
+    server = api.client.server
+    await loop.sock_connect(raw, (server.host, server.port))
+    path = f"/ws/signaling?meeting_id={meeting_id}&user_id={account.id}&token={account.access}"
+    handshake = (
+        f"GET {path} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await loop.sock_sendall(raw, handshake.encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # one byte at a time: nothing past the headers is read
+        byte = await asyncio.wait_for(loop.sock_recv(raw, 1), 5)
+        assert byte, answer
+        answer += byte
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    await loop.sock_sendall(raw, masked_text_frame(json.dumps({"type": "join", "data": {}})))
+    return raw
+
+
+def masked_text_frame(text: str) -> bytes:
+    """One final text frame as a client must send it (masked; payloads under 64 KiB)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    length = (
+        bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    )
+    return b"\x81" + length + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+async def test_a_client_that_stops_reading_is_dropped_as_too_slow(api: Api) -> None:
+    host, slow, listener = await api.account(), await api.account(), await api.account()
+    senders = [await api.account() for _ in range(FLOOD_SENDERS)]
+    meeting_id = await meeting_with(api, host, slow, listener, *senders)
+    listener_socket, _ = await enter(api, meeting_id, listener)
+    stalled = await stalled_socket(api, meeting_id, slow)
+    await receive_type(listener_socket, "user-joined")
+    heard: list[str] = []
+
+    async def listen() -> None:
+        """The listener is a client that keeps reading, as a browser does."""
+        while True:
+            incoming = await receive(listener_socket, timeout=50)
+            if incoming["type"] == "chat":
+                heard.append(incoming["data"]["text"])
+
+    listening = asyncio.create_task(listen())
+    loop = asyncio.get_running_loop()
+    try:
+
+        async def slow_session() -> dict[str, Any]:
+            sessions = await api.call("GET", f"/api/v1/sessions/room/{meeting_id}", token=host.access, expect=200)
+            [session] = [s for s in sessions["data"] if s["user_id"] == slow.id]
+            return session
+
+        # Flood the room with the longest chats until the stalled socket is let go.
+        sent = 0
+        deadline = loop.time() + 45
+        session = await slow_session()
+        while session["disconnected_at"] is None:
+            assert loop.time() < deadline, (sent, session)
+            if sent < FLOOD_SENDERS * FLOOD_PER_SENDER:
+                sender = senders[sent // FLOOD_PER_SENDER]
+                path = f"/api/v1/meetings/{meeting_id}/messages"
+                await api.call("POST", path, token=sender.access, json={"text": FLOOD_CHAT}, expect=201)
+                sent += 1
+            else:
+                await asyncio.sleep(0.05)
+            if sent % 10 == 0 or sent == FLOOD_SENDERS * FLOOD_PER_SENDER:
+                session = await slow_session()
+        assert session["close_reason"] == "too slow to keep up", session
+
+        # The room goes on without it: the listener got every chat, and still gets new ones.
+        await api.call(
+            "POST",
+            f"/api/v1/meetings/{meeting_id}/messages",
+            token=host.access,
+            json={"text": "still here"},
+            expect=201,
+        )
+        while "still here" not in heard:
+            assert loop.time() < deadline + 5 and not listening.done(), (len(heard), listening)
+            await asyncio.sleep(0.05)
+        assert heard == [FLOOD_CHAT] * sent + ["still here"]
+    finally:
+        listening.cancel()
+        stalled.close()
+        await listener_socket.close()

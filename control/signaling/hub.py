@@ -34,6 +34,7 @@ CLOSE_LEFT = 1000
 
 
 OUTBOX_LIMIT = 256  # messages queued for one socket before it counts as too slow to keep
+SLOW_CLOSE_GRACE_SECONDS = 2.0  # then a socket too slow to take its closing frame is cut off
 ACCOUNTS_CHANNEL = "accounts"  # every node listens: account changes, revocations among them
 CONFIRM_SECONDS = 2.0  # how long a change to an account waits for every node to apply it
 
@@ -52,6 +53,8 @@ class Connection:
     admitted: bool
     # The token version the socket was authenticated with: bumping the account's revokes it.
     token_version: int = 0
+    # The connection under the socket, to cut it off when the client stops reading altogether.
+    transport: asyncio.BaseTransport | None = None
     messages_in: int = 0
     messages_out: int = 0
     joined_room: bool = False
@@ -92,6 +95,13 @@ class Connection:
         while not self.outbox.empty():
             self.outbox.get_nowait()
         self.outbox.put_nowait((1013, self.close_reason))
+        # A client that reads nothing at all leaves the writer blocked on a full network buffer,
+        # where the closing frame never gets out: cut the connection off if it is still open then.
+        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_SECONDS, self._cut_off)
+
+    def _cut_off(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
 
     async def write(self) -> None:
         """The socket's writer: runs until a close is queued or the socket goes away."""

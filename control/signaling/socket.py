@@ -114,6 +114,7 @@ async def _admit(request: web.Request, socket: web.WebSocketResponse) -> tuple[C
         socket=socket,
         admitted=participant.status == "online",
         token_version=claims.version,
+        transport=request.transport,
     )
     return connection, meeting, claims
 
