@@ -26,6 +26,9 @@ PARENT_CHECK_SECONDS = 0.5
 def initialise(progress: multiprocessing.queues.Queue[tuple[str, int, int]], parent_pid: int) -> None:
     global _progress
     _progress = progress
+    # Reports are best effort: a worker must be able to exit even when another one was killed while
+    # holding the queue's lock, which would otherwise hold this one's exit (and the server's) forever.
+    progress.cancel_join_thread()
     die_with_parent(parent_pid)
 
 

@@ -285,5 +285,6 @@ class JobRunner:
         # Jobs still running stay marked so: this node runs them again when it starts.
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._progress.put(None)
+        self._progress.cancel_join_thread()  # as in the workers: exiting never waits on the queue
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
