@@ -28,6 +28,8 @@ class DownTrack:
         "bandwidth",
         "bitrate",
         "bytes",
+        "ceiling",
+        "climbed",
         "current_layer",
         "dropped_by_simulation",
         "firs",
@@ -85,7 +87,9 @@ class DownTrack:
         self.current_layer = self.target_layer = NO_LAYER
         self.preferred_layer = len(track.layers) - 1
         self.max_bitrate: int | None = None
-        self.bandwidth: int | None = None
+        self.bandwidth: int | None = None  # this track's share of the subscriber's estimate, bit/s
+        self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
+        self.ceiling = NO_LAYER  # the best layer the preference, the publisher and hard caps allow
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
         self.last_seq = random.getrandbits(16)
@@ -163,28 +167,46 @@ class DownTrack:
     # layer choice -------------------------------------------------------------------------------
 
     def choose_layer(self) -> None:
-        """Forward the best layer the subscriber asked for that its share of bandwidth can carry."""
+        """Forward the best layer the subscriber asked for that its caps allow and its share of the
+        estimate carries (or that the allocator let it climb to)."""
         if self.paused or self.track.muted:
-            self.target_layer = self.current_layer = NO_LAYER
+            self.target_layer = self.current_layer = self.ceiling = NO_LAYER
             return
         if len(self.track.layers) == 1:
-            self.target_layer = 0
+            self.target_layer = self.ceiling = 0
             return
         active = self.track.active_layers()
-        budget = min(filter(None, (self.bandwidth, self.max_bitrate)), default=None)
+        cap = self.max_bitrate
         if self.smoothed_loss > HEAVY_LOSS and self.current_layer > 0:
             # The receiver's reports say the path keeps dropping what it gets now: step below it.
-            cap = int(self.track.layers[self.current_layer].bitrate * (1 - self.smoothed_loss))
-            budget = cap if budget is None else min(budget, cap)
-        choice = active[0] if active else 0
+            lossy = int(self.track.layers[self.current_layer].bitrate * (1 - self.smoothed_loss))
+            cap = lossy if cap is None else min(cap, lossy)
+        ceiling = choice = active[0] if active else 0
         for index in active:
             if index > self.preferred_layer:
                 break
-            if budget is None or self.track.layers[index].bitrate <= budget:
+            rate = self.track.layers[index].bitrate
+            if cap is not None and rate > cap:
+                continue
+            ceiling = index
+            if self.bandwidth is None or rate <= self.bandwidth or index <= self.climbed:
                 choice = index
+        self.ceiling = ceiling
         self.target_layer = choice
         if self.target_layer != self.current_layer:
             self.track.request_keyframe(self.target_layer)
+
+    @property
+    def held_back(self) -> bool:
+        """Only the estimate keeps this down-track below the layer it would otherwise get."""
+        return self.target_layer < self.ceiling
+
+    def climb(self) -> None:
+        """Try the next layer up despite the estimate (the allocator decides when)."""
+        above = [index for index in self.track.active_layers() if self.target_layer < index <= self.ceiling]
+        if above:
+            self.climbed = above[0]
+            self.choose_layer()
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused

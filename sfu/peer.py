@@ -119,7 +119,7 @@ class Peer:
                 self.on_transport_lost(which)
 
     def tick(self, now: float, full: bool) -> None:
-        self.subscriber.review_layers()
+        self.subscriber.review_layers(now)
         if full:
             self._reap_silent(now)
             self.publisher.report(now)

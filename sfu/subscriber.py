@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aioice import Connection
 
 from sfu import rtcp, sdp
+from sfu.allocator import BandwidthAllocator
 from sfu.forwarder import NO_LAYER, DownTrack
 from sfu.negotiation import OfferSlot, accepted_in_answer, outgoing_codec, subscriber_offer
 from sfu.network import NO_MEDIA_PORT, NoMediaPort, gather
@@ -42,7 +43,7 @@ class SubscriberSide:
         self.again = False  # tracks changed while an offer was out: offer again after the answer
         self.fresh_ice: Connection | None = None  # gathered for a requested ICE restart
         self.offered_ice: Connection | None = None
-        self.remb: int | None = None
+        self.allocator = BandwidthAllocator()
         self.rtcp_ssrc = random.getrandbits(32) or 1
         self._establishing: asyncio.Task[None] | None = None
         self._offering = False
@@ -180,7 +181,7 @@ class SubscriberSide:
                 down.track.downtracks.append(down)
             if down.paused:
                 down.set_paused(False)
-        self.allocate_bandwidth()
+        self.allocator.allocate(self.downtracks.values(), time.monotonic())
         if self.again:
             self.schedule_offer()
 
@@ -251,19 +252,7 @@ class SubscriberSide:
                 if down is not None:
                     down.on_keyframe_request(feedback.full)
             elif isinstance(feedback, rtcp.Remb):
-                self.remb = feedback.bitrate
-                self.allocate_bandwidth()
-
-    def allocate_bandwidth(self) -> None:
-        """Share the subscriber's estimated bandwidth among its video down-tracks, audio first."""
-        video = [down for down in self.downtracks.values() if down.track.kind == "video" and not down.paused]
-        share = None
-        if self.remb is not None and video:
-            audio = sum(down.bitrate for down in self.downtracks.values() if down.track.kind == "audio")
-            share = max(0, self.remb - audio) // len(video)
-        for down in video:
-            down.bandwidth = share
-            down.choose_layer()
+                self.allocator.on_estimate(feedback.bitrate, self.downtracks.values(), time.monotonic())
 
     # periodic -----------------------------------------------------------------------------------
 
@@ -277,9 +266,11 @@ class SubscriberSide:
             if report is not None:
                 self.transport.send_rtcp(report)
 
-    def review_layers(self) -> None:
+    def review_layers(self, now: float) -> None:
+        """Layers come and go at the publisher and estimates age: choose again on every tick."""
+        self.allocator.allocate(self.downtracks.values(), now)
         for down in self.downtracks.values():
-            if (down.track.kind == "video" and not down.paused) or (down.current_layer == NO_LAYER and not down.paused):
+            if down.track.kind != "video" and down.current_layer == NO_LAYER and not down.paused:
                 down.choose_layer()
 
     def detach(self) -> None:

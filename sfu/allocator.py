@@ -1,0 +1,81 @@
+"""Sharing a subscriber's downstream bandwidth among its video down-tracks, and climbing back up.
+
+A receiver's REMB estimate is bounded by what it has been receiving (Chromium and aiortc let it grow
+to about 1.5 times the incoming rate, 8 % a second): once a subscriber is held on a low layer, for a
+cap it has since lifted or for a congestion that has passed, its estimate never says a higher layer
+fits. So the estimate is a hard budget only while it shows congestion (it fell below what is being
+sent, or receivers report sustained loss); otherwise the allocator lets one down-track at a time try
+the next layer up and keeps it there while no congestion follows. A climb that is followed by
+congestion is undone, and the next try waits twice as long (up to ``CLIMB_BACKOFF_MAX``), so a link
+that really is narrow is probed rarely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sfu.forwarder import HEAVY_LOSS, DownTrack
+
+CLIMB_INTERVAL = 2.0  # seconds between two climbs while none fails: the estimate needs time to react
+CLIMB_VERIFY_SECONDS = 4.0  # congestion this soon after a climb blames the climb
+CLIMB_BACKOFF_MIN = 2.0
+CLIMB_BACKOFF_MAX = 32.0
+CALM_RESET_SECONDS = 30.0  # this long without congestion forgets earlier failed climbs
+ESTIMATE_DROP = 0.9  # an estimate below this fraction of the previous one is a decrease, not noise
+
+
+class BandwidthAllocator:
+    __slots__ = ("backoff", "calm_since", "estimate", "last_climb", "next_climb")
+
+    def __init__(self) -> None:
+        self.estimate: int | None = None  # the subscriber's latest REMB, bit/s
+        self.backoff = CLIMB_BACKOFF_MIN
+        self.next_climb = 0.0
+        self.last_climb = float("-inf")
+        self.calm_since = 0.0
+
+    def on_estimate(self, bitrate: int, downtracks: Iterable[DownTrack], now: float) -> None:
+        """A new REMB. The receiver's estimator lowers its estimate only on overuse, and then to below
+        what it receives: a drop under what is being sent is congestion."""
+        downs = list(downtracks)
+        previous, self.estimate = self.estimate, bitrate
+        if previous is None:
+            self.next_climb = now + CLIMB_INTERVAL  # the first estimate is acted on before any climb
+        elif bitrate < previous * ESTIMATE_DROP and bitrate < sum(d.bitrate for d in downs):
+            self._congestion(downs, now)
+        self.allocate(downs, now)
+
+    def allocate(self, downtracks: Iterable[DownTrack], now: float) -> None:
+        """Give each video down-track its share of the estimate, then maybe let one of them climb."""
+        downs = list(downtracks)
+        video = [down for down in downs if down.track.kind == "video" and not down.paused]
+        if not video:
+            return
+        if any(down.smoothed_loss > HEAVY_LOSS for down in video):
+            self._congestion(video, now)
+        elif now - self.calm_since > CALM_RESET_SECONDS:
+            self.backoff = CLIMB_BACKOFF_MIN
+        share = None
+        if self.estimate is not None:
+            audio = sum(down.bitrate for down in downs if down.track.kind == "audio")
+            share = max(0, self.estimate - audio) // len(video)
+        for down in video:
+            down.bandwidth = share
+            down.choose_layer()
+        if share is None or now < self.next_climb:
+            return
+        held_back = [down for down in video if down.held_back]
+        if held_back:
+            min(held_back, key=lambda down: down.target_layer).climb()
+            self.last_climb = now
+            self.next_climb = now + CLIMB_INTERVAL
+
+    def _congestion(self, downs: list[DownTrack], now: float) -> None:
+        """Undo the climbs; blame the last one if it was recent, and wait longer before the next."""
+        if now - self.last_climb < CLIMB_VERIFY_SECONDS:
+            self.backoff = min(self.backoff * 2, CLIMB_BACKOFF_MAX)
+            self.last_climb = float("-inf")
+        self.next_climb = max(self.next_climb, now + self.backoff)
+        self.calm_since = now
+        for down in downs:
+            down.climbed = -1
