@@ -390,13 +390,18 @@ async def signaling_socket(request: web.Request) -> web.StreamResponse:
     store, hub = request.app[STORE], request.app[HUB]
     writer = asyncio.get_running_loop().create_task(connection.write())
     try:
-        await store.sessions.open(
+        opened = await store.sessions.open(
             session_id=connection.session_id,
             meeting_id=meeting.id,
             user_id=connection.user_id,
             node_id=request.app[SETTINGS].node_id,
             client_address=request.remote or "",
         )
+        if not opened:
+            # Their previous socket closed while this one was admitted, and that left the meeting.
+            await session.error("join the meeting first: POST /api/v1/meetings/{id}/join", 403)
+            connection.close(CLOSE_FORBIDDEN, "no longer in the meeting")
+            return socket
         await hub.add(connection)
         log.info("socket %s opened: user %s in meeting %s", connection.session_id, connection.user_id, meeting.id)
         await session.recheck_account()

@@ -10,7 +10,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control.envelope import utc_now
-from control.store.schema import signaling_sessions
+from control.store.meetings import lock_meeting
+from control.store.schema import participants, signaling_sessions
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,23 @@ class SessionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def open(self, *, session_id: str, meeting_id: int, user_id: int, node_id: str, client_address: str) -> None:
+    async def open(self, *, session_id: str, meeting_id: int, user_id: int, node_id: str, client_address: str) -> bool:
+        """Record a socket as open, unless its user has meanwhile turned offline or been removed
+        (their previous socket closing as this one was admitted): checked under the meeting's lock
+        that ``went_offline`` takes, so the two never both succeed. True when it was recorded."""
         async with self._engine.begin() as connection:
+            if await lock_meeting(connection, meeting_id) is None:
+                return False
+            present = await connection.scalar(
+                select(participants.c.user_id).where(
+                    participants.c.meeting_id == meeting_id,
+                    participants.c.user_id == user_id,
+                    participants.c.status != "offline",
+                    participants.c.removed.is_(False),
+                )
+            )
+            if present is None:
+                return False
             await connection.execute(
                 signaling_sessions.insert().values(
                     id=session_id,
@@ -47,6 +63,7 @@ class SessionStore:
                     connected_at=utc_now(),
                 )
             )
+        return True
 
     async def close(self, session_id: str, reason: str, messages_in: int, messages_out: int) -> None:
         async with self._engine.begin() as connection:
