@@ -35,6 +35,11 @@ CONTAINER_MIME = {
     "aac": ("audio/aac", "audio/aac"),
     "mpegts": ("video/mp2t", "video/mp2t"),
 }
+# One FFmpeg demuxer reads both members of these families; the file's signature tells them apart.
+SIGNATURE_MIME = {
+    "video/x-matroska": ("video/x-matroska", "audio/x-matroska"),
+    "video/quicktime": ("video/quicktime", "audio/mp4"),
+}
 TEXT_SNIFF_BYTES = 64 * 1024
 
 
@@ -49,7 +54,7 @@ class Probe:
     duration: float | None = None
 
 
-def _audio_video(path: Path) -> Probe | None:
+def _audio_video(path: Path, signature: str | None) -> Probe | None:
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if container.format.name not in CONTAINER_MIME:
@@ -69,7 +74,7 @@ def _audio_video(path: Path) -> Probe | None:
                 break
             else:
                 return None
-            video_mime, audio_mime = CONTAINER_MIME[container.format.name]
+            video_mime, audio_mime = SIGNATURE_MIME.get(signature or "", CONTAINER_MIME[container.format.name])
             if video:
                 return Probe("video", video_mime, duration)
             return Probe("audio", audio_mime, duration)
@@ -111,7 +116,7 @@ def probe(path: Path) -> Probe:
         if found:
             return found
         raise UnsupportedMedia("image is damaged or of an unsupported format (use JPEG, PNG, GIF or WebP)")
-    found = _audio_video(path)
+    found = _audio_video(path, mime)
     if found:
         return found
     if mime is None:

@@ -119,9 +119,9 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 UPLOADS: list[tuple[str, str, str]] = [
     ("clip.mp4", "video", "video/mp4"),
-    ("clip.mov", "video", "video/mp4"),
+    ("clip.mov", "video", "video/quicktime"),
     ("clip.webm", "video", "video/webm"),
-    ("clip.mkv", "video", "video/webm"),
+    ("clip.mkv", "video", "video/x-matroska"),
     ("clip.ogv", "video", "video/ogg"),
     ("clip.avi", "video", "video/x-msvideo"),
     ("clip.ts", "video", "video/mp2t"),
@@ -275,7 +275,7 @@ async def test_every_transcode_combination_decodes_at_the_asked_size(api: Api, s
 MUXES: list[tuple[str, str, tuple[str, str, str, str, str]]] = [
     ("clip.mp4", "tone.m4a", ("mp4", "mov,mp4,m4a,3gp,3g2,mj2", "h264", "aac", "video/mp4")),
     ("video.webm", "tone.ogg", ("webm", "matroska,webm", "vp8", "opus", "video/webm")),
-    ("clip.mp4", "tone.ogg", ("mkv", "matroska,webm", "h264", "opus", "video/webm")),
+    ("clip.mp4", "tone.ogg", ("mkv", "matroska,webm", "h264", "opus", "video/x-matroska")),
 ]
 
 
