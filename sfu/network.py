@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import ipaddress
+import itertools
 import logging
 import random
 import socket
@@ -147,6 +148,9 @@ class SharedPort:
         raise NotImplementedError
 
 
+_serials = itertools.count()
+
+
 class SharedMediaProtocol(MediaProtocol):
     """A connection's share of a ``SharedPort``: its own ICE state and counters on the port's socket."""
 
@@ -154,6 +158,7 @@ class SharedMediaProtocol(MediaProtocol):
         super().__init__(connection)
         self.port = port
         self.addresses: dict[tuple[str, int], None] = {}  # remote addresses the port routes here, oldest first
+        self.serial = next(_serials)  # a connection gathered later (an ICE restart's) has a higher one
         self.local_candidate = copy.copy(port.candidate)
         self.connection_made(PortView(port, self))
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -74,4 +75,6 @@ async def _open(
     try:
         return await opener(address, port)
     except OSError as exc:
-        raise ConfigError(f"sfu.{setting}: cannot listen on {address} port {port} ({exc.strerror or exc})") from None
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # uvloop wraps the bind error
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
+        raise ConfigError(f"sfu.{setting}: cannot listen on {address} port {port} ({reason})") from None

@@ -7,8 +7,9 @@ Which connection a datagram is for:
 - a STUN request goes by its USERNAME, whose first part is the server's ICE ufrag and so names one
   connection; when it also carries that connection's password (MESSAGE-INTEGRITY), the port learns
   that its sender's address is that connection's client. This holds for the first check from a new
-  address, for consent checks, and for checks after an ICE restart (a new ufrag names the new
-  connection, and the address moves to it);
+  address, for consent checks, and for checks after an ICE restart: the restart's new ufrag names the
+  connection gathered for it, and an address moves only to a connection gathered later than the one
+  it belongs to, so the old connection's last consent checks do not pull it back;
 - a STUN response goes to the connection whose check it answers (by transaction id);
 - anything else (DTLS, RTP, RTCP, STUN indications) goes by the sender's address to the connection it
   was last learnt for.
@@ -87,7 +88,10 @@ class SharedUdpPort(SharedPort, asyncio.DatagramProtocol):
         if message.message_class == stun.Class.INDICATION:
             return self.by_address.get(addr)
         protocol = self.named(message)
-        if protocol is not None and self.by_address.get(addr) is not protocol and self.authentic(message, protocol):
+        if protocol is None:
+            return None
+        current = self.by_address.get(addr)
+        if (current is None or current.serial < protocol.serial) and self.authentic(message, protocol):
             self._learn(addr, protocol)
         return protocol
 
