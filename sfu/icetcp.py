@@ -22,7 +22,7 @@ from aioice.candidate import candidate_foundation, candidate_priority
 from sfu.network import COMPONENT, SharedMediaProtocol, SharedPort, parse_stun
 
 FIRST_FRAME_SECONDS = 10.0  # a client checks as soon as it connects
-MAX_UNIDENTIFIED = 128  # streams waiting for their first check; more are refused at once
+MAX_UNIDENTIFIED = 256  # streams waiting for their first check; more are refused at once
 MAX_STREAMS = 8  # per connection: a client opens one per candidate pair it checks
 MAX_QUEUED_BYTES = 256 * 1024  # unsent bytes a stream may hold before packets are dropped
 MAX_FRAME = 0xFFFF

@@ -15,6 +15,7 @@ the port hands it what the server's ICE ufrag in a STUN check, or the sender's a
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import copy
 import ipaddress
@@ -98,13 +99,13 @@ class MediaProtocol(StunProtocol):
             self.stats.malformed += 1
 
 
-class SharedPort:
+class SharedPort(abc.ABC):
     """A socket every connection shares. A connection is named by the server's ICE ufrag, which opens
     the USERNAME of every STUN check a client sends (``server-ufrag:client-ufrag``); each connection has
     its own ``SharedMediaProtocol`` here. What the port cannot give to a connection it drops and counts:
     ``malformed`` for what cannot be read, ``unrouted`` for what names no connection it has."""
 
-    kind = "udp"
+    kind: str  # "udp" or "tcp"
     candidate: Candidate  # the bound address and port, once open
 
     def __init__(self) -> None:
@@ -138,14 +139,21 @@ class SharedPort:
         """The request carries the connection's password (MESSAGE-INTEGRITY): it comes from its client."""
         return message.check_message_integrity(protocol.receiver.local_password.encode("utf8"))
 
+    @abc.abstractmethod
     def forget(self, protocol: SharedMediaProtocol) -> None:
         """Drop whatever the port keeps for a connection besides its ufrag."""
 
+    @abc.abstractmethod
     def send(self, protocol: SharedMediaProtocol, data: bytes, addr: tuple[str, int]) -> None:
-        raise NotImplementedError
+        """Send a connection's packet to one of its client's addresses."""
 
+    @abc.abstractmethod
     def extra_info(self, name: str, default: Any = None) -> Any:
-        raise NotImplementedError
+        """What the port's socket says of itself (``sockname``...), as a transport's ``get_extra_info``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening; the connections on the port have been closed before."""
 
 
 _serials = itertools.count()

@@ -30,6 +30,10 @@ class Listeners:
             if not any(ufrag in port.by_ufrag for port in self.ports):
                 return ufrag
 
+    @property
+    def udp_sockets(self) -> int:
+        return sum(port.kind == "udp" for port in self.ports)
+
     def status(self) -> str:
         """For the media status line: what the shared ports route, and what they dropped."""
         udp = [port for port in self.ports if isinstance(port, SharedUdpPort)]

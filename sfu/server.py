@@ -82,7 +82,7 @@ class Sfu:
             "media server status: rooms=%d peers=%d media_sockets=%d tasks=%d%s",
             len(self.rooms),
             len(self.peers),
-            sockets + (len(shared.ports) if shared is not None else 0),
+            sockets + (shared.udp_sockets if shared is not None else 0),
             len(asyncio.all_tasks()),
             " " + shared.status() if shared is not None else "",
         )

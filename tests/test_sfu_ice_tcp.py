@@ -196,7 +196,7 @@ async def test_a_browser_without_udp_joins_over_tcp(server, udp_blocked_browser,
         assert f"127.0.0.1 {tcp_port} typ host tcptype passive" in pc.remoteDescription.sdp
         assert selected_udp_pair(pc) == ("udp", udp_port)
     status = await media_status(server)
-    assert status["tcp_streams"] >= 2 and status["udp_connections"] == 4
+    assert status["tcp_streams"] >= 2 and status["udp_connections"] == 4 and status["media_sockets"] == 1
 
     # The browser restarts ICE on both connections: new credentials, new streams, media goes on.
     before = await page.evaluate(REMOTE_UFRAGS)
