@@ -104,6 +104,8 @@ class SfuSettings(_Section):
     announce_addresses: list[str] = Field(default_factory=list)
     port_min: int = Field(0, ge=0, le=65535)
     port_max: int = Field(0, ge=0, le=65535)
+    udp_port: int = Field(0, ge=0, le=65535)  # 0: a port per connection
+    tcp_port: int = Field(0, ge=0, le=65535)  # 0: no ICE over TCP
     # Clients send RTCP every second or so; limits of a few seconds suit tests, not real networks.
     silence_seconds: float = Field(15.0, ge=1.0, le=300.0)
 
@@ -133,6 +135,8 @@ class SfuSettings(_Section):
     def _consistent(self) -> SfuSettings:
         if (self.port_min == 0) != (self.port_max == 0) or self.port_min > self.port_max:
             raise ValueError("port_min and port_max: both 0 (any port), or a range with port_min <= port_max")
+        if self.udp_port and self.port_min:
+            raise ValueError("udp_port shares one port among all connections: leave port_min and port_max 0")
         for text in self.announce_addresses:
             if ipaddress.ip_address(text).is_unspecified:
                 raise ValueError(f"announce_addresses: {text} cannot be announced")

@@ -14,8 +14,9 @@ from typing import Any
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from config.settings import SfuSettings
-from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort
+from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
 from sfu.peer import Peer, Signal
+from sfu.ports import open_listeners
 from sfu.room import Room
 from sfu.sdp import SdpError
 from sfu.subscriber import NegotiationError
@@ -45,6 +46,8 @@ class Sfu:
             port_min=settings.port_min,
             port_max=settings.port_max,
             ipv6=settings.ipv6,
+            udp_port=settings.udp_port,
+            tcp_port=settings.tcp_port,
         )
         self.certificate = RTCCertificate.generateCertificate()
         self.rooms: dict[int, Room] = {}
@@ -53,6 +56,7 @@ class Sfu:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
+        self.network = await open_listeners(self.network)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def close(self) -> None:
@@ -60,22 +64,27 @@ class Sfu:
             self._ticker.cancel()
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
+        if self.network.listeners is not None:
+            self.network.listeners.close()
 
     def log_status(self) -> None:
         """On SIGUSR1 (see control/cli.py): one line with the process's media load, so an operator (or a soak test) can
         watch for leaks in a live server without a debugger."""
+        shared = self.network.listeners
         sockets = sum(
-            len(side.transport.link.connection._protocols)
+            not isinstance(protocol, SharedMediaProtocol)
             for peer in self.peers.values()
             for side in (peer.publisher, peer.subscriber)
             if side.transport is not None
+            for protocol in side.transport.link.connection._protocols
         )
         log.info(
-            "media server status: rooms=%d peers=%d media_sockets=%d tasks=%d",
+            "media server status: rooms=%d peers=%d media_sockets=%d tasks=%d%s",
             len(self.rooms),
             len(self.peers),
-            sockets,
+            sockets + (shared.udp_sockets if shared is not None else 0),
             len(asyncio.all_tasks()),
+            " " + shared.status() if shared is not None else "",
         )
 
     # peers --------------------------------------------------------------------------------------

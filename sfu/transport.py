@@ -119,13 +119,14 @@ async def connect_ice(connection: Connection, ufrag: str, password: str, candida
 
 
 async def add_candidate(connection: Connection, line: str | None) -> None:
-    """Add a client's candidate; ``None`` ends the list. A line that does not parse is ignored."""
-    if line is None:
-        if not connection._remote_candidates_end:
-            await connection.add_remote_candidate(None)
-        return
-    candidate = parse_candidate(line)
-    if candidate is None or candidate.transport.lower() != "udp" or connection._remote_candidates_end:
+    """Add a client's UDP candidate. A line that does not parse is ignored, and so are TCP candidates
+    (a client's active ones are where it connects from, not something to reach) and the end of the
+    list (``None``): the server is ICE-lite, so whether ICE succeeds is the client's to find out by
+    its checks, which may come from addresses it never signaled (a TCP stream, a NAT's mapping), until
+    ``CONNECT_TIMEOUT_SECONDS``. Told that the list has ended, aioice would give up as soon as its own
+    checks of the signaled candidates failed, or at once with none signaled."""
+    candidate = parse_candidate(line) if line is not None else None
+    if candidate is None or candidate.transport.lower() != "udp":
         return
     await connection.add_remote_candidate(candidate)
 
