@@ -1,15 +1,20 @@
 """Fixtures: the API runs in-process on both store backends (SQLite file, and PostgreSQL in a
-schema of its own per test), Redis is the real server; under CI a missing server fails."""
+schema of its own per test), Redis is the real server; under CI a missing server fails. A test that
+never reaches the database is marked ``sqlite_only`` and runs once."""
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
 import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -19,8 +24,14 @@ from aiohttp.test_utils import TestClient
 
 from config import Settings, load_settings
 from control.app import create_app
-from control.context import STORE
+from control.auth.passwords import hash_password
+from control.auth.sessions import issue_tokens
+from control.context import BACKGROUND, SETTINGS, STORE
 from control.store.users import UserRecord
+from tests.server_process import ServerProcess, start_server
+
+if TYPE_CHECKING:
+    from tests.rtc_clients import Participant
 
 POSTGRES_URL = os.environ.get("HUIYI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HUIYI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -67,6 +78,9 @@ async def redis_url() -> AsyncIterator[str]:
 
 
 SettingsFactory = Callable[..., Settings]
+# For a test that never reaches the database (validation, routing, the OpenAPI document, settings):
+# the backend cannot change its outcome, so it runs once, on SQLite.
+sqlite_only = pytest.mark.parametrize("settings_factory", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,6 +129,7 @@ class Api:
 
     def __init__(self, client: TestClient) -> None:
         self.client = client
+        self._password_hash = ""  # PASSWORD's, made once: each hash costs ~100 ms
 
     @property
     def app(self) -> web.Application:
@@ -165,6 +180,31 @@ class Api:
         assert record is not None and record.is_admin
         return account
 
+    async def stored_account(self, role: str = "user") -> Account:
+        """An account with a session, made straight in the store the way registering and logging in
+        make one, without spending the registration and login rate limits or a password hash each
+        (for tests that need many accounts, or the limits untouched)."""
+        if not self._password_hash:
+            self._password_hash = await hash_password(PASSWORD)
+        n = next(_counter)
+        username, address = f"user{n}", f"user{n}@example.com"
+        user = await self.app[STORE].users.create(
+            username=username, email=address, password_hash=self._password_hash, nickname=username, role=role
+        )
+        tokens = await issue_tokens(self.app, user)
+        return Account(user.id, username, address, PASSWORD, tokens.access_token, tokens.refresh_token)
+
+    async def settle(self) -> None:
+        """Wait for what the app does after answering (a mail being sent, say)."""
+        for task in list(self.app[BACKGROUND]):
+            await task
+
+    def outbox(self) -> list[EmailMessage]:
+        """The mails written to the outbox (no SMTP server configured), oldest first."""
+        mails = sorted((self.app[SETTINGS].server.data_dir / "outbox").glob("*.eml"))
+        parsed = [email.message_from_bytes(path.read_bytes(), policy=email.policy.default) for path in mails]
+        return [mail for mail in parsed if isinstance(mail, EmailMessage)]
+
 
 @pytest.fixture
 async def make_api(settings_factory: SettingsFactory, aiohttp_client: Any) -> Callable[[Settings], Any]:
@@ -180,3 +220,41 @@ async def make_api(settings_factory: SettingsFactory, aiohttp_client: Any) -> Ca
 @pytest.fixture
 async def api(make_api: Callable[[Settings], Any], settings_factory: SettingsFactory) -> Api:
     return await make_api(settings_factory())
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
+    """Two server processes sharing one PostgreSQL schema, one Redis and one signing key."""
+    schema = await postgres_schema()
+    env = {
+        "HUIYI_DATABASE_SCHEMA": schema,
+        "HUIYI_AUTH_JWT_SECRET": uuid.uuid4().hex * 2,
+        "HUIYI_REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex}",
+    }
+    common = ["--database-url", POSTGRES_URL, "--redis-url", redis_url]
+    started: list[ServerProcess] = []
+    try:
+        for name in ("a", "b"):
+            started.append(
+                await asyncio.to_thread(
+                    start_server,
+                    *common,
+                    "--data-dir",
+                    str(tmp_path / name),
+                    log=tmp_path / f"{name}.log",
+                    env={**env, "HUIYI_SERVER_NODE_ID": f"node-{name}"},
+                )
+            )
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            server.stop()
+        await drop_schema(schema)
+
+
+@pytest.fixture
+async def people() -> AsyncIterator[list[Participant]]:
+    """The aiortc participants a test connects (``tests.rtc_clients.connect_user``), closed at its end."""
+    found: list[Participant] = []
+    yield found
+    await asyncio.gather(*(person.close() for person in found), return_exceptions=True)

@@ -26,7 +26,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from bench.loopback import loopback_only
-from tests.server_process import request
+from tests.server_process import invite_code_of, join_meeting, make_meeting, make_user
 
 VIDEO_CLOCK = 90000
 
@@ -222,44 +222,20 @@ class Participant:
             await self.http.close()
 
 
-def make_user(base_url: str, name: str) -> tuple[str, int]:
-    """Register and log in a user; the token and user id."""
-    password = "correct horse battery staple 42"
-    status, body = request(
-        "POST",
-        base_url + "/api/v1/auth/register",
-        {"username": name, "email": f"{name}@example.com", "password": password},
-    )
-    assert status in (200, 201), body
-    status, body = request("POST", base_url + "/api/v1/auth/login", {"username": name, "password": password})
-    assert status == 200, body
-    return body["data"]["access_token"], body["data"]["user"]["user_id"]
-
-
-def make_meeting(base_url: str, host_token: str, title: str = "media test") -> int:
-    status, body = request("POST", base_url + "/api/v1/meetings", {"title": title}, token=host_token)
-    assert status in (200, 201), body
-    return int(body["data"]["meeting_id"])
-
-
-def invite_code_of(base_url: str, host_token: str, meeting_id: int) -> str:
-    """The meeting's invite code, read by its host from the meeting view."""
-    status, body = request("GET", f"{base_url}/api/v1/meetings/{meeting_id}", token=host_token)
-    assert status == 200, body
-    return body["data"]["invite_code"]
-
-
-def join_meeting(base_url: str, token: str, meeting_id: int, invite_code: str | None = None) -> None:
-    """Join over REST; anyone but the host needs the meeting's ``invite_code``."""
-    payload = {"invite_code": invite_code} if invite_code else {}
-    status, body = request("POST", f"{base_url}/api/v1/meetings/{meeting_id}/join", payload, token=token)
-    assert status == 200, body
-
-
-async def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` when it does not within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+async def connect_user(
+    base_url: str, name: str, host: Participant | None = None, people: list[Participant] | None = None
+) -> Participant:
+    """A new user ``name`` connected to a meeting: one of its own, which it hosts (``host`` None), or
+    ``host``'s, joined with its invite code. Listed in ``people`` (for the test to close) when given."""
+    token, user_id = make_user(base_url, name)
+    if host is None:
+        meeting_id = make_meeting(base_url, token)
+        join_meeting(base_url, token, meeting_id)
+    else:
+        meeting_id = host.meeting_id
+        join_meeting(base_url, token, meeting_id, invite_code_of(base_url, host.token, meeting_id))
+    person = Participant(base_url, token, user_id, meeting_id)
+    if people is not None:
+        people.append(person)
+    await person.connect()
+    return person

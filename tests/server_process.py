@@ -1,4 +1,6 @@
-"""Running the real server (``run_server.py``) as a separate process, as an operator would."""
+"""Running the real server (``run_server.py``) as a separate process, as an operator would, and
+calling its API over HTTP: plain calls (``request`` blocking, ``call`` over an aiohttp session) and
+the few steps most tests of a server process start with (a user, a meeting, joining it)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
@@ -46,16 +50,67 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def request(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Status and JSON answer of one call with a JSON ``body``, blocking (for plain test code)."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    call = urllib.request.Request(url, data=data, method=method, headers=headers)
+    prepared = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(call, timeout=10) as response:
+        with urllib.request.urlopen(prepared, timeout=10) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kwargs: Any
+) -> tuple[int, dict[str, Any]]:
+    """Status and JSON answer of one call over ``http`` (``kwargs``: json, data, params...)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, url, headers=headers, **kwargs) as response:
+        return response.status, await response.json()
+
+
+def make_user(base_url: str, name: str, password: str = "correct horse battery staple 42") -> tuple[str, int]:
+    """Register ``name`` (mail at example.com) and log in; the access token and user id."""
+    status, body = request(
+        "POST",
+        base_url + "/api/v1/auth/register",
+        {"username": name, "email": f"{name}@example.com", "password": password},
+    )
+    assert status in (200, 201), body
+    status, body = request("POST", base_url + "/api/v1/auth/login", {"username": name, "password": password})
+    assert status == 200, body
+    return body["data"]["access_token"], body["data"]["user"]["user_id"]
+
+
+def make_meeting(base_url: str, host_token: str, title: str = "media test") -> int:
+    """A new meeting, its creator (and so its host) the holder of ``host_token``."""
+    status, body = request("POST", base_url + "/api/v1/meetings", {"title": title}, token=host_token)
+    assert status in (200, 201), body
+    return int(body["data"]["meeting_id"])
+
+
+def invite_code_of(base_url: str, host_token: str, meeting_id: int) -> str:
+    """The meeting's invite code, read by its host from the meeting view."""
+    status, body = request("GET", f"{base_url}/api/v1/meetings/{meeting_id}", token=host_token)
+    assert status == 200, body
+    return body["data"]["invite_code"]
+
+
+def join_meeting(base_url: str, token: str, meeting_id: int, invite_code: str | None = None) -> None:
+    """Join over REST; anyone but the host needs the meeting's ``invite_code``."""
+    payload = {"invite_code": invite_code} if invite_code else {}
+    status, body = request("POST", f"{base_url}/api/v1/meetings/{meeting_id}/join", payload, token=token)
+    assert status == 200, body
+
+
+def room_stats(base_url: str, meeting_id: int, token: str) -> dict[str, Any]:
+    """The media server's view of the meeting's room (peers, tracks, layers, transports)."""
+    status, body = request("GET", f"{base_url}/api/v1/webrtc/room/{meeting_id}/stats", token=token)
+    assert status == 200, body
+    return body["data"]
 
 
 @dataclass

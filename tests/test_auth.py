@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 from datetime import timedelta
-from email.message import EmailMessage
-from pathlib import Path
 
 import jwt
 import pytest
 from sqlalchemy import update
 
 from control.auth.tokens import TokenCodec
-from control.context import BACKGROUND, SETTINGS, STORE, TOKENS
+from control.context import STORE, TOKENS
 from control.store.schema import password_resets
-from tests.conftest import PASSWORD, Api
+from tests.conftest import PASSWORD, Api, sqlite_only
 
 
 async def test_register_returns_the_user_model(api: Api) -> None:
@@ -52,12 +48,14 @@ async def test_duplicate_username_and_email_are_1001_and_1002(api: Api) -> None:
         ({"role": "admin"}, "role"),
     ],
 )
+@sqlite_only
 async def test_register_validation_names_the_field(api: Api, fields: dict[str, str], bad_field: str) -> None:
     body = await api.register(**fields)
     assert body["status"] == 400 and body["code"] == 400
     assert [error["field"] for error in body["data"]["errors"]] == [bad_field]
 
 
+@sqlite_only
 async def test_password_may_not_contain_the_username(api: Api) -> None:
     body = await api.register(username="carol", password="carol12345")
     assert body["status"] == 400 and "username" in body["message"]
@@ -124,20 +122,13 @@ async def test_refresh_rotates_and_refuses_a_used_token(api: Api) -> None:
 
 
 async def _reset_token(api: Api) -> str:
-    await _drain_mail(api)
-    outbox: Path = api.app[SETTINGS].server.data_dir / "outbox"
-    mails = sorted(outbox.glob("*.eml"))
+    await api.settle()
+    mails = api.outbox()
     assert mails, "no reset mail was written"
-    mail = email.message_from_bytes(mails[-1].read_bytes(), policy=email.policy.default)
-    assert isinstance(mail, EmailMessage) and mail["Subject"] == "Reset your huiyi password"
-    found = re.search(r"token=([\w-]+)", mail.get_content())
+    assert mails[-1]["Subject"] == "Reset your huiyi password"
+    found = re.search(r"token=([\w-]+)", mails[-1].get_content())
     assert found
     return found.group(1)
-
-
-async def _drain_mail(api: Api) -> None:
-    for task in list(api.app[BACKGROUND]):
-        await task
 
 
 async def test_forgot_and_reset_password(api: Api) -> None:
@@ -146,7 +137,7 @@ async def test_forgot_and_reset_password(api: Api) -> None:
     unknown = await api.call("POST", "/api/v1/auth/forgot-password", json={"email": "nobody@example.com"})
     assert unknown["status"] == 200 and unknown["message"] == known["message"]
     token = await _reset_token(api)
-    assert len(list((api.app[SETTINGS].server.data_dir / "outbox").glob("*.eml"))) == 1
+    assert len(api.outbox()) == 1
 
     new_password = "brand-new-pass-7"
     payload = {"token": token, "new_password": new_password}
@@ -184,6 +175,7 @@ async def test_only_the_newest_reset_mail_works_and_expired_tokens_fail(api: Api
     assert expired["status"] == 400
 
 
+@sqlite_only
 async def test_reset_password_validates_input(api: Api) -> None:
     weak = await api.call("POST", "/api/v1/auth/reset-password", json={"token": "x", "new_password": "weak"})
     assert weak["status"] == 400 and weak["data"]["errors"][0]["field"] == "new_password"

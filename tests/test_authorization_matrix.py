@@ -18,26 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import ClientWebSocketResponse, FormData, WSMsgType
+from aiohttp import ClientWebSocketResponse, FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from config import load_settings
 from control.app import all_endpoints, create_app
-from control.auth.passwords import hash_password
-from control.auth.sessions import issue_tokens
 from control.context import SFU, STORE
 from control.endpoints import Endpoint
 from tests.conftest import PASSWORD, POSTGRES_URL, Account, Api, drop_schema, postgres_schema
-from tests.support import envelope_problem, png_bytes, until, video_bytes, wav_bytes
+from tests.support import at, enter, envelope_problem, file_form, image_bytes, until, video_bytes, wav_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -222,7 +218,6 @@ class World:
         self.scenes: dict[str, Scene] = {}
         self.sockets: dict[ClientWebSocketResponse, asyncio.Task[None]] = {}
         self.avatar = ""
-        self.password_hash = ""
         self.jobs: list[str] = []
 
     def hold(self, socket: ClientWebSocketResponse) -> None:
@@ -236,14 +231,15 @@ class World:
 
     async def jobs_done(self, timeout: float = 60.0) -> None:
         """Wait for the jobs the cases started, so the server closes without cutting one short."""
-        deadline = time.monotonic() + timeout
-        for job_id in self.jobs:
-            while (await self.ok("GET", f"/api/v1/ffmpeg/job/{job_id}/status", "admin"))["status"] in {
-                "queued",
-                "running",
-            }:
-                assert time.monotonic() < deadline, f"job {job_id} still unfinished"
-                await asyncio.sleep(0.05)
+
+        async def all_ended() -> bool:
+            for job_id in self.jobs:
+                job = await self.ok("GET", f"/api/v1/ffmpeg/job/{job_id}/status", "admin")
+                if job["status"] in {"queued", "running"}:
+                    return False
+            return True
+
+        await until(all_ended, "the jobs the cases started finished", timeout, interval=0.05)
 
     async def send(
         self, method: str, path: str, account: Account | None, call: Call
@@ -264,26 +260,14 @@ class World:
         return body["data"]
 
     async def upload(self, account: Account, meeting_id: int) -> str:
-        form = FormData()
-        form.add_field("file", video_bytes(), filename="clip.webm", content_type="video/webm")
-        form.add_field("meeting_id", str(meeting_id))
+        form = file_form(video_bytes(), "clip.webm", content_type="video/webm", meeting_id=meeting_id)
         status, body, _ = await self.send("POST", "/api/v1/media/upload", account, Call(form=form))
         assert status == 201, body
         return str(body["data"]["file_id"])
 
     async def enter(self, meeting_id: int, role: str) -> tuple[ClientWebSocketResponse, dict[str, Any]]:
-        account = self.accounts[role]
         await self.ok("POST", f"/api/v1/meetings/{meeting_id}/join", role, json={})
-        socket = await self.api.client.ws_connect(
-            f"/ws/signaling?meeting_id={meeting_id}&user_id={account.id}", headers=account.auth
-        )
-        await socket.send_json({"type": "join", "data": {}})
-        async with asyncio.timeout(10):
-            while True:
-                frame = await socket.receive()
-                assert frame.type is WSMsgType.TEXT, frame
-                if frame.json()["type"] == "join":
-                    return socket, frame.json()
+        return await enter(self.api, meeting_id, self.accounts[role], header=True)
 
     async def add(self, meeting_id: int, by: str, role: str, who: str) -> None:
         await self.ok(
@@ -299,7 +283,7 @@ class World:
     async def standard_scene(self, *, with_banned: bool = False) -> Scene:
         """Created by the host (waiting room on, starting tomorrow), with a moderator, a
         participant, a removed participant and a user held in the waiting room."""
-        start = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        start = at(24)
         meeting = await self.ok(
             "POST",
             "/api/v1/meetings",
@@ -320,7 +304,7 @@ class World:
 
     async def handed_over_scene(self) -> Scene:
         """Created by removed_creator, who made the host its host and was then removed by them."""
-        start = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        start = at(24)
         meeting = await self.ok(
             "POST", "/api/v1/meetings", "removed_creator", json={"title": "handed", "start_time": start}
         )
@@ -343,7 +327,7 @@ class World:
         admin or an ordinary user)."""
         if role == "anonymous":
             return None
-        account = await self.new_account()
+        account = await self.api.stored_account()
         if role == "admin":
             await self.api.app[STORE].users.update(account.id, role="admin")
         if role == "banned":
@@ -352,34 +336,21 @@ class World:
 
     async def subject(self) -> int:
         """A user for the administration endpoints to act on."""
-        return (await self.new_account()).id
-
-    async def new_account(self) -> Account:
-        """An account with a session, made the way registering and logging in make them but
-        without hashing the password each time (registration and login have cases of their own)."""
-        if not self.password_hash:
-            self.password_hash = await hash_password(PASSWORD)
-        n = next(_names)
-        user = await self.api.app[STORE].users.create(
-            username=f"matrix{n}", email=f"matrix{n}@example.com", password_hash=self.password_hash, nickname=f"M{n}"
-        )
-        tokens = await issue_tokens(self.api.app, user)
-        return Account(user.id, user.username, user.email, PASSWORD, tokens.access_token, tokens.refresh_token)
+        return (await self.api.stored_account()).id
 
 
 async def open_world(api: Api) -> World:
     world = World(api)
     for role in ROLES:
         if role != "anonymous":
-            world.accounts[role] = await world.new_account()
+            world.accounts[role] = await world.api.stored_account()
     for extra in ("spare", "invitee"):
-        world.accounts[extra] = await world.new_account()
+        world.accounts[extra] = await world.api.stored_account()
     await api.app[STORE].users.update(world.accounts["admin"].id, role="admin")
     world.scenes["standard"] = await world.standard_scene(with_banned=True)
     world.scenes["handed"] = await world.handed_over_scene()
     await world.ok("POST", f"/api/v1/admin/users/{world.accounts['banned'].id}/ban", "admin")
-    form = FormData()
-    form.add_field("file", png_bytes(), filename="me.png", content_type="image/png")
+    form = file_form(image_bytes(), "me.png", content_type="image/png")
     _, profile, _ = await world.send("POST", "/api/v1/users/upload-avatar", world.accounts["spare"], Call(form=form))
     world.avatar = profile["data"]["avatar_url"].rsplit("/", 1)[1]
     return world
@@ -444,9 +415,7 @@ async def _reset(case: Case) -> Call:
 
 
 async def _avatar_upload(case: Case) -> Call:
-    form = FormData()
-    form.add_field("file", png_bytes(), filename="me.png", content_type="image/png")
-    return Call(form=form)
+    return Call(form=file_form(image_bytes(), "me.png", content_type="image/png"))
 
 
 async def _subject(case: Case) -> Call:
@@ -482,10 +451,7 @@ async def _participant_of_meeting(case: Case) -> Call:
 
 
 async def _upload(case: Case) -> Call:
-    form = FormData()
-    form.add_field("file", wav_bytes(), filename="tone.wav", content_type="audio/wav")
-    form.add_field("meeting_id", str(case.scene.meeting_id))
-    return Call(form=form)
+    return Call(form=file_form(wav_bytes(), "tone.wav", content_type="audio/wav", meeting_id=case.scene.meeting_id))
 
 
 async def _with_meeting(case: Case, **call: Any) -> Call:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from control.context import STORE
-from tests.conftest import POSTGRES_URL, Api, SettingsFactory
+from tests.conftest import POSTGRES_URL, Api, SettingsFactory, sqlite_only
 
 
 async def test_success_envelope_and_generated_request_id(api: Api) -> None:
@@ -28,12 +28,14 @@ async def test_success_envelope_and_generated_request_id(api: Api) -> None:
     ("sent", "echoed"),
     [("trace-42.a:b", "trace-42.a:b"), ("evil id;<script>", "evilidscript"), ("x" * 200, "x" * 64)],
 )
+@sqlite_only
 async def test_request_id_is_honoured_and_sanitised(api: Api, sent: str, echoed: str) -> None:
     response = await api.client.get("/api/v1/nowhere", headers={"X-Request-ID": sent}, skip_auto_headers=())
     body = await response.json()
     assert body["request_id"] == echoed and response.headers["X-Request-ID"] == echoed
 
 
+@sqlite_only
 async def test_unknown_route_and_method_are_enveloped(api: Api) -> None:
     missing = await api.call("GET", "/api/v1/does-not-exist", expect=404)
     assert missing["code"] == 404 and missing["data"] is None
@@ -41,6 +43,7 @@ async def test_unknown_route_and_method_are_enveloped(api: Api) -> None:
     assert wrong_method["code"] == 405 and "POST" in wrong_method["headers"]["Allow"]
 
 
+@sqlite_only
 async def test_bad_json_bodies_are_400(api: Api) -> None:
     for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b'"text"'):
         body = await api.call(
@@ -87,6 +90,7 @@ async def test_a_lost_database_connection_is_503_then_recovers(settings_factory:
     await api.call("GET", "/api/v1/meetings", token=account.access, expect=200)
 
 
+@sqlite_only
 async def test_openapi_lists_every_endpoint(api: Api) -> None:
     response = await api.client.get("/api/v1/openapi.json")
     document = await response.json()

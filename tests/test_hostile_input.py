@@ -7,7 +7,7 @@ import asyncio
 import json
 import struct
 
-from tests.conftest import Api
+from tests.conftest import Api, sqlite_only
 
 DEADLINE = 10.0
 WEBSOCKET_UPGRADE = (
@@ -53,6 +53,7 @@ async def test_a_json_integer_with_too_many_digits_is_a_400(api: Api) -> None:
     assert profile["status"] == 400
 
 
+@sqlite_only
 async def test_undecodable_bearer_token_is_a_401(api: Api) -> None:
     reader, writer = await open_raw(api)
     writer.write(
@@ -85,6 +86,7 @@ async def test_undecodable_token_on_the_socket_is_a_socket_error(api: Api) -> No
     writer.close()
 
 
+@sqlite_only
 async def test_a_body_that_fails_to_decompress_is_a_400(api: Api) -> None:
     reader, writer = await open_raw(api)
     garbage = b"not gzip at all" * 10
@@ -118,6 +120,7 @@ async def test_an_undecodable_form_field_name_is_a_400(api: Api) -> None:
     assert status == 400 and json.loads(answer)["message"] == "Field note\\udcff\\udcfe is too long"
 
 
+@sqlite_only
 async def test_the_web_client_refuses_a_range_that_selects_nothing(api: Api) -> None:
     page = await api.client.get("/")
     size = len(await page.read())

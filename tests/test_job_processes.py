@@ -23,10 +23,9 @@ import pytest
 
 from media.samples import write_clip
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
-from tests.server_process import ServerProcess, start_server
-from tests.support import until
+from tests.server_process import ServerProcess, call, make_user, start_server
+from tests.support import file_form, until
 
-PASSWORD = "job-runner-123"
 # Long enough to be caught running (a few seconds), short enough to let one run to the end.
 SLOW_TRANSCODE = {"format": "webm", "video_codec": "vp8", "width": 320, "height": 240}
 JOB_DEADLINE = 90.0
@@ -72,14 +71,14 @@ def kill(server: ServerProcess) -> list[int]:
 async def kill_new_worker(server: ServerProcess, known: set[int]) -> int:
     """SIGKILL the first worker of the server not in ``known`` the moment it exists: long before
     it imported what a job needs, so before it could report anything."""
-    deadline = time.monotonic() + JOB_DEADLINE
-    while time.monotonic() < deadline:
-        new = [pid for pid in job_workers(server.process.pid) if pid not in known]
-        if new:
-            os.kill(new[0], signal.SIGKILL)
-            return new[0]
-        await asyncio.sleep(0.002)
-    raise AssertionError("no new worker process")
+    new = await until(
+        lambda: [pid for pid in job_workers(server.process.pid) if pid not in known],
+        "a new worker process",
+        JOB_DEADLINE,
+        interval=0.002,
+    )
+    os.kill(new[0], signal.SIGKILL)
+    return new[0]
 
 
 OTHER_NODE_SCRATCH = "other-node-0123abcd"
@@ -106,24 +105,13 @@ class Client:
         self.token = ""
 
     async def call(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with self.http.request(method, url, headers=headers, **kwargs) as response:
-            return response.status, await response.json()
+        return await call(self.http, method, url, self.token, **kwargs)
 
-    async def sign_up(self, node: ServerProcess) -> None:
-        name = f"u{uuid.uuid4().hex[:10]}"
-        account = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
-        assert (await self.call("POST", node.url + "/api/v1/auth/register", json=account))[0] == 201
-        status, session = await self.call(
-            "POST", node.url + "/api/v1/auth/login", json={"username": name, "password": PASSWORD}
-        )
-        assert status == 200, session
-        self.token = session["data"]["access_token"]
+    def sign_up(self, node: ServerProcess) -> None:
+        self.token, _ = make_user(node.url, f"u{uuid.uuid4().hex[:10]}")
 
     async def upload(self, node: ServerProcess, data: bytes) -> str:
-        form = aiohttp.FormData()
-        form.add_field("file", data, filename="clip.webm", content_type="application/octet-stream")
-        status, body = await self.call("POST", node.url + "/api/v1/media/upload", data=form)
+        status, body = await self.call("POST", node.url + "/api/v1/media/upload", data=file_form(data, "clip.webm"))
         assert status == 201, body
         return str(body["data"]["file_id"])
 
@@ -181,7 +169,7 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
     async with aiohttp.ClientSession() as http:
         user = Client(http)
         try:
-            await user.sign_up(server)
+            user.sign_up(server)
             file_id = await user.upload(server, clip)
             twice = await user.start(server, "transcode", {"file_id": file_id, **SLOW_TRANSCODE})
             await user.running(server, twice)
@@ -239,7 +227,7 @@ async def test_a_killed_worker_is_replaced_and_its_job_tried_once_more(tmp_path:
     async with aiohttp.ClientSession() as http:
         user = Client(http)
         try:
-            await user.sign_up(server)
+            user.sign_up(server)
             file_id = await user.upload(server, clip)
             job_id = await user.start(server, "transcode", {"file_id": file_id, **SLOW_TRANSCODE})
             await user.running(server, job_id)
@@ -308,7 +296,7 @@ async def test_a_job_stays_with_its_node_until_that_node_dies(
     async with aiohttp.ClientSession() as http:
         user = Client(http)
         try:
-            await user.sign_up(a)
+            user.sign_up(a)
             file_id = await user.upload(a, clip)
             kept = await user.start(a, "transcode", {"file_id": file_id, **SLOW_TRANSCODE})
             await user.running(a, kept)

@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from control.context import BACKGROUND, SETTINGS
+from control.context import SETTINGS
 from tests.conftest import Api, SettingsFactory
 from tests.server_process import free_port
 
@@ -40,11 +40,6 @@ def mail_settings(port: int) -> dict[str, Any]:
     return {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_starttls": False, "from_address": "huiyi@example.com"}
 
 
-async def drain(api: Api) -> None:
-    for task in list(api.app[BACKGROUND]):
-        await task
-
-
 async def test_reset_mail_goes_out_over_smtp(
     settings_factory: SettingsFactory, make_api: Callable[..., Any], smtp_server: tuple[int, Inbox]
 ) -> None:
@@ -52,7 +47,7 @@ async def test_reset_mail_goes_out_over_smtp(
     api: Api = await make_api(settings_factory(mail=mail_settings(port)))
     account = await api.account()
     await api.call("POST", "/api/v1/auth/forgot-password", json={"email": account.email}, expect=200)
-    await drain(api)
+    await api.settle()
 
     ((recipients, message),) = inbox.messages
     assert recipients == [account.email] and message["From"] == "huiyi@example.com"
@@ -75,5 +70,5 @@ async def test_mail_server_down_still_answers_the_same(
     account = await api.account()
     body = await api.call("POST", "/api/v1/auth/forgot-password", json={"email": account.email}, expect=200)
     assert body["code"] == 200
-    await drain(api)
+    await api.settle()
     assert "could not send the password reset mail" in caplog.text

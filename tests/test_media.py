@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import secrets
 import statistics
@@ -12,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import av
 import pytest
 from aiohttp import FormData
 from PIL import Image
@@ -22,9 +20,8 @@ from control.envelope import utc_now
 from control.storage import LEGACY_SCRATCH_IDLE_SECONDS, LocalStorage
 from control.store.media import MeetingGone
 from media.samples import write_clip
-from tests.conftest import Account, Api
-
-JOB_DEADLINE = 90.0
+from tests.conftest import Api
+from tests.support import JOB_DEADLINE, file_form, finished, image_bytes, result_path, streams, until, upload, uploaded
 
 
 @pytest.fixture(scope="module")
@@ -36,62 +33,10 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         "tone.wav": write_clip(folder / "tone.wav", seconds=1.5),
     }
     found = {name: path.read_bytes() for name, path in made.items()}
-    picture = io.BytesIO()
-    Image.new("RGB", (64, 48), "teal").save(picture, format="PNG")
-    found["picture.png"] = picture.getvalue()
+    found["picture.png"] = image_bytes("PNG", (64, 48))
     found["slides.pdf"] = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"
     found["notes.txt"] = "agenda: 一, two, three\n".encode()
     return found
-
-
-def form(data: bytes, name: str, **fields: Any) -> FormData:
-    body = FormData()
-    for key, value in fields.items():
-        body.add_field(key, str(value))
-    body.add_field("file", data, filename=name, content_type="application/octet-stream")
-    return body
-
-
-async def upload(api: Api, account: Account, data: bytes, name: str, **fields: Any) -> dict[str, Any]:
-    return await api.call("POST", "/api/v1/media/upload", token=account.access, data=form(data, name, **fields))
-
-
-async def uploaded(api: Api, account: Account, data: bytes, name: str, **fields: Any) -> dict[str, Any]:
-    body = await upload(api, account, data, name, **fields)
-    assert body["status"] == 201, body
-    return body["data"]
-
-
-async def finished(api: Api, account: Account, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + JOB_DEADLINE
-    while time.monotonic() < deadline:
-        body = await api.call("GET", f"/api/v1/ffmpeg/job/{job_id}/status", token=account.access, expect=200)
-        if body["data"]["status"] in {"succeeded", "failed", "cancelled"}:
-            return body["data"]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish within {JOB_DEADLINE} s")
-
-
-async def result_path(api: Api, job: dict[str, Any]) -> Path:
-    assert job["status"] == "succeeded", job
-    (file_id,) = job["result_file_ids"]
-    record = await api.app[STORE].media.get(file_id)
-    assert record is not None
-    return api.app[STORAGE].local_path(record.storage_key)
-
-
-def streams(path: Path) -> tuple[list[tuple[str, str, int | None, int | None]], float]:
-    with av.open(str(path)) as container:
-        found = [
-            (
-                s.type,
-                s.codec_context.name,
-                getattr(s.codec_context, "width", None),
-                getattr(s.codec_context, "height", None),
-            )
-            for s in container.streams
-        ]
-        return found, container.duration / av.time_base
 
 
 @pytest.mark.parametrize(
@@ -215,7 +160,7 @@ async def test_upload_cap_and_missing_file(settings_factory: Any, make_api: Any,
     no_file.add_field("meeting_id", "1")
     missing = await api.call("POST", "/api/v1/media/upload", token=owner.access, data=no_file)
     assert missing["status"] == 400 and missing["code"] == 3001
-    crowded = form(b"x" * 100, "n.txt", **{f"field{n}": "v" for n in range(40)})
+    crowded = file_form(b"x" * 100, "n.txt", **{f"field{n}": "v" for n in range(40)})
     too_many = await api.call("POST", "/api/v1/media/upload", token=owner.access, data=crowded)
     assert too_many["status"] == 400 and too_many["code"] == 3001
     assert [p for p in api.app[STORAGE].root.rglob("*") if p.is_file()] == []
@@ -422,11 +367,12 @@ async def test_a_job_outliving_its_meeting_leaves_nothing_in_a_new_one(api: Api,
         expect=201,
     )
     job_url = f"/api/v1/ffmpeg/job/{started['data']['job_id']}/status"
-    deadline = time.monotonic() + JOB_DEADLINE
-    while (await api.call("GET", job_url, token=owner.access))["data"]["status"] == "queued":
-        assert time.monotonic() < deadline, "the job never started"
-        await asyncio.sleep(0.05)
-    assert (await api.call("GET", job_url, token=owner.access))["data"]["status"] == "running"
+
+    async def started_status() -> str | None:
+        status = (await api.call("GET", job_url, token=owner.access))["data"]["status"]
+        return status if status != "queued" else None
+
+    assert await until(started_status, "the job started", JOB_DEADLINE, interval=0.05) == "running"
 
     await api.call("DELETE", f"/api/v1/meetings/{old_id}", token=owner.access, expect=200)
     replacement = await api.call("POST", "/api/v1/meetings", token=owner.access, json={"title": "Next"}, expect=201)
@@ -443,10 +389,11 @@ async def test_a_job_outliving_its_meeting_leaves_nothing_in_a_new_one(api: Api,
     storage = api.app[STORAGE]
     record = await api.app[STORE].media.get(clip["file_id"])
     assert record is not None and record.meeting_id is None
-    deadline = time.monotonic() + 5
-    while [p for p in storage.root.rglob("*") if p.is_file()] != [storage.local_path(record.storage_key)]:
-        assert time.monotonic() < deadline, "the discarded output's bytes were kept"
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: [p for p in storage.root.rglob("*") if p.is_file()] == [storage.local_path(record.storage_key)],
+        "the discarded output's bytes gone",
+        5,
+    )
     # Any other late write for the deleted meeting is refused the same way.
     with pytest.raises(MeetingGone):
         fields = {**record.__dict__, "id": "d" * 32, "meeting_id": old_id}

@@ -17,7 +17,7 @@ from PIL import Image
 
 from control.context import STORAGE, STORE
 from tests.conftest import Account, Api
-from tests.test_media import finished, result_path, streams, uploaded
+from tests.support import finished, result_path, streams, uploaded
 
 SECONDS, WIDTH, HEIGHT, FPS, RATE = 1.0, 160, 120, 25, 48000
 

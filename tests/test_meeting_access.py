@@ -4,34 +4,28 @@ concurrent joins, host powers from the participant row, personal data and waitin
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 import pytest
 
-from control.auth.passwords import hash_password
-from control.context import SFU, STORE, TOKENS
-from tests.conftest import PASSWORD, Account, Api
-from tests.test_meetings import BASE, add, create, join, people, post_chat, refused, set_role
-from tests.test_signaling import TIMEOUT, closed_with, enter, receive, receive_type
-
-_names = itertools.count(1)
-
-
-async def many_accounts(api: Api, count: int) -> list[Account]:
-    """``count`` users made straight in the store with one shared hash (hashing each would cost
-    seconds), each with an access token signed by the app's own codec."""
-    password_hash = await hash_password(PASSWORD)
-    accounts = []
-    for _ in range(count):
-        name = f"crowd{next(_names)}"
-        user = await api.app[STORE].users.create(
-            username=name, email=f"{name}@example.com", password_hash=password_hash, nickname=name
-        )
-        codec = api.app[TOKENS]
-        access = codec.encode(codec.issue(user.id, user.token_version, "access"))
-        accounts.append(Account(user.id, name, f"{name}@example.com", PASSWORD, access, ""))
-    return accounts
+from control.context import SFU
+from tests.conftest import Account, Api
+from tests.support import (
+    MEETINGS,
+    SOCKET_TIMEOUT,
+    add,
+    closed_with,
+    create,
+    enter,
+    join,
+    people,
+    post_chat,
+    receive,
+    receive_type,
+    refused,
+    set_role,
+    until,
+)
 
 
 async def online(api: Api, meeting_id: int, viewer: Account) -> set[int]:
@@ -43,7 +37,7 @@ async def online(api: Api, meeting_id: int, viewer: Account) -> set[int]:
 
 async def test_concurrent_joins_fill_a_meeting_exactly_to_its_cap(api: Api) -> None:
     host = await api.account()
-    crowd = await many_accounts(api, 50)
+    crowd = [await api.stored_account() for _ in range(50)]
     meeting = await create(api, host, max_participants=5)
     meeting_id = meeting["meeting_id"]
 
@@ -80,7 +74,7 @@ async def test_admitting_from_the_waiting_room_respects_the_cap(api: Api) -> Non
 async def test_a_creator_without_the_host_role_has_no_host_powers(api: Api, how: str) -> None:
     alice, bob, carol = await api.account(), await api.account(), await api.account()
     meeting_id = (await create(api, alice, title="Mine"))["meeting_id"]
-    path = f"{BASE}/{meeting_id}"
+    path = f"{MEETINGS}/{meeting_id}"
     await add(api, meeting_id, alice, bob.id)
     await add(api, meeting_id, alice, carol.id)
     assert (await set_role(api, meeting_id, alice, bob.id, "host"))["status"] == 200
@@ -98,7 +92,7 @@ async def test_a_creator_without_the_host_role_has_no_host_powers(api: Api, how:
     if how == "removed":
         refused(await add(api, meeting_id, alice, carol.id, role="moderator"), 403)
         refused(await api.call("GET", path, token=alice.access), 403)
-        assert (await api.call("GET", BASE, token=alice.access, expect=200))["data"]["items"] == []
+        assert (await api.call("GET", MEETINGS, token=alice.access, expect=200))["data"]["items"] == []
         assert (await api.call("GET", "/api/v1/my/meetings", token=alice.access, expect=200))["data"]["total"] == 0
 
     got = await api.call("GET", path, token=bob.access, expect=200)
@@ -110,7 +104,7 @@ async def test_a_creator_without_the_host_role_has_no_host_powers(api: Api, how:
 
 async def test_racing_hand_overs_leave_exactly_one_host(api: Api) -> None:
     host = await api.account()
-    crowd = await many_accounts(api, 10)
+    crowd = [await api.stored_account() for _ in range(10)]
     meeting_id = (await create(api, host))["meeting_id"]
     for who in crowd:
         await add(api, meeting_id, host, who.id)
@@ -135,7 +129,7 @@ async def _password_meeting(api: Api, host: Account, guest: Account, **settings:
 async def test_a_removal_during_a_join_is_not_undone(api: Api) -> None:
     host, guest = await api.account(), await api.account()
     meeting_id = await _password_meeting(api, host, guest)
-    removal = f"{BASE}/{meeting_id}/participants/{guest.id}"
+    removal = f"{MEETINGS}/{meeting_id}/participants/{guest.id}"
     joined, removed = await asyncio.gather(
         join(api, meeting_id, guest, password="open-sesame"), api.call("DELETE", removal, token=host.access)
     )
@@ -174,7 +168,7 @@ async def test_a_hand_over_racing_a_moderator_leaves_one_host(api: Api, other: s
     """A moderator removes or re-adds the user the host is handing the role to, in several
     meetings at once: every meeting ends with exactly one host who is still in it."""
     host, moderator = await api.account(), await api.account()
-    targets = await many_accounts(api, 8)
+    targets = [await api.stored_account() for _ in range(8)]
     meetings = []
     for target in targets:
         meeting_id = (await create(api, host))["meeting_id"]
@@ -184,7 +178,7 @@ async def test_a_hand_over_racing_a_moderator_leaves_one_host(api: Api, other: s
 
     async def moderate(meeting_id: int, target: Account) -> dict[str, Any]:
         if other == "removal":
-            return await api.call("DELETE", f"{BASE}/{meeting_id}/participants/{target.id}", token=moderator.access)
+            return await api.call("DELETE", f"{MEETINGS}/{meeting_id}/participants/{target.id}", token=moderator.access)
         return await add(api, meeting_id, moderator, target.id)
 
     answers = await asyncio.gather(
@@ -210,7 +204,7 @@ async def test_a_meeting_number_alone_does_not_let_anyone_in(api: Api) -> None:
         refused(answer, 403)
         assert "invite" in answer["message"]
     assert stranger.id not in await people(api, meeting_id, host)
-    refused(await api.call("GET", f"{BASE}/{meeting_id}", token=stranger.access), 403)
+    refused(await api.call("GET", f"{MEETINGS}/{meeting_id}", token=stranger.access), 403)
     refused(await join(api, meeting_id, stranger, invite_code="x" * 65), 400)
 
     await add(api, meeting_id, host, invited.id)
@@ -237,7 +231,7 @@ async def test_the_invite_code_is_shown_to_members_only(api: Api) -> None:
     created = await create(api, host, settings={"enable_waiting_room": True})
     meeting_id, code = created["meeting_id"], created["invite_code"]
     assert isinstance(code, str) and len(code) >= 22
-    path = f"{BASE}/{meeting_id}"
+    path = f"{MEETINGS}/{meeting_id}"
     await add(api, meeting_id, host, moderator.id, role="moderator")
     await add(api, meeting_id, host, member.id)
     lobby = await join(api, meeting_id, waiting, invite_code=code)
@@ -246,10 +240,10 @@ async def test_the_invite_code_is_shown_to_members_only(api: Api) -> None:
 
     for who in (host, moderator, member):
         assert (await api.call("GET", path, token=who.access, expect=200))["data"]["invite_code"] == code
-        listing = await api.call("GET", BASE, token=who.access, expect=200)
+        listing = await api.call("GET", MEETINGS, token=who.access, expect=200)
         assert [m["invite_code"] for m in listing["data"]["items"]] == [code]
     assert (await api.call("GET", path, token=admin.access, expect=200))["data"]["invite_code"] is None
-    everything = await api.call("GET", BASE, token=admin.access, expect=200)
+    everything = await api.call("GET", MEETINGS, token=admin.access, expect=200)
     assert [m["invite_code"] for m in everything["data"]["items"]] == [None]
     refused(await api.call("GET", path, token=outsider.access), 403)
     assert (await join(api, meeting_id, member))["data"]["meeting"]["invite_code"] == code
@@ -259,25 +253,25 @@ async def test_the_host_rotates_the_invite_code(api: Api) -> None:
     host, moderator, member, early, late = [await api.account() for _ in range(5)]
     meeting = await create(api, host)
     meeting_id, old = meeting["meeting_id"], meeting["invite_code"]
-    rotate = f"{BASE}/{meeting_id}/invite-code"
+    rotate = f"{MEETINGS}/{meeting_id}/invite-code"
     await add(api, meeting_id, host, moderator.id, role="moderator")
     assert (await join(api, meeting_id, member, invite_code=old))["status"] == 200
     assert (await join(api, meeting_id, early, invite_code=old))["status"] == 200
-    await api.call("POST", f"{BASE}/{meeting_id}/leave", token=early.access, expect=200)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/leave", token=early.access, expect=200)
     for who in (moderator, member, late):
         refused(await api.call("POST", rotate, token=who.access), 403)
 
     rotated = await api.call("POST", rotate, token=host.access, expect=200)
     new = rotated["data"]["invite_code"]
     assert new != old and rotated["data"]["meeting_id"] == meeting_id
-    assert (await api.call("GET", f"{BASE}/{meeting_id}", token=moderator.access))["data"]["invite_code"] == new
+    assert (await api.call("GET", f"{MEETINGS}/{meeting_id}", token=moderator.access))["data"]["invite_code"] == new
     refused(await join(api, meeting_id, late, invite_code=old), 403)
     refused(await join(api, meeting_id, early, invite_code=old), 403)
     assert (await join(api, meeting_id, late, invite_code=new))["status"] == 200
     assert (await join(api, meeting_id, early, invite_code=new))["status"] == 200
 
-    refused(await api.call("POST", f"{BASE}/999999/invite-code", token=host.access), 404, 2001)
-    await api.call("POST", f"{BASE}/{meeting_id}/end", token=host.access, expect=200)
+    refused(await api.call("POST", f"{MEETINGS}/999999/invite-code", token=host.access), 404, 2001)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/end", token=host.access, expect=200)
     refused(await api.call("POST", rotate, token=host.access), 400, 2002)
 
 
@@ -322,12 +316,12 @@ async def test_a_waiting_user_does_not_see_the_meeting_in_lists_until_admitted(a
     host, guest = await api.account(), await api.account()
     meeting = await create(api, host, title="Lobby", settings={"enable_waiting_room": True})
     meeting_id = meeting["meeting_id"]
-    await api.call("POST", f"{BASE}/{meeting_id}/start", token=host.access, expect=200)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/start", token=host.access, expect=200)
     await join(api, meeting_id, host)
     waiting = await join(api, meeting_id, guest, invite_code=meeting["invite_code"])
     assert waiting["data"]["participant"]["status"] == "waiting"
 
-    lists = (BASE, "/api/v1/my/meetings", "/api/v1/stats/rooms")
+    lists = (MEETINGS, "/api/v1/my/meetings", "/api/v1/stats/rooms")
 
     async def visible() -> list[list[Any]]:
         seen = []
@@ -355,7 +349,7 @@ async def test_a_removed_user_is_cut_off_from_the_room_and_the_media_server(api:
     guest_session = guest_join["data"]["session_id"]
     assert guest_session in api.app[SFU].peers, "entering the room makes the user a media peer"
 
-    await api.call("DELETE", f"{BASE}/{meeting_id}/participants/{guest.id}", token=host.access, expect=200)
+    await api.call("DELETE", f"{MEETINGS}/{meeting_id}/participants/{guest.id}", token=host.access, expect=200)
     kicked = await receive_type(guest_socket, "error")
     assert "removed" in kicked["data"]["message"]
     assert await closed_with(guest_socket) == 4003
@@ -365,13 +359,10 @@ async def test_a_removed_user_is_cut_off_from_the_room_and_the_media_server(api:
     # The host's own message is the first chat the room hears: nothing of the guest's got through.
     await host_socket.send_json({"type": "chat", "data": {"text": "carry on"}})
     assert (await receive_type(host_socket, "chat"))["data"]["text"] == "carry on"
-    history = await api.call("GET", f"{BASE}/{meeting_id}/messages", token=host.access, expect=200)
+    history = await api.call("GET", f"{MEETINGS}/{meeting_id}/messages", token=host.access, expect=200)
     assert [m["text"] for m in history["data"]] == ["carry on"]
 
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while guest_session in api.app[SFU].peers:
-        assert asyncio.get_running_loop().time() < deadline, "the removed user's media peer is still there"
-        await asyncio.sleep(0.02)
+    await until(lambda: guest_session not in api.app[SFU].peers, "the removed user's media peer gone", SOCKET_TIMEOUT)
     late = await api.client.ws_connect(f"/ws/signaling?meeting_id={meeting_id}&user_id={guest.id}&token={guest.access}")
     assert (await receive(late))["data"]["code"] == 403
     assert await closed_with(late) == 4403

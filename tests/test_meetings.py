@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Account, Api
+from tests.support import MEETINGS, add, at, create, join, people, post_chat, refused, set_role
 
-BASE = "/api/v1/meetings"
 DEFAULT_SETTINGS = {
     "enable_recording": False,
     "enable_chat": True,
@@ -26,49 +26,11 @@ PARTICIPANT_FIELDS = {
 }  # fmt: skip
 
 
-def at(hours: float) -> str:
-    """A time ``hours`` from now, whole seconds (the API answers at second precision)."""
-    return (datetime.now(UTC) + timedelta(hours=hours)).replace(microsecond=0).isoformat()
-
-
 def moment(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def refused(body: dict[str, Any], status: int, code: int | None = None) -> None:
-    assert (body["status"], body["code"]) == (status, code or status), body
-
-
-async def create(api: Api, owner: Account, **fields: Any) -> dict[str, Any]:
-    body = await api.call("POST", BASE, token=owner.access, json={"title": "Standup", **fields}, expect=201)
-    return body["data"]
-
-
-async def join(api: Api, meeting_id: int, account: Account, **payload: Any) -> dict[str, Any]:
-    return await api.call("POST", f"{BASE}/{meeting_id}/join", token=account.access, json=payload)
-
-
-async def add(api: Api, meeting_id: int, by: Account, user_id: int, **extra: Any) -> dict[str, Any]:
-    return await api.call(
-        "POST", f"{BASE}/{meeting_id}/participants", token=by.access, json={"user_id": user_id, **extra}
-    )
-
-
-async def set_role(api: Api, meeting_id: int, by: Account, user_id: int, role: str) -> dict[str, Any]:
-    path = f"{BASE}/{meeting_id}/participants/{user_id}/role"
-    return await api.call("PUT", path, token=by.access, json={"role": role})
-
-
-async def people(api: Api, meeting_id: int, viewer: Account) -> dict[int, dict[str, Any]]:
-    body = await api.call("GET", f"{BASE}/{meeting_id}/participants", token=viewer.access, expect=200)
-    return {p["user_id"]: p for p in body["data"]}
-
-
-async def post_chat(api: Api, meeting_id: int, account: Account, text: str) -> dict[str, Any]:
-    return await api.call("POST", f"{BASE}/{meeting_id}/messages", token=account.access, json={"text": text})
-
-
-async def listed(api: Api, account: Account, path: str = BASE, **params: Any) -> list[str]:
+async def listed(api: Api, account: Account, path: str = MEETINGS, **params: Any) -> list[str]:
     body = await api.call("GET", path, token=account.access, params=params, expect=200)
     return [m["title"] for m in body["data"]["items"]]
 
@@ -81,7 +43,7 @@ async def test_create_returns_every_field_and_makes_the_creator_host(api: Api) -
     start, end = at(24), at(25)
     body = await api.call(
         "POST",
-        BASE,
+        MEETINGS,
         token=alice.access,
         json={
             "title": "Planning",
@@ -119,7 +81,7 @@ async def test_create_defaults(api: Api) -> None:
     assert meeting["max_participants"] == 100 and meeting["meeting_type"] == "video"
     assert meeting["settings"] == DEFAULT_SETTINGS and meeting["has_password"] is False
     assert before <= moment(meeting["start_time"]) <= datetime.now(UTC) + timedelta(minutes=1)
-    got = await api.call("GET", f"{BASE}/{meeting['meeting_id']}", token=alice.access, expect=200)
+    got = await api.call("GET", f"{MEETINGS}/{meeting['meeting_id']}", token=alice.access, expect=200)
     assert got["data"] == meeting
 
 
@@ -142,7 +104,7 @@ async def test_create_defaults(api: Api) -> None:
 )
 async def test_create_validation(api: Api, payload: dict[str, Any]) -> None:
     alice = await api.account()
-    refused(await api.call("POST", BASE, token=alice.access, json=payload), 400)
+    refused(await api.call("POST", MEETINGS, token=alice.access, json=payload), 400)
     assert await listed(api, alice) == [], "nothing was created"
 
 
@@ -162,36 +124,36 @@ async def test_list_visibility_pagination_and_filters(api: Api) -> None:
     assert await listed(api, alice) == ["A2", "A1", "B1"], "own and invited, soonest first"
     assert await listed(api, bob) == ["B1", "B2"]
     assert await listed(api, dave) == ["A1"], "joining makes one a participant"
-    everything = await api.call("GET", BASE, token=admin.access, expect=200)
+    everything = await api.call("GET", MEETINGS, token=admin.access, expect=200)
     assert everything["data"]["total"] == 4
     assert [m["title"] for m in everything["data"]["items"]] == ["A2", "A1", "B1", "B2"]
 
-    page = await api.call("GET", BASE, token=alice.access, params={"page": 2, "page_size": 2}, expect=200)
+    page = await api.call("GET", MEETINGS, token=alice.access, params={"page": 2, "page_size": 2}, expect=200)
     assert page["data"]["total"] == 3 and page["data"]["page"] == 2 and page["data"]["page_size"] == 2
     assert [m["title"] for m in page["data"]["items"]] == ["B1"]
     assert set(page["data"]["items"][0]) == MEETING_FIELDS
 
-    await api.call("POST", f"{BASE}/{a1['meeting_id']}/start", token=alice.access, expect=200)
+    await api.call("POST", f"{MEETINGS}/{a1['meeting_id']}/start", token=alice.access, expect=200)
     assert await listed(api, alice, status="ongoing") == ["A1"]
     assert await listed(api, alice, status="scheduled") == ["A2", "B1"]
     assert await listed(api, alice, start_from=at(36), start_to=at(60)) == ["A1"]
     assert await listed(api, alice, start_from=at(36)) == ["A1", "B1"]
     assert await listed(api, alice, start_to=at(36)) == ["A2"]
     for bad in ({"status": "zombie"}, {"page": 0}, {"page_size": 101}, {"start_from": "soon"}):
-        refused(await api.call("GET", BASE, token=alice.access, params=bad), 400)
+        refused(await api.call("GET", MEETINGS, token=alice.access, params=bad), 400)
 
 
 async def test_get_meeting_access(api: Api) -> None:
     alice, bob, outsider = await api.account(), await api.account(), await api.account()
     admin = await api.admin()
     meeting = await create(api, alice, title="Private")
-    path = f"{BASE}/{meeting['meeting_id']}"
+    path = f"{MEETINGS}/{meeting['meeting_id']}"
     await add(api, meeting["meeting_id"], alice, bob.id)
     for viewer in (alice, bob, admin):
         got = await api.call("GET", path, token=viewer.access)
         assert got["status"] == 200 and got["data"]["title"] == "Private"
     refused(await api.call("GET", path, token=outsider.access), 403)
-    refused(await api.call("GET", f"{BASE}/999999", token=alice.access), 404, 2001)
+    refused(await api.call("GET", f"{MEETINGS}/999999", token=alice.access), 404, 2001)
 
 
 # --- update, delete -----------------------------------------------------------------------------------
@@ -201,7 +163,7 @@ async def test_update_by_the_host(api: Api) -> None:
     alice, bob, carol, guest = [await api.account() for _ in range(4)]
     meeting = await create(api, alice, settings={"mute_on_join": True})
     meeting_id = meeting["meeting_id"]
-    path = f"{BASE}/{meeting_id}"
+    path = f"{MEETINGS}/{meeting_id}"
 
     patch = {"title": "Renamed", "settings": {"enable_chat": False}}
     updated = await api.call("PUT", path, token=alice.access, json=patch)
@@ -235,7 +197,7 @@ async def test_update_by_the_host(api: Api) -> None:
 async def test_update_a_cancelled_meeting_is_2002(api: Api) -> None:
     alice = await api.account()
     meeting = await create(api, alice)
-    path = f"{BASE}/{meeting['meeting_id']}"
+    path = f"{MEETINGS}/{meeting['meeting_id']}"
     await api.call("POST", f"{path}/end", token=alice.access, expect=200)
     refused(await api.call("PUT", path, token=alice.access, json={"title": "Again"}), 400, 2002)
 
@@ -245,7 +207,7 @@ async def test_delete_is_for_the_host_only(api: Api, started: bool) -> None:
     alice, bob, carol, outsider = [await api.account() for _ in range(4)]
     meeting = await create(api, alice, title="Doomed")
     meeting_id = meeting["meeting_id"]
-    path = f"{BASE}/{meeting_id}"
+    path = f"{MEETINGS}/{meeting_id}"
     await add(api, meeting_id, alice, bob.id)
     await add(api, meeting_id, alice, carol.id, role="moderator")
     await set_role(api, meeting_id, alice, bob.id, "host")
@@ -270,7 +232,7 @@ async def test_start_and_end(api: Api) -> None:
     alice, bob, outsider = await api.account(), await api.account(), await api.account()
     meeting = await create(api, alice)
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
-    path = f"{BASE}/{meeting_id}"
+    path = f"{MEETINGS}/{meeting_id}"
     await join(api, meeting_id, alice)
     await join(api, meeting_id, bob, invite_code=code)
     for who in (bob, outsider):
@@ -288,14 +250,14 @@ async def test_start_and_end(api: Api) -> None:
         refused(await api.call("POST", f"{path}/{action}", token=alice.access), 400)
     got = await api.call("GET", path, token=bob.access, expect=200)
     assert got["data"]["status"] == "ended"
-    refused(await api.call("POST", f"{BASE}/999999/start", token=alice.access), 404, 2001)
+    refused(await api.call("POST", f"{MEETINGS}/999999/start", token=alice.access), 404, 2001)
 
 
 async def test_ending_a_scheduled_meeting_cancels_it(api: Api) -> None:
     alice, bob = await api.account(), await api.account()
     meeting = await create(api, alice)
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
-    path = f"{BASE}/{meeting_id}"
+    path = f"{MEETINGS}/{meeting_id}"
     await join(api, meeting_id, alice)
     await join(api, meeting_id, bob, invite_code=code)
     cancelled = await api.call("POST", f"{path}/end", token=alice.access, expect=200)
@@ -313,8 +275,8 @@ async def test_joining_an_ended_or_cancelled_meeting_is_2002(api: Api, started: 
     alice, bob = await api.account(), await api.account()
     meeting_id = (await create(api, alice, password="open-sesame"))["meeting_id"]
     if started:
-        await api.call("POST", f"{BASE}/{meeting_id}/start", token=alice.access, expect=200)
-    ended = await api.call("POST", f"{BASE}/{meeting_id}/end", token=alice.access, expect=200)
+        await api.call("POST", f"{MEETINGS}/{meeting_id}/start", token=alice.access, expect=200)
+    ended = await api.call("POST", f"{MEETINGS}/{meeting_id}/end", token=alice.access, expect=200)
     assert ended["data"]["status"] == ("ended" if started else "cancelled")
     refused(await join(api, meeting_id, alice), 400, 2002)
     refused(await join(api, meeting_id, bob, password="wrong"), 400, 2002)
@@ -350,7 +312,7 @@ async def test_join_full_meeting(api: Api) -> None:
     assert again["status"] == 200 and again["data"]["participant"]["status"] == "online"
     assert (await join(api, meeting_id, alice))["status"] == 200
 
-    await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/leave", token=bob.access, expect=200)
     assert (await join(api, meeting_id, carol, invite_code=code))["status"] == 200, "a seat was freed"
     refused(await join(api, meeting_id, bob, invite_code=code), 400, 2003)
 
@@ -388,7 +350,7 @@ async def test_waiting_room(api: Api, admit_by: str) -> None:
     alice, bob, carol = await api.account(), await api.account(), await api.account()
     meeting = await create(api, alice, settings={"enable_waiting_room": True})
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
-    chat = f"{BASE}/{meeting_id}/messages"
+    chat = f"{MEETINGS}/{meeting_id}/messages"
     host = await join(api, meeting_id, alice)
     assert host["data"]["participant"]["status"] == "online"
     waiting = await join(api, meeting_id, bob, invite_code=code)
@@ -419,7 +381,7 @@ async def test_a_waiting_user_who_left_waits_again(api: Api) -> None:
     meeting = await create(api, alice, settings={"enable_waiting_room": True})
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     assert (await join(api, meeting_id, bob, invite_code=code))["data"]["participant"]["status"] == "waiting"
-    await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/leave", token=bob.access, expect=200)
     again = await join(api, meeting_id, bob, invite_code=code)
     assert again["status"] == 200 and again["data"]["participant"]["status"] == "waiting", "not admitted by anyone"
 
@@ -429,8 +391,8 @@ async def test_a_self_joined_user_needs_a_password_set_later(api: Api) -> None:
     meeting = await create(api, alice)
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     await join(api, meeting_id, bob, invite_code=code)
-    await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
-    await api.call("PUT", f"{BASE}/{meeting_id}", token=alice.access, json={"password": "open-sesame"}, expect=200)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/leave", token=bob.access, expect=200)
+    await api.call("PUT", f"{MEETINGS}/{meeting_id}", token=alice.access, json={"password": "open-sesame"}, expect=200)
     refused(await join(api, meeting_id, bob), 400, 2004)
     assert (await join(api, meeting_id, bob, password="open-sesame"))["status"] == 200
 
@@ -441,7 +403,7 @@ async def test_leave_marks_the_caller_offline(api: Api) -> None:
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     await join(api, meeting_id, alice)
     await join(api, meeting_id, bob, invite_code=code)
-    await api.call("POST", f"{BASE}/{meeting_id}/leave", token=bob.access, expect=200)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/leave", token=bob.access, expect=200)
     after = await people(api, meeting_id, alice)
     assert after[bob.id]["status"] == "offline" and after[bob.id]["role"] == "participant"
     assert after[alice.id]["status"] == "online"
@@ -456,16 +418,16 @@ async def test_participant_list(api: Api) -> None:
     meeting = await create(api, alice)
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     await join(api, meeting_id, bob, invite_code=code)
-    listing = await api.call("GET", f"{BASE}/{meeting_id}/participants", token=bob.access, expect=200)
+    listing = await api.call("GET", f"{MEETINGS}/{meeting_id}/participants", token=bob.access, expect=200)
     assert [p["user_id"] for p in listing["data"]] == [alice.id, bob.id]
     entry = listing["data"][1]
     assert set(entry) == PARTICIPANT_FIELDS
     assert entry["meeting_id"] == meeting_id and entry["username"] == bob.username and entry["nickname"] == "Bobby"
     assert entry["role"] == "participant" and entry["status"] == "online" and moment(entry["joined_at"])
     assert entry["media_state"] == {"audio": True, "video": True, "screen_share": False}
-    assert (await api.call("GET", f"{BASE}/{meeting_id}/participants", token=admin.access))["status"] == 200
-    refused(await api.call("GET", f"{BASE}/{meeting_id}/participants", token=outsider.access), 403)
-    refused(await api.call("GET", f"{BASE}/999999/participants", token=alice.access), 404, 2001)
+    assert (await api.call("GET", f"{MEETINGS}/{meeting_id}/participants", token=admin.access))["status"] == 200
+    refused(await api.call("GET", f"{MEETINGS}/{meeting_id}/participants", token=outsider.access), 403)
+    refused(await api.call("GET", f"{MEETINGS}/999999/participants", token=alice.access), 404, 2001)
 
 
 async def test_add_participants(api: Api) -> None:
@@ -510,7 +472,7 @@ async def test_remove_participants(api: Api) -> None:
     await set_role(api, meeting_id, alice, carol.id, "moderator")
 
     async def remove(by: Account, user_id: int) -> dict[str, Any]:
-        return await api.call("DELETE", f"{BASE}/{meeting_id}/participants/{user_id}", token=by.access)
+        return await api.call("DELETE", f"{MEETINGS}/{meeting_id}/participants/{user_id}", token=by.access)
 
     refused(await remove(dave, bob.id), 403)
     refused(await remove(carol, alice.id), 403)
@@ -518,7 +480,7 @@ async def test_remove_participants(api: Api) -> None:
     assert removed["status"] == 200
     assert bob.id not in await people(api, meeting_id, alice)
     refused(await join(api, meeting_id, bob, invite_code=code), 403)
-    refused(await api.call("GET", f"{BASE}/{meeting_id}", token=bob.access), 403)
+    refused(await api.call("GET", f"{MEETINGS}/{meeting_id}", token=bob.access), 403)
     refused(await post_chat(api, meeting_id, bob, "still here?"), 403)
     assert await listed(api, bob) == []
 
@@ -537,7 +499,7 @@ async def test_roles_and_host_hand_over(api: Api) -> None:
     meeting_id, code = meeting["meeting_id"], meeting["invite_code"]
     for who in (alice, bob, carol):
         await join(api, meeting_id, who, invite_code=code)
-    await api.call("POST", f"{BASE}/{meeting_id}/start", token=alice.access, expect=200)
+    await api.call("POST", f"{MEETINGS}/{meeting_id}/start", token=alice.access, expect=200)
 
     refused(await set_role(api, meeting_id, bob, carol.id, "moderator"), 403)
     promoted = await set_role(api, meeting_id, alice, bob.id, "moderator")
@@ -550,7 +512,7 @@ async def test_roles_and_host_hand_over(api: Api) -> None:
     assert handed["status"] == 200 and handed["data"]["role"] == "host"
     roles = {uid: p["role"] for uid, p in (await people(api, meeting_id, bob)).items()}
     assert roles == {alice.id: "moderator", bob.id: "moderator", carol.id: "host"}
-    ended = await api.call("POST", f"{BASE}/{meeting_id}/end", token=carol.access)
+    ended = await api.call("POST", f"{MEETINGS}/{meeting_id}/end", token=carol.access)
     assert ended["status"] == 200 and ended["data"]["status"] == "ended"
 
 
@@ -570,7 +532,7 @@ async def test_chat_is_stored_as_sent(api: Api) -> None:
     assert message["text"] == "<b>hi</b> & 你好" and message["user_id"] == bob.id
     assert message["username"] == bob.username and message["meeting_id"] == meeting_id
     assert abs(moment(message["created_at"]) - datetime.now(UTC)) < timedelta(minutes=1)
-    history = await api.call("GET", f"{BASE}/{meeting_id}/messages", token=alice.access, expect=200)
+    history = await api.call("GET", f"{MEETINGS}/{meeting_id}/messages", token=alice.access, expect=200)
     assert history["data"] == [message]
 
 
@@ -581,7 +543,7 @@ async def test_chat_paging(api: Api) -> None:
     ids = [(await post_chat(api, meeting_id, alice, f"m{n}"))["data"]["message_id"] for n in range(5)]
 
     async def page(**params: Any) -> list[str]:
-        body = await api.call("GET", f"{BASE}/{meeting_id}/messages", token=alice.access, params=params, expect=200)
+        body = await api.call("GET", f"{MEETINGS}/{meeting_id}/messages", token=alice.access, params=params, expect=200)
         return [m["text"] for m in body["data"]]
 
     assert await page() == ["m4", "m3", "m2", "m1", "m0"]
@@ -591,14 +553,14 @@ async def test_chat_paging(api: Api) -> None:
     assert await page(after=ids[1], before=ids[4]) == ["m3", "m2"]
     assert await page(before=ids[0]) == []
     for bad in ({"limit": 0}, {"limit": 101}, {"before": "x"}):
-        refused(await api.call("GET", f"{BASE}/{meeting_id}/messages", token=alice.access, params=bad), 400)
+        refused(await api.call("GET", f"{MEETINGS}/{meeting_id}/messages", token=alice.access, params=bad), 400)
 
 
 async def test_chat_refusals(api: Api) -> None:
     alice, outsider = await api.account(), await api.account()
     meeting_id = (await create(api, alice))["meeting_id"]
     await join(api, meeting_id, alice)
-    chat = f"{BASE}/{meeting_id}/messages"
+    chat = f"{MEETINGS}/{meeting_id}/messages"
     refused(await api.call("GET", chat, token=outsider.access), 403)
     refused(await post_chat(api, meeting_id, outsider, "hello"), 403)
     refused(await post_chat(api, meeting_id, alice, "x" * 2001), 400)
@@ -606,7 +568,7 @@ async def test_chat_refusals(api: Api) -> None:
     longest = await post_chat(api, meeting_id, alice, "y" * 2000)
     assert longest["status"] == 201 and longest["data"]["text"] == "y" * 2000
 
-    await api.call("PUT", f"{BASE}/{meeting_id}", token=alice.access, json={"settings": {"enable_chat": False}})
+    await api.call("PUT", f"{MEETINGS}/{meeting_id}", token=alice.access, json={"settings": {"enable_chat": False}})
     refused(await api.call("GET", chat, token=alice.access), 403)
     refused(await post_chat(api, meeting_id, alice, "muted"), 403)
     silent = (await create(api, alice, settings={"enable_chat": False}))["meeting_id"]
@@ -627,7 +589,7 @@ async def test_my_meetings(api: Api) -> None:
     await create(api, other, title="not mine", start_time=at(12))
     await add(api, invited["meeting_id"], other, me.id)
     for action, meeting in (("start", going), ("start", finished), ("end", finished), ("end", cancelled)):
-        await api.call("POST", f"{BASE}/{meeting['meeting_id']}/{action}", token=me.access, expect=200)
+        await api.call("POST", f"{MEETINGS}/{meeting['meeting_id']}/{action}", token=me.access, expect=200)
 
     mine = await api.call("GET", "/api/v1/my/meetings", token=me.access, params={"page_size": 2}, expect=200)
     assert mine["data"]["total"] == 5 and [m["title"] for m in mine["data"]["items"]] == ["finished", "cancelled"]

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from tests.conftest import Api
-from tests.test_signaling import enter, meeting_with, receive_type
-
-
-def at(days: int) -> str:
-    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+from tests.support import at, enter, meeting_with, receive_type
 
 
 async def test_my_meetings_upcoming_and_history(api: Api) -> None:
     me, other = await api.account(), await api.account()
-    later = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "later", "start_time": at(3)})
-    soon = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "soon", "start_time": at(1)})
-    past = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "past", "start_time": at(-1)})
-    done = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "done", "start_time": at(-2)})
-    await api.call("POST", "/api/v1/meetings", token=other.access, json={"title": "not mine", "start_time": at(1)})
+    later = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "later", "start_time": at(72)})
+    soon = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "soon", "start_time": at(24)})
+    past = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "past", "start_time": at(-24)})
+    done = await api.call("POST", "/api/v1/meetings", token=me.access, json={"title": "done", "start_time": at(-48)})
+    await api.call("POST", "/api/v1/meetings", token=other.access, json={"title": "not mine", "start_time": at(24)})
     invited = await api.call(
-        "POST", "/api/v1/meetings", token=other.access, json={"title": "invited", "start_time": at(2)}
+        "POST", "/api/v1/meetings", token=other.access, json={"title": "invited", "start_time": at(48)}
     )
     invited_id = invited["data"]["meeting_id"]
     await api.call(

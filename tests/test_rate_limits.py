@@ -11,19 +11,14 @@ from typing import Any
 import pytest
 
 from config import ConfigError
-from control.api.schemas import TokenPair
 from control.app import all_endpoints, create_app
-from control.auth.sessions import issue_tokens
-from control.context import STORE
 from control.endpoints import Access, Endpoint
-from tests.conftest import Api, SettingsFactory
+from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints, the avatar download and rotating a
 # meeting's invite code.
 NOT_IN_SPEC = {"meta.health", "meta.openapi", "users.get_avatar", "meetings.rotate_invite_code"}
-# Limits do not depend on the database: these tests run once, on SQLite.
-sqlite_only = pytest.mark.parametrize("settings_factory", ["sqlite"], indirect=True)
 
 
 def contract_key(endpoint: Endpoint) -> tuple[str, str]:
@@ -95,6 +90,7 @@ async def test_limits_can_be_overridden_per_endpoint(limited: Callable[..., Any]
     assert (await api.register())["status"] == 429
 
 
+@sqlite_only
 async def test_bad_overrides_are_refused_at_start(settings_factory: SettingsFactory) -> None:
     with pytest.raises(ConfigError, match="unknown operations"):
         create_app(settings_factory(rate_limits={"endpoints": {"auth.nope": "1/minute"}}))
@@ -125,30 +121,20 @@ def parameter_value(match: re.Match[str]) -> str:
     return next(value for value in ("999999", "f" * 32, "f" * 32 + ".png") if re.fullmatch(pattern, value))
 
 
-_ACCOUNTS = (("limitadmin", "admin"), ("limituser", "user"), ("limitdoomed", "user"))
-
-
-async def stored_account(api: Api, name: str, role: str) -> TokenPair:
-    record = await api.app[STORE].users.create(
-        username=name, email=f"{name}@example.com", password_hash="!", nickname=name, role=role
-    )
-    return await issue_tokens(api.app, record)
-
-
 @sqlite_only
 async def test_every_operation_enforces_its_limit(limited: Callable[..., Any]) -> None:
     """Each operation, with its limit overridden to 2 a minute, refuses the third call with 429:
     the limit is applied on every route the declarations make, before the handler runs."""
     api = await limited(endpoints={endpoint.operation_id: "2/minute" for endpoint in all_endpoints()})
     # Accounts made in the store, so registering and logging in keep their whole budget.
-    admin, user, doomed = [await stored_account(api, name, role) for name, role in _ACCOUNTS]
+    admin, user, doomed = [await api.stored_account(role) for role in ("admin", "user", "user")]
     for endpoint in all_endpoints():
         path = PATH_PARAMETER.sub(parameter_value, endpoint.path)
         token = {
             Access.PUBLIC: None,
-            Access.USER: doomed.access_token if endpoint.operation_id == "users.delete_account" else user.access_token,
-            Access.ADMIN: admin.access_token,
-            Access.REFRESH: user.refresh_token,
+            Access.USER: doomed.access if endpoint.operation_id == "users.delete_account" else user.access,
+            Access.ADMIN: admin.access,
+            Access.REFRESH: user.refresh,
         }[endpoint.access]
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         statuses = []

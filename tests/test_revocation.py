@@ -15,8 +15,8 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 
 from control.context import SFU, TOKENS
-from tests.conftest import PASSWORD, Account, Api, SettingsFactory
-from tests.test_signaling import closed_with, enter, meeting_with, receive, receive_type
+from tests.conftest import PASSWORD, Account, Api, SettingsFactory, sqlite_only
+from tests.support import closed_with, enter, meeting_with, receive, receive_type
 
 
 async def error_then_close(socket: ClientWebSocketResponse) -> tuple[dict[str, Any], int]:
@@ -145,6 +145,7 @@ async def test_sockets_per_user_are_capped(settings_factory: SettingsFactory, ma
         await socket.close()
 
 
+@sqlite_only
 async def test_invalid_tokens_count_against_the_callers_address(
     settings_factory: SettingsFactory, make_api: Any
 ) -> None:

@@ -4,7 +4,6 @@ uploads off. One SQLite-backed process serves the module, with a short header ti
 
 from __future__ import annotations
 
-import io
 import socket
 import stat
 import struct
@@ -14,17 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import FormData
-from PIL import Image
 
-from control.context import BACKGROUND, SETTINGS
+from control.context import SETTINGS
 from tests.conftest import Api
-from tests.server_process import ServerProcess, request, start_server
-from tests.support import until
+from tests.server_process import ServerProcess, make_user, request, start_server
+from tests.support import file_form, image_bytes, until, uploaded
 
 HEADER_TIMEOUT = 1.0
 DEADLINE = 15.0
-PASSWORD = "private-pass-1"
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def token(server: ServerProcess) -> str:
-    account = {"username": "hardy", "email": "hardy@example.com", "password": PASSWORD}
-    assert request("POST", server.url + "/api/v1/auth/register", account)[0] == 201
-    status, session = request("POST", server.url + "/api/v1/auth/login", {"username": "hardy", "password": PASSWORD})
-    assert status == 200
-    return str(session["data"]["access_token"])
+    return make_user(server.url, "hardy")[0]
 
 
 def data_dir(server: ServerProcess) -> Path:
@@ -55,12 +47,6 @@ def data_dir(server: ServerProcess) -> Path:
 
 def port(server: ServerProcess) -> int:
     return int(server.url.rsplit(":", 1)[1])
-
-
-def png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (32, 32), "navy").save(out, format="PNG")
-    return out.getvalue()
 
 
 def multipart(data: bytes, name: str) -> tuple[str, bytes]:
@@ -102,7 +88,7 @@ def modes_under(root: Path) -> dict[str, str]:
 
 async def test_everything_the_server_writes_is_private(server: ServerProcess, token: str) -> None:
     assert upload(server, token, "/api/v1/media/upload", b"minutes of the meeting\n", "minutes.txt") == 201
-    assert upload(server, token, "/api/v1/users/upload-avatar", png(), "me.png") == 200
+    assert upload(server, token, "/api/v1/users/upload-avatar", image_bytes(), "me.png") == 200
     assert request("POST", server.url + "/api/v1/auth/forgot-password", {"email": "hardy@example.com"})[0] == 200
     root = data_dir(server)
     await until(lambda: list((root / "outbox").glob("*.eml")), "a reset mail written", DEADLINE)
@@ -115,17 +101,13 @@ async def test_everything_the_server_writes_is_private(server: ServerProcess, to
 async def test_an_embedded_app_writes_private_files_too(api: Api) -> None:
     """Without the command line's umask (this test process keeps its own), modes are still private."""
     account = await api.account()
-    media = FormData()
-    media.add_field("file", b"agenda\n", filename="agenda.txt")
-    await api.call("POST", "/api/v1/media/upload", token=account.access, data=media, expect=201)
-    avatar = FormData()
-    avatar.add_field("file", png(), filename="me.png")
+    await uploaded(api, account, b"agenda\n", "agenda.txt")
+    avatar = file_form(image_bytes(), "me.png")
     await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=avatar, expect=200)
     await api.call("POST", "/api/v1/auth/forgot-password", json={"email": account.email}, expect=200)
-    for task in list(api.app[BACKGROUND]):
-        await task
+    await api.settle()
+    assert api.outbox(), "no reset mail was written"
     root = api.app[SETTINGS].server.data_dir
-    assert list((root / "outbox").glob("*.eml")), "no reset mail was written"
     assert modes_under(root) == {}
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
-from tests.server_process import request, run_cli, start_server
+from tests.server_process import join_meeting, make_meeting, make_user, request, run_cli, start_server
 
 ADMIN_PASSWORD = "admin-pass-2024"
 
@@ -128,19 +128,11 @@ async def test_stopping_with_open_sockets_is_clean(tmp_path: Path) -> None:
         start_server, "--data-dir", str(data_dir), log=log, env={"HUIYI_RATE_LIMITS": "off"}
     )
     try:
+        token, user_id = make_user(server.url, "stayer")
+        meeting_id = make_meeting(server.url, token)
+        join_meeting(server.url, token, meeting_id)
         async with aiohttp.ClientSession() as http:
-            account = {"username": "stayer", "email": "stayer@example.com", "password": "stay-put-123"}
-            await http.post(server.url + "/api/v1/auth/register", json=account)
-            async with http.post(
-                server.url + "/api/v1/auth/login",
-                json={"username": account["username"], "password": account["password"]},
-            ) as response:
-                session = (await response.json())["data"]
-            headers = {"Authorization": "Bearer " + session["access_token"]}
-            async with http.post(server.url + "/api/v1/meetings", json={"title": "t"}, headers=headers) as response:
-                meeting_id = (await response.json())["data"]["meeting_id"]
-            await http.post(server.url + f"/api/v1/meetings/{meeting_id}/join", json={}, headers=headers)
-            query = f"meeting_id={meeting_id}&user_id={session['user']['user_id']}&token={session['access_token']}"
+            query = f"meeting_id={meeting_id}&user_id={user_id}&token={token}"
             socket = await http.ws_connect(server.url + "/ws/signaling?" + query)
             await socket.send_json({"type": "join", "data": {}})
             assert (await socket.receive_json(timeout=5))["type"] == "join"
@@ -178,15 +170,9 @@ async def test_sessions_a_killed_node_left_open_are_closed_when_it_returns(
     log = tmp_path / "server.log"
     server = await asyncio.to_thread(start_server, *args, log=log, env=env)
     try:
-        account = {"username": "crashy", "email": "crashy@example.com", "password": "crash-me-123"}
-        assert request("POST", server.url + "/api/v1/auth/register", account)[0] == 201
-        _, session = request(
-            "POST", server.url + "/api/v1/auth/login", {"username": "crashy", "password": "crash-me-123"}
-        )
-        token, user_id = session["data"]["access_token"], session["data"]["user"]["user_id"]
-        _, meeting = request("POST", server.url + "/api/v1/meetings", {"title": "doomed"}, token=token)
-        meeting_id = meeting["data"]["meeting_id"]
-        assert request("POST", server.url + f"/api/v1/meetings/{meeting_id}/join", {}, token=token)[0] == 200
+        token, user_id = make_user(server.url, "crashy")
+        meeting_id = make_meeting(server.url, token, "doomed")
+        join_meeting(server.url, token, meeting_id)
         async with aiohttp.ClientSession() as http:
             socket = await http.ws_connect(
                 server.url + f"/ws/signaling?meeting_id={meeting_id}&user_id={user_id}&token={token}"

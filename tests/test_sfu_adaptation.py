@@ -14,7 +14,7 @@ import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,16 +22,9 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, is_rtcp, unpack
 from aiortc.stats import RTCRemoteOutboundRtpStreamStats
 
 from tests.codec_guard_server import CODEC_USED
-from tests.rtc_clients import (
-    Participant,
-    RemoteTrack,
-    invite_code_of,
-    join_meeting,
-    make_meeting,
-    make_user,
-    wait_until,
-)
-from tests.server_process import ROOT, ServerProcess, request, start_server
+from tests.rtc_clients import Participant, RemoteTrack, connect_user
+from tests.server_process import ROOT, ServerProcess, room_stats, start_server
+from tests.support import until
 
 GUARDED = ROOT / "tests" / "codec_guard_server.py"
 LOSS = 0.05
@@ -56,34 +49,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     assert CODEC_USED not in process.log.read_text(), "the server decoded or encoded media"
 
 
-async def person(server: ServerProcess, meeting_id: int, host_token: str | None = None) -> Participant:
-    token, user_id = make_user(server.url, f"user{next(names)}")
-    if host_token is None:
-        join_meeting(server.url, token, meeting_id)
-    else:
-        join_meeting(server.url, token, meeting_id, invite_code_of(server.url, host_token, meeting_id))
-    participant = Participant(server.url, token, user_id, meeting_id)
-    await participant.connect()
-    return participant
-
-
 @pytest.fixture
-async def pair(server: ServerProcess) -> AsyncIterator[tuple[Participant, Participant]]:
+async def pair(server: ServerProcess, people: list[Participant]) -> tuple[Participant, Participant]:
     """A fresh meeting with a host (who will publish) and a viewer, both connected."""
-    token, user_id = make_user(server.url, f"host{next(names)}")
-    meeting_id = make_meeting(server.url, token)
-    join_meeting(server.url, token, meeting_id)
-    host = Participant(server.url, token, user_id, meeting_id)
-    await host.connect()
-    viewer = await person(server, meeting_id, host_token=token)
-    yield host, viewer
-    await asyncio.gather(host.close(), viewer.close(), return_exceptions=True)
+    host = await connect_user(server.url, f"host{next(names)}", people=people)
+    return host, await connect_user(server.url, f"user{next(names)}", host, people)
 
 
 def stats_of(server: ServerProcess, who: Participant) -> dict[str, Any]:
-    status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{who.meeting_id}/stats", token=who.token)
-    assert status == 200, body
-    return body["data"]
+    """The room's media statistics, as ``who`` reads them."""
+    return room_stats(server.url, who.meeting_id, who.token)
 
 
 def video_subscription(stats: dict[str, Any], viewer: Participant) -> dict[str, Any]:
@@ -98,10 +73,10 @@ def video_layer(stats: dict[str, Any], publisher: Participant) -> dict[str, Any]
 
 async def decoding(viewer: Participant, publisher: Participant, frames: int) -> RemoteTrack:
     """The publisher's video at the viewer, once it has decoded ``frames`` frames."""
-    await wait_until(
+    await until(
         lambda: (t := viewer.video_from(publisher.user_id)) is not None and t.frames >= frames,
-        20,
         f"{frames} decoded frames of the publisher's video",
+        20,
     )
     video = viewer.video_from(publisher.user_id)
     assert video is not None
@@ -138,10 +113,11 @@ async def test_simulated_loss_is_recovered_by_nack_and_retransmission(server: Se
     assert video.frames - first >= 30, f"only {video.frames - first} frames decoded in 3 s"
     assert longest_stall < 1.5, f"decoding stalled for {longest_stall:.2f} s"
 
-    await wait_until(
+    await until(
         lambda: (s := video_subscription(stats_of(server, viewer), viewer))["nacks"] > 0 and s["retransmits"] > 0,
-        10,
         "the viewer's NACKs to be answered with retransmissions",
+        10,
+        interval=0.1,
     )
 
 
@@ -159,13 +135,14 @@ async def test_a_storm_of_plis_becomes_at_most_one_keyframe_request_per_half_sec
     for _ in range(storm):  # 40 PLIs in about a second, as a broken decoder might send
         await video.receiver._send_rtcp_pli(ssrc)
         await asyncio.sleep(0.025)
-    await wait_until(
+    await until(
         lambda: (
             video_subscription(stats_of(server, viewer), viewer)["plis"]
             >= video_subscription(before, viewer)["plis"] + storm
         ),
-        5,
         "the server to count every PLI",
+        5,
+        interval=0.1,
     )
     after = stats_of(server, viewer)
     window = time.monotonic() - opened
@@ -295,27 +272,27 @@ async def test_publish_bitrate_falls_while_the_uplink_loses_and_recovers_after(s
     await host.publish(video=(160, 120), audio=False)
     uplink = Uplink(host)
     await decoding(viewer, host, 5)
-    await wait_until(lambda: len(uplink.remb) >= 2, 10, "two REMB packets at the publisher")
+    await until(lambda: len(uplink.remb) >= 2, "two REMB packets at the publisher", 10)
     assert set(uplink.remb) == {PUBLISH_BITRATE}, f"a clean uplink is invited at publish_bitrate: {uplink.remb}"
 
     chance = random.Random(7)
     uplink.lose = lambda packet: chance.random() < 0.6  # retransmissions too: the loss outlasts repair
     lossy_from = len(uplink.remb)
-    await wait_until(
+    await until(
         lambda: any(bitrate < 0.8 * PUBLISH_BITRATE for bitrate in uplink.remb[lossy_from:]),
-        10,
         "the invitation to fall while the uplink loses 60 %",
+        10,
     )
     uplink.lose = None
     clean_from = len(uplink.remb)
-    await wait_until(
+    await until(
         lambda: (
             len(uplink.remb) > clean_from + 1
             and uplink.remb[-1] >= 1.15 * min(uplink.remb[clean_from - 1 :])
             and uplink.remb[-1] > uplink.remb[-2]
         ),
-        10,
         "the invitation to rise again once the uplink is clean",
+        10,
     )
     assert max(uplink.remb) <= PUBLISH_BITRATE, "the invitation never exceeds publish_bitrate"
 
@@ -330,7 +307,7 @@ async def test_publisher_retransmissions_reach_the_viewer_unwrapped(server: Serv
 
     # Every 5th first transmission is lost; the server NACKs it and aiortc sends it again as RTX.
     uplink.lose = lambda packet: packet.ssrc == uplink.sender._ssrc and packet.sequence_number % 5 == 0
-    await wait_until(lambda: len(uplink.dropped) >= 8, 10, "8 packets lost on the uplink")
+    await until(lambda: len(uplink.dropped) >= 8, "8 packets lost on the uplink", 10)
     uplink.lose = None
     lost = dict(uplink.dropped)
     assert video_layer(stats_of(server, viewer), host)["nacks_sent"] > before, "the server NACKed the lost packets"
@@ -347,7 +324,7 @@ async def test_publisher_retransmissions_reach_the_viewer_unwrapped(server: Serv
         }
 
     # The server itself loses 5 % on the way down (and repairs that on the RTX stream), so not all.
-    await wait_until(lambda: len(repaired()) >= len(lost) // 2, 10, "the repaired packets at the viewer")
+    await until(lambda: len(repaired()) >= len(lost) // 2, "the repaired packets at the viewer", 10)
     assert {pt for pt, _, _ in arrivals.media} == {media_payload_type}, "no RTX payload type on the media stream"
 
 
@@ -357,26 +334,27 @@ async def test_retransmissions_nobody_asked_for_are_dropped_as_probes(server: Se
     uplink = Uplink(host)
     video = await decoding(viewer, host, 5)
     arrivals = Arrivals(viewer, video)
-    await wait_until(lambda: len(uplink.sent) >= 40, 10, "40 packets sent")
+    await until(lambda: len(uplink.sent) >= 40, "40 packets sent", 10)
     before = video_layer(stats_of(server, viewer), host)["probes_dropped"]
 
     # Bandwidth probing as a browser does it: resend packets that arrived (still in aiortc's history).
     probed = sorted(uplink.sent)[-30:-10]
     for seq in probed:
         await uplink.sender._retransmit(seq)
-    await wait_until(
+    await until(
         lambda: video_layer(stats_of(server, viewer), host)["probes_dropped"] >= before + len(probed),
-        5,
         f"{len(probed)} probes counted",
+        5,
+        interval=0.1,
     )
     # Not forwarded: no probed packet reached the viewer's media stream a second time, by the time
     # packets the publisher sent after the probes have reached it.
     shift = arrivals.offset(uplink.sent)
     later = (max(uplink.sent) + shift + 5) & 0xFFFF
-    await wait_until(
+    await until(
         lambda: any(0 <= (seq - later) & 0xFFFF < 1000 for seq in arrivals.datagrams),
-        5,
         "packets sent after the probes at the viewer",
+        5,
     )
     repeats = {seq: n for seq in probed if (n := arrivals.datagrams[(seq + shift) & 0xFFFF]) > 1}
     assert not repeats, f"probes forwarded to the viewer: {repeats}"
@@ -396,30 +374,26 @@ def offered(viewer: Participant, user_id: int) -> bool:
 
 
 async def test_renegotiation_reuses_the_m_section_of_a_publisher_who_left(server: ServerProcess) -> None:
-    token, user_id = make_user(server.url, f"host{next(names)}")
-    meeting_id = make_meeting(server.url, token)
-    join_meeting(server.url, token, meeting_id)
-    viewer = Participant(server.url, token, user_id, meeting_id)
-    await viewer.connect()
+    viewer = await connect_user(server.url, f"host{next(names)}")
     counts: list[int] = []
     try:
         for _ in range(4):
-            publisher = await person(server, meeting_id, host_token=token)
+            publisher = await connect_user(server.url, f"user{next(names)}", viewer)
             try:
                 await publisher.publish(video=(160, 120), audio=False)
-                await wait_until(
+                await until(
                     lambda user=publisher.user_id: offered(viewer, user),
-                    10,
                     "the viewer to be offered the new publisher's video",
+                    10,
                 )
                 counts.append(len(m_sections(viewer)))
             finally:
                 await publisher.close()
             # The server offers the section inactive; once the viewer has answered that, it is free.
-            await wait_until(
+            await until(
                 lambda: all("a=inactive" in section for section in m_sections(viewer)) and not viewer._offers.locked(),
-                10,
                 "the departed publisher's m-section to become inactive",
+                10,
             )
     finally:
         await viewer.close()

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.codec_guard_server import CODEC_USED
-from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user, wait_until
-from tests.server_process import ROOT, ServerProcess, request, start_server
+from tests.rtc_clients import Participant, connect_user
+from tests.server_process import ROOT, ServerProcess, make_user, request, room_stats, start_server
+from tests.support import until
 
 GUARDED = ROOT / "tests" / "codec_guard_server.py"
 
@@ -31,53 +32,40 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerPro
 
 
 @pytest.fixture
-async def room(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, int, list[Participant]]]:
-    """A meeting whose host is ready to publish; more participants are added by ``enter``."""
-    token, user_id = make_user(server.url, "host")
-    meeting_id = make_meeting(server.url, token)
-    join_meeting(server.url, token, meeting_id)
-    host = Participant(server.url, token, user_id, meeting_id)
-    await host.connect()
-    people = [host]
-    yield server, meeting_id, people
-    await asyncio.gather(*(person.close() for person in people), return_exceptions=True)
-
-
-async def enter(server: ServerProcess, meeting_id: int, people: list[Participant], name: str) -> Participant:
-    token, user_id = make_user(server.url, name)
-    join_meeting(server.url, token, meeting_id, invite_code_of(server.url, people[0].token, meeting_id))
-    person = Participant(server.url, token, user_id, meeting_id)
-    await person.connect()
-    people.append(person)
-    return person
+async def room(
+    server: ServerProcess, people: list[Participant]
+) -> AsyncIterator[tuple[ServerProcess, int, list[Participant]]]:
+    """A meeting whose host (first of the people) is ready to publish."""
+    host = await connect_user(server.url, "host", people=people)
+    yield server, host.meeting_id, people
 
 
 async def test_one_publisher_two_subscribers_then_a_late_joiner_then_the_publisher_leaves(room) -> None:
     server, meeting_id, people = room
     host = people[0]
     await host.publish(video=(320, 240), audio=True)
-    alice = await enter(server, meeting_id, people, "alice")
-    bob = await enter(server, meeting_id, people, "bob")
+    alice = await connect_user(server.url, "alice", host, people)
+    bob = await connect_user(server.url, "bob", host, people)
 
     for viewer in (alice, bob):
-        await wait_until(
+        await until(
             lambda v=viewer: (t := v.video_from(host.user_id)) is not None and t.frames >= 10,
-            20,
             f"user {viewer.user_id} to decode 10 frames of the host's video",
+            20,
         )
         video = viewer.video_from(host.user_id)
         assert video is not None and video.sizes == {(320, 240)}
         audio = [r for r in viewer.remote.values() if r.track.kind == "audio"]
         assert audio and audio[0].info["user_id"] == host.user_id
-        await wait_until(lambda a=audio[0]: a.frames >= 20, 10, "audio frames")
+        await until(lambda a=audio[0]: a.frames >= 20, "audio frames", 10)
 
-    carol = await enter(server, meeting_id, people, "carol")
-    await wait_until(
-        lambda: (t := carol.video_from(host.user_id)) is not None and t.frames >= 5, 20, "the late joiner's frames"
+    carol = await connect_user(server.url, "carol", host, people)
+    await until(
+        lambda: (t := carol.video_from(host.user_id)) is not None and t.frames >= 5, "the late joiner's frames", 20
     )
 
     viewers = {alice.peer_id, bob.peer_id, carol.peer_id}
-    stats = room_stats(server, meeting_id, alice.token)
+    stats = room_stats(server.url, meeting_id, alice.token)
     assert stats["peers"] == 4
     published = {track["kind"]: track for track in stats["tracks"]}
     assert {track["peer_id"] for track in stats["tracks"]} == {host.peer_id} and published.keys() == {"audio", "video"}
@@ -108,12 +96,6 @@ async def test_one_publisher_two_subscribers_then_a_late_joiner_then_the_publish
     assert CODEC_USED not in server.log.read_text()
 
 
-def room_stats(server: ServerProcess, meeting_id: int, token: str) -> dict:
-    status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{meeting_id}/stats", token=token)
-    assert status == 200, body
-    return body["data"]
-
-
 def speaker_announcements(person: Participant) -> list[dict]:
     return [
         m["data"]["active_speaker"]
@@ -125,18 +107,18 @@ def speaker_announcements(person: Participant) -> list[dict]:
 async def test_active_speaker_server_side_mute_and_media_rest_rules(room) -> None:
     server, meeting_id, people = room
     host = people[0]
-    alice = await enter(server, meeting_id, people, "alice")
-    bob = await enter(server, meeting_id, people, "bob")
+    alice = await connect_user(server.url, "alice", host, people)
+    bob = await connect_user(server.url, "bob", host, people)
     await alice.publish(video=None, audio=True)
 
-    await wait_until(lambda: speaker_announcements(bob), 10, "bob to hear who is speaking")
+    await until(lambda: speaker_announcements(bob), "bob to hear who is speaking", 10)
     assert speaker_announcements(bob)[-1]["user_id"] == alice.user_id
     assert speaker_announcements(bob)[-1]["peer_id"] == alice.peer_id
 
     def alice_audio_at_bob():
         return next((r for r in bob.remote.values() if r.info.get("user_id") == alice.user_id), None)
 
-    await wait_until(lambda: (a := alice_audio_at_bob()) is not None and a.frames > 10, 10, "alice's audio at bob")
+    await until(lambda: (a := alice_audio_at_bob()) is not None and a.frames > 10, "alice's audio at bob", 10)
 
     url = f"{server.url}/api/v1/webrtc"
     # Only the peer itself or a host/moderator may change a peer's media.
@@ -152,16 +134,16 @@ async def test_active_speaker_server_side_mute_and_media_rest_rules(room) -> Non
     status, body = request("POST", f"{url}/peer/{alice.peer_id}/media", {"audio": False}, token=host.token)
     assert status == 200, body
     assert body["data"]["published"][0]["muted"] is True
-    await wait_until(
+    await until(
         lambda: any(
             m["type"] == "media-state" and m["data"].get("media_state", {}).get("audio") is False for m in bob.messages
         ),
-        5,
         "bob to hear that alice was muted",
+        5,
     )
 
     def forwarded_to_bob() -> int:
-        stats = room_stats(server, meeting_id, bob.token)
+        stats = room_stats(server.url, meeting_id, bob.token)
         return next(s["packets"] for s in stats["subscriptions"] if s["subscriber_peer_id"] == bob.peer_id)
 
     # A window in which nothing may happen: the server forwards no packet once the mute is answered,
@@ -173,7 +155,7 @@ async def test_active_speaker_server_side_mute_and_media_rest_rules(room) -> Non
 
     status, body = request("POST", f"{url}/peer/{alice.peer_id}/media", {"audio": True}, token=alice.token)
     assert status == 200 and body["data"]["published"][0]["muted"] is False
-    await wait_until(lambda: alice_audio_at_bob().frames > frozen + 20, 10, "alice's audio to flow again")
+    await until(lambda: alice_audio_at_bob().frames > frozen + 20, "alice's audio to flow again", 10)
 
 
 async def test_room_views_are_for_members_only(room) -> None:
@@ -211,8 +193,8 @@ async def test_a_publisher_whose_media_vanishes_is_reaped(room) -> None:
     server, meeting_id, people = room
     host = people[0]
     await host.publish(video=(160, 120), audio=False)
-    alice = await enter(server, meeting_id, people, "alice")
-    await wait_until(lambda: (t := alice.video_from(host.user_id)) is not None and t.frames > 5, 20, "frames")
+    alice = await connect_user(server.url, "alice", host, people)
+    await until(lambda: (t := alice.video_from(host.user_id)) is not None and t.frames > 5, "frames", 20)
     held = udp_sockets(server.process.pid)
 
     # The host's network drops: no DTLS goodbye, no more packets; its signaling socket stays open.
@@ -230,4 +212,4 @@ async def test_a_publisher_whose_media_vanishes_is_reaped(room) -> None:
     assert status == 200
     reaped = next(peer for peer in body["data"] if peer["user_id"] == host.user_id)
     assert reaped["publisher_state"] == "failed" and reaped["published"] == []
-    await wait_until(lambda: udp_sockets(server.process.pid) < held, 5, "the server to close the host's UDP socket")
+    await until(lambda: udp_sockets(server.process.pid) < held, "the server to close the host's UDP socket", 5)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +16,9 @@ from aiortc import RTCPeerConnection
 
 from config import ConfigError, load_settings
 from sfu.network import LOOPBACK, Network, NoMediaPort, gather
-from tests.rtc_clients import (
-    Participant,
-    PatternVideoTrack,
-    invite_code_of,
-    join_meeting,
-    make_meeting,
-    make_user,
-    wait_until,
-)
+from tests.rtc_clients import PatternVideoTrack, connect_user
 from tests.server_process import ServerProcess, run_cli, start_server
+from tests.support import until
 
 LOOPBACK_ENV = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
 
@@ -186,7 +179,7 @@ async def test_media_is_taken_only_from_addresses_whose_checks_authenticated() -
         response = stun.parse_message(reply)  # answered before the client is known
         assert response.message_class == stun.Class.RESPONSE
         client.sendto(hello, ("127.0.0.1", server_port))
-        await wait_until(lambda: connection._queue.qsize() == 1, 5, "the client's hello to be queued")
+        await until(lambda: connection._queue.qsize() == 1, "the client's hello to be queued", 5)
         assert protocol.dropped == 1, "the stranger's hello was dropped"
         assert connection._queue.get_nowait() == (hello, 1)
     finally:
@@ -205,28 +198,6 @@ def loopback_server(tmp_path: Path) -> Iterator[ServerProcess]:
     process.stop()
 
 
-@pytest.fixture
-async def people() -> AsyncIterator[list[Participant]]:
-    found: list[Participant] = []
-    yield found
-    await asyncio.gather(*(person.close() for person in found), return_exceptions=True)
-
-
-async def participant(server: ServerProcess, host: Participant | None, name: str, people: list) -> Participant:
-    """The host of a new meeting (``host`` None), or a guest of ``host``'s meeting."""
-    token, user_id = make_user(server.url, name)
-    if host is None:
-        meeting_id = make_meeting(server.url, token)
-        join_meeting(server.url, token, meeting_id)
-    else:
-        meeting_id = host.meeting_id
-        join_meeting(server.url, token, meeting_id, invite_code_of(server.url, host.token, meeting_id))
-    person = Participant(server.url, token, user_id, meeting_id)
-    await person.connect()
-    people.append(person)
-    return person
-
-
 def sdp_candidate_hosts(sdp: str) -> set[str]:
     return {line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")}
 
@@ -240,12 +211,10 @@ def local_and_selected(pc: RTCPeerConnection) -> tuple[set[str], tuple[str, str]
 
 
 async def test_media_flows_with_the_sfu_bound_to_loopback_only(loopback_server, people) -> None:
-    host = await participant(loopback_server, None, "host", people)
+    host = await connect_user(loopback_server.url, "host", people=people)
     await host.publish(video=(160, 120), audio=False)
-    viewer = await participant(loopback_server, host, "viewer", people)
-    await wait_until(
-        lambda: (t := viewer.video_from(host.user_id)) is not None and t.frames >= 5, 20, "the viewer's frames"
-    )
+    viewer = await connect_user(loopback_server.url, "viewer", host, people)
+    await until(lambda: (t := viewer.video_from(host.user_id)) is not None and t.frames >= 5, "the viewer's frames", 20)
     assert host.publisher.remoteDescription is not None and viewer.subscriber is not None
     assert sdp_candidate_hosts(host.publisher.remoteDescription.sdp) == {"127.0.0.1"}
     assert sdp_candidate_hosts(viewer.subscriber.remoteDescription.sdp) == {"127.0.0.1"}
@@ -263,7 +232,7 @@ def announcing_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 async def test_announced_addresses_are_what_clients_are_told(announcing_server, people) -> None:
-    host = await participant(announcing_server, None, "host", people)
+    host = await connect_user(announcing_server.url, "host", people=people)
     await host.publish(video=(160, 120), audio=False)
     assert host.publisher.remoteDescription is not None
     assert sdp_candidate_hosts(host.publisher.remoteDescription.sdp) == {"127.0.0.2"}
@@ -274,20 +243,20 @@ async def test_when_the_port_range_is_used_up_clients_are_told(tmp_path: Path, p
     env = {**LOOPBACK_ENV, "HUIYI_SFU_PORT_MIN": str(port), "HUIYI_SFU_PORT_MAX": str(port)}
     server = start_server("--data-dir", str(tmp_path / "data"), log=tmp_path / "server.log", env=env)
     try:
-        host = await participant(server, None, "host", people)
+        host = await connect_user(server.url, "host", people=people)
         await host.publish(video=(160, 120), audio=False)
         assert host.publisher.remoteDescription is not None
         assert f" 127.0.0.1 {port} typ host" in host.publisher.remoteDescription.sdp
-        viewer = await participant(server, host, "viewer", people)
+        viewer = await connect_user(server.url, "viewer", host, people)
 
         def refusals() -> list[dict]:
             return [error for error in viewer.errors if error.get("code") == 503]
 
-        await wait_until(lambda: len(refusals()) == 1, 10, "the viewer to hear there is no port for its media")
+        await until(lambda: len(refusals()) == 1, "the viewer to hear there is no port for its media", 10)
         viewer.publisher.addTransceiver(PatternVideoTrack(160, 120), direction="sendonly")
         await viewer.publisher.setLocalDescription(await viewer.publisher.createOffer())
         await viewer.send("offer", {"target": "publisher", "sdp": viewer.publisher.localDescription.sdp})
-        await wait_until(lambda: len(refusals()) == 2, 10, "the viewer's publisher offer to be refused")
+        await until(lambda: len(refusals()) == 2, "the viewer's publisher offer to be refused", 10)
         assert all("no free port" in error["message"] for error in refusals())
         assert server.process.poll() is None
     finally:

@@ -10,7 +10,7 @@ import contextlib
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,9 @@ from aioice import stun
 from aiortc import RTCPeerConnection
 
 from sfu import rtcp, rtp
-from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user, wait_until
-from tests.server_process import ServerProcess, request, start_server
+from tests.rtc_clients import Participant, connect_user
+from tests.server_process import ServerProcess, request, room_stats, start_server
+from tests.support import until
 from tests.test_sfu_packets import rtp_packet
 
 STRANGER_DATAGRAMS = 16_000
@@ -34,13 +35,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     process = start_server("--data-dir", str(tmp_path / "data"), log=tmp_path / "server.log", env=env)
     yield process
     process.stop()
-
-
-@pytest.fixture
-async def people() -> AsyncIterator[list[Participant]]:
-    found: list[Participant] = []
-    yield found
-    await asyncio.gather(*(person.close() for person in found), return_exceptions=True)
 
 
 def corpus(generator: random.Random) -> list[bytes]:
@@ -85,31 +79,20 @@ def nominated(pc: RTCPeerConnection):
     return pair.protocol.transport, pair.remote_addr
 
 
-def transport_counters(server: ServerProcess, meeting_id: int, token: str) -> dict[str, dict[str, int]]:
-    status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{meeting_id}/stats", token=token)
-    assert status == 200, body
+def transport_counters(server: ServerProcess, who: Participant) -> dict[str, dict[str, int]]:
     return {
         f"{t['peer_id']}/{t['connection']}": {k: t[k] for k in ("malformed", "srtp_failures", "packets_in")}
-        for t in body["data"]["transports"]
+        for t in room_stats(server.url, who.meeting_id, who.token)["transports"]
     }
 
 
 async def test_hostile_datagrams_are_dropped_and_media_keeps_flowing(server, people) -> None:
-    token, user_id = make_user(server.url, "host")
-    meeting_id = make_meeting(server.url, token)
-    join_meeting(server.url, token, meeting_id)
-    host = Participant(server.url, token, user_id, meeting_id)
-    people.append(host)
-    await host.connect()
+    host = await connect_user(server.url, "host", people=people)
     await host.publish(video=(160, 120), audio=True)
-    viewer_token, viewer_id = make_user(server.url, "viewer")
-    join_meeting(server.url, viewer_token, meeting_id, invite_code_of(server.url, token, meeting_id))
-    viewer = Participant(server.url, viewer_token, viewer_id, meeting_id)
-    people.append(viewer)
-    await viewer.connect()
-    await wait_until(lambda: (t := viewer.video_from(host.user_id)) is not None and t.frames >= 5, 20, "frames")
+    viewer = await connect_user(server.url, "viewer", host, people)
+    await until(lambda: (t := viewer.video_from(host.user_id)) is not None and t.frames >= 5, "frames", 20)
     assert viewer.subscriber is not None
-    before = transport_counters(server, meeting_id, token)
+    before = transport_counters(server, host)
 
     targets = [nominated(host.publisher)[1], nominated(viewer.subscriber)[1]]
     assert all(address[0] == "127.0.0.1" for address in targets)
@@ -144,8 +127,8 @@ async def test_hostile_datagrams_are_dropped_and_media_keeps_flowing(server, peo
     video = viewer.video_from(host.user_id)
     assert video is not None
     frames = video.frames
-    await wait_until(lambda: video.frames >= frames + 15, 20, "the viewer to decode new frames after the fuzzing")
-    after = transport_counters(server, meeting_id, token)
+    await until(lambda: video.frames >= frames + 15, "the viewer to decode new frames after the fuzzing", 20)
+    after = transport_counters(server, host)
     publisher_key = next(key for key in after if key.endswith("/publisher"))
     subscriber_key = next(key for key in after if key.endswith("/subscriber"))
     for key in (publisher_key, subscriber_key):

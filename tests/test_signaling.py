@@ -10,73 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import WSMsgType
 
 from control.context import STORE
-from tests.conftest import Account, Api, SettingsFactory
-
-TIMEOUT = 5.0
-
-
-async def receive(socket: ClientWebSocketResponse, timeout: float = TIMEOUT) -> dict[str, Any]:
-    frame = await socket.receive(timeout=timeout)
-    assert frame.type == WSMsgType.TEXT, (frame.type, frame.data, frame.extra)
-    return json.loads(frame.data)
-
-
-async def receive_type(socket: ClientWebSocketResponse, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-    """The next message of ``kind``, skipping others (e.g. user-joined from an earlier join)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        assert remaining > 0, f"no {kind} message within {timeout} s"
-        incoming = await receive(socket, remaining)
-        if incoming["type"] == kind:
-            return incoming
-
-
-async def closed_with(socket: ClientWebSocketResponse) -> int:
-    """Read until the server closes; the close code."""
-    while True:
-        frame = await socket.receive(timeout=TIMEOUT)
-        if frame.type == WSMsgType.CLOSE:
-            return frame.data  # the code the server sent, whatever became of the closing handshake
-        if frame.type in {WSMsgType.CLOSED, WSMsgType.CLOSING}:
-            return socket.close_code or frame.data
-
-
-async def meeting_with(api: Api, host: Account, *guests: Account, **fields: Any) -> int:
-    """A meeting ``host`` created, joined by the host and by ``guests`` through its invite link."""
-    created = await api.call("POST", "/api/v1/meetings", token=host.access, json={"title": "Standup", **fields})
-    assert created["status"] == 201, created
-    meeting_id = created["data"]["meeting_id"]
-    await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=host.access, json={}, expect=200)
-    link = {"invite_code": created["data"]["invite_code"]}
-    for account in guests:
-        await api.call("POST", f"/api/v1/meetings/{meeting_id}/join", token=account.access, json=link, expect=200)
-    return meeting_id
-
-
-async def invite_code(api: Api, meeting_id: int, host: Account) -> str:
-    """The meeting's invite code, as its host reads it from the meeting view."""
-    meeting = await api.call("GET", f"/api/v1/meetings/{meeting_id}", token=host.access, expect=200)
-    return meeting["data"]["invite_code"]
-
-
-async def connect(api: Api, meeting_id: int, account: Account, *, header: bool = False) -> ClientWebSocketResponse:
-    if header:
-        return await api.client.ws_connect(
-            f"/ws/signaling?meeting_id={meeting_id}&user_id={account.id}", headers=account.auth
-        )
-    return await api.client.ws_connect(
-        f"/ws/signaling?meeting_id={meeting_id}&user_id={account.id}&token={account.access}"
-    )
-
-
-async def enter(api: Api, meeting_id: int, account: Account) -> tuple[ClientWebSocketResponse, dict[str, Any]]:
-    socket = await connect(api, meeting_id, account)
-    await socket.send_json({"type": "join", "data": {}})
-    return socket, await receive_type(socket, "join")
+from tests.conftest import Api, SettingsFactory, sqlite_only
+from tests.support import (
+    SOCKET_TIMEOUT,
+    closed_with,
+    connect,
+    enter,
+    invite_code,
+    meeting_with,
+    receive,
+    receive_type,
+    until,
+)
 
 
 async def test_documented_flow(api: Api) -> None:
@@ -154,6 +102,7 @@ async def test_socket_refusals(api: Api, query: str, close_code: int, code: int)
     assert await closed_with(socket) == close_code
 
 
+@sqlite_only
 async def test_plain_http_on_the_socket_path_is_enveloped(api: Api) -> None:
     body = await api.call("GET", "/ws/signaling?meeting_id=1&user_id=1", expect=400)
     assert "WebSocket" in body["message"]
@@ -195,7 +144,7 @@ async def test_a_flood_is_cut_off(api: Api) -> None:
         await socket.send_json({"type": "teleport", "data": {}})
     codes = []
     while True:
-        frame = await socket.receive(timeout=TIMEOUT)
+        frame = await socket.receive(timeout=SOCKET_TIMEOUT)
         if frame.type != WSMsgType.TEXT:
             break
         codes.append(json.loads(frame.data)["data"]["code"])
@@ -307,14 +256,13 @@ async def test_sockets_closing_together_tell_the_room_once(api: Api) -> None:
     await asyncio.gather(*(socket.close() for socket in guest_sockets))
 
     store = api.app[STORE]
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while True:
+
+    async def all_closed() -> bool:
         sessions = [s for s in await store.sessions.for_meeting(meeting_id) if s.user_id == guest.id]
         row = await store.participants.get(meeting_id, guest.id)
-        if row is not None and row.status == "offline" and all(s.disconnected_at for s in sessions):
-            break
-        assert asyncio.get_running_loop().time() < deadline, "the guest's sockets did not close"
-        await asyncio.sleep(0.02)
+        return row is not None and row.status == "offline" and all(s.disconnected_at for s in sessions)
+
+    await until(all_closed, "the guest's sockets closed", SOCKET_TIMEOUT)
     await api.call("POST", f"/api/v1/meetings/{meeting_id}/messages", token=host.access, json={"text": "marker"})
     farewells = 0
     while (incoming := await receive(host_socket))["type"] != "chat":

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import WSMsgType
 
 from tests.conftest import Account, Api, SettingsFactory
-from tests.test_signaling import closed_with, connect, enter, meeting_with, receive, receive_type
+from tests.support import closed_with, connect, enter, meeting_with, receive, receive_type, until
 
 
 async def test_a_frame_over_one_mebibyte_closes_the_socket_with_1009(api: Api) -> None:
@@ -22,14 +22,14 @@ async def test_a_frame_over_one_mebibyte_closes_the_socket_with_1009(api: Api) -
     socket, _ = await enter(api, meeting_id, host)
     await socket.send_str(json.dumps({"type": "chat", "data": {"text": "x" * (1024 * 1024 + 10)}}))
     assert await closed_with(socket) == 1009
+
     # The session is written closed once the server has finished with the socket.
-    deadline = asyncio.get_running_loop().time() + 5
-    while True:
+    async def closed_session() -> dict[str, Any] | None:
         sessions = await api.call("GET", f"/api/v1/sessions/room/{meeting_id}", token=host.access, expect=200)
         [session] = sessions["data"]
-        if session["disconnected_at"] or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.05)
+        return session if session["disconnected_at"] else None
+
+    session = await until(closed_session, "the session written closed", 5)
     assert "exceeds limit 1048576" in session["close_reason"], session
 
 

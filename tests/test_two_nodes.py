@@ -2,66 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
-
 import aiohttp
-import pytest
 
-from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
-from tests.server_process import ServerProcess, start_server
-
-PASSWORD = "two-nodes-123"
-
-
-@pytest.fixture
-async def nodes(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
-    schema = await postgres_schema()
-    env = {
-        "HUIYI_DATABASE_SCHEMA": schema,
-        "HUIYI_AUTH_JWT_SECRET": uuid.uuid4().hex * 2,
-        "HUIYI_REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex}",
-    }
-    common = ["--database-url", POSTGRES_URL, "--redis-url", redis_url]
-    started: list[ServerProcess] = []
-    try:
-        for name in ("a", "b"):
-            started.append(
-                await asyncio.to_thread(
-                    start_server,
-                    *common,
-                    "--data-dir",
-                    str(tmp_path / name),
-                    log=tmp_path / f"{name}.log",
-                    env={**env, "HUIYI_SERVER_NODE_ID": f"node-{name}"},
-                )
-            )
-        yield started[0], started[1]
-    finally:
-        for server in started:
-            server.stop()
-        await drop_schema(schema)
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kwargs: Any
-) -> tuple[int, dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.request(method, url, headers=headers, **kwargs) as response:
-        return response.status, await response.json()
-
-
-async def next_of(socket: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
-    while True:
-        frame = await socket.receive(timeout=5)
-        assert frame.type == aiohttp.WSMsgType.TEXT, frame
-        incoming = json.loads(frame.data)
-        if incoming["type"] == kind:
-            return incoming
+from tests.conftest import PASSWORD
+from tests.server_process import ServerProcess, call
+from tests.support import receive_type
 
 
 async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, ServerProcess]) -> None:
@@ -103,17 +48,17 @@ async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, Serv
         alice = await http.ws_connect(socket_url(a, "alice"))
         bob = await http.ws_connect(socket_url(b, "bob"))
         await alice.send_json({"type": "join", "data": {}})
-        await next_of(alice, "join")
+        await receive_type(alice, "join")
         await bob.send_json({"type": "join", "data": {}})
-        await next_of(bob, "join")
-        assert (await next_of(alice, "user-joined"))["from"] == ids["bob"]
+        await receive_type(bob, "join")
+        assert (await receive_type(alice, "user-joined"))["from"] == ids["bob"]
 
         await bob.send_json({"type": "chat", "data": {"text": "from node b"}})
-        assert (await next_of(alice, "chat"))["data"]["text"] == "from node b"
+        assert (await receive_type(alice, "chat"))["data"]["text"] == "from node b"
         await alice.send_json({"type": "offer", "to": ids["bob"], "data": {"sdp": "v=0"}})
-        assert (await next_of(bob, "offer"))["from"] == ids["alice"]
+        assert (await receive_type(bob, "offer"))["from"] == ids["alice"]
         await bob.send_json({"type": "media-state", "data": {"audio": False}})
-        assert (await next_of(alice, "media-state"))["data"]["media_state"]["audio"] is False
+        assert (await receive_type(alice, "media-state"))["data"]["media_state"]["audio"] is False
 
         for node in (a, b):
             status, overview = await call(http, "GET", node.url + "/api/v1/stats/overview", tokens["alice"])
@@ -134,6 +79,6 @@ async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, Serv
 
         # Ending on node a closes bob's socket on node b.
         await call(http, "POST", a.url + f"/api/v1/meetings/{meeting_id}/end", tokens["alice"])
-        assert (await next_of(bob, "user-left"))["data"]["reason"] == "meeting ended"
+        assert (await receive_type(bob, "user-left"))["data"]["reason"] == "meeting ended"
         await alice.close()
         await bob.close()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.conftest import POSTGRES_URL
-from tests.server_process import ServerProcess, run_cli
-from tests.test_two_nodes import PASSWORD, call, next_of, nodes
-
-__all__ = ["nodes"]  # the fixture, shared with the other two-node tests
+from tests.conftest import PASSWORD, POSTGRES_URL
+from tests.server_process import ServerProcess, call, run_cli
+from tests.support import receive_type
 
 
 async def test_a_ban_through_one_node_holds_on_the_next_request_through_the_other(
@@ -55,14 +53,14 @@ async def test_a_ban_through_one_node_holds_on_the_next_request_through_the_othe
                     b.url + f"/ws/signaling?meeting_id={meeting_id}&user_id={user_id}&token={token}"
                 )
                 await socket.send_json({"type": "join", "data": {}})
-                await next_of(socket, "join")
+                await receive_type(socket, "join")
 
             status, _ = await call(http, "POST", a.url + f"/api/v1/admin/users/{user_id}/ban", admin_token)
             assert status == 200
             status, refused = await call(http, "GET", b.url + "/api/v1/users/profile", token)
             assert status == 403, (round_, refused)
             if socket is not None:
-                error = await next_of(socket, "error")
+                error = await receive_type(socket, "error")
                 assert error["data"]["code"] == 4403
                 frame = await socket.receive(timeout=5)
                 assert frame.type == aiohttp.WSMsgType.CLOSE and frame.data == 4403

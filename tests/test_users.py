@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import io
 import random
 import re
-from email.message import EmailMessage
 
 from aiohttp import FormData
 from PIL import Image
 
-from control.context import BACKGROUND, SETTINGS, STORE
-from tests.conftest import PASSWORD, Api
+from control.context import STORE
+from tests.conftest import PASSWORD, Api, sqlite_only
+from tests.support import file_form, image_bytes
+
+PHOTO = (640, 360)  # a camera's shape, which the avatar is cropped square from
 
 
-def image_bytes(fmt: str, size: tuple[int, int] = (640, 360), color: str = "orange") -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, format=fmt)
-    return out.getvalue()
-
-
-def upload(data: bytes, field: str = "file", filename: str = "me.png", content_type: str = "image/png") -> FormData:
-    form = FormData()
-    form.add_field(field, data, filename=filename, content_type=content_type)
-    return form
+def avatar_form(
+    data: bytes, field: str = "file", filename: str = "me.png", content_type: str = "image/png"
+) -> FormData:
+    """The upload-avatar form: ``data`` as a PNG named me.png unless told otherwise."""
+    return file_form(data, filename, field=field, content_type=content_type)
 
 
 async def test_profile_get_and_update(api: Api) -> None:
@@ -94,9 +89,9 @@ async def test_change_password_revokes_earlier_tokens(api: Api) -> None:
 async def test_avatar_is_reencoded_to_a_square_png(api: Api) -> None:
     account = await api.account()
     # A JPEG with foreign bytes appended (a polyglot): none of them may be served back.
-    payload = image_bytes("JPEG") + b"<script>alert(1)</script>"
+    payload = image_bytes("JPEG", PHOTO) + b"<script>alert(1)</script>"
     body = await api.call(
-        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(payload, filename="../../x.html")
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=avatar_form(payload, filename="../../x.html")
     )
     assert body["status"] == 200, body
     avatar_url = body["data"]["avatar_url"]
@@ -115,7 +110,10 @@ async def test_avatar_is_reencoded_to_a_square_png(api: Api) -> None:
     assert nothing.status == 416 and nothing.headers["Content-Range"] == f"bytes */{len(served)}"
 
     replaced = await api.call(
-        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG"), field="avatar")
+        "POST",
+        "/api/v1/users/upload-avatar",
+        token=account.access,
+        data=avatar_form(image_bytes("PNG", PHOTO), field="avatar"),
     )
     assert replaced["status"] == 200 and replaced["data"]["avatar_url"] != avatar_url
     gone = await api.client.get(avatar_url)
@@ -128,19 +126,24 @@ async def test_avatar_rejects_non_images_oversize_and_wrong_bodies(api: Api) -> 
         "POST",
         "/api/v1/users/upload-avatar",
         token=account.access,
-        data=upload(b"%PDF-1.4 definitely not an image", content_type="image/png"),
+        data=avatar_form(b"%PDF-1.4 definitely not an image", content_type="image/png"),
     )
     assert not_image["status"] == 400
-    bmp = await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("BMP")))
+    bmp = await api.call(
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=avatar_form(image_bytes("BMP", PHOTO))
+    )
     assert bmp["status"] == 400 and "BMP" in bmp["message"]
     huge = await api.call(
-        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(b"\xff" * (5 * 1024 * 1024 + 1))
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=avatar_form(b"\xff" * (5 * 1024 * 1024 + 1))
     )
     assert huge["status"] == 413
     json_body = await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, json={"file": "x"})
     assert json_body["status"] == 400
     wrong_field = await api.call(
-        "POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG"), field="picture")
+        "POST",
+        "/api/v1/users/upload-avatar",
+        token=account.access,
+        data=avatar_form(image_bytes("PNG", PHOTO), field="picture"),
     )
     assert wrong_field["status"] == 400 and "file" in wrong_field["message"]
     profile = await api.call("GET", "/api/v1/users/profile", token=account.access)
@@ -153,10 +156,11 @@ async def test_avatar_near_the_size_cap_is_accepted(api: Api) -> None:
     out = io.BytesIO()
     noise.save(out, format="PNG")
     assert 3 * 1024 * 1024 < len(out.getvalue()) < 5 * 1024 * 1024
-    body = await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(out.getvalue()))
+    body = await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=avatar_form(out.getvalue()))
     assert body["status"] == 200 and body["data"]["avatar_url"]
 
 
+@sqlite_only
 async def test_unknown_avatar_is_404(api: Api) -> None:
     missing = await api.call("GET", "/api/v1/users/avatars/" + "0" * 32 + ".png")
     assert missing["status"] == 404
@@ -166,7 +170,9 @@ async def test_unknown_avatar_is_404(api: Api) -> None:
 
 async def test_delete_account_scrubs_and_frees_the_name(api: Api) -> None:
     account = await api.account(nickname="Doomed")
-    await api.call("POST", "/api/v1/users/upload-avatar", token=account.access, data=upload(image_bytes("PNG")))
+    await api.call(
+        "POST", "/api/v1/users/upload-avatar", token=account.access, data=avatar_form(image_bytes("PNG", PHOTO))
+    )
     await api.call(
         "DELETE", "/api/v1/users/account", token=account.access, json={"current_password": PASSWORD}, expect=200
     )
@@ -186,17 +192,6 @@ async def test_delete_account_scrubs_and_frees_the_name(api: Api) -> None:
 
     again = await api.register(username=account.username, email=account.email)
     assert again["status"] == 201, "a deleted account's username and email are free again"
-
-
-def outbox(api: Api) -> list[EmailMessage]:
-    mails = sorted((api.app[SETTINGS].server.data_dir / "outbox").glob("*.eml"))
-    parsed = [email.message_from_bytes(path.read_bytes(), policy=email.policy.default) for path in mails]
-    return [mail for mail in parsed if isinstance(mail, EmailMessage)]
-
-
-async def mail_sent(api: Api) -> None:
-    for task in list(api.app[BACKGROUND]):
-        await task
 
 
 async def test_a_stolen_access_token_cannot_take_the_account_over(api: Api) -> None:
@@ -223,15 +218,15 @@ async def test_a_stolen_access_token_cannot_take_the_account_over(api: Api) -> N
     profile = await api.call("GET", "/api/v1/users/profile", token=victim.access, expect=200)
     assert profile["data"]["email"] == victim.email and profile["data"]["status"] == "active"
     await api.call("POST", "/api/v1/auth/forgot-password", json={"email": "attacker@example.com"}, expect=200)
-    await mail_sent(api)
-    assert outbox(api) == [], "no reset mail goes to the attacker's address"
+    await api.settle()
+    assert api.outbox() == [], "no reset mail goes to the attacker's address"
 
 
 async def test_changing_the_email_tells_the_old_address_and_voids_its_reset_links(api: Api) -> None:
     account = await api.account(nickname="Mover")
     await api.call("POST", "/api/v1/auth/forgot-password", json={"email": account.email}, expect=200)
-    await mail_sent(api)
-    (reset_mail,) = outbox(api)
+    await api.settle()
+    (reset_mail,) = api.outbox()
     found = re.search(r"token=([\w-]+)", reset_mail.get_content())
     assert found
 
@@ -246,8 +241,8 @@ async def test_changing_the_email_tells_the_old_address_and_voids_its_reset_link
         expect=200,
     )
     assert changed["data"]["email"] == "moved@example.com"
-    await mail_sent(api)
-    notice = outbox(api)[-1]
+    await api.settle()
+    notice = api.outbox()[-1]
     assert notice["To"] == account.email and "was changed" in notice["Subject"]
     assert account.username in notice.get_content() and "moved@example.com" not in notice.get_content()
 
@@ -260,8 +255,8 @@ async def test_changing_the_email_tells_the_old_address_and_voids_its_reset_link
 async def test_change_password_voids_mailed_reset_links(api: Api) -> None:
     account = await api.account()
     await api.call("POST", "/api/v1/auth/forgot-password", json={"email": account.email}, expect=200)
-    await mail_sent(api)
-    found = re.search(r"token=([\w-]+)", outbox(api)[0].get_content())
+    await api.settle()
+    found = re.search(r"token=([\w-]+)", api.outbox()[0].get_content())
     assert found
     await api.call(
         "POST",
