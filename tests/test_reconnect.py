@@ -7,7 +7,7 @@ import secrets
 
 from control.context import STORE
 from tests.conftest import Api
-from tests.test_signaling import meeting_with
+from tests.support import meeting_with
 
 
 def _session(meeting_id: int, user_id: int) -> dict[str, object]:

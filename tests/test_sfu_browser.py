@@ -5,7 +5,6 @@ video it sends (``sfu.simulated_loss``) so the loss-recovery path runs for real.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from tests.conftest import IN_CI
 from tests.rtc_clients import invite_code_of, join_meeting, make_meeting, make_user
 from tests.server_process import ServerProcess, request, start_server
+from tests.support import until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if IN_CI:
@@ -88,23 +88,6 @@ async def video_from(page: Any, user_id: int) -> dict[str, Any] | None:
     return next((entry for entry in await inbound_video(page) if entry["user_id"] == user_id), None)
 
 
-async def poll(page_check, timeout: float, what: str) -> None:
-    """Like ``wait_until`` for checks that need the browser (an await per try)."""
-    result: dict[str, bool] = {"ok": False}
-
-    async def check() -> None:
-        result["ok"] = await page_check()
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        await check()
-        if result["ok"]:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.5)
-
-
 async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(server, browser) -> None:
     accounts = [make_user(server.url, name) for name in ("ann", "ben", "cat")]
     meeting_id = make_meeting(server.url, accounts[0][0])
@@ -124,13 +107,13 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
                 entry = await video_from(page, other)
                 return entry is not None and (entry.get("framesDecoded") or 0) > 30
 
-            await poll(decoding, 40, f"user {me} to decode user {other}'s video")
+            await until(decoding, f"user {me} to decode user {other}'s video", 40, interval=0.5)
     first = (await video_from(pages[1], ids[0]))["framesDecoded"]
 
     async def still_decoding() -> bool:
         return (await video_from(pages[1], ids[0]))["framesDecoded"] > first + 30
 
-    await poll(still_decoding, 10, "ben to keep decoding ann's video")
+    await until(still_decoding, "ben to keep decoding ann's video", 10, interval=0.5)
 
     # The REST view of the room, live.
     status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{meeting_id}/peers", token=accounts[0][0])
@@ -177,7 +160,7 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
 
     async def expect(layer: str, what: str) -> None:
         try:
-            await poll(lambda: receives(layer), 30, what)
+            await until(lambda: receives(layer), what, 30, interval=0.5)
         except AssertionError as failure:
             raise AssertionError(f"{failure}; server trace, last 10 s: {trace[-20:]}") from None
 
@@ -201,7 +184,7 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
         return subscription["current_layer"] in ("low", "medium") and subscription["bitrate"] <= cap
 
     try:
-        await poll(under_the_cap, 30, f"ben to step down under a {cap} bit/s cap")
+        await until(under_the_cap, f"ben to step down under a {cap} bit/s cap", 30, interval=0.5)
     except AssertionError as failure:
         raise AssertionError(f"{failure}; server trace: {trace[-20:]}") from None
     await ben_page.evaluate("window.huiyi.setMaxBitrate(0)")
@@ -234,7 +217,7 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
         ufrags = await cat_page.evaluate(REMOTE_UFRAGS)
         return all(ufrags) and all(a != b for a, b in zip(ufrags, ufrags_before, strict=True))
 
-    await poll(restarted, 15, "both of cat's connections to get new server ICE credentials")
+    await until(restarted, "both of cat's connections to get new server ICE credentials", 15, interval=0.5)
     ann_before = (await video_from(pages[0], ids[2]))["framesDecoded"]
     cat_before = (await video_from(cat_page, ids[0]))["framesDecoded"]
 
@@ -243,4 +226,4 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
         received = await video_from(cat_page, ids[0])
         return sent["framesDecoded"] > ann_before + 30 and received["framesDecoded"] > cat_before + 30
 
-    await poll(flowing, 20, "video to flow from and to cat after the ICE restart")
+    await until(flowing, "video to flow from and to cat after the ICE restart", 20, interval=0.5)
