@@ -8,6 +8,7 @@ import functools
 import math
 import random
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import numpy as np
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
-from sfu import rtp
+from sfu import rtcp, rtp
+from sfu.track import PublishedTrack
 
 VIDEO_CLOCK = 90000
 FPS = 15
@@ -93,6 +95,63 @@ class RtpSender:
             out.append(rtp.Packet(rtp_bytes(self.seq, self.base + timestamp, self.ssrc, part, index == len(parts) - 1)))
             self.seq = (self.seq + 1) & 0xFFFF
         return out
+
+    def padding(self, timestamp: int) -> rtp.Packet:
+        """A padding-only packet (a bandwidth probe sent on the media stream) between frames."""
+        data = rtp_bytes(self.seq, self.base + timestamp, self.ssrc, bytes(31) + b"\x20", False)
+        self.seq = (self.seq + 1) & 0xFFFF
+        return rtp.Packet(bytes([data[0] | 0x20]) + data[1:])
+
+    def sender_report(self, wallclock: float, timestamp: int) -> rtcp.SenderReport:
+        """What the publisher's RTCP would say: ``timestamp`` (from the stream's start) was captured at
+        ``wallclock``."""
+        return rtcp.SenderReport(self.ssrc, rtcp.ntp_now(wallclock), (self.base + timestamp) & 0xFFFFFFFF, 0, 0)
+
+
+@dataclass
+class LayerSource:
+    encoder: VideoEncoder
+    sender: RtpSender
+
+
+class SimulcastPublisher:
+    """A publisher's simulcast VP8 with one real encoder per layer, handed to the track the way the
+    publisher connection hands over decrypted packets. Key frames come when the server asks."""
+
+    def __init__(self, sizes: list[tuple[int, int]], start: float) -> None:
+        self.sources = [
+            LayerSource(VideoEncoder("vp8", w, h), RtpSender("vp8", 1000 + i)) for i, (w, h) in enumerate(sizes)
+        ]
+        self.start = start  # capture time of frame 0
+        self.keyframe_requests: list[int] = []
+        self.lose: set[tuple[int, int]] = set()  # (layer, frame index) whose first packet goes missing
+
+    def request_keyframe(self, layer) -> None:
+        self.keyframe_requests.append(layer.index)
+
+    def bind(self, track: PublishedTrack) -> None:
+        for layer, source in zip(track.layers, self.sources, strict=True):
+            layer.bind(source.sender.ssrc)
+            layer.sender_report = source.sender.sender_report(self.start, 0)
+
+    def encode(self, layer_index: int, index: int) -> list[rtp.Packet]:
+        """Frame ``index`` of a layer (a key frame if one was asked for), as the packets that arrive."""
+        source = self.sources[layer_index]
+        pending = layer_index in self.keyframe_requests
+        data = source.encoder.encode(keyframe=pending)
+        if pending:
+            self.keyframe_requests = [i for i in self.keyframe_requests if i != layer_index]
+        packets = source.sender.packets(data, index * STEP)
+        return packets[1:] if (layer_index, index) in self.lose else packets
+
+    def deliver(self, track: PublishedTrack, layer_index: int, packets: list[rtp.Packet]) -> None:
+        layer = track.layers[layer_index]
+        for packet in packets:
+            layer.note(packet, time.monotonic(), VIDEO_CLOCK)
+            track.forward(layer, packet)
+
+    def send(self, track: PublishedTrack, layer_index: int, index: int) -> None:
+        self.deliver(track, layer_index, self.encode(layer_index, index))
 
 
 def opus_packets(seconds: float, frequency: float = 440.0) -> list[bytes]:

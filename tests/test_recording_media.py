@@ -1,28 +1,37 @@
 """Recording without re-encoding, on real encoders' output: RTP back into the encoder's frames, the
-jitter buffer in front of that, and the per-file writer."""
+jitter buffer in front of that, the per-file writer, and recordings of a track that loses a packet
+for good or switches simulcast layers."""
 
 from __future__ import annotations
 
 import asyncio
 import fractions
 import functools
+import itertools
 import random
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
 import pytest
 from aiortc.codecs.h264 import H264Encoder
 
+from config.settings import SfuSettings
 from media.mux import EncodedFrame, TrackWriter
 from sfu import rtp
 from sfu.depacketize import DEPACKETIZERS, sps_dimensions
 from sfu.jitter import JitterBuffer
+from sfu.peer import Peer
+from sfu.sdp import Codec
+from sfu.server import Sfu
+from sfu.track import PublishedTrack
 from tests.recording_media import (
     FPS,
     STEP,
     RtpSender,
+    SimulcastPublisher,
     VideoEncoder,
     decode_file,
     opus_packets,
@@ -267,3 +276,128 @@ async def test_a_writer_that_falls_behind_drops_frames_and_resumes_at_a_key_fram
     moments = [round(index * 1000 / FPS) for index in range(16)]
     assert decode_file(path).pts == moments[:kept] + moments[12:], "after the drop, nothing until a key frame"
     assert writer.frames == kept + 4 and writer.dropped == 12 - kept
+
+
+# recordings of a track ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sfu() -> AsyncIterator[Sfu]:
+    server = Sfu(SfuSettings(ipv6=False, publish_bitrate=3_000_000, simulated_loss=0.0, bind_addresses=["127.0.0.1"]))
+    yield server
+    await server.close()
+
+
+def video_track(peer: Peer, publisher: SimulcastPublisher) -> PublishedTrack:
+    """A video track with the publisher's layers, as ``peer``'s connection would make it."""
+    rids = ["l", "m", "h"][: len(publisher.sources)] if len(publisher.sources) > 1 else []
+    track = PublishedTrack(
+        peer.id, peer.user_id, "video", Codec(96, "vp8", 90000), "0", peer.id, rids, publisher.request_keyframe
+    )
+    publisher.bind(track)
+    return track
+
+
+def publish(peer: Peer, publisher: SimulcastPublisher) -> PublishedTrack:
+    return add_to_room(peer, video_track(peer, publisher))
+
+
+def add_to_room(peer: Peer, track: PublishedTrack) -> PublishedTrack:
+    peer.publisher.tracks[track.mid] = track
+    peer.room.add_track(track)
+    return track
+
+
+async def test_a_hole_not_repaired_in_time_skips_to_a_requested_key_frame(sfu: Sfu, tmp_path: Path) -> None:
+    peer = sfu.peer(8, "b" * 32, 43, lambda kind, data: None)
+    publisher = SimulcastPublisher([(320, 240)], start=time.time())
+    track = publish(peer, publisher)
+    closed = []
+    sfu.start_recording(8, "rec-hole", tmp_path / "rec", closed.append)  # taps the track already there
+    publisher.lose = {(0, 4)}
+    frames = [publisher.encode(0, index) for index in range(8)]
+    for packets in frames:  # arriving together, well within the wait for the hole's repair
+        publisher.deliver(track, 0, packets)
+    await sfu.start()
+    await until(lambda: publisher.keyframe_requests, "a key-frame request once the hole is given up on")
+    for index in range(8, 13):  # the requested key frame comes first
+        publisher.send(track, 0, index)
+
+    await sfu.remove_peer(peer.id)  # the publisher leaves: its file is closed, the recording goes on
+    await until(lambda: closed, "the file to be closed")
+    [video] = closed
+    assert video.closed and video.reason == "left" and sfu.recordings() == ["rec-hole"]
+    assert video.path == tmp_path / "rec" / f"43-video-{track.id}.webm" and video.mime_type == "video/webm"
+    assert (video.frames, video.dropped_frames) == (9, 4), "frame 4 and the three behind it until a key frame"
+    decoded = decode_file(video.path)
+    assert [round((moment - decoded.pts[0]) * FPS / 1000) for moment in decoded.pts] == [0, 1, 2, 3, 8, 9, 10, 11, 12]
+    assert set(decoded.sizes) == {(320, 240)}
+    assert await sfu.stop_recording("rec-hole") == [video] and sfu.recordings() == []
+
+
+async def test_a_simulcast_layer_switch_mid_recording_plays_through(sfu: Sfu, tmp_path: Path) -> None:
+    await sfu.start()
+    closed = []
+    sfu.start_recording(7, "rec-switch", tmp_path / "rec", closed.append)
+    assert (tmp_path / "rec").stat().st_mode & 0o777 == 0o700
+    peer = sfu.peer(7, "a" * 32, 42, lambda kind, data: None)
+    start = time.time() + 0.2
+    publisher = SimulcastPublisher([(160, 120), (320, 240)], start=start)
+    track = publish(peer, publisher)  # published after the recording started: tapped too
+    low, high = 0, 1
+    sent = itertools.count()
+
+    def send(layers: list[int], frames: int) -> None:
+        for _ in range(frames):
+            index = next(sent)
+            for layer in layers:
+                publisher.send(track, layer, index)
+
+    send([high, low], 15)  # recorded from the best layer
+    track.layers[high].last_arrival = 0.0  # the publisher stops its top layer (its uplink shrank)
+    await until(lambda: low in publisher.keyframe_requests, "a key-frame request on the low layer")
+    send([low], 15)
+    send([high, low], 1)  # the top layer is back
+    await until(lambda: high in publisher.keyframe_requests, "a key-frame request on the high layer")
+    send([high, low], 15)
+
+    [video] = await sfu.stop_recording("rec-switch")
+    assert closed == [video] and video.reason == "stopped"
+    decoded = decode_file(video.path)
+    runs = [size for size, _ in itertools.groupby(decoded.sizes)]
+    assert runs == [(320, 240), (160, 120), (320, 240)], "both switches decode"
+    assert len(decoded.pts) == video.frames == 46 and video.dropped_frames == 0
+    assert max(b - a for a, b in itertools.pairwise(decoded.pts)) < 100, "time runs on across the switches"
+    assert abs(video.started_at - start) < 0.002 and (video.width, video.height) == (320, 240)
+    assert abs(decoded.pts[-1] - decoded.pts[0] - 45 * 1000 / FPS) < 2
+
+
+async def test_padding_on_the_media_stream_leaves_no_hole_in_the_recording(sfu: Sfu, tmp_path: Path) -> None:
+    peer = sfu.peer(10, "d" * 32, 45, lambda kind, data: None)
+    publisher = SimulcastPublisher([(320, 240)], start=time.time())
+    track = add_to_room(peer, video_track(peer, publisher))
+    sender = publisher.sources[0].sender
+    peer.publisher.routes[sender.ssrc] = (track, track.layers[0], False)
+    sfu.start_recording(10, "rec-padding", tmp_path / "rec", lambda file: None)
+    for index in range(10):  # each frame followed by padding, through the publisher connection's path
+        for packet in [*publisher.encode(0, index), sender.padding(index * STEP)]:
+            peer.publisher.on_rtp(packet.data)
+    [video] = await sfu.stop_recording("rec-padding")
+    assert (video.frames, video.dropped_frames) == (10, 0)
+    assert len(decode_file(video.path).pts) == 10
+
+
+async def test_a_full_disk_ends_the_file_and_the_recording_goes_on(sfu: Sfu, tmp_path: Path) -> None:
+    closed = []
+    sfu.start_recording(9, "rec-full", tmp_path / "rec", closed.append)
+    peer = sfu.peer(9, "c" * 32, 44, lambda kind, data: None)
+    publisher = SimulcastPublisher([(320, 240)], start=time.time())
+    track = video_track(peer, publisher)
+    (tmp_path / "rec" / f"44-video-{track.id}.webm").symlink_to("/dev/full")  # writes fail: no space left
+    add_to_room(peer, track)
+    for index in range(3):
+        publisher.send(track, 0, index)
+    await until(lambda: closed, "the file to be given up")
+    [video] = closed
+    assert video.closed and video.reason == "disk" and video.frames == 0 and not track.taps
+    assert sfu.recordings() == ["rec-full"] and await sfu.stop_recording("rec-full") == [video]
