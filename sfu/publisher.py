@@ -161,8 +161,9 @@ class PublisherSide:
             down.resync(layer.index)
 
     def close_tracks(self) -> None:
+        """Everything published is withdrawn: the peer left or its connection failed."""
         for track in list(self.tracks.values()):
-            self.peer.room.remove_track(track)
+            self.peer.room.remove_track(track, "left")
         self.tracks.clear()
         self.routes.clear()
 
@@ -207,9 +208,11 @@ class PublisherSide:
         if route is None:
             self.unrouted += 1
             return
-        if not packet.has_payload:
-            return
         track, layer, is_rtx = route
+        if not packet.has_payload:
+            if track.taps and not is_rtx:
+                track.feed_taps(layer, packet)
+            return
         if is_rtx:
             if packet.payload_end - packet.payload_start < 2:
                 return

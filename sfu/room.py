@@ -8,6 +8,7 @@ from sfu.track import PublishedTrack
 
 if TYPE_CHECKING:
     from sfu.peer import Peer
+    from sfu.recording import RoomRecording
 
 SPEAKING_LEVEL = 60  # -dBov: quieter than this is not speech worth announcing
 SPEAKER_HOLD_TICKS = 2  # a new loudest speaker must stay loudest this many ticks to be announced
@@ -18,6 +19,7 @@ class Room:
         self.id = room_id
         self.peers: dict[str, Peer] = {}
         self.tracks: dict[str, PublishedTrack] = {}
+        self.recordings: list[RoomRecording] = []  # running here; they outlive the room if it empties
         self.active_speaker: str | None = None  # peer id
         self._candidate: str | None = None
         self._candidate_ticks = 0
@@ -38,13 +40,23 @@ class Room:
         for peer in self.peers.values():
             if peer.id != track.publisher_id:
                 peer.subscriber.add(track)
+        for recording in self.recordings:
+            recording.attach(track)
 
-    def remove_track(self, track: PublishedTrack) -> None:
+    def remove_track(self, track: PublishedTrack, reason: str = "unpublished") -> None:
+        """The track is gone: ``reason`` ("unpublished", or "left" with its publisher) ends its files."""
         if self.tracks.pop(track.id, None) is None:
             return
         for peer in self.peers.values():
             peer.subscriber.remove(track)
         track.downtracks.clear()
+        for recording in self.recordings:
+            recording.detach(track, reason)
+
+    def add_recording(self, recording: RoomRecording) -> None:
+        self.recordings.append(recording)
+        for track in self.tracks.values():
+            recording.attach(track)
 
     def detect_speaker(self) -> dict[str, Any] | None:
         """The loudest audio since the last tick; an announcement when the speaker changes."""

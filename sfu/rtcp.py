@@ -206,3 +206,8 @@ def ntp_now(now: float) -> int:
 def middle_ntp(ntp: int) -> int:
     """The 32 middle bits of an NTP timestamp, as LSR fields carry them."""
     return (ntp >> 16) & 0xFFFFFFFF
+
+
+def ntp_to_unix(ntp: int) -> float:
+    """The ``time.time()`` moment of a 64-bit NTP timestamp."""
+    return (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)

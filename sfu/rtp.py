@@ -124,6 +124,27 @@ def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
 
 
+def vp8_descriptor_size(payload: bytes | memoryview) -> int:
+    """Length of the VP8 payload descriptor (RFC 7741) opening ``payload``; 0 when it is cut short."""
+    if not payload:
+        return 0
+    offset = 1
+    if payload[0] & 0x80:
+        if len(payload) < 2:
+            return 0
+        flags = payload[1]
+        offset = 2
+        if flags & 0x80:
+            if len(payload) <= offset:
+                return 0
+            offset += 2 if payload[offset] & 0x80 else 1
+        if flags & 0x40:
+            offset += 1
+        if flags & 0x30:
+            offset += 1
+    return offset if offset <= len(payload) else 0
+
+
 def is_vp8_keyframe(data: bytes, start: int = 0, end: int | None = None) -> bool:
     """Whether this packet starts a VP8 key frame (RFC 7741 payload descriptor, then the frame tag)."""
     payload = memoryview(data)[start:end]
@@ -132,21 +153,8 @@ def is_vp8_keyframe(data: bytes, start: int = 0, end: int | None = None) -> bool
     first = payload[0]
     if not first & 0x10 or first & 0x07:  # not the start of partition 0
         return False
-    offset = 1
-    if first & 0x80:
-        if len(payload) < 2:
-            return False
-        flags = payload[1]
-        offset = 2
-        if flags & 0x80:
-            if len(payload) <= offset:
-                return False
-            offset += 2 if payload[offset] & 0x80 else 1
-        if flags & 0x40:
-            offset += 1
-        if flags & 0x30:
-            offset += 1
-    return len(payload) > offset and not payload[offset] & 0x01
+    offset = vp8_descriptor_size(payload)
+    return 0 < offset < len(payload) and not payload[offset] & 0x01
 
 
 def is_h264_keyframe(data: bytes, start: int = 0, end: int | None = None) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
@@ -17,6 +19,7 @@ from config.settings import SfuSettings
 from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
 from sfu.peer import Peer, Signal
 from sfu.ports import open_listeners
+from sfu.recording import RoomRecording, TrackFile
 from sfu.room import Room
 from sfu.sdp import SdpError
 from sfu.subscriber import NegotiationError
@@ -54,6 +57,7 @@ class Sfu:
         self.peers: dict[str, Peer] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._recordings: dict[str, RoomRecording] = {}
 
     async def start(self) -> None:
         self.network = await open_listeners(self.network)
@@ -62,6 +66,8 @@ class Sfu:
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        for recording_id in list(self._recordings):
+            await self.stop_recording(recording_id)
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
         if self.network.listeners is not None:
@@ -95,6 +101,9 @@ class Sfu:
             room = self.rooms.get(meeting_id)
             if room is None:
                 room = self.rooms[meeting_id] = Room(meeting_id)
+                for recording in self._recordings.values():
+                    if recording.meeting_id == meeting_id:
+                        room.add_recording(recording)
             peer = Peer(self, room, peer_id, user_id, signal)
             self.peers[peer_id] = peer
             room.add_peer(peer)
@@ -111,6 +120,47 @@ class Sfu:
         if peer.room.empty:
             self.rooms.pop(peer.room.id, None)
         log.info("peer %s left media of meeting %s", peer_id, peer.room.id)
+
+    # recording ----------------------------------------------------------------------------------
+
+    def start_recording(
+        self, meeting_id: int, recording_id: str, directory: Path, on_file_closed: Callable[[TrackFile], None]
+    ) -> None:
+        """Record every track the meeting's room has on this node, and every track published later,
+        each to its own file in ``directory`` (created, mode 0700), until ``stop_recording``. A room
+        with no media here yet is fine: tracks are picked up as they come. ``on_file_closed`` is
+        called on the event loop for each file once it is finished."""
+        if recording_id in self._recordings:
+            raise ValueError(f"recording {recording_id} is already running")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        recording = RoomRecording(meeting_id, recording_id, directory, on_file_closed)
+        self._recordings[recording_id] = recording
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            room.add_recording(recording)
+        log.info("recording %s of meeting %s started in %s", recording_id, meeting_id, directory)
+
+    async def stop_recording(self, recording_id: str, reason: str = "stopped") -> list[TrackFile]:
+        """Stop the recording's taps, wait for every file to be finished (off the event loop) and
+        return them all, those closed earlier too. An unknown id gives []."""
+        recording = self._recordings.pop(recording_id, None)
+        if recording is None:
+            return []
+        room = self.rooms.get(recording.meeting_id)
+        if room is not None and recording in room.recordings:
+            room.recordings.remove(recording)
+        files = await recording.stop(reason)
+        log.info("recording %s of meeting %s stopped: %d files", recording_id, recording.meeting_id, len(files))
+        return files
+
+    def recording_files(self, recording_id: str) -> list[TrackFile]:
+        """The files of a running recording so far, open and closed."""
+        recording = self._recordings.get(recording_id)
+        return recording.files() if recording is not None else []
+
+    def recordings(self) -> list[str]:
+        """Ids of the recordings running on this node."""
+        return list(self._recordings)
 
     # signaling ----------------------------------------------------------------------------------
 
@@ -183,6 +233,8 @@ class Sfu:
 
     def _tick(self, full: bool) -> None:
         now = time.monotonic()
+        for recording in self._recordings.values():
+            recording.tick()
         for room in list(self.rooms.values()):
             if full:
                 for track in room.tracks.values():

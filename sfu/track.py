@@ -13,6 +13,7 @@ from sfu.sdp import Codec
 
 if TYPE_CHECKING:
     from sfu.forwarder import DownTrack
+    from sfu.taps import Tap
 
 LAYER_NAMES = ("low", "medium", "high")
 KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds between key-frame requests for one layer: no PLI storms
@@ -200,6 +201,7 @@ class PublishedTrack:
         names = layer_names(count)
         self.layers = [Layer(index, names[index], layer_rids[index] if layer_rids else "") for index in range(count)]
         self.downtracks: list[DownTrack] = []
+        self.taps: list[Tap] = []  # recordings of this track, fed in process
         self.muted = False  # by a host or the publisher, server-side: nothing is forwarded
         self.audio_level = 127  # -dBov of the loudest recent packet; 127 is silence
         self._request_keyframe = request_keyframe
@@ -235,9 +237,21 @@ class PublishedTrack:
             layer.keyframe_requests += 1
             self._request_keyframe(layer)
 
+    def feed_taps(self, layer: Layer, packet: rtp.Packet) -> None:
+        """Hand a packet to each recording's tap: padding-only ones too (which nobody else gets), so
+        that a tap's sequence has no holes where the publisher sent padding on the media stream."""
+        if not self.muted:
+            for tap in self.taps:
+                tap.feed(layer, packet)
+
     def forward(self, layer: Layer, packet: rtp.Packet) -> None:
-        """Build the receiver-independent part of the outgoing packet once, then hand it to each receiver."""
-        if self.muted or not self.downtracks:
+        """Build the receiver-independent part of the outgoing packet once, then hand it to each receiver
+        (and the packet itself to each recording's tap)."""
+        if self.muted:
+            return
+        if self.taps:
+            self.feed_taps(layer, packet)
+        if not self.downtracks:
             return
         elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
         level = packet.extensions.get(self.level_extension_id) if self.level_extension_id else None
