@@ -137,7 +137,7 @@ def _participant(row: Any) -> ParticipantRecord:
     return ParticipantRecord(*row)
 
 
-async def _lock_meeting(connection: AsyncConnection, meeting_id: int) -> Any:
+async def lock_meeting(connection: AsyncConnection, meeting_id: int) -> Any:
     """Hold the meeting's lock for the rest of the transaction and read its cap and status fresh.
 
     A no-op UPDATE is the one statement that serialises on both backends: PostgreSQL locks the
@@ -338,7 +338,7 @@ class ParticipantStore:
         participant keeps their role and an admitted one stays admitted; with ``waiting_room`` a
         participant who was neither invited nor given a role waits to be admitted."""
         async with self._engine.begin() as connection:
-            locked = await _lock_meeting(connection, meeting_id)
+            locked = await lock_meeting(connection, meeting_id)
             if locked is None:
                 raise JoinRefused(JoinRefusal.GONE)
             if locked.status not in ACTIVE_STATUSES:
@@ -366,7 +366,7 @@ class ParticipantStore:
         invited offline. A current participant keeps the role the row has under the meeting's lock
         (a hand-over landing meanwhile is kept); a new or removed one is a ``participant``."""
         async with self._engine.begin() as connection:
-            locked = await _lock_meeting(connection, meeting_id)
+            locked = await lock_meeting(connection, meeting_id)
             if locked is None:
                 raise JoinRefused(JoinRefusal.GONE)
             row = await self._locked_row(connection, meeting_id, user_id)
@@ -384,7 +384,7 @@ class ParticipantStore:
     async def admit(self, meeting_id: int, user_id: int) -> ParticipantRecord | None:
         """A waiting user comes in online, if a seat is free (else JoinRefused)."""
         async with self._engine.begin() as connection:
-            locked = await _lock_meeting(connection, meeting_id)
+            locked = await lock_meeting(connection, meeting_id)
             if locked is None:
                 raise JoinRefused(JoinRefusal.GONE)
             await _claim_seat(connection, meeting_id, user_id, locked.max_participants)
@@ -423,7 +423,7 @@ class ParticipantStore:
             )
 
         async with self._engine.begin() as connection:
-            if await _lock_meeting(connection, meeting_id) is None:
+            if await lock_meeting(connection, meeting_id) is None:
                 return False
             changed = await connection.execute(
                 update(participants)
@@ -450,7 +450,7 @@ class ParticipantStore:
             signaling_sessions.c.disconnected_at.is_(None),
         )
         async with self._engine.begin() as connection:
-            if await _lock_meeting(connection, meeting_id) is None:
+            if await lock_meeting(connection, meeting_id) is None:
                 return False
             changed = await connection.execute(
                 update(participants)
@@ -484,7 +484,7 @@ class ParticipantStore:
         ``by_user`` must still be the host and ``to_user`` still a participant (False if not); they
         become a moderator and ``to_user`` the host."""
         async with self._engine.begin() as connection:
-            if await _lock_meeting(connection, meeting_id) is None:
+            if await lock_meeting(connection, meeting_id) is None:
                 return False
             current = await self._locked_row(connection, meeting_id, by_user)
             if current is None or current.role != "host" or current.removed:
