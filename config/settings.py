@@ -151,6 +151,13 @@ class SfuSettings(_Section):
         return self
 
 
+class RecordingSettings(_Section):
+    # Free space, in MiB, below which no recording starts and running ones stop (reason "disk").
+    min_free_disk_mb: int = Field(ge=0)
+    disk_check_seconds: float = Field(gt=0, le=3600)
+    stop_wait_seconds: float = Field(gt=0, le=3600)
+
+
 class RateLimitSettings(_Section):
     enabled: bool
     endpoints: dict[str, str] = Field(default_factory=dict)
@@ -166,6 +173,7 @@ class Settings(_Section):
     media: MediaSettings
     signaling: SignalingSettings
     sfu: SfuSettings
+    recording: RecordingSettings
     rate_limits: RateLimitSettings
 
     @property

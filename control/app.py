@@ -30,6 +30,7 @@ from control.context import (
     MAILER,
     OPENAPI,
     PASSWORD_THROTTLE,
+    RECORDINGS,
     SETTINGS,
     SFU,
     STORAGE,
@@ -42,6 +43,7 @@ from control.limits import RateLimiter
 from control.mail import Mailer
 from control.middleware import error_middleware, request_id_middleware
 from control.openapi import build_openapi
+from control.recordings import Recorder
 from control.rooms import close_node_sessions
 from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
@@ -107,6 +109,23 @@ async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
     await app[JOBS].close()
 
 
+async def _recordings_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[RECORDINGS] = Recorder(
+        store=app[STORE],
+        hub=app[HUB],
+        storage=app[STORAGE],
+        jobs=app[JOBS],
+        media=app[SFU],
+        settings=settings.recording,
+        data_dir=settings.server.data_dir,
+        node_id=settings.node_id,
+    )
+    await app[RECORDINGS].start()
+    yield
+    await app[RECORDINGS].close()
+
+
 async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
@@ -151,7 +170,15 @@ def create_app(settings: Settings) -> web.Application:
     # Closed in reverse: sockets and jobs stop first, then their cleanups are awaited while the
     # store is still open.
     app.cleanup_ctx.extend(
-        [_store_context, _background_context, _signaling_context, _sfu_context, _jobs_context, _limiter_context]
+        [
+            _store_context,
+            _background_context,
+            _signaling_context,
+            _sfu_context,
+            _jobs_context,
+            _recordings_context,
+            _limiter_context,
+        ]
     )
 
     prefixes = {group.prefix for group in GROUPS}

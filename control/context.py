@@ -16,6 +16,7 @@ from control.avatars import AvatarStore
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
+from control.recordings import Recorder
 from control.signaling.hub import Hub
 from control.storage import LocalStorage
 from control.store import Store
@@ -35,6 +36,7 @@ HUB = web.AppKey("hub", Hub)
 STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
 SFU = web.AppKey("sfu", Sfu)
+RECORDINGS = web.AppKey("recordings", Recorder)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

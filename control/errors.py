@@ -21,6 +21,14 @@ class BusinessCode:
     UPLOAD_FAILED = 3001
     FILE_NOT_FOUND = 3002
     AI_UNAVAILABLE = 4001
+    # Recording (docs/recording.md); the contract leaves 5xxx free.
+    RECORDING_NOT_FOUND = 5001
+    RECORDING_RUNNING = 5002
+    RECORDING_NOT_RUNNING = 5003
+    RECORDING_DISABLED = 5004
+    RECORDING_NO_DISK = 5005
+    RECORDING_BUSY = 5006
+    MEETING_NOT_STARTED = 5007
 
 
 class ApiError(Exception):

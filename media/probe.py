@@ -52,6 +52,10 @@ class Probe:
     file_type: str  # video | audio | image | document
     mime_type: str
     duration: float | None = None
+    codec: str | None = None  # of the first video stream, else of the first audio stream
+    width: int | None = None
+    height: int | None = None
+    start_time: float | None = None  # seconds: the first timestamp in the file
 
 
 def _audio_video(path: Path, signature: str | None) -> Probe | None:
@@ -75,9 +79,13 @@ def _audio_video(path: Path, signature: str | None) -> Probe | None:
             else:
                 return None
             video_mime, audio_mime = SIGNATURE_MIME.get(signature or "", CONTAINER_MIME[container.format.name])
+            codec = decodable.codec_context.name
+            start = container.start_time / av.time_base if container.start_time is not None else None
             if video:
-                return Probe("video", video_mime, duration)
-            return Probe("audio", audio_mime, duration)
+                context = video[0].codec_context
+                size = (context.width or None, context.height or None)
+                return Probe("video", video_mime, duration, codec, *size, start_time=start)
+            return Probe("audio", audio_mime, duration, codec, start_time=start)
     except (av.FFmpegError, UnicodeDecodeError, ValueError, IndexError):
         return None
 

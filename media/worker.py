@@ -16,7 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from media.compositor import composite
 from media.jobs import JOBS, JobFailed
+
+# Every kind of job a worker runs: the file jobs, and the composite of a recording.
+KINDS = {**JOBS, "composite": composite}
 
 _progress: multiprocessing.queues.Queue[tuple[str, int, int]] | None = None
 PR_SET_PDEATHSIG = 1
@@ -67,7 +71,7 @@ def run(
     if _progress is not None:
         _progress.put((job_id, attempt, -1))  # started
     try:
-        outputs = JOBS[kind](inputs, Path(scratch), params, report)
+        outputs = KINDS[kind](inputs, Path(scratch), params, report)
     except JobFailed:
         raise
     except Exception as exc:  # a library error on odd input must fail the job, not the worker

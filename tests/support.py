@@ -15,6 +15,7 @@ import time
 import wave
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,37 @@ def streams(path: Path) -> tuple[list[tuple[str, str, int | None, int | None]], 
             for s in container.streams
         ]
         return found, container.duration / av.time_base
+
+
+MS = Fraction(1, 1000)
+
+
+def video_track_file(
+    path: Path, colour: tuple[int, int, int], start_ms: int, seconds: float, size: tuple[int, int] = (160, 120)
+) -> None:
+    """A VP8 WebM of one colour at 15 frame/s, as the media server records a track: timestamps in
+    milliseconds since the recording started (``start_ms`` for its first frame)."""
+    with av.open(str(path), "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=15)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        stream.time_base = MS
+        image = np.full((size[1], size[0], 3), colour, dtype=np.uint8)
+        for n in range(round(seconds * 15)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = start_ms + round(n * 1000 / 15), MS
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def audio_track_file(path: Path, pitch: float, level: float, start_ms: int, seconds: float) -> None:
+    """An Opus WebM in 20 ms frames, timed like ``video_track_file``: a tone at ``level`` of full scale."""
+    with av.open(str(path), "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="mono")
+        stream.time_base = MS
+        for n in range(round(seconds * 50)):
+            t = (np.arange(960) + n * 960) / 48000
+            samples = (level * np.sin(2 * np.pi * pitch * t)).astype(np.float32).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, start_ms + n * 20, MS
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))

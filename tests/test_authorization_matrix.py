@@ -113,6 +113,16 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "webrtc.room_peers":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "webrtc.room_stats":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "webrtc.peer_media":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.start_recording":     (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.stop_recording":      (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.recordings":          (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
+    "recording.start":              (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    # A recording is unknown (404) to anyone who may not see it; seen, it is stopped or deleted
+    # only by the meeting's host or a moderator.
+    "recording.stop":               (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
+    "recording.get":                (401,  404,  OK,   OK,   OK,   404,  404,  403,  OK,   404),
+    "recording.list":               (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    "recording.delete":             (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
 }
 # fmt: on
 
@@ -132,6 +142,11 @@ FRESH_MEETING = {
     "meetings.remove_participant",
     "meetings.set_role",
     "meetings.rotate_invite_code",
+    "meetings.start_recording",
+    "meetings.stop_recording",
+    "recording.start",
+    "recording.stop",
+    "recording.delete",
 }
 # Roles the guard turns away before any meeting is looked at.
 SIGNED_OUT = {"anonymous", "banned"}
@@ -188,6 +203,21 @@ class Scene:
             self.extras["session"] = joined["data"]["session_id"]
         return self.extras["session"]
 
+    async def ongoing(self) -> None:
+        """The meeting started by its host, with recording allowed."""
+        path = f"/api/v1/meetings/{self.meeting_id}"
+        await self.world.ok("PUT", path, "host", json={"settings": {"enable_recording": True}})
+        await self.world.ok("POST", path + "/start", "host")
+
+    async def recording(self, *, finished: bool) -> int:
+        """A recording of the meeting the host started (and, if ``finished``, stopped)."""
+        await self.ongoing()
+        path = f"/api/v1/meetings/{self.meeting_id}/recording"
+        recording = await self.world.ok("POST", path + "/start", "host", json={"composite": False})
+        if finished:
+            await self.world.ok("POST", path + "/stop", "host")
+        return int(recording["recording_id"])
+
     async def peer(self) -> str:
         """The participant's peer on the media server; its socket stays open for the module."""
         if "peer" not in self.extras:
@@ -219,6 +249,7 @@ class World:
         self.sockets: dict[ClientWebSocketResponse, asyncio.Task[None]] = {}
         self.avatar = ""
         self.jobs: list[str] = []
+        self.recording_id = 0  # a finished recording of the "recorded" scene
 
     def hold(self, socket: ClientWebSocketResponse) -> None:
         """Keep a socket open for the module, reading it so the server's pings are answered."""
@@ -349,6 +380,8 @@ async def open_world(api: Api) -> World:
     await api.app[STORE].users.update(world.accounts["admin"].id, role="admin")
     world.scenes["standard"] = await world.standard_scene(with_banned=True)
     world.scenes["handed"] = await world.handed_over_scene()
+    world.scenes["recorded"] = await world.standard_scene()
+    world.recording_id = await world.scenes["recorded"].recording(finished=True)
     await world.ok("POST", f"/api/v1/admin/users/{world.accounts['banned'].id}/ban", "admin")
     form = file_form(image_bytes(), "me.png", content_type="image/png")
     _, profile, _ = await world.send("POST", "/api/v1/users/upload-avatar", world.accounts["spare"], Call(form=form))
@@ -520,6 +553,16 @@ BUILDERS: dict[str, Builder] = {
     "webrtc.room_peers": lambda case: _done(Call(path={"room_id": case.scene.meeting_id})),
     "webrtc.room_stats": lambda case: _done(Call(path={"room_id": case.scene.meeting_id})),
     "webrtc.peer_media": lambda case: _peer(case),
+    "meetings.start_recording": lambda case: _recordable(case, Call(path={"meeting_id": case.scene.meeting_id})),
+    "meetings.stop_recording": lambda case: _recorded_meeting(case),
+    "meetings.recordings": lambda case: _done(Call(path={"meeting_id": case.world.scenes["recorded"].meeting_id})),
+    "recording.start": lambda case: _recordable(case, Call(json={"meeting_id": case.scene.meeting_id})),
+    "recording.stop": lambda case: _recording(case, finished=False, build=lambda rid: Call(json={"recording_id": rid})),
+    "recording.get": lambda case: _done(Call(path={"recording_id": case.world.recording_id})),
+    "recording.list": _page,
+    "recording.delete": lambda case: _recording(
+        case, finished=True, build=lambda rid: Call(path={"recording_id": rid})
+    ),
 }
 
 
@@ -557,6 +600,26 @@ async def _job(case: Case) -> Call:
     return Call(path={"job_id": await case.scene.job()})
 
 
+async def _recordable(case: Case, call: Call) -> Call:
+    """The case's meeting made recordable, unless the caller is turned away before any meeting is
+    looked at (then it is the standing one, left as it is)."""
+    if case.role not in SIGNED_OUT:
+        await case.scene.ongoing()
+    return call
+
+
+async def _recorded_meeting(case: Case) -> Call:
+    if case.role not in SIGNED_OUT:
+        await case.scene.recording(finished=False)
+    return Call(path={"meeting_id": case.scene.meeting_id})
+
+
+async def _recording(case: Case, *, finished: bool, build: Callable[[int], Call]) -> Call:
+    if case.role in SIGNED_OUT:
+        return build(case.world.recording_id)
+    return build(await case.scene.recording(finished=finished))
+
+
 async def _peer(case: Case) -> Call:
     return Call(path={"peer_id": await case.scene.peer()}, json={"layer": "low"})
 
@@ -585,6 +648,12 @@ def sees_meeting(*roles: str) -> Check:
     return check
 
 
+def sees_recording(case: Case, data: Any) -> None:
+    """The recorded meeting's recording is listed for its members and admins, and nobody else."""
+    listed = case.world.recording_id in {item["recording_id"] for item in data["items"]}
+    assert listed == (case.role in {*MEMBERS, "admin"}), f"{case.role} listing recordings: {data['items']}"
+
+
 def sees_invite_code(case: Case, meeting: Any) -> None:
     shown = meeting.get("invite_code") is not None
     assert shown == (case.role in MEMBERS), f"{case.role} sees invite_code: {meeting}"
@@ -606,6 +675,8 @@ CONTENT_CHECKS: dict[str, Check] = {
     "my.upcoming": sees_meeting("participant", "moderator", "host"),
     "signaling.session": sees_client_address,
     "signaling.room_sessions": sees_client_address,
+    "recording.list": sees_recording,
+    "meetings.recordings": sees_recording,
 }
 
 # --- the tests ------------------------------------------------------------------------------------

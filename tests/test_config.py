@@ -16,6 +16,8 @@ def test_defaults_are_the_embedded_ones() -> None:
     assert settings.redis.url == "" and settings.rate_limits.enabled
     assert settings.auth.jwt_secret == "", "no signing key is shipped"
     assert settings.auth.access_token_ttl_seconds == 900 and settings.auth.reset_token_ttl_seconds == 1800
+    assert settings.recording.min_free_disk_mb == 1024
+    assert load_settings(None, environ={"HUIYI_RECORDING_MIN_FREE_DISK_MB": "50"}).recording.min_free_disk_mb == 50
 
 
 def test_each_layer_overrides_the_one_before(tmp_path: Path) -> None:
@@ -46,6 +48,8 @@ def test_each_layer_overrides_the_one_before(tmp_path: Path) -> None:
         ({"HUIYI_SIGNALING_MAX_SOCKETS_PER_USER": "0"}, "signaling.max_sockets_per_user"),
         ({"HUIYI_AUTH_ACCOUNT_CACHE_SECONDS": "-1"}, "auth.account_cache_seconds"),
         ({"HUIYI_DATABASE_POOL_SIZE": "0"}, "database.pool_size"),
+        ({"HUIYI_RECORDING_MIN_FREE_DISK_MB": "-1"}, "recording.min_free_disk_mb"),
+        ({"HUIYI_RECORDING_STOP_WAIT_SECONDS": "0"}, "recording.stop_wait_seconds"),
     ],
 )
 def test_invalid_values_are_named(environ: dict[str, str], message: str) -> None:

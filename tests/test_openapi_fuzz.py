@@ -145,8 +145,10 @@ class Pool:
         """Someone else in this account's meeting, for participant and administration paths."""
         return self.fuzzer.register()[0]
 
-    def _make_meeting(self) -> int:
-        meeting = self.fuzzer.call("POST", "/api/v1/meetings", self.token, json={"title": f"fuzz {self.role}"})
+    def _make_meeting(self, **fields: Any) -> int:
+        meeting = self.fuzzer.call(
+            "POST", "/api/v1/meetings", self.token, json={"title": f"fuzz {self.role}", **fields}
+        )
         for _ in range(2):
             added = self.fuzzer.http.post(
                 f"{self.fuzzer.server.url}/api/v1/meetings/{meeting['meeting_id']}/participants",
@@ -160,6 +162,22 @@ class Pool:
             self.made.pop("member")
         assert added.status_code == 201, added.text
         return int(meeting["meeting_id"])
+
+    def _make_recordable(self) -> int:
+        """A meeting that can be recorded: started, with recording allowed."""
+        meeting_id = self._make_meeting(settings={"enable_recording": True})
+        self.fuzzer.call("POST", f"/api/v1/meetings/{meeting_id}/start", self.token)
+        return meeting_id
+
+    def _make_recording(self) -> int:
+        """A running recording, of a meeting of its own."""
+        path = f"/api/v1/meetings/{self._make_recordable()}/recording/start"
+        return int(self.fuzzer.call("POST", path, self.token, json={"composite": False})["recording_id"])
+
+    def _make_finished_recording(self) -> int:
+        recording_id = self._make_recording()
+        self.fuzzer.call("POST", "/api/v1/recording/stop", self.token, json={"recording_id": recording_id})
+        return recording_id
 
     def _make_file(self) -> str:
         files = {"file": ("clip.webm", video_bytes(), "video/webm")}
@@ -275,6 +293,13 @@ PATH_RESOURCES = {
     "session_id": "session",
     "name": "avatar",
     "peer_id": "peer",
+    "recording_id": "finished_recording",
+}
+# Operations that need a meeting that can be recorded, where they name a meeting.
+RECORDABLE = {
+    ("POST", "/api/v1/meetings/{meeting_id}/recording/start"),
+    ("POST", "/api/v1/meetings/{meeting_id}/recording/stop"),
+    ("POST", "/api/v1/recording/start"),
 }
 # Operations that use a resource up: (method, OpenAPI path) -> the resource to make again.
 CONSUMES = {
@@ -284,6 +309,7 @@ CONSUMES = {
     ("DELETE", "/api/v1/admin/users/{user_id}"): "member",
     # The member is out of the meeting: a new meeting has them in it again.
     ("DELETE", "/api/v1/meetings/{meeting_id}/participants/{user_id}"): "meeting",
+    ("DELETE", "/api/v1/recording/{recording_id}"): "finished_recording",
 }
 
 
@@ -294,14 +320,18 @@ def linkable(endpoint: Endpoint) -> bool:
         if model is not None:
             fields |= set(model.model_fields)
     params = set(endpoint.integer_params) | set(endpoint.string_params)
-    return bool(params & set(PATH_RESOURCES) or fields & {"file_id", "file_ids", "user_id", "meeting_id"})
+    return bool(
+        params & set(PATH_RESOURCES) or fields & {"file_id", "file_ids", "user_id", "meeting_id", "recording_id"}
+    )
 
 
 def link(case: schemathesis.Case, pool: Pool, protected: set[int]) -> None:
     """Point a generated case at live resources (from ``pool``, which may be someone else's)."""
+    meeting = "recordable" if (case.method.upper(), case.path) in RECORDABLE else "meeting"
     for name in case.path_parameters or {}:
         if name in PATH_RESOURCES:
-            case.path_parameters[name] = str(pool.get(PATH_RESOURCES[name]))
+            kind = meeting if name == "meeting_id" else PATH_RESOURCES[name]
+            case.path_parameters[name] = str(pool.get(kind))
     if isinstance(case.query, dict) and "meeting_id" in case.query:
         case.query["meeting_id"] = pool.get("meeting")
     if isinstance(case.body, dict) and case.media_type == "multipart/form-data":
@@ -316,6 +346,10 @@ def link(case: schemathesis.Case, pool: Pool, protected: set[int]) -> None:
             case.body["file_ids"] = [pool.get("file")] * len(case.body["file_ids"])
         if "user_id" in case.body:
             case.body["user_id"] = pool.get("member")
+        if "meeting_id" in case.body:
+            case.body["meeting_id"] = pool.get(meeting)
+        if "recording_id" in case.body:
+            case.body["recording_id"] = pool.get("recording")  # a running one, to stop
     spare_fuzzing_accounts(case, pool, protected)
 
 

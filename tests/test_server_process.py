@@ -195,3 +195,43 @@ async def test_sessions_a_killed_node_left_open_are_closed_when_it_returns(
         assert participants["data"][0]["status"] == "offline", participants["data"]
     finally:
         assert server.stop() == 0, log.read_text()
+
+
+async def test_a_recording_a_killed_node_ran_is_interrupted_when_it_returns(
+    backend: tuple[list[str], dict[str, str]], tmp_path: Path
+) -> None:
+    args, env = backend
+    env = {**env, "HUIYI_RATE_LIMITS": "off", "HUIYI_SERVER_NODE_ID": "node-recording"}
+    log = tmp_path / "server.log"
+    server = await asyncio.to_thread(start_server, *args, log=log, env=env)
+    try:
+        account = {"username": "rita", "email": "rita@example.com", "password": "record-me-123"}
+        assert request("POST", server.url + "/api/v1/auth/register", account)[0] == 201
+        credentials = {"username": "rita", "password": "record-me-123"}
+        _, session = request("POST", server.url + "/api/v1/auth/login", credentials)
+        token = session["data"]["access_token"]
+        meeting = {"title": "recorded", "settings": {"enable_recording": True}}
+        meeting_id = request("POST", server.url + "/api/v1/meetings", meeting, token=token)[1]["data"]["meeting_id"]
+        assert request("POST", server.url + f"/api/v1/meetings/{meeting_id}/start", token=token)[0] == 200
+        path = f"/api/v1/meetings/{meeting_id}/recording/start"
+        recordings = [request("POST", server.url + path, {}, token=token)[1]["data"]["recording_id"]]
+        server.process.kill()  # no chance to close anything
+        server.process.wait()
+    finally:
+        server.stop()
+
+    server = await asyncio.to_thread(start_server, *args, log=log, env=env)
+    try:
+        _, found = request("GET", server.url + f"/api/v1/recording/{recordings[0]}", token=token)
+        assert found["data"]["status"] == "interrupted", found
+        assert found["data"]["stop_reason"] == "server stopped unexpectedly"
+        # Recording again, then a graceful stop: the recording stops with the server, complete.
+        recordings.append(request("POST", server.url + path, {}, token=token)[1]["data"]["recording_id"])
+    finally:
+        assert server.stop() == 0, log.read_text()
+    server = await asyncio.to_thread(start_server, *args, log=log, env=env)
+    try:
+        _, found = request("GET", server.url + f"/api/v1/recording/{recordings[1]}", token=token)
+        assert (found["data"]["status"], found["data"]["stop_reason"]) == ("ready", "server shutdown"), found
+    finally:
+        assert server.stop() == 0, log.read_text()

@@ -227,3 +227,26 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
         return sent["framesDecoded"] > ann_before + 30 and received["framesDecoded"] > cat_before + 30
 
     await until(flowing, "video to flow from and to cat after the ICE restart", 20, interval=0.5)
+
+
+async def test_the_meeting_page_shows_while_the_meeting_is_recorded(server, browser) -> None:
+    token, user_id = make_user(server.url, "rita")
+    meetings = f"{server.url}/api/v1/meetings"
+    status, body = request("POST", meetings, {"title": "recorded", "settings": {"enable_recording": True}}, token)
+    assert status == 201, body
+    meeting_id = body["data"]["meeting_id"]
+    assert request("POST", f"{meetings}/{meeting_id}/start", token=token)[0] == 200
+    join_meeting(server.url, token, meeting_id)
+    page = await (await browser.new_context()).new_page()
+    await page.goto(
+        f"{server.url}/?token={token}&user_id={user_id}&meeting_id={meeting_id}&autostart=1&audio=0&video=0"
+    )
+    await page.evaluate("window.huiyiReady")
+    indicator = page.locator("#recording")
+    assert await indicator.is_hidden()
+
+    assert request("POST", f"{meetings}/{meeting_id}/recording/start", {}, token)[0] == 201
+    await indicator.wait_for(state="visible", timeout=10_000)
+    assert await indicator.text_content() == "● Recording"
+    assert request("POST", f"{meetings}/{meeting_id}/recording/stop", token=token)[0] == 200
+    await indicator.wait_for(state="hidden", timeout=10_000)

@@ -82,3 +82,40 @@ async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, Serv
         assert (await receive_type(bob, "user-left"))["data"]["reason"] == "meeting ended"
         await alice.close()
         await bob.close()
+
+
+async def test_a_recording_started_on_one_node_is_heard_and_stopped_on_the_other(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = nodes
+    async with aiohttp.ClientSession() as http:
+        account = {"username": "rita", "email": "rita@example.com", "password": PASSWORD}
+        assert (await call(http, "POST", a.url + "/api/v1/auth/register", json=account))[0] == 201
+        credentials = {"username": "rita", "password": PASSWORD}
+        _, session = await call(http, "POST", b.url + "/api/v1/auth/login", json=credentials)
+        token, user_id = session["data"]["access_token"], session["data"]["user"]["user_id"]
+        meeting = {"title": "Recorded across nodes", "settings": {"enable_recording": True}}
+        meeting_id = (await call(http, "POST", a.url + "/api/v1/meetings", token, json=meeting))[1]["data"][
+            "meeting_id"
+        ]
+        await call(http, "POST", a.url + f"/api/v1/meetings/{meeting_id}/start", token)
+        await call(http, "POST", b.url + f"/api/v1/meetings/{meeting_id}/join", token, json={})
+        socket = await http.ws_connect(b.url + f"/ws/signaling?meeting_id={meeting_id}&user_id={user_id}&token={token}")
+        await socket.send_json({"type": "join", "data": {}})
+        await receive_type(socket, "join")
+
+        status, started = await call(
+            http, "POST", a.url + "/api/v1/recording/start", token, json={"meeting_id": meeting_id}
+        )
+        assert status == 201, started
+        recording_id = started["data"]["recording_id"]
+        assert (await receive_type(socket, "media-state"))["data"] == {"recording": True, "recording_id": recording_id}
+
+        status, stopped = await call(
+            http, "POST", b.url + "/api/v1/recording/stop", token, json={"recording_id": recording_id}
+        )
+        assert status == 200 and stopped["data"]["status"] == "ready", stopped
+        assert (await receive_type(socket, "media-state"))["data"] == {"recording": False, "recording_id": recording_id}
+        status, seen = await call(http, "GET", a.url + f"/api/v1/recording/{recording_id}", token)
+        assert status == 200 and seen["data"] == stopped["data"]
+        await socket.close()

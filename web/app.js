@@ -88,6 +88,7 @@ function createClient({ token, refreshToken, userId, meetingId, audible }) {
     rejectReady(new Error(`signaling closed (${detail.code}) ${detail.reason}`));
     showStatus(`Disconnected${detail.reason ? `: ${detail.reason}` : ''}`);
     stopStats();
+    $('recording').hidden = true;
     for (const tile of tiles.values()) tile.remove();
     tiles.clear();
     showLogin();
@@ -130,6 +131,11 @@ function createClient({ token, refreshToken, userId, meetingId, audible }) {
       const speaking = detail.peer_id ? tile.dataset.peerId === detail.peer_id : tile.dataset.userId === String(detail.user_id);
       tile.classList.toggle('speaking', speaking);
     }
+  });
+
+  // The server says when the meeting is being recorded: everyone in it sees so.
+  client.addEventListener('mediastate', ({ detail }) => {
+    if ('recording' in detail) $('recording').hidden = !detail.recording;
   });
 
   client.addEventListener('chat', ({ detail }) => {

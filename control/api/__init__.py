@@ -1,6 +1,6 @@
 """REST API v1, one module per area; ``GROUPS`` lists them for routing and the OpenAPI document."""
 
-from control.api import admin, auth, ffmpeg, media, meetings, meta, my, sessions, users, webrtc
+from control.api import admin, auth, ffmpeg, media, meetings, meta, my, recording, sessions, users, webrtc
 from control.endpoints import EndpointGroup
 
 GROUPS: list[EndpointGroup] = [
@@ -9,9 +9,11 @@ GROUPS: list[EndpointGroup] = [
     users.group,
     admin.group,
     meetings.group,
+    recording.meeting_group,
     my.group,
     sessions.group,
     media.group,
     ffmpeg.group,
     webrtc.group,
+    recording.group,
 ]

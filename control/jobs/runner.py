@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import shutil
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta
@@ -34,6 +35,9 @@ log = logging.getLogger("huiyi.jobs")
 # fails rather than being tried again.
 MAX_ATTEMPTS = 2
 MEETING_DELETED = "the meeting was deleted while the job was pending; its output was discarded"
+
+# Told of every job this node finishes (succeeded, failed or cancelled), e.g. to act on its output.
+JobListener = Callable[[JobRecord], Awaitable[None]]
 
 
 def default_workers() -> int:
@@ -60,6 +64,7 @@ class JobRunner:
         # Progress writes run as separate tasks; per job they go through one lock and never go back.
         self._progress_locks: dict[str, asyncio.Lock] = {}
         self._progress_written: dict[str, int] = {}
+        self.listeners: list[JobListener] = []
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -157,7 +162,18 @@ class JobRunner:
 
     async def _finish(self, job_id: str, status: str, **values: Any) -> None:
         self._forget_progress(job_id)
-        await self.store.jobs.update(job_id, node_id=self.node_id, status=status, finished_at=utc_now(), **values)
+        if await self.store.jobs.update(job_id, node_id=self.node_id, status=status, finished_at=utc_now(), **values):
+            await self._finished(job_id)
+
+    async def _finished(self, job_id: str) -> None:
+        job = await self.store.jobs.get(job_id)
+        if job is None:
+            return
+        for listener in self.listeners:
+            try:
+                await listener(job)
+            except Exception:
+                log.exception("acting on the end of job %s failed", job_id)
 
     def _forget_progress(self, job_id: str) -> None:
         self._progress_locks.pop(job_id, None)
@@ -273,6 +289,7 @@ class JobRunner:
             log.warning("job %s finished here but another node had taken it over; output discarded", job.id)
             return
         log.info("job %s (%s) succeeded: %s", job.id, job.kind, ", ".join(file_ids))
+        await self._finished(job.id)
 
     async def _discard(self, files: list[dict[str, Any]]) -> None:
         for values in files:

@@ -140,6 +140,7 @@ class Hub:
         self.accounts = accounts
         self.rooms: dict[int, set[Connection]] = defaultdict(set)
         self._sockets_per_user: Counter[int] = Counter()
+        self._channels: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
 
     def claim(self, user_id: int, most: int) -> bool:
         """Take one of the user's socket slots on this node (False when all are taken); taken and
@@ -157,6 +158,12 @@ class Hub:
     async def start(self) -> None:
         await self.bus.start(self._on_bus, self._on_gap)
         await self.bus.subscribe(ACCOUNTS_CHANNEL)
+
+    async def listen(self, channel: str, handler: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Hand every event published on ``channel`` (by any node) to ``handler``, which other
+        parts of the node use to act together across nodes (e.g. recordings)."""
+        self._channels[channel] = handler
+        await self.bus.subscribe(channel)
 
     async def add(self, connection: Connection) -> None:
         room = self.rooms[connection.meeting_id]
@@ -236,6 +243,10 @@ class Hub:
     async def _on_bus(self, channel: str, event: dict[str, Any]) -> None:
         if channel == ACCOUNTS_CHANNEL:
             await self._on_account(event)
+            return
+        handler = self._channels.get(channel)
+        if handler is not None:
+            await handler(event)
             return
         if not channel.startswith("room:"):
             return

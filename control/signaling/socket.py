@@ -185,6 +185,10 @@ class Session:
                 },
             )
         )
+        recording = await store.recordings.running_in(self.meeting.id)
+        if recording is not None and recording.status == "recording":
+            state = {"recording": True, "recording_id": recording.id}
+            self.connection.send(message("media-state", self.meeting.id, SERVER, state))
         await self.app[HUB].broadcast(
             message("user-joined", self.meeting.id, me.user_id, participant_view(me)),
             skip_session=self.connection.session_id,

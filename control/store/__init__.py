@@ -8,6 +8,7 @@ from control.store.chat import ChatStore
 from control.store.engine import migrate, open_engine
 from control.store.media import JobStore, MediaStore
 from control.store.meetings import MeetingStore, ParticipantStore
+from control.store.recordings import RecordingStore
 from control.store.sessions import SessionStore
 from control.store.stats import StatsStore
 from control.store.tokens import TokenStore
@@ -28,6 +29,7 @@ class Store:
         self.stats = StatsStore(engine)
         self.media = MediaStore(engine)
         self.jobs = JobStore(engine)
+        self.recordings = RecordingStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "", pool_size: int = 20) -> Store:

@@ -53,7 +53,7 @@ class JobRecord:
     lease_expires_at: datetime | None
 
 
-async def _insert_files(connection: AsyncConnection, files: list[dict[str, Any]]) -> list[MediaRecord]:
+async def insert_files(connection: AsyncConnection, files: list[dict[str, Any]]) -> list[MediaRecord]:
     """Insert ``files`` within the caller's transaction, after checking their meetings still exist
     (ids are never reused, so an id that still exists is the same meeting); one that was deleted
     raises MeetingGone before anything is written, and the caller's rollback undoes the rest.
@@ -95,7 +95,7 @@ class MediaStore:
         """Raises MeetingGone when ``meeting_id`` names a meeting that no longer exists."""
         try:
             async with self._engine.begin() as connection:
-                (record,) = await _insert_files(connection, [values])
+                (record,) = await insert_files(connection, [values])
         except IntegrityError as exc:
             raise await _refused(self._engine, [values], exc) from None
         return record
@@ -298,7 +298,7 @@ class JobStore:
                 )
                 if done.rowcount != 1:
                     raise _Lost
-                await _insert_files(connection, files)
+                await insert_files(connection, files)
         except _Lost:
             return None
         except IntegrityError as exc:

@@ -201,3 +201,54 @@ jobs = Table(
     Column("node_id", String(64), nullable=True),
     Column("lease_expires_at", UtcDateTime(), nullable=True),
 )
+
+recordings = Table(
+    "recordings",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("started_by", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    # recording | stopping | processing | ready | failed | interrupted
+    Column("status", String(16), nullable=False, index=True),
+    Column("error", String(1000), nullable=True),
+    Column("layout", String(16), nullable=False),
+    Column("composite", Boolean, nullable=False),
+    # The node answerable for the row while it is recording or stopping: the one that started it,
+    # then the one stopping it. Starting again after a crash, a node marks its rows interrupted.
+    Column("node_id", String(64), nullable=False),
+    Column("directory", String(1024), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("stopped_at", UtcDateTime(), nullable=True),
+    Column("duration", Float, nullable=True),
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    Column("composite_file_id", String(32), ForeignKey("media_files.id", ondelete="SET NULL"), nullable=True),
+    Column("composite_job_id", String(32), nullable=True, index=True),
+    Column("stop_reason", String(200), nullable=True),
+    **NEVER_REUSED,
+)
+
+recording_tracks = Table(
+    "recording_tracks",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("recording_id", IdType, ForeignKey("recordings.id", ondelete="CASCADE"), nullable=False, index=True),
+    # Each node records the peers connected through it, into a file named after the track.
+    Column("node_id", String(64), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False),
+    Column("peer_id", String(64), nullable=False),
+    Column("track_id", String(128), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("codec", String(16), nullable=False),
+    Column("media_file_id", String(32), ForeignKey("media_files.id", ondelete="SET NULL"), nullable=True),
+    # Wall clock of the first and last frame written.
+    Column("started_at", UtcDateTime(), nullable=True),
+    Column("ended_at", UtcDateTime(), nullable=True),
+    Column("frames", Integer, nullable=True),
+    Column("dropped_frames", Integer, nullable=True),
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("reason", String(200), nullable=False),
+    UniqueConstraint("recording_id", "node_id", "file_name", name="uq_recording_tracks_file"),
+    **NEVER_REUSED,
+)
