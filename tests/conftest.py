@@ -258,3 +258,12 @@ async def people() -> AsyncIterator[list[Participant]]:
     found: list[Participant] = []
     yield found
     await asyncio.gather(*(person.close() for person in found), return_exceptions=True)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium (see ``tests.browser``), imported only by the tests that ask for one."""
+    from tests.browser import launch
+
+    async with launch() as launched:
+        yield launched

@@ -30,6 +30,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    """A loopback UDP port free at this moment, for the SFU's single media port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment without HUIYI_* settings that would leak into the server."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}

@@ -10,6 +10,9 @@ import asyncio
 import inspect
 import io
 import json
+import os
+import re
+import signal
 import struct
 import time
 import wave
@@ -26,6 +29,7 @@ from PIL import Image
 
 from control.context import STORAGE, STORE
 from tests.conftest import Account, Api
+from tests.server_process import ServerProcess
 
 ENVELOPE_KEYS = {"code", "message", "data", "timestamp", "request_id"}
 MEETINGS = "/api/v1/meetings"
@@ -313,3 +317,12 @@ def audio_track_file(path: Path, pitch: float, level: float, start_ms: int, seco
             frame.sample_rate, frame.pts, frame.time_base = 48000, start_ms + n * 20, MS
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+async def media_status(server: ServerProcess) -> dict[str, int]:
+    """The counters of the server's media status line, asked for with SIGUSR1."""
+    seen = server.log.read_text().count("media server status:")
+    os.kill(server.process.pid, signal.SIGUSR1)
+    await until(lambda: server.log.read_text().count("media server status:") > seen, "the media status line")
+    line = [line for line in server.log.read_text().splitlines() if "media server status:" in line][-1]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}

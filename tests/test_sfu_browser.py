@@ -5,45 +5,18 @@ video it sends (``sfu.simulated_loss``) so the loss-recovery path runs for real.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.browser import REMOTE_UFRAGS, inbound_video, needs_chromium, open_participant, page_stats, video_from
 from tests.rtc_clients import invite_code_of, join_meeting, make_meeting, make_user
 from tests.server_process import ServerProcess, request, start_server
 from tests.support import until
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if IN_CI:
-    # Under CI a missing browser or driver is a failure, never a silent skip.
-    if CHROMIUM is None:
-        raise RuntimeError("Chromium is required for the browser tests under CI (apt-get install chromium)")
-    import playwright.async_api as playwright_api
-else:
-    playwright_api = pytest.importorskip("playwright.async_api")
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    # Three simulcast layers from a 640x360 camera (Chromium would otherwise send two at that size).
-    "--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/",
-]
-WIDTH, HEIGHT = 640, 360
-REMOTE_UFRAGS = """[window.huiyi.publisher, window.huiyi.subscriber].map(
-    (pc) => (pc.remoteDescription.sdp.match(/a=ice-ufrag:(\\S+)/) || [])[1] || null)"""
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -56,36 +29,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     )
     yield process
     process.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield launched
-        await launched.close()
-
-
-async def open_participant(browser: Any, server: ServerProcess, meeting_id: int, token: str, user_id: int) -> Any:
-    page = await (await browser.new_context()).new_page()
-    page.on("console", lambda entry: entry.type == "error" and print(f"[user {user_id}] {entry.text}"))
-    query = f"token={token}&user_id={user_id}&meeting_id={meeting_id}&autostart=1&width={WIDTH}&height={HEIGHT}"
-    await page.goto(f"{server.url}/?{query}")
-    await page.evaluate("window.huiyiReady")
-    return page
-
-
-async def inbound_video(page: Any) -> list[dict[str, Any]]:
-    stats = await page.evaluate("window.huiyi.getStats()")
-    return [entry for entry in stats["inbound"] if entry["kind"] == "video" and entry.get("user_id")]
-
-
-async def page_stats(page: Any) -> dict[str, Any]:
-    return await page.evaluate("window.huiyi.getStats()")
-
-
-async def video_from(page: Any, user_id: int) -> dict[str, Any] | None:
-    return next((entry for entry in await inbound_video(page) if entry["user_id"] == user_id), None)
 
 
 async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(server, browser) -> None:

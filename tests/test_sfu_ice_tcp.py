@@ -19,11 +19,11 @@ from aioice import Candidate, stun
 from sfu.icetcp import TcpListener
 from sfu.network import LOOPBACK, Network, gather
 from sfu.ports import open_listeners
+from tests.browser import launch, needs_chromium, open_participant, video_from
+from tests.ice_checks import HELLO, check, check_for
 from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user
-from tests.server_process import ServerProcess, free_port, start_server
-from tests.support import until
-from tests.test_sfu_browser import CHROMIUM, FLAGS, open_participant, playwright_api, video_from
-from tests.test_sfu_single_port import HELLO, check, check_for, free_udp_port, media_status
+from tests.server_process import ServerProcess, free_port, free_udp_port, start_server
+from tests.support import media_status, until
 
 # Chromium's own policy for networks that block UDP: no UDP unless a proxy carries it, and there is none.
 NO_UDP = ["--force-webrtc-ip-handling-policy", "--webrtc-ip-handling-policy=disable_non_proxied_udp"]
@@ -145,17 +145,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def udp_blocked_browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS + NO_UDP)
+    async with launch(*NO_UDP) as launched:
         yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def people() -> AsyncIterator[list[Participant]]:
-    found: list[Participant] = []
-    yield found
-    await asyncio.gather(*(person.close() for person in found), return_exceptions=True)
 
 
 def selected_udp_pair(pc: Any) -> tuple[str, int]:
@@ -164,7 +155,7 @@ def selected_udp_pair(pc: Any) -> tuple[str, int]:
     return pair.local_candidate.transport, pair.remote_addr[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+@needs_chromium
 async def test_a_browser_without_udp_joins_over_tcp(server, udp_blocked_browser, people) -> None:
     udp_port, tcp_port = int(server.env["HUIYI_SFU_UDP_PORT"]), int(server.env["HUIYI_SFU_TCP_PORT"])
     token, user_id = make_user(server.url, "host")

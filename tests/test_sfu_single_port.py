@@ -9,45 +9,23 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aioice import Connection, stun
+from aioice import stun
 
 from config import ConfigError, load_settings
 from sfu.network import LOOPBACK, Network, SharedMediaProtocol, gather
 from sfu.ports import open_listeners
 from sfu.udpmux import SharedUdpPort
+from tests.ice_checks import HELLO, check, check_for
 from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user
-from tests.server_process import ServerProcess, run_cli, start_server
-from tests.support import until
+from tests.server_process import ServerProcess, free_udp_port, run_cli, start_server
+from tests.support import media_status, until
 
 VIEWERS = 50
-HELLO = bytes([22, 0xFE, 0xFD]) + bytes(40)  # what a DTLS record looks like to the demultiplexer
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def check(ufrag: str, password: str) -> bytes:
-    """A client's connectivity check for the server connection with ``ufrag``, signed with ``password``."""
-    message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-    message.attributes["USERNAME"] = f"{ufrag}:clnt"
-    message.attributes["PRIORITY"] = 1853824767
-    message.attributes["ICE-CONTROLLING"] = 1
-    message.add_message_integrity(password.encode())
-    message.add_fingerprint()
-    return bytes(message)
-
-
-def check_for(connection: Connection) -> bytes:
-    return check(connection.local_username, connection.local_password)
 
 
 def udp_sockets(pid: int) -> list[tuple[str, int]]:
@@ -215,22 +193,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = start_server("--data-dir", str(tmp / "data"), log=tmp / "server.log", env=env)
     yield process
     process.stop()
-
-
-async def media_status(server: ServerProcess) -> dict[str, int]:
-    """The counters of the server's media status line, asked for with SIGUSR1."""
-    seen = server.log.read_text().count("media server status:")
-    os.kill(server.process.pid, signal.SIGUSR1)
-    await until(lambda: server.log.read_text().count("media server status:") > seen, "the media status line")
-    line = [line for line in server.log.read_text().splitlines() if "media server status:" in line][-1]
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
-
-
-@pytest.fixture
-async def people() -> AsyncIterator[list[Participant]]:
-    found: list[Participant] = []
-    yield found
-    await asyncio.gather(*(person.close() for person in found), return_exceptions=True)
 
 
 async def test_fifty_viewers_share_one_udp_socket_and_strangers_are_dropped(server, people) -> None:
