@@ -117,6 +117,7 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "webrtc.room_peers":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "webrtc.room_stats":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "webrtc.peer_media":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
+    "webrtc.ice_servers":           (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
 }
 # fmt: on
 
@@ -398,6 +399,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "database": database,
             "rate_limits": {"enabled": False},
             "media": {"job_workers": 1},
+            "turn": {"enabled": False},
         },
         environ={},
     )
@@ -554,6 +556,7 @@ BUILDERS: dict[str, Builder] = {
     "webrtc.room_peers": lambda case: _done(Call(path={"room_id": case.scene.meeting_id})),
     "webrtc.room_stats": lambda case: _done(Call(path={"room_id": case.scene.meeting_id})),
     "webrtc.peer_media": lambda case: _peer(case),
+    "webrtc.ice_servers": _nothing,
 }
 
 

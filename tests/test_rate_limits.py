@@ -19,9 +19,15 @@ from control.endpoints import Access, Endpoint
 from tests.conftest import Api, SettingsFactory
 from tests.contract import CONTRACT_LIMITS
 
-# Endpoints the contract does not list: service endpoints, the avatar download and rotating a
-# meeting's invite code.
-NOT_IN_SPEC = {"meta.health", "meta.openapi", "users.get_avatar", "meetings.rotate_invite_code"}
+# Endpoints the contract does not list: service endpoints, the avatar download, rotating a
+# meeting's invite code and the ICE servers (STUN/TURN) of a caller.
+NOT_IN_SPEC = {
+    "meta.health",
+    "meta.openapi",
+    "users.get_avatar",
+    "meetings.rotate_invite_code",
+    "webrtc.ice_servers",
+}
 # Limits do not depend on the database: these tests run once, on SQLite.
 sqlite_only = pytest.mark.parametrize("settings_factory", ["sqlite"], indirect=True)
 
