@@ -77,7 +77,11 @@ class _Relay(asyncio.DatagramProtocol):
         self.allocation = allocation
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        self.allocation.from_peer(data, addr)
+        try:
+            self.allocation.from_peer(data, addr)
+        except Exception:
+            self.allocation.counters.internal_errors += 1
+            log.exception("turn: relaying a packet from %s failed", addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from peers (port unreachable...) are theirs to have; the relay goes on.

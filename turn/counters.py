@@ -22,6 +22,7 @@ class Counters:
     over_bandwidth: int = 0  # relayed packets dropped by the per-allocation byte rate
     client_backlog: int = 0  # packets dropped because a TCP client does not read fast enough
     tcp_connections: int = 0  # open now
+    internal_errors: int = 0  # packets whose handling failed unexpectedly (logged with a traceback)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -35,5 +36,6 @@ class Counters:
             f"to_clients={self.packets_to_clients}pkt/{self.bytes_to_clients}B "
             f"dropped: malformed={self.malformed} unauthenticated={self.unauthenticated} "
             f"no_permission={self.no_permission} forbidden_peer={self.permissions_refused} "
-            f"over_bandwidth={self.over_bandwidth} client_backlog={self.client_backlog}"
+            f"over_bandwidth={self.over_bandwidth} client_backlog={self.client_backlog} "
+            f"internal_errors={self.internal_errors}"
         )

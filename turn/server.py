@@ -89,6 +89,12 @@ class _UdpListener(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+        try:
+            self._received(data, addr)
+        except Exception:
+            self.server.failed(addr)
+
+    def _received(self, data: bytes, addr: Any) -> None:
         server = self.server
         if not data:
             server.counters.malformed += 1
@@ -159,6 +165,13 @@ class _StreamConnection(asyncio.Protocol):
             self.stream.close()
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:
+            self.server.failed(self.address)
+            self.close()
+
+    def _received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
         server = self.server
@@ -325,6 +338,11 @@ class TurnServer:
     def log_status(self) -> None:
         log.info("%s", self.status_line())
 
+    def failed(self, source: Any) -> None:
+        """A packet whose handling raised: a bug, logged and counted; the server goes on."""
+        self.counters.internal_errors += 1
+        log.exception("turn: handling a packet from %s failed", source)
+
     # messages -----------------------------------------------------------------------------------
 
     def send_indication(self, data: bytes, allocation: Allocation | None) -> None:
@@ -367,7 +385,7 @@ class TurnServer:
             if method == stun.Method.ALLOCATE:
                 task = asyncio.get_running_loop().create_task(self._allocate(request, link, identity))
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._allocated)
             elif method in (stun.Method.REFRESH, stun.Method.CREATE_PERMISSION, stun.Method.CHANNEL_BIND):
                 allocation = self._allocation_of(request, link, identity)
                 if allocation is None:
@@ -384,6 +402,12 @@ class TurnServer:
             # A well-formed message whose values make no sense (an address family the relay
             # cannot take, an impossible port...): the client's error, answered as such.
             self._answer(link, request, identity, error=400)
+
+    def _allocated(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters.internal_errors += 1
+            log.error("turn: an Allocate failed", exc_info=task.exception())
 
     def _answer(
         self,
