@@ -1,9 +1,9 @@
 """Allocations (RFC 8656 §6): a relayed transport address the server holds for one client 5-tuple,
 with its lifetime, permissions, channels and byte-rate buckets, and the table of all of them.
 
-Each allocation owns one UDP socket on the relay address. What arrives there from a permitted peer
-goes to the client as ChannelData (when the peer has a channel) or a Data indication; what the
-client sends goes out of that socket to the peer.
+Each allocation owns one UDP socket on the relay address and is that socket's protocol. What
+arrives there from a permitted peer goes to the client as ChannelData (when the peer has a channel)
+or a Data indication; what the client sends goes out of that socket to the peer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +37,8 @@ RESERVATION_LIFETIME = 30.0
 PORT_ATTEMPTS = 256
 # A TCP client whose unsent answers pass this many bytes loses relayed packets until it reads.
 CLIENT_BACKLOG_BYTES = 1 << 20
+# Relay sockets get room for bursts of a few hundred packets (the system may grant less).
+RELAY_BUFFER_BYTES = 1 << 19
 
 # Linux socket options for DONT-FRAGMENT (not exported by the socket module).
 _DONT_FRAGMENT = {socket.AF_INET: (0, 10, 2), socket.AF_INET6: (41, 23, 2)} if sys.platform == "linux" else {}
@@ -51,10 +53,19 @@ class ClientLink(Protocol):
     transport: str  # "udp", "tcp" or "tls"
     key: Hashable  # the same for every message of this 5-tuple
     pad: bool  # ChannelData is padded to four bytes (TCP and TLS)
+    closed: bool
 
     def send(self, data: bytes) -> None: ...
 
+    def sender(self) -> Callable[[bytes], object]:
+        """The quickest way to send to the client, for the relay path."""
+        ...
+
     def backlog(self) -> int: ...
+
+    def attach(self, allocation: Allocation | None) -> None:
+        """Where the listener finds the allocation for the client's packets (None: gone)."""
+        ...
 
 
 class AllocationError(Exception):
@@ -72,24 +83,9 @@ def lifetime_for(requested: int | None) -> int:
     return max(DEFAULT_LIFETIME, min(requested, MAX_LIFETIME))
 
 
-class _Relay(asyncio.DatagramProtocol):
-    def __init__(self, allocation: Allocation) -> None:
-        self.allocation = allocation
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        try:
-            self.allocation.from_peer(data, addr)
-        except Exception:
-            self.allocation.counters.internal_errors += 1
-            log.exception("turn: relaying a packet from %s failed", addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors from peers (port unreachable...) are theirs to have; the relay goes on.
-        pass
-
-
-class Allocation:
-    """One client's relayed transport address and what it permits."""
+class Allocation(asyncio.DatagramProtocol):
+    """One client's relayed transport address and what it permits; the protocol of its relay
+    socket, so what peers send there arrives in ``datagram_received``."""
 
     def __init__(
         self,
@@ -103,6 +99,7 @@ class Allocation:
         now: float,
     ) -> None:
         self.link = link
+        self.to_client = link.sender()
         self.username = username
         self.user = user
         self.relayed = relayed
@@ -111,7 +108,7 @@ class Allocation:
         self.channels = Channels()
         self.counters = counters
         self.to_peers = TokenBucket(rate, now) if rate else None
-        self.to_client = TokenBucket(rate, now) if rate else None
+        self.from_peers = TokenBucket(rate, now) if rate else None
         self.indications = DataIndications()
         self.relay: asyncio.DatagramTransport | None = None
         # The Allocate that made it and the answer, for retransmissions of that request.
@@ -149,29 +146,42 @@ class Allocation:
             return
         self.to_peer(channel.peer, data[4 : 4 + length], now)
 
-    def from_peer(self, data: bytes, addr: tuple[str, int]) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.relay = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        """A packet from a peer: to the client, if the peer has a permission."""
         counters = self.counters
-        now = time.monotonic()
-        host = addr[0]
-        if self.permissions.expiry.get(host, 0.0) <= now:
-            counters.no_permission += 1
-            return
-        bucket = self.to_client
-        if bucket is not None and not bucket.take(len(data), now):
-            counters.over_bandwidth += 1
-            return
-        link = self.link
-        if link.pad and link.backlog() > CLIENT_BACKLOG_BYTES:
-            counters.client_backlog += 1
-            return
-        peer = (host, addr[1])
-        channel = self.channels.by_peer.get(peer)
-        if channel is not None and channel.expires > now:
-            link.send(channel_data(channel.number, data, link.pad))
-        else:
-            link.send(self.indications.pack(peer, data))
-        counters.packets_to_clients += 1
-        counters.bytes_to_clients += len(data)
+        try:
+            now = time.monotonic()
+            host = addr[0]
+            if self.permissions.expiry.get(host, 0.0) <= now:
+                counters.no_permission += 1
+                return
+            bucket = self.from_peers
+            if bucket is not None and not bucket.take(len(data), now):
+                counters.over_bandwidth += 1
+                return
+            link = self.link
+            pad = link.pad
+            if pad and link.backlog() > CLIENT_BACKLOG_BYTES:
+                counters.client_backlog += 1
+                return
+            peer = (host, addr[1])
+            channel = self.channels.by_peer.get(peer)
+            if channel is not None and channel.expires > now:
+                self.to_client(channel_data(channel.number, data, pad))
+            else:
+                self.to_client(self.indications.pack(peer, data))
+            counters.packets_to_clients += 1
+            counters.bytes_to_clients += len(data)
+        except Exception:
+            counters.internal_errors += 1
+            log.exception("turn: relaying a packet from %s failed", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from peers (port unreachable...) are theirs to have; the relay goes on.
+        pass
 
     # upkeep ------------------------------------------------------------------------------------
 
@@ -255,15 +265,13 @@ class Allocations:
         port = sock.getsockname()[1]
         allocation = Allocation(link, username, user, (self.public_host, port), lifetime, self.rate, self.counters, now)
         try:
-            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _Relay(allocation), sock=sock
-            )
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: allocation, sock=sock)
         except OSError as exc:
             sock.close()
             raise AllocationError(508, f"relay socket: {exc}") from None
-        allocation.relay = transport
         self.quotas.take(user)
         self.by_link[link.key] = allocation
+        link.attach(allocation)
         self.counters.allocations += 1
         self.counters.allocations_created += 1
         log.info(
@@ -281,6 +289,7 @@ class Allocations:
         if self.by_link.get(allocation.link.key) is not allocation:
             return
         del self.by_link[allocation.link.key]
+        allocation.link.attach(None)
         allocation.close()
         self.quotas.give_back(allocation.user)
         self.counters.allocations -= 1
@@ -344,6 +353,8 @@ class Allocations:
         sock = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, RELAY_BUFFER_BYTES)
             sock.bind((self.relay_host, port))
         except OSError as exc:
             sock.close()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,44 +76,47 @@ class _UdpLink:
     def send(self, data: bytes) -> None:
         self.listener.transport.sendto(data, self.source)  # type: ignore[union-attr]
 
+    def sender(self) -> Callable[[bytes], object]:
+        return functools.partial(self.listener.transport.sendto, addr=self.source)  # type: ignore[union-attr]
+
     def backlog(self) -> int:
         return 0
+
+    def attach(self, allocation: Allocation | None) -> None:
+        if allocation is None:
+            self.listener.allocations.pop(self.source, None)
+        else:
+            self.listener.allocations[self.source] = allocation
 
 
 class _UdpListener(asyncio.DatagramProtocol):
     def __init__(self, server: TurnServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
-        self.links: dict[Any, _UdpLink] = {}  # clients with an allocation, for the relay path
+        # Clients with an allocation, by address: the relay path's one lookup per packet.
+        self.allocations: dict[Any, Allocation] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
-        try:
-            self._received(data, addr)
-        except Exception:
-            self.server.failed(addr)
-
-    def _received(self, data: bytes, addr: Any) -> None:
         server = self.server
-        if not data:
-            server.counters.malformed += 1
-            return
-        first = data[0]
-        if 0x40 <= first < 0x80:  # ChannelData
-            allocation = server.allocations.by_link.get((id(self), addr))
-            if allocation is None:
-                server.counters.no_permission += 1
-            else:
-                allocation.from_client_channel(data)
-        elif first < 0x40:
-            if data[0:2] == _SEND_TYPE:
-                server.send_indication(data, server.allocations.by_link.get((id(self), addr)))
+        try:
+            first = data[0] if data else 0xFF
+            if 0x40 <= first < 0x80:  # ChannelData
+                allocation = self.allocations.get(addr)
+                if allocation is None:
+                    server.counters.no_permission += 1
+                else:
+                    allocation.from_client_channel(data)
+            elif first >= 0x80:
+                server.counters.malformed += 1
+            elif data[0:2] == _SEND_TYPE:
+                server.send_indication(data, self.allocations.get(addr))
             else:
                 server.on_stun(data, _UdpLink(self, addr))
-        else:
-            server.counters.malformed += 1
+        except Exception:
+            server.failed(addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from clients that went away; nothing to do.
@@ -133,6 +137,7 @@ class _StreamConnection(asyncio.Protocol):
         self.key: Hashable = self
         self.closed = False
         self.opened = time.monotonic()
+        self.allocation: Allocation | None = None
 
     @property
     def transport(self) -> str:  # type: ignore[override]
@@ -149,16 +154,21 @@ class _StreamConnection(asyncio.Protocol):
         self.closed = True
         self.server.connections.discard(self)
         self.server.counters.tcp_connections -= 1
-        allocation = self.server.allocations.by_link.get(self)
-        if allocation is not None:
-            self.server.allocations.delete(allocation, "connection closed")
+        if self.allocation is not None:
+            self.server.allocations.delete(self.allocation, "connection closed")
 
     def send(self, data: bytes) -> None:
         if not self.closed:
             self.stream.write(data)  # type: ignore[union-attr]
 
+    def sender(self) -> Callable[[bytes], object]:
+        return self.send
+
     def backlog(self) -> int:
         return self.stream.get_write_buffer_size() if self.stream is not None else 0
+
+    def attach(self, allocation: Allocation | None) -> None:
+        self.allocation = allocation
 
     def close(self) -> None:
         if self.stream is not None:
@@ -194,15 +204,13 @@ class _StreamConnection(asyncio.Protocol):
             del buffer[:size]
             if first < 0x40:
                 if frame[0:2] == _SEND_TYPE:
-                    server.send_indication(frame, server.allocations.by_link.get(self))
+                    server.send_indication(frame, self.allocation)
                 else:
                     server.on_stun(frame, self)
+            elif self.allocation is None:
+                server.counters.no_permission += 1
             else:
-                allocation = server.allocations.by_link.get(self)
-                if allocation is None:
-                    server.counters.no_permission += 1
-                else:
-                    allocation.from_client_channel(frame)
+                self.allocation.from_client_channel(frame)
 
 
 class TurnServer:
@@ -328,7 +336,7 @@ class TurnServer:
             self.allocations.sweep(now)
             for connection in list(self.connections):
                 idle = now - connection.opened > IDLE_CONNECTION_SECONDS
-                if idle and connection not in self.allocations.by_link:
+                if idle and connection.allocation is None:
                     connection.close()
 
     def status_line(self) -> str:
