@@ -100,6 +100,7 @@ class Allocation(asyncio.DatagramProtocol):
     ) -> None:
         self.link = link
         self.to_client = link.sender()
+        self.pad = link.pad
         self.username = username
         self.user = user
         self.relayed = relayed
@@ -131,20 +132,31 @@ class Allocation(asyncio.DatagramProtocol):
         counters.bytes_to_peers += len(payload)
 
     def from_client_channel(self, data: bytes) -> None:
-        """A ChannelData message from the client."""
+        """A ChannelData message from the client (``to_peer`` unrolled: this runs per packet)."""
+        counters = self.counters
         if len(data) < 4:
-            self.counters.malformed += 1
+            counters.malformed += 1
             return
         number, length = _CHANNEL_HEADER.unpack_from(data)
         channel = self.channels.by_number.get(number)
         now = time.monotonic()
         if channel is None or channel.expires <= now:
-            self.counters.no_permission += 1
+            counters.no_permission += 1
             return
         if len(data) < 4 + length:
-            self.counters.malformed += 1
+            counters.malformed += 1
             return
-        self.to_peer(channel.peer, data[4 : 4 + length], now)
+        peer = channel.peer
+        if self.permissions.expiry.get(peer[0], 0.0) <= now:
+            counters.no_permission += 1
+            return
+        bucket = self.to_peers
+        if bucket is not None and not bucket.take(length, now):
+            counters.over_bandwidth += 1
+            return
+        self.relay.sendto(data[4 : 4 + length], peer)  # type: ignore[union-attr]
+        counters.packets_to_peers += 1
+        counters.bytes_to_peers += length
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.relay = transport  # type: ignore[assignment]
@@ -162,15 +174,17 @@ class Allocation(asyncio.DatagramProtocol):
             if bucket is not None and not bucket.take(len(data), now):
                 counters.over_bandwidth += 1
                 return
-            link = self.link
-            pad = link.pad
-            if pad and link.backlog() > CLIENT_BACKLOG_BYTES:
+            pad = self.pad
+            if pad and self.link.backlog() > CLIENT_BACKLOG_BYTES:
                 counters.client_backlog += 1
                 return
             peer = (host, addr[1])
             channel = self.channels.by_peer.get(peer)
             if channel is not None and channel.expires > now:
-                self.to_client(channel_data(channel.number, data, pad))
+                if pad:
+                    self.to_client(channel_data(channel.number, data, True))
+                else:
+                    self.to_client(_CHANNEL_HEADER.pack(channel.number, len(data)) + data)
             else:
                 self.to_client(self.indications.pack(peer, data))
             counters.packets_to_clients += 1
