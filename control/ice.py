@@ -36,8 +36,8 @@ class IceServersOut(BaseModel):
 def ice_servers_for(request: web.Request, user_id: int) -> IceServersOut:
     process = request.app[TURN]
     settings = request.app[SETTINGS]
-    endpoints = process.endpoints if process is not None else None
-    if endpoints is None:
+    endpoints = process.endpoints
+    if endpoints is None or not process.running:
         return IceServersOut(ice_servers=[], expires_at=None)
     servers, expiry = ice_servers(
         process.secret,

@@ -272,3 +272,17 @@ async def test_even_port_reservations() -> None:
             assert (await second.request(stun.Method.REFRESH, {"LIFETIME": 0})).message_class == stun.Class.RESPONSE
             async with Probe(address) as third:
                 assert (await third.allocate(**{"RESERVATION-TOKEN": raw_token})).error_code == 508
+
+
+async def test_tcp_connections_beyond_the_cap_are_turned_away() -> None:
+    async with running_turn(max_allocations=1) as server:  # room for two connections
+        address = (LOOPBACK, server.endpoints.port)
+        held = [await asyncio.open_connection(*address) for _ in range(2)]
+        await until(lambda: server.counters.tcp_connections == 2, "two connections open")
+        reader, writer = await asyncio.open_connection(*address)
+        assert await asyncio.wait_for(reader.read(), 5) == b"", "the third is closed at once"
+        assert server.counters.connections_refused == 1
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+        await until(lambda: server.counters.tcp_connections == 0, "the held connections closed")

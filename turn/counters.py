@@ -22,6 +22,7 @@ class Counters:
     over_bandwidth: int = 0  # relayed packets dropped by the per-allocation byte rate
     client_backlog: int = 0  # packets dropped because a TCP client does not read fast enough
     tcp_connections: int = 0  # open now
+    connections_refused: int = 0  # TCP and TLS connections turned away at the cap
     internal_errors: int = 0  # packets whose handling failed unexpectedly (logged with a traceback)
 
     def as_dict(self) -> dict[str, int]:
@@ -31,7 +32,8 @@ class Counters:
         return (
             f"turn status: allocations={self.allocations} created={self.allocations_created} "
             f"refused={self.allocations_refused} channels={channels} permissions={permissions} "
-            f"tcp_connections={self.tcp_connections} requests={self.requests} "
+            f"tcp_connections={self.tcp_connections} connections_refused={self.connections_refused} "
+            f"requests={self.requests} "
             f"to_peers={self.packets_to_peers}pkt/{self.bytes_to_peers}B "
             f"to_clients={self.packets_to_clients}pkt/{self.bytes_to_clients}B "
             f"dropped: malformed={self.malformed} unauthenticated={self.unauthenticated} "

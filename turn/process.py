@@ -45,6 +45,11 @@ class TurnProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def running(self) -> bool:
+        """Started, and still alive."""
+        return self.endpoints is not None and self._process is not None and self._process.is_alive()
+
     async def start(self) -> Endpoints:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
@@ -93,8 +98,10 @@ class TurnProcess:
     def log_status(self) -> None:
         """The TURN process logs its status line (it has its own SIGUSR1 handler)."""
         # Before it is ready the child has no handler yet, and the signal would end it.
-        if self.endpoints is not None and self._process is not None and self._process.pid:
+        if self.running and self._process is not None and self._process.pid:
             os.kill(self._process.pid, signal.SIGUSR1)
+        elif self.endpoints is not None:
+            log.warning("turn server process is not running (exit code %s)", self._process and self._process.exitcode)
 
     async def close(self) -> None:
         process, pipe = self._process, self._pipe

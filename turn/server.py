@@ -147,10 +147,19 @@ class _StreamConnection(asyncio.Protocol):
         self.stream = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("", 0)
         self.address = (peer[0], peer[1])
-        self.server.connections.add(self)
-        self.server.counters.tcp_connections += 1
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            # Each connection holds a descriptor: past the cap, newcomers are turned away.
+            server.counters.connections_refused += 1
+            self.closed = True
+            transport.close()
+            return
+        server.connections.add(self)
+        server.counters.tcp_connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self not in self.server.connections:
+            return
         self.closed = True
         self.server.connections.discard(self)
         self.server.counters.tcp_connections -= 1
@@ -225,6 +234,9 @@ class TurnServer:
         self.nonces = Nonces(settings.nonce_seconds)
         self.quotas = Quotas(settings.max_allocations_per_user, settings.max_allocations)
         self.connections: set[_StreamConnection] = set()
+        # Open TCP and TLS connections at most: every allocation may have one, and as many again
+        # may be on their way to one.
+        self.max_connections = 2 * settings.max_allocations
         self.endpoints: Endpoints | None = None
         self.allocations: Allocations = None  # type: ignore[assignment]  # made by start()
         self.policy = PeerPolicy(settings.allowed_peer_cidrs)
