@@ -14,7 +14,7 @@ from tests.support import until
 from tests.turn_support import LOOPBACK, SECRET, Probe, echo_peer, running_turn
 from tests.turn_support import REQUESTED_UDP as UDP
 from turn.credentials import issue, password_for
-from turn.messages import TurnMessage
+from turn.messages import TurnMessage, xor_peer_address
 
 TCP_TRANSPORT = 6 << 24
 
@@ -286,3 +286,34 @@ async def test_tcp_connections_beyond_the_cap_are_turned_away() -> None:
         for _, held_writer in held:
             held_writer.close()
         await until(lambda: server.counters.tcp_connections == 0, "the held connections closed")
+
+
+def create_permissions(probe: Probe, peers: list[tuple[str, int]]) -> bytes:
+    """A signed CreatePermission naming every one of ``peers`` (aioice's message holds only one)."""
+    message = TurnMessage(stun.Method.CREATE_PERMISSION, stun.Class.REQUEST)
+    message.attributes.update({"USERNAME": probe.username, "REALM": probe.realm, "NONCE": probe.nonce})
+    raw = bytes(message)
+    body = b"".join(xor_peer_address(peer, message.transaction_id) for peer in peers) + raw[20:]
+    unsigned = raw[:2] + struct.pack("!H", len(body)) + raw[4:20] + body
+    integrity = stun.message_integrity(unsigned, probe.key())
+    return raw[:2] + struct.pack("!H", len(body) + 24) + raw[4:20] + body + struct.pack("!HH", 0x0008, 20) + integrity
+
+
+async def test_one_request_may_permit_many_peers_up_to_a_limit() -> None:
+    async with (
+        running_turn(allowed_peer_cidrs=["127.0.0.0/8"]) as server,
+        Probe((LOOPBACK, server.endpoints.port)) as probe,
+    ):
+        assert (await probe.allocate()).message_class == stun.Class.RESPONSE
+        hosts = [f"127.0.{n // 250}.{n % 250 + 1}" for n in range(1001)]
+        first = await probe.exchange(create_permissions(probe, [(host, 5000) for host in hosts[:600]]))
+        assert first.message_class == stun.Class.RESPONSE
+        [allocation] = server.allocations.by_link.values()
+        assert len(allocation.permissions) == 600
+        over = await probe.exchange(create_permissions(probe, [(host, 5000) for host in hosts[600:]]))
+        assert over.error_code == 508 and len(allocation.permissions) == 600, "all or nothing"
+        fits = await probe.exchange(create_permissions(probe, [(host, 5000) for host in hosts[600:1000]]))
+        assert fits.message_class == stun.Class.RESPONSE and len(allocation.permissions) == 1000
+        # Refreshing a permission it holds still works at the limit.
+        again = await probe.request(stun.Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": (hosts[0], 1)})
+        assert again.message_class == stun.Class.RESPONSE

@@ -261,6 +261,25 @@ class Allocations:
         refusal = self.quotas.refusal(user)
         if refusal is not None:
             raise AllocationError(refusal, "allocation quota reached" if refusal == 486 else "server is full")
+        # Taken before the first await, so concurrent Allocates of one user cannot overshoot it.
+        self.quotas.take(user)
+        try:
+            allocation, token = await self._create(link, username, user, lifetime, even_port, token, dont_fragment)
+        except BaseException:
+            self.quotas.give_back(user)
+            raise
+        return allocation, token
+
+    async def _create(
+        self,
+        link: ClientLink,
+        username: str,
+        user: str,
+        lifetime: int,
+        even_port: bool | None,
+        token: bytes | None,
+        dont_fragment: bool,
+    ) -> tuple[Allocation, bytes | None]:
         now = time.monotonic()
         reserved_token = None
         if token is not None:
@@ -283,7 +302,6 @@ class Allocations:
         except OSError as exc:
             sock.close()
             raise AllocationError(508, f"relay socket: {exc}") from None
-        self.quotas.take(user)
         self.by_link[link.key] = allocation
         link.attach(allocation)
         self.counters.allocations += 1

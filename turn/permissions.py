@@ -14,6 +14,8 @@ from dataclasses import dataclass
 Address = tuple[str, int]
 
 PERMISSION_LIFETIME = 300.0
+# Peer addresses one allocation may hold permissions for at once (a media connection needs a few).
+MAX_PERMISSIONS = 1000
 CHANNEL_LIFETIME = 600.0
 # After a binding expires, its number and peer stay reserved this long, so late packets of the
 # old binding cannot reach a new one (RFC 8656 §12).
@@ -39,6 +41,14 @@ class Permissions:
 
     def install(self, host: str, now: float) -> None:
         self.expiry[host] = now + PERMISSION_LIFETIME
+
+    def room_for(self, hosts: list[str], now: float) -> bool:
+        """Whether ``hosts`` fit under ``MAX_PERMISSIONS`` (expired ones are dropped to make room)."""
+        new = {host for host in hosts if host not in self.expiry}
+        if len(self.expiry) + len(new) <= MAX_PERMISSIONS:
+            return True
+        self.prune(now)
+        return len(self.expiry) + len(new) <= MAX_PERMISSIONS
 
     def allows(self, host: str, now: float) -> bool:
         return self.expiry.get(host, 0.0) > now

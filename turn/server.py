@@ -585,6 +585,9 @@ class TurnServer:
                 self._answer(link, request, identity, error=error)
                 return
         now = time.monotonic()
+        if not allocation.permissions.room_for([peer[0] for peer in request.peers], now):
+            self._answer(link, request, identity, error=508)
+            return
         for peer in request.peers:
             allocation.permissions.install(peer[0], now)
         self._answer(link, request, identity)
@@ -600,6 +603,9 @@ class TurnServer:
             self._answer(link, request, identity, error=error)
             return
         now = time.monotonic()
+        if not allocation.permissions.room_for([peer[0]], now):
+            self._answer(link, request, identity, error=508)
+            return
         try:
             allocation.channels.bind(number, peer, now)
         except ChannelConflict:
