@@ -6,7 +6,9 @@ and kept in the data directory."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from config import load_settings
 from control.context import TURN
 from control.ice import url_host
 from tests.conftest import Api, SettingsFactory
+from tests.server_process import ROOT
+from tests.support import until
 from tests.turn_support import LOOPBACK, echo_peer
 
 sqlite_only = pytest.mark.parametrize("settings_factory", ["sqlite"], indirect=True)
@@ -127,3 +131,47 @@ def test_url_host_prefers_configuration_then_the_name_the_client_used() -> None:
     assert host({}, public_url="https://video.example.org/") == "video.example.org"
     assert host({}) == "meet.example.org"
     assert host({}, header="evil.example/<script>") == "localhost"
+
+
+@sqlite_only
+async def test_the_server_runs_on_without_turn_when_its_port_is_taken(
+    make_api: Any, settings_factory: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        api = await make_api(settings_factory(turn={**TURN_ON, "port": taken.getsockname()[1]}))
+        account = await api.account()
+        body = await api.call("GET", "/api/v1/webrtc/ice-servers", token=account.access, expect=200)
+        assert body["data"]["ice_servers"] == []
+    assert "the TURN server did not start" in caplog.text
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_the_turn_process_ends_when_the_main_process_is_gone() -> None:
+    program = (
+        "import asyncio\n"
+        "from tests.turn_support import turn_settings\n"
+        "from turn.process import TurnProcess\n"
+        "async def main():\n"
+        "    process = TurnProcess(turn_settings(), 'x' * 40, 'WARNING')\n"
+        "    await process.start()\n"
+        "    print(process.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", program, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    assert parent.stdout is not None
+    child = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+    assert alive(child)
+    parent.kill()  # no chance to stop its TURN process
+    await parent.wait()
+    await until(lambda: not alive(child), "the orphaned TURN process to exit")
