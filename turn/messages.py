@@ -39,7 +39,6 @@ DATA_INDICATION = stun.Method.DATA | stun.Class.INDICATION
 XOR_PEER_ADDRESS = 0x0012
 DATA = 0x0013
 MESSAGE_INTEGRITY = 0x0008
-FINGERPRINT = 0x8028
 
 UDP = 17  # REQUESTED-TRANSPORT protocol number (RFC 8656 §18.7)
 FAMILY_IPV4 = 0x01
@@ -111,7 +110,6 @@ EXTRA_ATTRIBUTES: dict[str, tuple[int, Callable[[Any], bytes], Callable[[bytes],
     "EVEN-PORT": (0x0018, _pack_even_port, _unpack_even_port),
     "DONT-FRAGMENT": (0x001A, lambda _: b"", _unpack_empty),
     "RESERVATION-TOKEN": (0x0022, lambda token: token, _unpack_token),
-    "ADDITIONAL-ADDRESS-FAMILY": (0x8000, _pack_family, _unpack_family),
 }
 _EXTRA_BY_TYPE = {kind: (name, unpack) for name, (kind, _, unpack) in EXTRA_ATTRIBUTES.items()}
 
