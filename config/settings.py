@@ -158,6 +158,78 @@ class RecordingSettings(_Section):
     stop_wait_seconds: float = Field(gt=0, le=3600)
 
 
+class TurnSettings(_Section):
+    """The TURN/STUN server (turn/). Defaulted as in default.toml, so tools and tests building one for
+    a server of their own need to spell out only what differs."""
+
+    enabled: bool = True
+    listen_host: str = "0.0.0.0"
+    # UDP and TCP; 0 means a free port the system picks (tests and benchmarks).
+    port: int = Field(3478, ge=0, le=65535)
+    tls_port: int = Field(5349, ge=0, le=65535)
+    tls_cert: str = ""
+    tls_key: str = ""
+    realm: str = Field("huiyi", min_length=1, max_length=127)
+    secret: str = ""
+    relay_address: str = ""
+    public_address: str = ""
+    url_host: str = Field("", max_length=253, pattern=r"^[A-Za-z0-9.:-]*$")
+    relay_port_min: int = Field(49152, ge=0, le=65535)
+    relay_port_max: int = Field(65535, ge=0, le=65535)
+    credential_ttl_seconds: int = Field(86400, ge=60, le=30 * 86400)
+    nonce_seconds: float = Field(600.0, ge=1.0, le=86400.0)
+    max_allocations: int = Field(1000, ge=1, le=1_000_000)
+    max_allocations_per_user: int = Field(10, ge=1, le=10_000)
+    # Per allocation and direction; 0 lifts the limit.
+    max_bytes_per_second: int = Field(2_500_000, ge=0)
+    allowed_peer_cidrs: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_peer_cidrs", mode="before")
+    @classmethod
+    def _cidr_list(cls, value: Any) -> Any:
+        """A list, or (from the environment) one string of comma-separated networks."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_peer_cidrs")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for text in value:
+            try:
+                networks.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IPv4 or IPv6 network (CIDR)") from None
+        return networks
+
+    @field_validator("listen_host", "relay_address", "public_address")
+    @classmethod
+    def _ip_literal(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TurnSettings:
+        if not self.listen_host:
+            raise ValueError("listen_host: an address to listen on (0.0.0.0 for every IPv4 interface)")
+        if (self.relay_port_min == 0) != (self.relay_port_max == 0) or self.relay_port_min > self.relay_port_max:
+            raise ValueError("relay_port_min and relay_port_max: both 0 (any port), or a range with min <= max")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key: both (TURN over TLS), or neither")
+        if self.public_address and ipaddress.ip_address(self.public_address).is_unspecified:
+            raise ValueError(f"public_address: {self.public_address} cannot be announced")
+        if self.relay_address and self.public_address:
+            relay, public = ipaddress.ip_address(self.relay_address), ipaddress.ip_address(self.public_address)
+            if relay.version != public.version:
+                raise ValueError("relay_address and public_address must be of the same IP version")
+        return self
+
+
 class RateLimitSettings(_Section):
     enabled: bool
     endpoints: dict[str, str] = Field(default_factory=dict)
@@ -174,6 +246,7 @@ class Settings(_Section):
     signaling: SignalingSettings
     sfu: SfuSettings
     recording: RecordingSettings
+    turn: TurnSettings
     rate_limits: RateLimitSettings
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,7 +16,7 @@ from control.api.meta import DATABASE_PROBE, DatabaseProbe, huiyi_version
 from control.api.sessions import STARTED
 from control.auth.accounts import AccountCache
 from control.auth.guard import guard
-from control.auth.secret import load_signing_key
+from control.auth.secret import load_signing_key, load_turn_secret
 from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
@@ -36,6 +37,7 @@ from control.context import (
     STORAGE,
     STORE,
     TOKENS,
+    TURN,
 )
 from control.endpoints import Endpoint, bind
 from control.jobs.runner import JobRunner
@@ -51,10 +53,13 @@ from control.storage import LocalStorage
 from control.store import Store
 from control.webclient import add_web_client
 from sfu.server import Sfu
+from turn.process import TurnProcess
 
 # Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
 MAX_JSON_BODY = 1024 * 1024
 SERVER_NAME = "huiyi"
+
+log = logging.getLogger("huiyi")
 
 
 def all_endpoints() -> list[Endpoint]:
@@ -92,6 +97,20 @@ async def _sfu_context(app: web.Application) -> AsyncIterator[None]:
     await app[SFU].start()
     yield
     await app[SFU].close()
+
+
+async def _turn_context(app: web.Application) -> AsyncIterator[None]:
+    """The TURN server is a convenience for clients behind strict networks: when it cannot start
+    (its port taken, its certificate unreadable), meetings go on without it and clients are given
+    no ICE servers."""
+    process = app[TURN]
+    if app[SETTINGS].turn.enabled:
+        try:
+            await process.start()
+        except RuntimeError as exc:
+            log.error("%s; clients get no ICE servers", exc)
+    yield
+    await process.close()
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -167,6 +186,8 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI] = build_openapi(endpoints, huiyi_version())
     app[STARTED] = time.monotonic()
     app[STORAGE] = LocalStorage(data_dir / "media", settings.node_id)
+    turn_secret = load_turn_secret(settings.turn.secret, data_dir) if settings.turn.enabled else ""
+    app[TURN] = TurnProcess(settings.turn, turn_secret, settings.server.log_level)
     # Closed in reverse: sockets and jobs stop first, then their cleanups are awaited while the
     # store is still open.
     app.cleanup_ctx.extend(
@@ -175,6 +196,7 @@ def create_app(settings: Settings) -> web.Application:
             _background_context,
             _signaling_context,
             _sfu_context,
+            _turn_context,
             _jobs_context,
             _recordings_context,
             _limiter_context,

@@ -74,11 +74,16 @@ def _configure_logging(level: str) -> None:
 
 
 async def _status_on_sigusr1(app: web.Application) -> None:
-    """``kill -USR1 <pid>`` logs the media server's load: the process has one app, so the signal
-    is the command line's to give out (an embedding program keeps its own signals)."""
-    from control.context import SFU
+    """``kill -USR1 <pid>`` logs the media server's load and the TURN server's counters: the
+    process has one app, so the signal is the command line's to give out (an embedding program
+    keeps its own signals)."""
+    from control.context import SFU, TURN
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, app[SFU].log_status)
+    def log_status() -> None:
+        app[SFU].log_status()
+        app[TURN].log_status()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_status)
 
 
 def serve(argv: Sequence[str]) -> int:

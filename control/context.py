@@ -22,6 +22,7 @@ from control.storage import LocalStorage
 from control.store import Store
 from control.store.users import UserRecord
 from sfu.server import Sfu
+from turn.process import TurnProcess
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -37,6 +38,8 @@ STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
 SFU = web.AppKey("sfu", Sfu)
 RECORDINGS = web.AppKey("recordings", Recorder)
+# The TURN server's process; not started (no endpoints) when turn.enabled is false.
+TURN = web.AppKey("turn", TurnProcess)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

@@ -97,6 +97,8 @@ async def settings_factory(request: pytest.FixtureRequest, tmp_path: Path) -> As
             "server": {"data_dir": str(tmp_path / "data")},
             "database": dict(database),
             "rate_limits": {"enabled": False},
+            # The TURN server has tests of its own; an app per test need not start its process.
+            "turn": {"enabled": False},
         }
         for section, values in sections.items():
             layers.setdefault(section, {}).update(values)

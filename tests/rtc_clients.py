@@ -18,12 +18,14 @@ import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from bench.loopback import loopback_only
 from tests.server_process import invite_code_of, join_meeting, make_meeting, make_user
@@ -92,15 +94,28 @@ class RemoteTrack:
 
 
 class Participant:
-    """One user in a meeting over the real server: REST login and join, socket, two connections."""
+    """One user in a meeting over the real server: REST login and join, socket, two connections.
+    The connections use the ICE servers the server hands out on join, or ``ice_servers`` (RTCIceServer
+    dictionaries) when given; ``relay_only`` lets them use relayed (TURN) candidates only."""
 
-    def __init__(self, base_url: str, token: str, user_id: int, meeting_id: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        user_id: int,
+        meeting_id: int,
+        *,
+        ice_servers: list[dict[str, Any]] | None = None,
+        relay_only: bool = False,
+    ) -> None:
         self.base_url, self.token, self.user_id, self.meeting_id = base_url, token, user_id, meeting_id
         loopback_only()
         self.http: aiohttp.ClientSession | None = None
         self.socket: aiohttp.ClientWebSocketResponse | None = None
         self.peer_id = ""
-        self.publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.ice_servers = ice_servers
+        self.relay_only = relay_only
+        self.publisher: RTCPeerConnection = None  # type: ignore[assignment]  # made on joining
         self.subscriber: RTCPeerConnection | None = None
         self.remote: dict[str, RemoteTrack] = {}  # by mid
         self.track_info: dict[str, dict[str, Any]] = {}
@@ -121,8 +136,19 @@ class Participant:
             message = await self.socket.receive_json(timeout=10)
             if message["type"] == "join":
                 self.peer_id = message["data"]["session_id"]
+                if self.ice_servers is None:
+                    self.ice_servers = message["data"]["ice_servers"]
                 break
+        self.publisher = RTCPeerConnection(self.configuration())
         self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def configuration(self) -> RTCConfiguration:
+        servers = [
+            RTCIceServer(urls=server["urls"], username=server.get("username"), credential=server.get("credential"))
+            for server in self.ice_servers or []
+        ]
+        policy = RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
+        return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
     async def send(self, kind: str, data: dict[str, Any]) -> None:
         assert self.socket is not None
@@ -165,7 +191,7 @@ class Participant:
     async def _on_subscriber_offer(self, data: dict[str, Any]) -> None:
         async with self._offers:
             if self.subscriber is None:
-                self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                self.subscriber = RTCPeerConnection(self.configuration())
                 self.subscriber.on("track", self._on_track)
             for info in data.get("tracks", []):
                 self.track_info[info["mid"]] = info
@@ -211,7 +237,8 @@ class Participant:
     async def close(self) -> None:
         for task in self._consumers:
             task.cancel()
-        await self.publisher.close()
+        if self.publisher is not None:
+            await self.publisher.close()
         if self.subscriber is not None:
             await self.subscriber.close()
         if self.socket is not None:

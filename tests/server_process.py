@@ -38,8 +38,10 @@ def free_udp_port() -> int:
 
 
 def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without HUIYI_* settings that would leak into the server."""
+    """The caller's environment without HUIYI_* settings that would leak into the server. The TURN
+    server stays off unless ``extra`` turns it on: its fixed port is for one server per machine."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
+    env["HUIYI_TURN_ENABLED"] = "false"
     env.update(extra or {})
     return env
 

@@ -123,6 +123,7 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "recording.get":                (401,  404,  OK,   OK,   OK,   404,  404,  403,  OK,   404),
     "recording.list":               (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "recording.delete":             (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
+    "webrtc.ice_servers":           (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
 }
 # fmt: on
 
@@ -402,6 +403,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "database": database,
             "rate_limits": {"enabled": False},
             "media": {"job_workers": 1},
+            "turn": {"enabled": False},
         },
         environ={},
     )
@@ -563,6 +565,7 @@ BUILDERS: dict[str, Builder] = {
     "recording.delete": lambda case: _recording(
         case, finished=True, build=lambda rid: Call(path={"recording_id": rid})
     ),
+    "webrtc.ice_servers": _nothing,
 }
 
 

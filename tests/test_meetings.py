@@ -328,7 +328,8 @@ async def test_join_roles_and_media_state(api: Api) -> None:
     assert host["data"]["participant"]["role"] == "host" and host["data"]["participant"]["user_id"] == alice.id
     assert host["data"]["media_state"] == {"audio": True, "video": True, "screen_share": False}
     guest = (await join(api, plain_id, bob, invite_code=plain["invite_code"]))["data"]
-    assert set(guest) == {"meeting", "participant", "media_state"}
+    assert set(guest) == {"meeting", "participant", "media_state", "ice_servers"}
+    assert guest["ice_servers"] == [], "the TURN server is off in these tests"
     assert set(guest["participant"]) == PARTICIPANT_FIELDS
     assert guest["participant"]["role"] == "participant" and guest["participant"]["status"] == "online"
     assert guest["participant"]["joined_at"] is not None

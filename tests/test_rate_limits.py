@@ -16,9 +16,15 @@ from control.endpoints import Access, Endpoint
 from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
-# Endpoints the contract does not list: service endpoints, the avatar download and rotating a
-# meeting's invite code.
-NOT_IN_SPEC = {"meta.health", "meta.openapi", "users.get_avatar", "meetings.rotate_invite_code"}
+# Endpoints the contract does not list: service endpoints, the avatar download, rotating a
+# meeting's invite code and the ICE servers (STUN/TURN) of a caller.
+NOT_IN_SPEC = {
+    "meta.health",
+    "meta.openapi",
+    "users.get_avatar",
+    "meetings.rotate_invite_code",
+    "webrtc.ice_servers",
+}
 
 
 def contract_key(endpoint: Endpoint) -> tuple[str, str]:

@@ -3,7 +3,8 @@
  * `/?meeting=ID&code=CODE` fills in the meeting and its invite code, so signing in joins it. Browser
  * tests skip the form with
  * `?token=…&user_id=…&meeting_id=…&autostart=1[&audio=0][&video=0][&simulcast=0][&width=…&height=…]`
- * and drive the page through `window.huiyi` (the client) and `window.huiyiReady`.
+ * and drive the page through `window.huiyi` (the client) and `window.huiyiReady`. `&relay=1` (also
+ * with the form) sends all media through the TURN server, as on a network that allows nothing else.
  */
 import { HuiyiClient } from './huiyi.js';
 
@@ -79,7 +80,8 @@ function participantLabel(client, userId) {
  *   refuses to autoplay sound, which is why the video elements themselves always stay muted.
  */
 function createClient({ token, refreshToken, userId, meetingId, audible }) {
-  const client = new HuiyiClient({ token, refreshToken, userId, meetingId });
+  const iceTransportPolicy = flag('relay', false) ? 'relay' : 'all';
+  const client = new HuiyiClient({ token, refreshToken, userId, meetingId, iceTransportPolicy });
   window.huiyi = client;
   const tiles = new Map();
 

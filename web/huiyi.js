@@ -21,6 +21,8 @@ const ANSWER_TIMEOUT_MS = 15_000;
 const LAYERS = new Set(['low', 'medium', 'high']);
 
 // The socket lives as long as its access token; it is renewed this long before the token expires.
+// TURN credentials handed out by the server are likewise fetched anew before an ICE restart that
+// would otherwise use ones about to expire.
 const RENEW_BEFORE_MS = 60_000;
 
 /** A JWT's expiry in epoch milliseconds (read, not verified: the server verifies), or null. */
@@ -52,13 +54,18 @@ export function websocketBase(baseUrl) {
   return trimBase(baseUrl).replace(/^http/, 'ws');
 }
 
-async function postJson(baseUrl, path, body, token) {
-  const headers = { 'Content-Type': 'application/json' };
+function postJson(baseUrl, path, body, token) {
+  return callJson('POST', baseUrl, path, body, token);
+}
+
+async function callJson(method, baseUrl, path, body, token) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (token) headers.Authorization = `Bearer ${token}`;
   const response = await fetch(`${trimBase(baseUrl)}/api/v1${path}`, {
-    method: 'POST',
+    method,
     headers,
-    body: JSON.stringify(body),
+    body: body === undefined ? undefined : JSON.stringify(body),
   });
   // Proxies in front of the server may answer errors that are not JSON envelopes.
   const envelope = await response.json().catch(() => null);
@@ -92,6 +99,14 @@ function remoteSends(direction) {
   return direction === 'sendonly' || direction === 'sendrecv';
 }
 
+/** When TURN credentials of the `<expiry>:<user>` kind stop working (epoch ms), or null. */
+function iceServersExpiry(iceServers) {
+  const expiries = iceServers
+    .map((server) => Number(String(server.username ?? '').split(':')[0]))
+    .filter((seconds) => seconds > 0);
+  return expiries.length ? Math.min(...expiries) * 1000 : null;
+}
+
 /**
  * One participant's connection to a huiyi meeting.
  *
@@ -110,6 +125,8 @@ export class HuiyiClient extends EventTarget {
   #renewTimer = null;
   #subscriber = null;
   #subscriberChain = Promise.resolve();
+  // ICE servers from the application, kept as given; otherwise the server's, from the join reply.
+  #iceServersGiven = false;
   // mid → Track from the latest subscriber offer: ontrack fires during setRemoteDescription,
   // so this must be current before that call.
   #trackInfo = new Map();
@@ -125,9 +142,25 @@ export class HuiyiClient extends EventTarget {
    * @param {number} options.meetingId
    * @param {string} [options.baseUrl] REST server; defaults to the page's origin
    * @param {string} [options.wsBase] signaling server (ws:// or wss://); defaults to baseUrl's
+   * @param {RTCIceServer[]} [options.iceServers] STUN/TURN servers for the peer connections; by
+   *   default those the server hands out on join (its own TURN server, with fresh credentials)
+   * @param {'all'|'relay'} [options.iceTransportPolicy] 'relay' sends all media through TURN
    */
-  constructor({ token, refreshToken, userId, meetingId, baseUrl = globalThis.location?.origin, wsBase } = {}) {
+  constructor({
+    token,
+    refreshToken,
+    userId,
+    meetingId,
+    baseUrl = globalThis.location?.origin,
+    wsBase,
+    iceServers,
+    iceTransportPolicy = 'all',
+  } = {}) {
     super();
+    this.#iceServersGiven = iceServers !== undefined;
+    /** The RTCIceServer list the peer connections use. */
+    this.iceServers = iceServers ?? [];
+    this.iceTransportPolicy = iceTransportPolicy;
     this.token = token;
     this.refreshToken = refreshToken ?? null;
     this.userId = Number(userId);
@@ -151,7 +184,7 @@ export class HuiyiClient extends EventTarget {
   /**
    * REST join, required before the socket is admitted. Someone the host did not add needs the
    * meeting's `inviteCode` (from its invite link) or its `password`.
-   * @returns {Promise<{meeting, participant, media_state}>}
+   * @returns {Promise<{meeting, participant, media_state, ice_servers}>}
    */
   joinMeeting(meetingId = this.meetingId, password, inviteCode) {
     const body = {};
@@ -225,8 +258,33 @@ export class HuiyiClient extends EventTarget {
 
   /** New ICE credentials on both connections, e.g. after a network change. */
   async restartIce() {
+    await this.#renewIceServersIfExpiring();
     if (this.#subscriber) this.#send('offer', { target: 'subscriber', ice_restart: true });
     if (this.#publisher) await this.#negotiatePublisher({ iceRestart: true });
+  }
+
+  /**
+   * Fetches fresh ICE servers (new TURN credentials) from the server and gives them to both
+   * connections; they take effect at the next ICE restart.
+   * @returns {Promise<RTCIceServer[]>}
+   */
+  async refreshIceServers() {
+    const answer = await callJson('GET', this.baseUrl, '/webrtc/ice-servers', undefined, this.token);
+    this.iceServers = answer.ice_servers;
+    for (const pc of [this.#publisher, this.#subscriber]) {
+      pc?.setConfiguration({ ...pc.getConfiguration(), iceServers: this.iceServers });
+    }
+    return this.iceServers;
+  }
+
+  async #renewIceServersIfExpiring() {
+    const expiry = iceServersExpiry(this.iceServers);
+    if (this.#iceServersGiven || expiry === null || expiry - Date.now() > RENEW_BEFORE_MS) return;
+    try {
+      await this.refreshIceServers();
+    } catch (error) {
+      this.#emitFailure(error);
+    }
   }
 
   /** The best simulcast layer to receive, of one track or (without trackId) of all. */
@@ -364,6 +422,7 @@ export class HuiyiClient extends EventTarget {
   }
 
   #onJoin(data) {
+    if (!this.#iceServersGiven) this.iceServers = data.ice_servers ?? [];
     this.sessionId = data.session_id;
     this.self = data.self;
     this.participants = new Map((data.participants ?? []).map((p) => [p.user_id, p]));
@@ -422,7 +481,11 @@ export class HuiyiClient extends EventTarget {
   }
 
   #createPeerConnection(target) {
-    const pc = new RTCPeerConnection(PC_CONFIG);
+    const pc = new RTCPeerConnection({
+      ...PC_CONFIG,
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
+    });
     pc.addEventListener('icecandidate', ({ candidate }) => {
       if (this.#socket?.readyState !== WebSocket.OPEN) return;
       this.#send('ice-candidate', {
@@ -441,11 +504,14 @@ export class HuiyiClient extends EventTarget {
         restarting = false;
       } else if (state === 'failed' && !restarting && !this.#closed) {
         restarting = true;
-        if (target === 'publisher') {
-          this.#negotiatePublisher({ iceRestart: true }).catch((error) => this.#emitFailure(error));
-        } else {
-          this.#send('offer', { target: 'subscriber', ice_restart: true });
-        }
+        this.#renewIceServersIfExpiring().then(() => {
+          if (this.#closed) return;
+          if (target === 'publisher') {
+            this.#negotiatePublisher({ iceRestart: true }).catch((error) => this.#emitFailure(error));
+          } else if (this.#socket?.readyState === WebSocket.OPEN) {
+            this.#send('offer', { target: 'subscriber', ice_restart: true });
+          }
+        });
       }
     });
     return pc;

@@ -16,6 +16,7 @@ from control.context import HUB, STORE, current_user
 from control.endpoints import Access, EndpointGroup, path_int
 from control.envelope import iso_utc, utc_now
 from control.errors import ApiError, BusinessCode, bad_request, forbidden, not_found, user_not_found
+from control.ice import IceServer, ice_servers_for
 from control.rooms import (
     CHAT_MAX_LENGTH,
     chat_view,
@@ -183,6 +184,9 @@ class JoinOut(BaseModel):
     meeting: MeetingOut
     participant: ParticipantOut
     media_state: MediaState
+    ice_servers: list[IceServer] = Field(
+        description="STUN/TURN servers with credentials of the caller's own, for RTCConfiguration.iceServers"
+    )
 
 
 class AddParticipantIn(RequestModel):
@@ -437,6 +441,7 @@ async def join_meeting(request: web.Request, body: JoinIn) -> JoinOut:
         meeting=MeetingOut.of(meeting, member=participant.is_member),
         participant=ParticipantOut.of(participant),
         media_state=MediaState(**media_state(participant)),
+        ice_servers=ice_servers_for(request, user.id).ice_servers,
     )
 
 

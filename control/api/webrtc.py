@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from control.context import HUB, SFU, STORE, current_user
 from control.endpoints import Access, EndpointGroup, path_int
 from control.errors import not_found
+from control.ice import IceServersOut, ice_servers_for
 from control.rooms import load_meeting, media_state, meeting_not_found, require_member, require_moderator
 from control.signaling.hub import message
 from sfu.forwarder import DownTrack
@@ -205,6 +206,19 @@ async def _room_peers(request: web.Request) -> list[Peer]:
     await require_member(request.app, meeting, current_user(request))
     room = request.app[SFU].rooms.get(meeting.id)
     return list(room.peers.values()) if room is not None else []
+
+
+@group.route(
+    "GET",
+    "/ice-servers",
+    name="ice_servers",
+    summary="STUN and TURN servers for RTCPeerConnection, with TURN credentials of the caller's own",
+    access=Access.USER,
+    limit="30/minute",
+    response=IceServersOut,
+)
+async def ice_servers(request: web.Request) -> IceServersOut:
+    return ice_servers_for(request, current_user(request).id)
 
 
 @group.route(

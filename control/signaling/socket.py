@@ -16,6 +16,7 @@ from control.auth.tokens import TokenClaims
 from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_background
 from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
+from control.ice import ice_servers_for
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat, went_offline
 from control.signaling.hub import (
     CLOSE_BAD_REQUEST,
@@ -126,6 +127,7 @@ class Session:
         self, request: web.Request, connection: Connection, meeting: MeetingRecord, claims: TokenClaims
     ) -> None:
         self.app = request.app
+        self.request = request
         self.connection = connection
         self.meeting = meeting
         self.gate = FloodGate()
@@ -182,6 +184,7 @@ class Session:
                     "session_id": self.connection.session_id,
                     "self": participant_view(me),
                     "participants": [participant_view(p) for p in members],
+                    "ice_servers": ice_servers_for(self.request, me.user_id).model_dump()["ice_servers"],
                 },
             )
         )
