@@ -350,7 +350,7 @@ async def test_files_left_in_a_recording_are_kept_and_composited_when_it_stops(
         current = (await api.call("GET", path, token=host.access, expect=200))["data"]
         return current if current["status"] != "processing" else None
 
-    ready = await until(finished, "the composite job finished", timeout=60)
+    ready = await until(finished, "the composite job finished", timeout=120)
     assert ready["status"] == "ready" and ready["error"] is None, ready
     composite = await api.call("GET", f"/api/v1/media/info/{ready['composite_file_id']}", token=host.access)
     assert composite["data"]["mime_type"] == "video/mp4"
