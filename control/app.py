@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from ai.service import AiService
 from config import Settings
 from control.api import GROUPS
 from control.api.meta import DATABASE_PROBE, DatabaseProbe, huiyi_version
@@ -22,6 +23,7 @@ from control.avatars import AvatarStore
 from control.bus import open_bus
 from control.context import (
     ACCOUNTS,
+    AI,
     AVATARS,
     BACKGROUND,
     HUB,
@@ -126,6 +128,13 @@ async def _recordings_context(app: web.Application) -> AsyncIterator[None]:
     await app[RECORDINGS].close()
 
 
+async def _ai_context(app: web.Application) -> AsyncIterator[None]:
+    """Worker nodes start on the first AI request, so a server never asked for AI work spends nothing on it."""
+    app[AI] = AiService(app[SETTINGS])
+    yield
+    await app[AI].close()
+
+
 async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
@@ -177,6 +186,7 @@ def create_app(settings: Settings) -> web.Application:
             _sfu_context,
             _jobs_context,
             _recordings_context,
+            _ai_context,
             _limiter_context,
         ]
     )

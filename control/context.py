@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ai.service import AiService
 from config import Settings
 from control.auth.accounts import AccountCache
 from control.auth.throttle import PasswordThrottle
@@ -37,6 +38,7 @@ STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
 SFU = web.AppKey("sfu", Sfu)
 RECORDINGS = web.AppKey("recordings", Recorder)
+AI = web.AppKey("ai", AiService)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])
