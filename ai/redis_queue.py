@@ -228,6 +228,8 @@ class RedisNode:
         self.client.hset(self.keys.nodes, self.node.node_id, json.dumps(info))
 
     def run(self) -> None:
+        # Two workers share the broker (and so its heartbeat) on purpose; Dramatiq warns of it.
+        logging.getLogger("dramatiq.broker.RedisBroker").addFilter(lambda r: "same type twice" not in r.getMessage())
         models = {model_queue(m["model_id"]) for m in self.node.registry.describe() if m["status"] != "error"}
         # An empty list would mean every queue; a node without models serves none.
         self.jobs = Worker(
