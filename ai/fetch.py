@@ -129,12 +129,12 @@ async def fetch(url: str, target: Path, *, max_bytes: int, timeout: float, allow
             raise UrlRefused(f"audio_url redirects more than {MAX_REDIRECTS} times")
     except UrlRefused:
         raise
+    except TimeoutError:  # aiohttp's own timeouts are client errors too
+        raise UrlRefused(f"fetching audio_url took longer than {timeout:g} s") from None
     except (aiohttp.ClientError, OSError) as exc:
         if resolver.refused is not None:
             raise resolver.refused from None
         raise UrlRefused(f"audio_url could not be fetched ({type(exc).__name__})") from None
-    except TimeoutError:
-        raise UrlRefused(f"fetching audio_url took longer than {timeout:g} s") from None
 
 
 async def _save(answer: Any, target: Path, max_bytes: int) -> int:
