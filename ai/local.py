@@ -44,7 +44,7 @@ def node_main(settings: Settings, node_id: str, inbox: Any, outbox: Any) -> None
     logging.basicConfig(level=settings.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = Node(settings, node_id)
     jobs = ThreadPoolExecutor(settings.ai.node_concurrency, thread_name_prefix="ai-job")
-    commands = ThreadPoolExecutor(1, thread_name_prefix="ai-command")
+    commands = ThreadPoolExecutor(4, thread_name_prefix="ai-command")
     attempts: dict[str, int] = {}
     report = _PipeReport(outbox, attempts)
 

@@ -34,6 +34,8 @@ JOB_ACTOR = "ai_job"
 COMMAND_ACTOR = "ai_command"
 # Each idle poll of a queue has this chance in a million of also returning a dead node's messages.
 MAINTENANCE_CHANCE = 200_000
+# Commands (a status asked while a model loads, say) run side by side.
+COMMAND_THREADS = 4
 # Heartbeats of nodes gone this long are dropped from the list.
 FORGET_NODES_SECONDS = 3600
 
@@ -158,7 +160,8 @@ class RedisQueue:
             actor_name=COMMAND_ACTOR,
             args=(request_id, name, args),
             kwargs={},
-            options={"max_age": int(timeout * 1000)},
+            # Dropped if no node thread took it up in time (a node that died, or one kept busy).
+            options={"max_age": int(self.settings.ai.command_timeout_seconds * 1000)},
         )
         await asyncio.to_thread(self.broker.enqueue, message)
         answer = await self.client.blpop([self.keys.reply(request_id)], timeout=timeout)
@@ -237,7 +240,7 @@ class RedisNode:
         )
         # One message at a time per free slot: a busy node leaves queued jobs to idle ones.
         self.jobs.queue_prefetch = 1
-        commands = Worker(self.broker, queues={node_queue(self.node.node_id)}, worker_threads=1)
+        commands = Worker(self.broker, queues={node_queue(self.node.node_id)}, worker_threads=COMMAND_THREADS)
         self.broker.declare_queue(node_queue(self.node.node_id))
         self._serve_models()
         self.jobs.start()
