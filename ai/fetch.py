@@ -8,6 +8,7 @@ target checked the same way. The body is capped in size and the whole fetch in t
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from pathlib import Path
@@ -98,13 +99,16 @@ class _CheckedResolver(AbstractResolver):
         return None
 
 
-async def precheck(url: str, allowed: list[Network]) -> None:
+async def precheck(url: str, allowed: list[Network], timeout: float = 10.0) -> None:
     """The checks a fetch will make, ahead of queueing work that could only fail."""
     parsed = check_url(url, allowed)
     try:
         ipaddress.ip_address(parsed.host or "")
     except ValueError:
-        await resolve_checked(parsed.host or "", parsed.port or 0, allowed)
+        try:
+            await asyncio.wait_for(resolve_checked(parsed.host or "", parsed.port or 0, allowed), timeout)
+        except TimeoutError:
+            raise UrlRefused(f"the host {parsed.host} of audio_url did not resolve within {timeout:g} s") from None
 
 
 async def fetch(url: str, target: Path, *, max_bytes: int, timeout: float, allowed: list[Network]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -27,108 +28,18 @@ from ai.engines.base import TASKS, language_tag
 log = logging.getLogger("huiyi.ai.models")
 MANIFEST = "model.json"
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-WHISPER_LANGUAGES = [
-    "en",
-    "zh",
-    "de",
-    "es",
-    "ru",
-    "ko",
-    "fr",
-    "ja",
-    "pt",
-    "tr",
-    "pl",
-    "ca",
-    "nl",
-    "ar",
-    "sv",
-    "it",
-    "id",
-    "hi",
-    "fi",
-    "vi",
-    "he",
-    "uk",
-    "el",
-    "ms",
-    "cs",
-    "ro",
-    "da",
-    "hu",
-    "ta",
-    "no",
-    "th",
-    "ur",
-    "hr",
-    "bg",
-    "lt",
-    "la",
-    "mi",
-    "ml",
-    "cy",
-    "sk",
-    "te",
-    "fa",
-    "lv",
-    "bn",
-    "sr",
-    "az",
-    "sl",
-    "kn",
-    "et",
-    "mk",
-    "br",
-    "eu",
-    "is",
-    "hy",
-    "ne",
-    "mn",
-    "bs",
-    "kk",
-    "sq",
-    "sw",
-    "gl",
-    "mr",
-    "pa",
-    "si",
-    "km",
-    "sn",
-    "yo",
-    "so",
-    "af",
-    "oc",
-    "ka",
-    "be",
-    "tg",
-    "sd",
-    "gu",
-    "am",
-    "yi",
-    "lo",
-    "uz",
-    "fo",
-    "ht",
-    "ps",
-    "tk",
-    "nn",
-    "mt",
-    "sa",
-    "lb",
-    "my",
-    "bo",
-    "tl",
-    "mg",
-    "as",
-    "tt",
-    "haw",
-    "ln",
-    "ha",
-    "ba",
-    "jw",
-    "su",
-    "yue",
-]
+# Whisper's languages, by primary tag.
+# fmt: off
+WHISPER_LANGUAGES = (
+    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it",
+    "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur",
+    "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn",
+    "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si",
+    "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo",
+    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha",
+    "ba", "jw", "su", "yue",
+)
+# fmt: on
 
 
 class UnknownModel(Exception):
@@ -331,7 +242,7 @@ class Registry:
             return spec
         target = self.cache_dir / spec.id
         if not (target / "model.bin").is_file():
-            staging = self.cache_dir / f".{spec.id}.part"
+            staging = self.cache_dir / f".{spec.id}.{os.getpid()}.part"  # nodes may share the cache
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             with open(staging / "model.bin", "wb") as joined:
@@ -340,8 +251,10 @@ class Registry:
                         shutil.copyfileobj(piece, joined, 1 << 20)
             for name in ("config.json", "tokenizer.json", "vocabulary.json"):
                 shutil.copy(spec.path / name, staging / name)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
+            try:
+                staging.rename(target)
+            except OSError:  # another node joined it first
+                shutil.rmtree(staging, ignore_errors=True)
         return ModelSpec(**{**spec.__dict__, "path": target})
 
     def unload(self, model_id: str) -> dict[str, Any]:

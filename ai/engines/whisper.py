@@ -35,8 +35,16 @@ class WhisperEngine(Engine):
             del self._model
 
     def infer(self, clip: np.ndarray, language: str | None) -> list[RecognizedLine]:
+        # Greedy, one pass, tokens capped by the clip's length: Whisper can loop on audio it cannot
+        # make out, and its fallback would decode such a clip up to six times over.
         segments, _ = self._model.transcribe(
-            clip, language=language_tag(language) if language else None, beam_size=1, vad_filter=False
+            clip,
+            language=language_tag(language) if language else None,
+            beam_size=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            max_new_tokens=min(440, 16 + int(12 * clip.size / 16_000)),
+            vad_filter=False,
         )
         return [
             RecognizedLine(
