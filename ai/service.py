@@ -84,9 +84,11 @@ class AiService:
 
             queue = LocalQueue(settings, self.local_node_id)
             await queue.start()
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline and not await self._online(queue):
-            await asyncio.sleep(0.1)
+        if settings.ai.local_worker:
+            # The node just started: give it the time to report before answering.
+            deadline = time.monotonic() + START_SECONDS
+            while time.monotonic() < deadline and not await self._online(queue):
+                await asyncio.sleep(0.1)
         return queue
 
     def _spawn_redis_node(self) -> None:

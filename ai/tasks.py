@@ -40,7 +40,7 @@ def run_task(
             progress(int(100 * (index + 1) / len(segments)))
     base = {"model_id": model_id, "duration": duration}
     if kind == "recognition":
-        return base | _recognition(segments, results, language or engine.spec.languages[0])
+        return base | _recognition(segments, results, language or _heard(results, engine.spec.languages))
     if kind == "emotion":
         return base | _emotion(segments, results)
     return base | _synthesis(segments, results, float(options.get("threshold", 0.5)))
@@ -61,6 +61,15 @@ def _recognition(segments: list[Segment], results: list[Any], language: str) -> 
                 }
             )
     return {"text": " ".join(item["text"] for item in out), "language": language, "segments": out}
+
+
+def _heard(results: list[list[RecognizedLine]], languages: tuple[str, ...]) -> str:
+    """Without a language asked for: the one the engine detected, the model's only one, or
+    "und" (undetermined, as BCP 47 says)."""
+    detected = [line.language for lines in results for line in lines if line.language]
+    if detected:
+        return max(set(detected), key=detected.count)
+    return languages[0] if len(languages) == 1 and languages[0] != "*" else "und"
 
 
 def _weighted(segments: list[Segment], scores: list[dict[str, float]]) -> dict[str, float]:

@@ -54,6 +54,7 @@ class RecognizedLine:
     start: float  # seconds into the clip
     end: float
     confidence: float | None  # the engine's own, when it gives one
+    language: str | None = None  # the language the engine heard, when it detects one
 
 
 # Per-label scores summing to 1, in the model's label order.

@@ -37,7 +37,7 @@ class WhisperEngine(Engine):
     def infer(self, clip: np.ndarray, language: str | None) -> list[RecognizedLine]:
         # Greedy, one pass, tokens capped by the clip's length: Whisper can loop on audio it cannot
         # make out, and its fallback would decode such a clip up to six times over.
-        segments, _ = self._model.transcribe(
+        segments, info = self._model.transcribe(
             clip,
             language=language_tag(language) if language else None,
             beam_size=1,
@@ -52,6 +52,7 @@ class WhisperEngine(Engine):
                 start=float(segment.start),
                 end=float(segment.end),
                 confidence=round(math.exp(segment.avg_logprob), 3),
+                language=info.language,
             )
             for segment in segments
             if segment.text.strip()

@@ -59,7 +59,7 @@ class RecognizedSegment(BaseModel):
 
 class RecognitionResult(BaseModel):
     text: str
-    language: str
+    language: str = Field(description="as asked; else as the engine detected it, or und")
     duration: float = Field(description="seconds of audio")
     model_id: str
     segments: list[RecognizedSegment]
