@@ -5,6 +5,7 @@ engine), audio decoding of bad files, the URL checks, and the classifier format'
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import time
 from collections.abc import Iterator
@@ -79,6 +80,31 @@ def test_mandarin_is_recognised_by_whisper_base_when_installed(registry: Registr
     assert all(0 <= s["confidence"] <= 1 for s in result["segments"])
     assert len(result["text"]) < 16 + 12 * result["duration"] * 4  # tokens capped by the clip's length
     registry.unload("whisper-base")
+
+
+def test_a_whisper_model_in_the_model_directory_loads_like_a_packaged_one(registry: Registry) -> None:
+    """An operator's Whisper (CTranslate2) model: here the packaged base, as the registry joins it
+    into its cache, put in the model directory under a manifest of its own."""
+    if "whisper-base" not in {m["model_id"] for m in registry.describe()}:
+        pytest.skip("whisper-base is not installed (pip install 'huiyi[whisper]')")
+    joined = registry.cache_dir / "whisper-base"
+    if not (joined / "model.bin").is_file():
+        registry.load("whisper-base")
+        registry.unload("whisper-base")
+    assert registry.model_dir is not None
+    mine = registry.model_dir / "whisper-mine"
+    mine.mkdir()
+    for part in joined.iterdir():
+        (mine / part.name).symlink_to(part)
+    (mine / "model.json").write_text('{"task": "recognition", "engine": "whisper", "languages": ["en", "zh"]}')
+    registry.refresh()
+    loaded = registry.load("whisper-mine")
+    assert loaded["status"] == "loaded" and loaded["source"] == f"directory:{mine}" and loaded["memory_bytes"]
+    # The operator's model is preferred to the packaged ones for its languages.
+    assert choose(registry.describe(), "recognition", "en", None)["model_id"] == "whisper-mine"
+    assert registry.unload("whisper-mine")["status"] == "available"
+    (mine / "model.json").unlink()
+    registry.refresh()
 
 
 def test_long_audio_is_cut_where_the_speech_is(tmp_path: Path) -> None:
@@ -190,10 +216,15 @@ def test_classifier_files_that_are_damaged_or_misshapen_fail_to_load_clearly(
     (models / "nan-test").mkdir()
     (models / "nan-test" / "model.json").write_text((good / "model.json").read_text())
     np.savez(models / "nan-test" / "weights.npz", **{k: np.full_like(v, np.nan) for k, v in weights.items()})
+    (models / "brain-test").mkdir()
+    (models / "brain-test" / "model.json").write_text('{"task": "emotion", "engine": "speechbrain", "labels": []}')
+    (models / "brain-test" / "hyperparams.yaml").write_text("pretrainer: null\n")
     (models / "badtask-test").mkdir()
     (models / "badtask-test" / "model.json").write_text('{"task": "translation", "engine": "mel-mlp"}')
     registry.refresh()
-    for model_id, reason in (("shape-test", "has shape"), ("nan-test", "has shape|invalid numbers")):
+    brain = "huiyi\\[speechbrain\\]" if importlib.util.find_spec("speechbrain") is None else "did not load"
+    cases = (("shape-test", "has shape"), ("nan-test", "has shape|invalid numbers"), ("brain-test", brain))
+    for model_id, reason in cases:
         with pytest.raises(ModelError, match=reason):
             registry.load(model_id)
         state = registry.state(model_id)
