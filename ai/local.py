@@ -54,7 +54,7 @@ def node_main(settings: Settings, node_id: str, inbox: Any, outbox: Any) -> None
             time.sleep(settings.ai.heartbeat_seconds)
 
     def run(job: dict[str, Any]) -> None:
-        node.waiting -= 1
+        node.received(-1)
         node.run_job(job, report)
 
     def command(request_id: int, name: str, args: dict[str, Any]) -> None:
@@ -68,7 +68,7 @@ def node_main(settings: Settings, node_id: str, inbox: Any, outbox: Any) -> None
         if message[0] == "job":
             job = message[1]
             attempts[job["job_id"]] = job["attempts"] + 1
-            node.waiting += 1
+            node.received(1)
             jobs.submit(run, job)
         else:
             commands.submit(command, *message[1:])

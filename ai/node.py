@@ -65,7 +65,7 @@ class Node:
         self.allowed = parse_networks(ai.url_allow_networks)
         self.started_at = time.time()
         self.running = 0
-        self.waiting = 0  # told by the transport: work received and not started
+        self.waiting = 0  # work the transport received and has not started; see ``received``
         self._lock = threading.Lock()
         self._vads = threading.local()
         self._cpu = _Cpu(time.monotonic(), time.process_time())
@@ -153,6 +153,10 @@ class Node:
         }
 
     # -- jobs ------------------------------------------------------------------------------------
+
+    def received(self, change: int) -> None:
+        with self._lock:
+            self.waiting += change
 
     def run_job(self, job: dict[str, Any], report: JobReport) -> None:
         """Run one job to an answer or a clear failure; never raises."""
