@@ -56,16 +56,31 @@ class AiService:
         self._child: Any = None
         self._watch: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+        self._awaiting: asyncio.Task[None] | None = None
 
     # -- starting on first use -------------------------------------------------------------------
 
     async def _started(self) -> Queue:
+        """The queue, started on first use (and with it the local node, if there is one)."""
         if self._queue is not None:
             return self._queue
         async with self._starting:
             if self._queue is None:
                 self._queue = await self._start()
         return self._queue
+
+    async def _ready(self) -> Queue:
+        """The queue, once a local node just started has reported (or START_SECONDS passed), so
+        that the first lists of nodes and models are not empty for want of a heartbeat."""
+        queue = await self._started()
+        if self._awaiting is not None:
+            await self._awaiting
+        return queue
+
+    async def _first_heartbeat(self, queue: Queue) -> None:
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline and not await self._online(queue):
+            await asyncio.sleep(0.1)
 
     async def _start(self) -> Queue:
         settings = self.settings
@@ -85,10 +100,7 @@ class AiService:
             queue = LocalQueue(settings, self.local_node_id)
             await queue.start()
         if settings.ai.local_worker:
-            # The node just started: give it the time to report before answering.
-            deadline = time.monotonic() + START_SECONDS
-            while time.monotonic() < deadline and not await self._online(queue):
-                await asyncio.sleep(0.1)
+            self._awaiting = asyncio.get_running_loop().create_task(self._first_heartbeat(queue))
         return queue
 
     def _spawn_redis_node(self) -> None:
@@ -107,6 +119,8 @@ class AiService:
                 self._spawn_redis_node()
 
     async def close(self) -> None:
+        if self._awaiting is not None:
+            self._awaiting.cancel()
         if self._watch is not None:
             self._watch.cancel()
         if self._child is not None and self._child.is_alive():
@@ -131,7 +145,7 @@ class AiService:
         return sorted(nodes, key=lambda node: node["node_id"])
 
     async def nodes(self) -> list[dict[str, Any]]:
-        return await self._all_nodes(await self._started())
+        return await self._all_nodes(await self._ready())
 
     async def node(self, node_id: str) -> dict[str, Any]:
         for node in await self.nodes():
@@ -149,7 +163,7 @@ class AiService:
         return answer
 
     async def _command(self, node_id: str, name: str, args: dict[str, Any], wait: float) -> dict[str, Any]:
-        queue = await self._started()
+        queue = await self._ready()
         answer = await queue.command(node_id, name, args, wait)
         if answer is None:
             raise NotFound(f"node {node_id} is unknown")
@@ -159,7 +173,7 @@ class AiService:
 
     async def models(self) -> list[dict[str, Any]]:
         merged: dict[str, dict[str, Any]] = {}
-        for node in await self._online(await self._started()):
+        for node in await self._online(await self._ready()):
             for model in node["models"]:
                 entry = merged.setdefault(model["model_id"], model | {"nodes": []})
                 entry["nodes"].append(
@@ -211,7 +225,7 @@ class AiService:
     async def submit(
         self, user_id: int, kind: str, source: dict[str, Any], language: str | None, options: dict[str, Any]
     ) -> dict[str, Any]:
-        queue = await self._started()
+        queue = await self._ready()
         online = await self._online(queue)
         if not online:
             raise Unavailable("No AI worker node is online: start one with `run_server.py worker --redis-url ...`")

@@ -411,6 +411,11 @@ def fuzzer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         fuzz.ids["user"], fuzz.tokens["user"] = fuzz.account()
         fuzz.pools = {role: Pool(fuzz, role) for role in ("admin", "user")}
         fuzz.document = fuzz.http.get(server.url + "/api/v1/openapi.json", timeout=30).json()
+        # The first AI request starts the server's worker node and waits for it to report.
+        nodes = fuzz.http.get(
+            server.url + "/api/v1/nodes", headers={"Authorization": f"Bearer {fuzz.tokens['user']}"}, timeout=120
+        )
+        assert nodes.status_code == 200 and nodes.json()["data"], nodes.text
         fuzz.schema = schemathesis.openapi.from_dict(fuzz.document)
         yield fuzz
         for pool in fuzz.pools.values():
