@@ -58,9 +58,13 @@ class ModelState:
     engine: Engine | None = None
     # Held while loading, unloading or running the model: one at a time, never unloaded mid-use.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Measured once: heartbeats describe every model every few seconds.
+    size_bytes: int | None = None
 
     def describe(self) -> dict[str, Any]:
         spec = self.spec
+        if self.size_bytes is None:
+            self.size_bytes = spec.size_bytes() if spec and spec.path.exists() else 0
         return {
             "model_id": self.id,
             "task": spec.task if spec else "unknown",
@@ -69,7 +73,7 @@ class ModelState:
             "labels": list(spec.labels) if spec else [],
             "description": spec.description if spec else "",
             "source": self.source,
-            "size_bytes": spec.size_bytes() if spec and spec.path.exists() else 0,
+            "size_bytes": self.size_bytes,
             "status": self.status,
             "error": self.error,
             "memory_bytes": self.memory_bytes,
