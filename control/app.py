@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from ai.service import AiService
 from config import Settings
 from control.api import GROUPS
 from control.api.meta import DATABASE_PROBE, DatabaseProbe, huiyi_version
@@ -23,6 +24,7 @@ from control.avatars import AvatarStore
 from control.bus import open_bus
 from control.context import (
     ACCOUNTS,
+    AI,
     AVATARS,
     BACKGROUND,
     HUB,
@@ -145,6 +147,13 @@ async def _recordings_context(app: web.Application) -> AsyncIterator[None]:
     await app[RECORDINGS].close()
 
 
+async def _ai_context(app: web.Application) -> AsyncIterator[None]:
+    """Worker nodes start on the first AI request, so a server never asked for AI work spends nothing on it."""
+    app[AI] = AiService(app[SETTINGS])
+    yield
+    await app[AI].close()
+
+
 async def _limiter_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()
@@ -199,6 +208,7 @@ def create_app(settings: Settings) -> web.Application:
             _turn_context,
             _jobs_context,
             _recordings_context,
+            _ai_context,
             _limiter_context,
         ]
     )

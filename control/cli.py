@@ -175,6 +175,35 @@ def create_admin(argv: Sequence[str]) -> int:
     return asyncio.run(_create_admin(settings, args.username, args.email, password))
 
 
+def worker(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_server.py worker",
+        description="Run an AI worker node that takes speech jobs from the Redis queue (docs/ai.md).",
+    )
+    _common_flags(parser)
+    parser.add_argument("--redis-url", help="redis://host:6379/0, the one the servers use (required)")
+    parser.add_argument("--node-id", help="this node's name in GET /api/v1/nodes (default: <hostname>-<pid>)")
+    parser.add_argument("--model-dir", help="directory of installed models (default: [ai] model_dir)")
+    args = parser.parse_args(argv)
+    settings = load_settings(
+        args.config,
+        {
+            "server": {"data_dir": args.data_dir, "log_level": args.log_level, "node_id": args.node_id},
+            "redis": {"url": args.redis_url},
+            "ai": {"model_dir": args.model_dir},
+        },
+    )
+    _configure_logging(settings.server.log_level)
+    if not settings.redis.url:
+        log.error("a worker node takes its work from Redis: give --redis-url (or HUIYI_REDIS_URL)")
+        return 2
+    from ai.redis_queue import RedisNode
+    from ai.service import worker_node_id
+
+    RedisNode(settings, worker_node_id(settings)).run()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Whatever this process or a library it uses writes (the database, media, mail) is for this
@@ -183,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["create-admin"]:
             return create_admin(argv[1:])
+        if argv[:1] == ["worker"]:
+            return worker(argv[1:])
         return serve(argv)
     except ConfigError as exc:
         print(f"huiyi: {exc}", file=sys.stderr)

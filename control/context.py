@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ai.service import AiService
 from config import Settings
 from control.auth.accounts import AccountCache
 from control.auth.throttle import PasswordThrottle
@@ -40,6 +41,7 @@ SFU = web.AppKey("sfu", Sfu)
 RECORDINGS = web.AppKey("recordings", Recorder)
 # The TURN server's process; not started (no endpoints) when turn.enabled is false.
 TURN = web.AppKey("turn", TurnProcess)
+AI = web.AppKey("ai", AiService)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

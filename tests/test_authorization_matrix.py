@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp import ClientWebSocketResponse, FormData
@@ -32,6 +33,7 @@ from config import load_settings
 from control.app import all_endpoints, create_app
 from control.context import SFU, STORE
 from control.endpoints import Endpoint
+from tests.ai_support import speak, train_classifier
 from tests.conftest import PASSWORD, POSTGRES_URL, Account, Api, drop_schema, postgres_schema
 from tests.support import at, enter, envelope_problem, file_form, image_bytes, until, video_bytes, wav_bytes
 
@@ -124,6 +126,18 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "recording.list":               (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "recording.delete":             (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
     "webrtc.ice_servers":           (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    # Speech work on a file needs the right to read the file; a speech job is its owner's.
+    "speech.recognition":           (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
+    "speech.emotion":               (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
+    "speech.synthesis_detection":   (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
+    "speech.job_status":            (401,  404,  404,  404,  OK,   404,  404,  403,  OK,   404),
+    "models.list":                  (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    "models.load":                  (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    "models.unload":                (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    "models.status":                (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    "nodes.list":                   (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    "nodes.status":                 (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    "nodes.health_check":           (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
 }
 # fmt: on
 
@@ -196,6 +210,26 @@ class Scene:
             self.world.jobs.append(body["job_id"])
         return self.extras["job"]
 
+    async def speech(self) -> str:
+        """Spoken words (espeak-ng) the host uploaded to the meeting, for the speech operations."""
+        if "speech" not in self.extras:
+            spoken = speak("can everyone see my screen", self.world.work / "speech.wav").read_bytes()
+            form = file_form(spoken, "speech.wav", content_type="audio/wav", meeting_id=self.meeting_id)
+            status, body, _ = await self.world.send(
+                "POST", "/api/v1/media/upload", self.world.accounts["host"], Call(form=form)
+            )
+            assert status == 201, body
+            self.extras["speech"] = body["data"]["file_id"]
+        return self.extras["speech"]
+
+    async def speech_job(self) -> str:
+        if "speech_job" not in self.extras:
+            body = await self.world.ok(
+                "POST", "/api/v1/speech/recognition", "host", json={"file_id": await self.speech()}
+            )
+            self.extras["speech_job"] = body["job_id"]
+        return self.extras["speech_job"]
+
     async def session(self) -> str:
         """The host's signaling session: joined, then closed so it is complete."""
         if "session" not in self.extras:
@@ -243,8 +277,9 @@ class Case:
 class World:
     """One running app per backend, its accounts and its two standing meetings."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, work: Path) -> None:
         self.api = api
+        self.work = work
         self.accounts: dict[str, Account] = {}
         self.scenes: dict[str, Scene] = {}
         self.sockets: dict[ClientWebSocketResponse, asyncio.Task[None]] = {}
@@ -371,8 +406,8 @@ class World:
         return (await self.api.stored_account()).id
 
 
-async def open_world(api: Api) -> World:
-    world = World(api)
+async def open_world(api: Api, work: Path) -> World:
+    world = World(api, work)
     for role in ROLES:
         if role != "anonymous":
             world.accounts[role] = await world.api.stored_account()
@@ -395,7 +430,15 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     database: dict[str, str] = {}
     if request.param == "postgresql":
         database = {"url": POSTGRES_URL, "schema": await postgres_schema()}
-    data_dir: Path = tmp_path_factory.mktemp(f"matrix-{request.param}") / "data"
+    work = tmp_path_factory.mktemp(f"matrix-{request.param}")
+    data_dir = work / "data"
+    # Tiny classifiers, so that the emotion and synthesis-detection operations have a model.
+    noise = np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32)
+    for model_id, task, labels in (
+        ("emotion-tiny", "emotion", ("calm", "excited")),
+        ("synthetic-tiny", "synthesis-detection", ("genuine", "synthetic")),
+    ):
+        train_classifier(work / "models" / model_id, task, {labels[0]: [noise], labels[1]: [noise * 3]}, hidden=16)
     settings = load_settings(
         None,
         {
@@ -404,13 +447,14 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "rate_limits": {"enabled": False},
             "media": {"job_workers": 1},
             "turn": {"enabled": False},
+            "ai": {"model_dir": str(work / "models")},
         },
         environ={},
     )
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
     try:
-        opened = await open_world(Api(client))
+        opened = await open_world(Api(client), work)
         yield opened
         for socket, reader in opened.sockets.items():
             await socket.close()
@@ -566,6 +610,17 @@ BUILDERS: dict[str, Builder] = {
         case, finished=True, build=lambda rid: Call(path={"recording_id": rid})
     ),
     "webrtc.ice_servers": _nothing,
+    "speech.recognition": lambda case: _speech(case, language="en"),
+    "speech.emotion": lambda case: _speech(case),
+    "speech.synthesis_detection": lambda case: _speech(case, options={"threshold": 0.7}),
+    "speech.job_status": lambda case: _speech_job(case),
+    "models.list": _nothing,
+    "models.load": lambda case: _done(Call(path={"model_id": "emotion-tiny"}, json={})),
+    "models.unload": lambda case: _done(Call(path={"model_id": "emotion-tiny"})),
+    "models.status": lambda case: _done(Call(path={"model_id": "moonshine-tiny-en"})),
+    "nodes.list": _nothing,
+    "nodes.status": lambda case: _node(case),
+    "nodes.health_check": lambda case: _node(case),
 }
 
 
@@ -621,6 +676,19 @@ async def _recording(case: Case, *, finished: bool, build: Callable[[int], Call]
     if case.role in SIGNED_OUT:
         return build(case.world.recording_id)
     return build(await case.scene.recording(finished=finished))
+
+
+async def _speech(case: Case, **fields: Any) -> Call:
+    return Call(json={"file_id": await case.scene.speech(), **fields})
+
+
+async def _speech_job(case: Case) -> Call:
+    return Call(path={"job_id": await case.scene.speech_job()})
+
+
+async def _node(case: Case) -> Call:
+    nodes = await case.world.ok("GET", "/api/v1/nodes", "admin")
+    return Call(path={"node_id": nodes[0]["node_id"]})
 
 
 async def _peer(case: Case) -> Call:

@@ -188,6 +188,12 @@ class Pool:
         job = self.fuzzer.call("POST", "/api/v1/ffmpeg/thumbnail", self.token, json={"file_id": self.get("file")})
         return str(job["job_id"])
 
+    def _make_model(self) -> str:
+        return "moonshine-tiny-en"  # shipped with the server, on every node
+
+    def _make_node(self) -> str:
+        return str(self.fuzzer.call("GET", "/api/v1/nodes", self.token)[0]["node_id"])
+
     def _make_session(self) -> str:
         meeting_id = self.get("meeting")
         self.fuzzer.call("POST", f"/api/v1/meetings/{meeting_id}/join", self.token, json={})
@@ -294,6 +300,8 @@ PATH_RESOURCES = {
     "name": "avatar",
     "peer_id": "peer",
     "recording_id": "finished_recording",
+    "model_id": "model",
+    "node_id": "node",
 }
 # Operations that need a meeting that can be recorded, where they name a meeting.
 RECORDABLE = {
@@ -403,6 +411,11 @@ def fuzzer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         fuzz.ids["user"], fuzz.tokens["user"] = fuzz.account()
         fuzz.pools = {role: Pool(fuzz, role) for role in ("admin", "user")}
         fuzz.document = fuzz.http.get(server.url + "/api/v1/openapi.json", timeout=30).json()
+        # The first AI request starts the server's worker node and waits for it to report.
+        nodes = fuzz.http.get(
+            server.url + "/api/v1/nodes", headers={"Authorization": f"Bearer {fuzz.tokens['user']}"}, timeout=120
+        )
+        assert nodes.status_code == 200 and nodes.json()["data"], nodes.text
         fuzz.schema = schemathesis.openapi.from_dict(fuzz.document)
         yield fuzz
         for pool in fuzz.pools.values():
@@ -512,6 +525,10 @@ SELDOM_SUCCEED = {
     "auth.reset_password": "the reset token only exists in a mail",
     "users.change_password": "a generated old password is never the account's",
     "media.process": "a generated body seldom fits the fields of the operation it names",
+    "speech.recognition": "the pool's file is a silent video (no audio track); generated audio_urls are not URLs",
+    "speech.emotion": "no emotion model is installed on the fuzzed server (4001)",
+    "speech.synthesis_detection": "no synthetic-speech model is installed on the fuzzed server (4001)",
+    "speech.job_status": "the pool's job ids are media jobs'",
 }
 
 

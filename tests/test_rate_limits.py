@@ -17,13 +17,14 @@ from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints, the avatar download, rotating a
-# meeting's invite code and the ICE servers (STUN/TURN) of a caller.
+# meeting's invite code, the ICE servers (STUN/TURN) of a caller and a speech job's status.
 NOT_IN_SPEC = {
     "meta.health",
     "meta.openapi",
     "users.get_avatar",
     "meetings.rotate_invite_code",
     "webrtc.ice_servers",
+    "speech.job_status",
 }
 
 

@@ -6,36 +6,14 @@ connect. The SFU and the TURN server listen on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import IN_CI
+from tests.browser import needs_chromium
 from tests.rtc_clients import invite_code_of, join_meeting, make_meeting, make_user
 from tests.server_process import ServerProcess, start_server
+from tests.support import until
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if IN_CI:
-    if CHROMIUM is None:
-        raise RuntimeError("Chromium is required for the browser tests under CI (apt-get install chromium)")
-    import playwright.async_api as playwright_api
-else:
-    playwright_api = pytest.importorskip("playwright.async_api")
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 LOOPBACK_ENV = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
 TURN_ON = {
     "HUIYI_TURN_ENABLED": "true",
@@ -61,15 +39,7 @@ SELECTED_CANDIDATE_TYPES = """async () => {
 }"""
 CONNECTION_STATES = "[window.huiyi.publisher, window.huiyi.subscriber].map((pc) => pc ? pc.iceConnectionState : null)"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield launched
-        await launched.close()
+pytestmark = needs_chromium
 
 
 async def relay_only_pair(browser: Any, server: ServerProcess) -> tuple[list[Any], list[int]]:
@@ -97,14 +67,6 @@ async def frames_from(page: Any, user_id: int) -> int:
     )
 
 
-async def poll(check: Any, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.5)
-
-
 async def test_relay_only_browsers_meet_through_the_turn_server(browser, tmp_path: Path) -> None:
     server = start_server(
         "--data-dir", str(tmp_path / "data"), log=tmp_path / "server.log", env={**LOOPBACK_ENV, **TURN_ON}
@@ -116,7 +78,7 @@ async def test_relay_only_browsers_meet_through_the_turn_server(browser, tmp_pat
             async def decoding(page: Any = page, other: int = other) -> bool:
                 return await frames_from(page, other) > 30
 
-            await poll(decoding, 40, f"user {other}'s video to be decoded through the relay")
+            await until(decoding, f"user {other}'s video to be decoded through the relay", 40, interval=0.5)
         for page in pages:
             assert await page.evaluate(SELECTED_CANDIDATE_TYPES) == ["relay", "relay"]
         log = server.log.read_text()

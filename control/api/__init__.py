@@ -1,6 +1,21 @@
 """REST API v1, one module per area; ``GROUPS`` lists them for routing and the OpenAPI document."""
 
-from control.api import admin, auth, ffmpeg, media, meetings, meta, my, recording, sessions, users, webrtc
+from control.api import (
+    admin,
+    auth,
+    ffmpeg,
+    media,
+    meetings,
+    meta,
+    models,
+    my,
+    nodes,
+    recording,
+    sessions,
+    speech,
+    users,
+    webrtc,
+)
 from control.endpoints import EndpointGroup
 
 GROUPS: list[EndpointGroup] = [
@@ -16,4 +31,7 @@ GROUPS: list[EndpointGroup] = [
     ffmpeg.group,
     webrtc.group,
     recording.group,
+    speech.group,
+    models.group,
+    nodes.group,
 ]
