@@ -188,35 +188,6 @@ class TurnSettings(_Section):
     @classmethod
     def _cidr_list(cls, value: Any) -> Any:
         """A list, or (from the environment) one string of comma-separated networks."""
-
-
-class AiSettings(_Section):
-    """Speech AI (docs/ai.md). Defaulted here as in default.toml so that settings built in code
-    need not spell the section out."""
-
-    # A directory of models the operator installed, one subdirectory with a model.json each.
-    model_dir: str = ""
-    # Start one worker node process beside the server (on the first AI request); false leaves the
-    # work to nodes started with ``run_server.py worker`` (which needs Redis).
-    local_worker: bool = True
-    node_concurrency: int = Field(1, ge=1, le=64)
-    heartbeat_seconds: float = Field(2.0, gt=0, le=60)
-    # A node silent this long is shown offline and its unfinished jobs go to other nodes.
-    node_timeout_seconds: float = Field(10.0, gt=0, le=3600)
-    # A request waits this long for its job to finish and then answers with the result; a job that
-    # takes longer answers with its status, to be polled.
-    wait_seconds: float = Field(10.0, ge=0, le=120)
-    command_timeout_seconds: float = Field(60.0, gt=0, le=3600)
-    keep_results_seconds: int = Field(86_400, ge=60)
-    max_audio_seconds: float = Field(7200.0, gt=0)
-    max_input_bytes: int = Field(200 * 1024 * 1024, gt=0)
-    fetch_timeout_seconds: float = Field(60.0, gt=0, le=3600)
-    # Networks an audio_url may point into although private (e.g. ["10.0.0.0/8"] for an intranet).
-    url_allow_networks: list[str] = Field(default_factory=list)
-
-    @field_validator("url_allow_networks", mode="before")
-    @classmethod
-    def _network_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -257,6 +228,38 @@ class AiSettings(_Section):
             if relay.version != public.version:
                 raise ValueError("relay_address and public_address must be of the same IP version")
         return self
+
+
+class AiSettings(_Section):
+    """Speech AI (docs/ai.md). Defaulted here as in default.toml so that settings built in code
+    need not spell the section out."""
+
+    # A directory of models the operator installed, one subdirectory with a model.json each.
+    model_dir: str = ""
+    # Start one worker node process beside the server (on the first AI request); false leaves the
+    # work to nodes started with ``run_server.py worker`` (which needs Redis).
+    local_worker: bool = True
+    node_concurrency: int = Field(1, ge=1, le=64)
+    heartbeat_seconds: float = Field(2.0, gt=0, le=60)
+    # A node silent this long is shown offline and its unfinished jobs go to other nodes.
+    node_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    # A request waits this long for its job to finish and then answers with the result; a job that
+    # takes longer answers with its status, to be polled.
+    wait_seconds: float = Field(10.0, ge=0, le=120)
+    command_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    keep_results_seconds: int = Field(86_400, ge=60)
+    max_audio_seconds: float = Field(7200.0, gt=0)
+    max_input_bytes: int = Field(200 * 1024 * 1024, gt=0)
+    fetch_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    # Networks an audio_url may point into although private (e.g. ["10.0.0.0/8"] for an intranet).
+    url_allow_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("url_allow_networks", mode="before")
+    @classmethod
+    def _network_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("url_allow_networks")
     @classmethod
