@@ -267,7 +267,8 @@ async def has_models(world: World, wanted: set[str]) -> bool:
 
 
 async def test_models_load_unload_and_status_while_loading(world: World) -> None:
-    big = world.models / "big-test"
+    # Made beside the model directory and moved in whole, so the node never lists it half-written.
+    big = world.models.parent / "big-test"
     train_classifier(
         big, "emotion", {"a": [np.zeros(16000, np.float32) + 0.01], "b": [np.ones(16000, np.float32) * 0.1]}
     )
@@ -280,6 +281,7 @@ async def test_models_load_unload_and_status_while_loading(world: World) -> None
         "w2": np.zeros((400_000, 2), np.float32),
     }
     np.savez(big / "weights.npz", **weights)
+    big.rename(world.models / "big-test")
     corrupt = world.models / "corrupt-test"
     corrupt.mkdir()
     (corrupt / "model.json").write_text('{"task": "emotion", "engine": "mel-mlp", "labels": ["x", "y"]}')
