@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user, wait_until
+from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_meeting, make_user
 from tests.server_process import ServerProcess, free_port, start_server
 from tests.support import until
 from tests.turn_support import LOOPBACK, SECRET, coturn_program, echo_peer, turn_settings
@@ -270,8 +270,8 @@ async def relayed_meeting(server: ServerProcess, ice_servers: object = None) -> 
         await person.connect()
     host, guest = people
     await host.publish(video=(160, 120), audio=False)
-    await wait_until(
-        lambda: (t := guest.video_from(host_id)) is not None and t.frames >= 10, 30, "the guest to decode the host"
+    await until(
+        lambda: (t := guest.video_from(host_id)) is not None and t.frames >= 10, "the guest to decode the host", 30
     )
     assert guest.subscriber is not None
     for pc in (host.publisher, guest.subscriber):
