@@ -1,0 +1,263 @@
+"""Recording a meeting end to end through the real server and its API: participants publish over
+WebRTC (aiortc), a host records, people come and go, and what the API hands back — every track's
+file and the composite MP4, downloaded through the media endpoints — plays at the size sent, for
+the time each participant was there, with sound and picture together (each participant's camera
+flashes white exactly when its microphone beeps: see ``tests.rtc_clients.Cues``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+
+from tests.recording_media import beeps, decode_file, drift, flashes
+from tests.rtc_clients import Cues, Participant
+from tests.server_process import ServerProcess, call, invite_code_of, join_meeting, make_user, request, start_server
+from tests.support import until
+
+MEETINGS = "/api/v1/meetings"
+RECORDING = "/api/v1/recording"
+LOOPBACK = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
+COMPOSITE_DEADLINE = 240.0  # a 1280x720 composite of a few seconds, on a shared, loaded machine
+SYNC = 0.1  # seconds sound and picture may be apart
+KEY_FRAME_WAIT = 0.3  # a key frame asked of a publisher arrives within this
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("recording-e2e")
+    process = start_server("--data-dir", str(tmp / "data"), log=tmp / "server.log", env=LOOPBACK)
+    yield process
+    process.stop()
+
+
+def recorded_meeting(base_url: str, host_token: str) -> int:
+    """A started meeting that may be recorded, its host joined."""
+    status, body = request(
+        "POST", base_url + MEETINGS, {"title": "recorded", "settings": {"enable_recording": True}}, host_token
+    )
+    assert status == 201, body
+    meeting_id = int(body["data"]["meeting_id"])
+    assert request("POST", f"{base_url}{MEETINGS}/{meeting_id}/start", token=host_token)[0] == 200
+    join_meeting(base_url, host_token, meeting_id)
+    return meeting_id
+
+
+async def participant(
+    base_url: str, name: str, meeting_id: int, people: list[Participant], host_token: str | None = None
+) -> Participant:
+    """``name`` joined to the meeting (with its invite code, read by the host, unless it is the
+    host) with a signaling socket open; closed at the end of the test. The blocking REST calls run
+    in a thread, so the others' media keep flowing meanwhile."""
+
+    def joined() -> tuple[str, int]:
+        token, user_id = make_user(base_url, name)
+        if host_token is not None:
+            join_meeting(base_url, token, meeting_id, invite_code_of(base_url, host_token, meeting_id))
+        return token, user_id
+
+    token, user_id = await asyncio.to_thread(joined)
+    person = Participant(base_url, token, user_id, meeting_id)
+    people.append(person)
+    await person.connect()
+    return person
+
+
+async def receiving(viewer: Participant, *publishers: Participant, frames: int = 10) -> None:
+    """``viewer`` has decoded ``frames`` video frames of each publisher: their media flows."""
+    for publisher in publishers:
+        await until(
+            lambda p=publisher: (t := viewer.video_from(p.user_id)) is not None and t.frames >= frames,
+            f"user {viewer.user_id} to decode user {publisher.user_id}'s video",
+            30,
+        )
+
+
+async def finished(http: aiohttp.ClientSession, base_url: str, token: str, recording_id: int) -> dict[str, Any]:
+    """The recording once its composite is made (``ready``), or the test fails saying where it stuck."""
+    seen: list[str] = []
+
+    async def ready() -> dict[str, Any] | None:
+        status, body = await call(http, "GET", f"{base_url}{RECORDING}/{recording_id}", token)
+        assert status == 200, body
+        seen.append(f"{body['data']['status']} {body['data']['progress']}")
+        assert body["data"]["status"] in ("stopping", "processing", "ready"), body["data"]
+        return body["data"] if body["data"]["status"] == "ready" else None
+
+    try:
+        return await until(ready, f"recording {recording_id} to be ready", COMPOSITE_DEADLINE, interval=1.0)
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}; seen: {seen[-5:]}") from None
+
+
+async def download(http: aiohttp.ClientSession, base_url: str, token: str, file_id: str, to: Path) -> Path:
+    """A media file fetched through ``/api/v1/media/download``, checked against its ``info``."""
+    status, info = await call(http, "GET", f"{base_url}/api/v1/media/info/{file_id}", token)
+    assert status == 200, info
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.get(f"{base_url}/api/v1/media/download/{file_id}", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        data = await response.read()
+    assert len(data) == info["data"]["size"] > 0
+    to.write_bytes(data)
+    return to
+
+
+async def ranged(http: aiohttp.ClientSession, base_url: str, token: str, file_id: str, whole: bytes) -> None:
+    """Part of a file asked for with an HTTP Range header comes back as exactly those bytes."""
+    headers = {"Authorization": f"Bearer {token}", "Range": "bytes=100-1099"}
+    async with http.get(f"{base_url}/api/v1/media/download/{file_id}", headers=headers) as response:
+        assert response.status == 206, await response.text()
+        assert response.headers["Content-Range"] == f"bytes 100-1099/{len(whole)}"
+        assert await response.read() == whole[100:1100]
+
+
+def span(path: Path) -> tuple[float, float]:
+    """Where a file's frames start and end, in seconds of its timestamps (since the recording's
+    start); a video's end is its last frame's, an audio file's where its last frame's sound ends."""
+    with av.open(str(path)) as container:
+        stream = container.streams[0]
+        times, end = [], 0.0
+        for frame in container.decode(stream):
+            times.append(float(frame.time))
+            length = frame.samples / frame.sample_rate if isinstance(frame, av.AudioFrame) else 0.0
+            end = max(end, float(frame.time) + length)
+    return times[0], end
+
+
+def lip_sync(video: Path, audio: Path, who: str, at_least: int) -> list[float]:
+    """Each flash in ``video`` lines up with a beep in ``audio`` (both on the recording's clock)."""
+    pictures, sounds = flashes(video), beeps(audio)
+    offsets = drift(pictures, sounds)
+    assert len(pictures) >= at_least and len(sounds) >= at_least, f"{who}: flashes {pictures}, beeps {sounds}"
+    assert all(abs(offset) < SYNC for offset in offsets), (
+        f"{who}: picture after sound by {offsets} s ({pictures}, {sounds})"
+    )
+    return offsets
+
+
+async def test_a_meeting_recorded_through_the_api_plays_back_per_track_and_composited(
+    server: ServerProcess, people: list[Participant], tmp_path: Path
+) -> None:
+    url = server.url
+    host_token, host_id = make_user(url, "ann")
+    meeting_id = recorded_meeting(url, host_token)
+    ann = Participant(url, host_token, host_id, meeting_id)
+    people.append(ann)
+    await ann.connect()
+    ben = await participant(url, "ben", meeting_id, people, host_token)
+    sizes = {ann.user_id: (320, 240), ben.user_id: (240, 176)}
+    epoch = time.monotonic()  # everyone flashes and beeps at the same moments
+    cues = {ann.user_id: Cues(epoch=epoch), ben.user_id: Cues(epoch=epoch)}
+    for person in (ann, ben):
+        await person.publish(video=sizes[person.user_id], cues=cues[person.user_id])
+    await receiving(ann, ben)
+    await receiving(ben, ann)
+
+    async with aiohttp.ClientSession() as http:
+        path = f"{url}{MEETINGS}/{meeting_id}/recording/start"
+        before = time.time()
+        status, body = await call(http, "POST", path, host_token, json={"layout": "grid", "composite": True})
+        started = time.time()
+        assert status == 201, body
+        recording_id = body["data"]["recording_id"]
+        # Millisecond 0 of the files is when the server took the call: known to half the call's time.
+        origin, unsure = (before + started) / 2, (started - before) / 2
+        assert unsure < 0.5, "the start answered at once"
+
+        await until(lambda: time.time() > started + 3, "3 s of recording", 5, interval=0.1)
+        cat = await participant(url, "cat", meeting_id, people, host_token)
+        sizes[cat.user_id], cues[cat.user_id] = (160, 120), Cues(epoch=epoch)
+        await cat.publish(video=sizes[cat.user_id], cues=cues[cat.user_id])
+        assert {"recording": True, "recording_id": recording_id} in [
+            m["data"] for m in cat.messages if m["type"] == "media-state"
+        ], "the late joiner hears the meeting is being recorded"
+        await receiving(ann, cat)
+
+        await until(lambda: time.time() > started + 7, "7 s of recording", 30, interval=0.1)
+        left = time.time()
+        await ben.close()
+        people.remove(ben)
+
+        await until(lambda: time.time() > started + 10, "10 s of recording", 30, interval=0.1)
+        stopping = time.time()
+        status, body = await call(http, "POST", f"{url}{MEETINGS}/{meeting_id}/recording/stop", host_token)
+        assert status == 200, body
+        assert body["data"]["status"] in ("processing", "ready"), body["data"]
+        recording = await finished(http, url, host_token, recording_id)
+
+        assert (recording["stop_reason"], recording["composite"]) == ("stopped", True)
+        assert abs(recording["duration"] - (stopping - origin)) < 1.5
+        tracks = {(t["user_id"], t["kind"]): t for t in recording["tracks"]}
+        users = {ann.user_id: "ann", ben.user_id: "ben", cat.user_id: "cat"}
+        assert set(tracks) == {(user, kind) for user in users for kind in ("audio", "video")}, recording["tracks"]
+        reasons = {key: track["reason"] for key, track in tracks.items()}
+        assert reasons == {(user, kind): "left" if user == ben.user_id else "stopped" for user, kind in tracks}
+        for (user, kind), track in tracks.items():
+            assert track["codec"] == ("vp8" if kind == "video" else "opus") and track["frames"] > 0, track
+            assert track["file_id"] and track["file_url"] == f"/api/v1/media/download/{track['file_id']}", track
+            if kind == "video":
+                assert (track["width"], track["height"]) == sizes[user], track
+        assert recording["composite_file_id"] and recording["size"] > 0
+
+        # Every file through the media endpoints, read by a member who did not start the recording.
+        files: dict[tuple[int, str], Path] = {}
+        for (user, kind), track in tracks.items():
+            name = f"{users[user]}-{kind}.webm"
+            files[user, kind] = await download(http, url, cat.token, track["file_id"], tmp_path / name)
+        composite = await download(http, url, cat.token, recording["composite_file_id"], tmp_path / "room.mp4")
+        await ranged(
+            http, url, cat.token, tracks[ann.user_id, "video"]["file_id"], files[ann.user_id, "video"].read_bytes()
+        )
+        await ranged(http, url, host_token, recording["composite_file_id"], composite.read_bytes())
+
+    # When each one was there, on the recording's clock (seconds since it started).
+    there = {
+        ann.user_id: (0.0, stopping - origin),
+        ben.user_id: (0.0, left - origin),
+        cat.user_id: (min(cues[cat.user_id].first_frame.values()) - origin, stopping - origin),
+    }
+    spans = {key: span(path) for key, path in files.items()}
+    report = [
+        f"{users[user]} {kind}: {spans[user, kind][0]:.2f}-{spans[user, kind][1]:.2f} s"
+        f" of {there[user][0]:.2f}-{there[user][1]:.2f} s"
+        for user, kind in sorted(files)
+    ]
+    for (user, kind), path in sorted(files.items()):
+        first, last = spans[user, kind]
+        begin, end = there[user]
+        assert abs(first - begin) < 0.5 + unsure and abs(last - end) < 0.5 + unsure, report
+        assert abs((last - first) - tracks[user, kind]["duration"]) < 0.1, (report[-1], tracks[user, kind])
+        decoded = decode_file(path)
+        if kind == "video":
+            assert set(decoded.sizes) == {sizes[user]}, f"{users[user]}: {set(decoded.sizes)}"
+            assert len(decoded.sizes) >= 12 * (last - first), f"{users[user]}: {len(decoded.sizes)} frames"
+        else:
+            assert decoded.rms > 0.05, f"{users[user]}'s voice is there (RMS {decoded.rms:.3f})"
+    for user, name in users.items():
+        video, audio = files[user, "video"], files[user, "audio"]
+        # Who joins during the recording starts both files together; who was there before has its
+        # video start at the key frame asked for when the recording started, a moment after its sound.
+        apart = spans[user, "video"][0] - spans[user, "audio"][0]
+        assert abs(apart) < (SYNC if user == cat.user_id else KEY_FRAME_WAIT), f"{name}: {apart:.3f} s: {report}"
+        report.append(f"{name} drift {np.round(lip_sync(video, audio, name, at_least=2), 3).tolist()}")
+
+    # The composite: one 1280x720 H.264 + AAC MP4 of the whole time, every voice and picture in it.
+    with av.open(str(composite)) as container:
+        video_stream, audio_stream = container.streams.video[0], container.streams.audio[0]
+        assert (video_stream.codec_context.name, audio_stream.codec_context.name) == ("h264", "aac")
+        assert (video_stream.codec_context.width, video_stream.codec_context.height) == (1280, 720)
+        length = container.duration / av.time_base
+    assert abs(length - (stopping - origin)) < 1.0, f"composite of {length:.2f} s for {stopping - origin:.2f} s"
+    pictures = decode_file(composite)
+    assert len(pictures.sizes) >= 24 * (length - 1) and set(pictures.sizes) == {(1280, 720)}
+    offsets = drift(flashes(composite, share=0.1), beeps(composite))
+    assert len(offsets) >= 4 and all(abs(o) < SYNC for o in offsets), f"composite picture after sound by {offsets}"
+    print("\n".join(report), f"composite drift {np.round(offsets, 3).tolist()}", sep="\n")
