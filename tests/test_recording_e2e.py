@@ -217,6 +217,7 @@ async def test_a_meeting_recorded_through_the_api_plays_back_per_track_and_compo
             http, url, cat.token, tracks[ann.user_id, "video"]["file_id"], files[ann.user_id, "video"].read_bytes()
         )
         await ranged(http, url, host_token, recording["composite_file_id"], composite.read_bytes())
+        assert recording["size"] == sum(path.stat().st_size for path in (*files.values(), composite))
 
     # When each one was there, on the recording's clock (seconds since it started).
     there = {
@@ -261,3 +262,71 @@ async def test_a_meeting_recorded_through_the_api_plays_back_per_track_and_compo
     offsets = drift(flashes(composite, share=0.1), beeps(composite))
     assert len(offsets) >= 4 and all(abs(o) < SYNC for o in offsets), f"composite picture after sound by {offsets}"
     print("\n".join(report), f"composite drift {np.round(offsets, 3).tolist()}", sep="\n")
+
+
+async def test_a_server_killed_while_recording_comes_back_with_the_recording_interrupted_and_playable(
+    tmp_path: Path, people: list[Participant]
+) -> None:
+    data_dir = str(tmp_path / "data")
+    env = {**LOOPBACK, "HUIYI_SERVER_NODE_ID": "only-node"}  # the same node after its restart, on another port
+    server = await asyncio.to_thread(start_server, "--data-dir", data_dir, log=tmp_path / "server.log", env=env)
+    try:
+        host_token, host_id = make_user(server.url, "dora")
+        meeting_id = recorded_meeting(server.url, host_token)
+        dora = Participant(server.url, host_token, host_id, meeting_id)
+        people.append(dora)
+        await dora.connect()
+        eli = await participant(server.url, "eli", meeting_id, people, host_token)
+        sizes = {dora.user_id: (320, 240), eli.user_id: (240, 176)}
+        for person in (dora, eli):
+            await person.publish(video=sizes[person.user_id])
+        await receiving(dora, eli)
+        await receiving(eli, dora)
+        async with aiohttp.ClientSession() as http:
+            before = time.time()
+            status, body = await call(http, "POST", f"{server.url}{MEETINGS}/{meeting_id}/recording/start", host_token)
+            origin = (before + time.time()) / 2
+            assert status == 201, body
+            recording_id = body["data"]["recording_id"]
+            await until(lambda: time.time() > origin + 5, "5 s of recording", 10, interval=0.1)
+            server.process.kill()  # SIGKILL: nothing is closed, nothing finished
+            killed = time.time()
+            server.process.wait()
+    finally:
+        server.stop()
+    for person in list(people):
+        await person.close()
+        people.remove(person)
+
+    server = await asyncio.to_thread(start_server, "--data-dir", data_dir, log=tmp_path / "server-again.log", env=env)
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, body = await call(http, "GET", f"{server.url}{RECORDING}/{recording_id}", host_token)
+            assert status == 200, body
+            recording = body["data"]
+            assert (recording["status"], recording["stop_reason"]) == ("interrupted", "server stopped unexpectedly")
+            assert recording["composite_file_id"] is None and recording["progress"] is None
+            assert abs(recording["duration"] - (killed - origin)) < 2.0, recording
+            tracks = {(t["user_id"], t["kind"]): t for t in recording["tracks"]}
+            assert set(tracks) == {(user, kind) for user in sizes for kind in ("audio", "video")}, recording["tracks"]
+            files = {}
+            for (user, kind), track in tracks.items():
+                assert track["reason"] == "interrupted" and track["file_id"], track
+                files[user, kind] = await download(
+                    http, server.url, host_token, track["file_id"], tmp_path / f"{user}-{kind}"
+                )
+    finally:
+        server.stop()
+
+    written = killed - origin
+    for (user, kind), path in files.items():
+        first, last = span(path)
+        assert first < 0.5 and written - 2.0 < last <= written + 0.1, (
+            f"user {user} {kind}: {first:.2f}-{last:.2f} s of {written:.2f} s"
+        )
+        assert abs((last - first) - tracks[user, kind]["duration"]) < 0.2, (first, last, tracks[user, kind])
+        decoded = decode_file(path)
+        if kind == "video":
+            assert set(decoded.sizes) == {sizes[user]} and len(decoded.sizes) >= 12 * (last - first)
+        else:
+            assert decoded.rms > 0.1

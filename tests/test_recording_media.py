@@ -20,6 +20,7 @@ from aiortc.codecs.h264 import H264Encoder
 
 from config.settings import SfuSettings
 from media.mux import EncodedFrame, TrackWriter
+from media.probe import end_time
 from sfu import rtp
 from sfu.depacketize import DEPACKETIZERS, sps_dimensions
 from sfu.jitter import JitterBuffer
@@ -248,6 +249,10 @@ async def test_a_file_copied_while_being_written_plays_up_to_its_last_second(tmp
     last = round((len(frames) - 1) * 1000 / FPS)
     assert copy.pts[0] == 0 and copy.pts == sorted(copy.pts) and set(copy.sizes) == {(320, 240)}
     assert copy.pts[-1] >= last - 1100, f"the copy plays to {copy.pts[-1]} ms of {last} ms written"
+    # Its header states no duration; its packets tell how long it is.
+    with av.open(str(tmp_path / "copy.webm")) as container:
+        assert not container.duration
+    assert end_time(tmp_path / "copy.webm") == pytest.approx(copy.pts[-1] / 1000, abs=0.07)
 
     await asyncio.to_thread(writer.close)
     whole = decode_file(path)
