@@ -19,7 +19,16 @@ import pytest
 
 from tests.recording_media import beeps, decode_file, drift, flashes
 from tests.rtc_clients import Cues, Participant
-from tests.server_process import ServerProcess, call, invite_code_of, join_meeting, make_user, request, start_server
+from tests.server_process import (
+    ServerProcess,
+    call,
+    invite_code_of,
+    join_meeting,
+    make_user,
+    request,
+    room_stats,
+    start_server,
+)
 from tests.support import until
 
 MEETINGS = "/api/v1/meetings"
@@ -330,3 +339,62 @@ async def test_a_server_killed_while_recording_comes_back_with_the_recording_int
             assert set(decoded.sizes) == {sizes[user]} and len(decoded.sizes) >= 12 * (last - first)
         else:
             assert decoded.rms > 0.1
+
+
+def sending(base_url: str, meeting_id: int, token: str, user_id: int) -> bool:
+    """The node at ``base_url`` receives ``user_id``'s audio and video."""
+    tracks = [t for t in room_stats(base_url, meeting_id, token)["tracks"] if t["user_id"] == user_id]
+    return len(tracks) == 2 and all(t["layers"][0]["packets"] > 0 for t in tracks)
+
+
+@pytest.mark.parametrize("nodes", [LOOPBACK], indirect=True)
+async def test_a_recording_started_on_one_node_records_the_participants_of_both(
+    nodes: tuple[ServerProcess, ServerProcess], people: list[Participant], tmp_path: Path
+) -> None:
+    a, b = nodes
+    host_token, host_id = await asyncio.to_thread(make_user, a.url, "fay")
+    meeting_id = await asyncio.to_thread(recorded_meeting, a.url, host_token)
+    fay = Participant(a.url, host_token, host_id, meeting_id)  # her media go through node a
+    people.append(fay)
+    await fay.connect()
+    gus = await participant(b.url, "gus", meeting_id, people, host_token)  # his through node b
+    sizes = {fay.user_id: (320, 240), gus.user_id: (240, 176)}
+    for person, node in ((fay, a), (gus, b)):
+        await person.publish(video=sizes[person.user_id])
+        await until(
+            lambda n=node, p=person: asyncio.to_thread(sending, n.url, meeting_id, host_token, p.user_id),
+            f"node {node.url} to receive user {person.user_id}'s media",
+            30,
+            interval=0.5,
+        )
+
+    async with aiohttp.ClientSession() as http:
+        body = {"meeting_id": meeting_id, "composite": False}
+        status, started = await call(http, "POST", f"{a.url}{RECORDING}/start", host_token, json=body)
+        assert status == 201, started
+        recording_id = started["data"]["recording_id"]
+        since = time.time()
+        await until(lambda: time.time() > since + 4, "4 s of recording", 10, interval=0.1)
+        # Stopped through the other node: it answers once both have kept their files.
+        status, stopped = await call(
+            http, "POST", f"{b.url}{RECORDING}/stop", host_token, json={"recording_id": recording_id}
+        )
+        recorded = time.time() - since
+        assert status == 200, stopped
+        recording = stopped["data"]
+        assert recording["status"] == "ready" and recording["stop_reason"] == "stopped", recording
+        tracks = {(t["user_id"], t["kind"]): t for t in recording["tracks"]}
+        assert set(tracks) == {(user, kind) for user in sizes for kind in ("audio", "video")}, recording["tracks"]
+        for person, node in ((fay, a), (gus, b)):  # each file is kept where it was written
+            for kind in ("audio", "video"):
+                track = tracks[person.user_id, kind]
+                assert track["reason"] == "stopped" and track["file_id"], track
+                path = tmp_path / f"{person.user_id}-{kind}"
+                await download(http, node.url, host_token, track["file_id"], path)
+                first, last = span(path)
+                assert first < 0.5 and abs((last - first) - recorded) < 0.5, (person.user_id, kind, first, last)
+                decoded = decode_file(path)
+                if kind == "video":
+                    assert set(decoded.sizes) == {sizes[person.user_id]}
+                else:
+                    assert decoded.rms > 0.1
