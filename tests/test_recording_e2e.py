@@ -7,6 +7,7 @@ flashes white exactly when its microphone beeps: see ``tests.rtc_clients.Cues``)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import av
 import numpy as np
 import pytest
 
+from tests.browser import needs_chromium, open_participant
 from tests.recording_media import beeps, decode_file, drift, flashes
 from tests.rtc_clients import Cues, Participant
 from tests.server_process import (
@@ -398,3 +400,109 @@ async def test_a_recording_started_on_one_node_records_the_participants_of_both(
                     assert set(decoded.sizes) == {sizes[person.user_id]}
                 else:
                     assert decoded.rms > 0.1
+
+
+HIGH_LAYER = """async (active) => {
+    const sender = window.huiyi.publisher.getSenders().find((s) => s.track && s.track.kind === 'video');
+    const parameters = sender.getParameters();
+    parameters.encodings.find((e) => e.rid === 'h').active = active;
+    await sender.setParameters(parameters);
+}"""
+
+
+def layer_active(base_url: str, meeting_id: int, token: str, user_id: int, name: str) -> bool:
+    """Whether the server receives layer ``name`` of ``user_id``'s video."""
+    for track in room_stats(base_url, meeting_id, token)["tracks"]:
+        if track["user_id"] == user_id and track["kind"] == "video":
+            return any(layer["name"] == name and layer["active"] for layer in track["layers"])
+    return False
+
+
+@needs_chromium
+async def test_browsers_recorded_through_a_simulcast_layer_switch(
+    server: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    url = server.url
+    host_token, host_id = await asyncio.to_thread(make_user, url, "hal")
+    meeting_id = await asyncio.to_thread(recorded_meeting, url, host_token)
+    hal = await open_participant(browser, server, meeting_id, host_token, host_id)
+    await until(
+        lambda: asyncio.to_thread(layer_active, url, meeting_id, host_token, host_id, "high"), "hal's camera", 30
+    )
+
+    async def high(active: bool) -> None:
+        """Hal's browser stops or restarts its top simulcast layer; the server sees it go or come."""
+        await hal.evaluate(HIGH_LAYER, active)
+
+        async def seen() -> bool:
+            return await asyncio.to_thread(layer_active, url, meeting_id, host_token, host_id, "high") == active
+
+        await until(seen, f"hal's high layer {'back' if active else 'gone'}", 20, interval=0.2)
+
+    async with aiohttp.ClientSession() as http:
+        before = time.time()
+        status, body = await call(http, "POST", f"{url}{MEETINGS}/{meeting_id}/recording/start", host_token)
+        origin = (before + time.time()) / 2
+        assert status == 201, body
+        recording_id = body["data"]["recording_id"]
+
+        # Ivy joins, hal's top layer stops (the recording goes on from a lower one) and comes back,
+        # and ivy leaves before the end.
+        token, user_id = await asyncio.to_thread(make_user, url, "ivy")
+        code = await asyncio.to_thread(invite_code_of, url, host_token, meeting_id)
+        await asyncio.to_thread(join_meeting, url, token, meeting_id, code)
+        ivy = await open_participant(browser, server, meeting_id, token, user_id)
+        joined = time.time()
+
+        async def recording_for(seconds: float) -> None:
+            since = time.time()
+            await until(lambda: time.time() > since + seconds, f"{seconds} s more of recording", 30, interval=0.1)
+
+        await recording_for(1)
+        await high(False)
+        await recording_for(2)
+        await high(True)
+        await recording_for(2)
+        await ivy.context.close()
+        left = time.time()
+        await recording_for(2)
+        stopping = time.time()
+        status, body = await call(http, "POST", f"{url}{MEETINGS}/{meeting_id}/recording/stop", host_token)
+        assert status == 200, body
+        recording = await finished(http, url, host_token, recording_id)
+        tracks = {(t["user_id"], t["kind"]): t for t in recording["tracks"]}
+        assert set(tracks) == {(user, kind) for user in (host_id, user_id) for kind in ("audio", "video")}, tracks
+        files = {}
+        for (user, kind), track in tracks.items():
+            assert track["codec"] == ("vp8" if kind == "video" else "opus") and track["file_id"], track
+            assert track["reason"] == ("left" if user == user_id else "stopped"), track
+            files[user, kind] = await download(http, url, host_token, track["file_id"], tmp_path / f"{user}-{kind}")
+        composite = await download(http, url, host_token, recording["composite_file_id"], tmp_path / "room.mp4")
+
+    there = {host_id: (0.0, stopping - origin), user_id: (joined - origin, left - origin)}
+    spans = {key: span(path) for key, path in files.items()}
+    report = [
+        f"{user} {kind}: {a:.2f}-{b:.2f} s of {there[user][0]:.2f}-{there[user][1]:.2f}"
+        for (user, kind), (a, b) in spans.items()
+    ]
+    for (user, _), (first, last) in spans.items():
+        begin, end = there[user]
+        # Ivy's page is ready once her publish is answered; her media follow once it has connected.
+        assert begin - 0.5 < first < begin + (1.5 if user == user_id else 0.5) and abs(last - end) < 0.5, report
+    for user in (host_id, user_id):
+        apart = spans[user, "video"][0] - spans[user, "audio"][0]
+        assert abs(apart) < KEY_FRAME_WAIT, f"user {user}: video and audio start {apart:.3f} s apart: {report}"
+        assert decode_file(files[user, "audio"]).rms > 0.01, f"user {user}'s microphone is heard"
+
+    # Hal's video plays through both switches: large frames, then smaller ones, then large again.
+    pictures = decode_file(files[host_id, "video"])
+    runs = [size for size, _ in itertools.groupby(pictures.sizes)]
+    widths = [width for width, _ in runs]
+    assert len(runs) >= 3 and widths[0] > min(widths) < widths[-1], f"sizes in turn: {runs}"
+    gaps = [b - a for a, b in itertools.pairwise(pictures.pts)]
+    # A layer counts as stopped after a second without packets; then a key frame of the next one is needed.
+    assert max(gaps) < 2500, f"the video stops for {max(gaps)} ms at a switch"
+    with av.open(str(composite)) as container:
+        length = container.duration / av.time_base
+    assert abs(length - (stopping - origin)) < 1.0 and len(decode_file(composite).sizes) >= 24 * (length - 1)
+    print("\n".join(report), f"hal's sizes {runs}, longest gap {max(gaps)} ms", sep="\n")
