@@ -38,7 +38,10 @@ RECORDING = "/api/v1/recording"
 LOOPBACK = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
 COMPOSITE_DEADLINE = 240.0  # a 1280x720 composite of a few seconds, on a shared, loaded machine
 SYNC = 0.1  # seconds sound and picture may be apart
-KEY_FRAME_WAIT = 0.3  # a key frame asked of a publisher arrives within this
+# A publisher sending when the recording starts is asked for a key frame, which its video file
+# starts with: at most half a second later if one was just asked for (requests are spaced so),
+# and a frame and a round trip.
+KEY_FRAME_WAIT = 0.7
 
 
 @pytest.fixture(scope="module")
@@ -245,8 +248,9 @@ async def test_a_meeting_recorded_through_the_api_plays_back_per_track_and_compo
     for (user, kind), path in sorted(files.items()):
         first, last = spans[user, kind]
         begin, end = there[user]
-        assert abs(first - begin) < 0.5 + unsure and abs(last - end) < 0.5 + unsure, report
-        assert abs((last - first) - tracks[user, kind]["duration"]) < 0.1, (report[-1], tracks[user, kind])
+        late = KEY_FRAME_WAIT if kind == "video" and user != cat.user_id else 0.5
+        assert -0.5 < first - begin < late + unsure and abs(last - end) < 0.5 + unsure, report
+        assert abs((last - first) - tracks[user, kind]["duration"]) < 0.1, (report, tracks[user, kind])
         decoded = decode_file(path)
         if kind == "video":
             assert set(decoded.sizes) == {sizes[user]}, f"{users[user]}: {set(decoded.sizes)}"
@@ -332,7 +336,7 @@ async def test_a_server_killed_while_recording_comes_back_with_the_recording_int
     written = killed - origin
     for (user, kind), path in files.items():
         first, last = span(path)
-        assert first < 0.5 and written - 2.0 < last <= written + 0.1, (
+        assert first < KEY_FRAME_WAIT and written - 2.0 < last <= written + 0.1, (
             f"user {user} {kind}: {first:.2f}-{last:.2f} s of {written:.2f} s"
         )
         assert abs((last - first) - tracks[user, kind]["duration"]) < 0.2, (first, last, tracks[user, kind])
@@ -378,10 +382,10 @@ async def test_a_recording_started_on_one_node_records_the_participants_of_both(
         since = time.time()
         await until(lambda: time.time() > since + 4, "4 s of recording", 10, interval=0.1)
         # Stopped through the other node: it answers once both have kept their files.
+        recorded = time.time() - since
         status, stopped = await call(
             http, "POST", f"{b.url}{RECORDING}/stop", host_token, json={"recording_id": recording_id}
         )
-        recorded = time.time() - since
         assert status == 200, stopped
         recording = stopped["data"]
         assert recording["status"] == "ready" and recording["stop_reason"] == "stopped", recording
@@ -394,7 +398,8 @@ async def test_a_recording_started_on_one_node_records_the_participants_of_both(
                 path = tmp_path / f"{person.user_id}-{kind}"
                 await download(http, node.url, host_token, track["file_id"], path)
                 first, last = span(path)
-                assert first < 0.5 and abs((last - first) - recorded) < 0.5, (person.user_id, kind, first, last)
+                # Each node counts from when it heard the recording start, a moment after node a.
+                assert first < KEY_FRAME_WAIT and abs(last - recorded) < 0.5, (person.user_id, kind, first, recorded)
                 decoded = decode_file(path)
                 if kind == "video":
                     assert set(decoded.sizes) == {sizes[person.user_id]}
@@ -463,7 +468,8 @@ async def test_browsers_recorded_through_a_simulcast_layer_switch(
         await recording_for(2)
         await high(True)
         await recording_for(2)
-        await ivy.context.close()
+        leaving = time.time()
+        await ivy.context.close()  # her page goes; closing it takes a while on a busy machine
         left = time.time()
         await recording_for(2)
         stopping = time.time()
@@ -479,16 +485,18 @@ async def test_browsers_recorded_through_a_simulcast_layer_switch(
             files[user, kind] = await download(http, url, host_token, track["file_id"], tmp_path / f"{user}-{kind}")
         composite = await download(http, url, host_token, recording["composite_file_id"], tmp_path / "room.mp4")
 
-    there = {host_id: (0.0, stopping - origin), user_id: (joined - origin, left - origin)}
+    there = {host_id: (0.0, stopping - origin), user_id: (joined - origin, leaving - origin)}
     spans = {key: span(path) for key, path in files.items()}
     report = [
         f"{user} {kind}: {a:.2f}-{b:.2f} s of {there[user][0]:.2f}-{there[user][1]:.2f}"
         for (user, kind), (a, b) in spans.items()
     ]
-    for (user, _), (first, last) in spans.items():
+    for (user, kind), (first, last) in spans.items():
         begin, end = there[user]
         # Ivy's page is ready once her publish is answered; her media follow once it has connected.
-        assert begin - 0.5 < first < begin + (1.5 if user == user_id else 0.5) and abs(last - end) < 0.5, report
+        late = 1.5 if user == user_id else KEY_FRAME_WAIT if kind == "video" else 0.5
+        closing = left - leaving if user == user_id else 0.0
+        assert begin - 0.5 < first < begin + late and end - 0.5 < last < end + closing + 0.5, report
     for user in (host_id, user_id):
         apart = spans[user, "video"][0] - spans[user, "audio"][0]
         assert abs(apart) < KEY_FRAME_WAIT, f"user {user}: video and audio start {apart:.3f} s apart: {report}"
