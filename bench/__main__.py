@@ -6,6 +6,7 @@ Examples::
     python -m bench --url http://127.0.0.1:8000 --subscribers 5,10,20,40      # capacity sweep
     python -m bench --spawn --compare --layers 1 --subscribers 5,10,20           # SFU vs baselines
     python -m bench --spawn --churn-minutes 10 --churn-peers 6                   # leak soak
+    python -m bench --spawn --rooms 2 --publishers 2 --subscribers 2 --record compare   # recording's cost
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from urllib.parse import urlparse
 
 from bench import churn, metrics
 from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
-from bench.report import capacity_table, plot, run_table
+from bench.report import RECORDED, capacity_table, plot, recording_table, run_table
 
 TARGETS = ("sfu", "naive", "relay")
+RECORD_MODES = {"off": (False,), "on": (True,), "compare": (False, True)}
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +46,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ramp-up", type=float, default=2.0, help="seconds over which subscribers join")
     parser.add_argument("--processes", type=int, default=2, help="client worker processes")
     parser.add_argument("--no-latency", action="store_true", help="count only; skip per-packet latency matching")
+    parser.add_argument(
+        "--record",
+        choices=RECORD_MODES,
+        default="off",
+        help="sfu: record every room on the server through each run (on), or run each load without and "
+        "then with recording (compare)",
+    )
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     parser.add_argument("--png", type=Path, help="plot CPU and latency against subscribers here")
     soak = parser.add_argument_group("churn soak (instead of a load run)")
@@ -78,12 +87,14 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
         pid = arguments.server_pid or metrics.pid_listening_on(urlparse(url).port or 80)
     results = []
     try:
+        modes = RECORD_MODES[arguments.record] if target == "sfu" else (False,)
         for index, count in enumerate(counts):
-            scenario = replace(base, subscribers=count)
-            print(f"running {scenario.label} for {scenario.duration:.0f} s ...", file=sys.stderr, flush=True)
-            figures = await run(scenario, url, pid, tag=f"{target[0]}{index}x{secrets.token_hex(3)}")
-            print(run_table([figures]), file=sys.stderr, flush=True)
-            results.append(figures)
+            for recording in modes:  # the same load without and with recording, one after the other
+                scenario = replace(base, subscribers=count, recording=recording)
+                print(f"running {scenario.label} for {scenario.duration:.0f} s ...", file=sys.stderr, flush=True)
+                figures = await run(scenario, url, pid, tag=f"{target[0]}{index}x{secrets.token_hex(3)}")
+                print(run_table([figures]), file=sys.stderr, flush=True)
+                results.append(figures)
     finally:
         if server is not None:
             server.stop()
@@ -130,10 +141,14 @@ async def _main(arguments: argparse.Namespace) -> int:
         return 2
     everything: dict[str, list[Figures]] = {}
     for target in targets:
-        everything[target] = await _sweep(target, arguments, counts)
+        for figures in await _sweep(target, arguments, counts):
+            everything.setdefault(RECORDED if figures.scenario["recording"] else target, []).append(figures)
     print(run_table([figures for runs in everything.values() for figures in runs]))
     print()
     print(capacity_table(everything))
+    if RECORDED in everything:
+        print()
+        print(recording_table(everything.get("sfu", []), everything[RECORDED]))
     if arguments.json:
         arguments.json.write_text(
             json.dumps({t: [asdict(f) for f in runs] for t, runs in everything.items()}, indent=2)

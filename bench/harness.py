@@ -24,6 +24,7 @@ import aiohttp
 
 from bench import metrics
 from bench.client import ClientResult
+from bench.recording import Room, record_rooms, start_meeting
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / "bench" / ".cache"
@@ -42,10 +43,12 @@ class Scenario:
     ramp_up: float = 2.0
     processes: int = 2
     record_latency: bool = True
+    recording: bool = False  # every room recorded on the server through the measurement window
 
     @property
     def label(self) -> str:
-        return f"{self.target} {self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L"
+        recorded = " recorded" if self.recording else ""
+        return f"{self.target} {self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L{recorded}"
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Figures:
     latency_ms: dict[str, float | None]
     cpu_percent_per_mbit: float | None
     errors: list[str] = field(default_factory=list)
+    recording: dict[str, Any] | None = None  # what the server recorded (bench.recording), when it did
 
     def passes(self) -> bool:
         """The load is carried: under 1 % loss, p99 latency under 50 ms, 90 % of frames delivered."""
@@ -98,11 +102,14 @@ async def account(http: aiohttp.ClientSession, url: str, name: str) -> tuple[str
     return payload["data"]["access_token"], payload["data"]["user"]["user_id"]
 
 
-async def create_meeting(http: aiohttp.ClientSession, url: str, host_token: str, title: str) -> tuple[int, str]:
+async def create_meeting(
+    http: aiohttp.ClientSession, url: str, host_token: str, title: str, *, recordable: bool = False
+) -> tuple[int, str]:
     """A meeting for the run: its id, and the invite code (in the host's view) others join with."""
+    settings = {"enable_recording": True} if recordable else {}
     async with http.post(
         f"{url}/api/v1/meetings",
-        json={"title": title, "max_participants": 1000},
+        json={"title": title, "max_participants": 1000, "settings": settings},
         headers={"Authorization": f"Bearer {host_token}"},
     ) as response:
         payload = await response.json()
@@ -142,19 +149,25 @@ async def wait_until_left(
     raise RuntimeError(f"user {user_id} still online {timeout:.0f} s after closing its socket")
 
 
-async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> list[ClientSpec]:
-    """Users, one meeting per room, everyone joined over REST, as real clients do."""
+async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> tuple[list[ClientSpec], list[Room]]:
+    """Users, one meeting per room, everyone joined over REST, as real clients do; to be recorded,
+    a room's meeting allows it and is started by its host (the first publisher)."""
     specs: list[ClientSpec] = []
+    rooms: list[Room] = []
     async with aiohttp.ClientSession() as http:
         for room in range(scenario.rooms):
             people = [("publisher", f"b{tag}r{room}p{i}") for i in range(scenario.publishers)]
             people += [("subscriber", f"b{tag}r{room}s{i}") for i in range(scenario.subscribers)]
             accounts = await asyncio.gather(*(account(http, url, name) for _, name in people))
-            meeting_id, code = await create_meeting(http, url, accounts[0][0], f"bench {tag} {room}")
+            title = f"bench {tag} {room}"
+            meeting_id, code = await create_meeting(http, url, accounts[0][0], title, recordable=scenario.recording)
+            rooms.append(Room(meeting_id, accounts[0][0]))
+            if scenario.recording:
+                await start_meeting(http, url, rooms[-1])
             for token, _ in accounts:
                 await join(http, url, meeting_id, token, code)
             specs += _specs(people, accounts, meeting_id, room, scenario)
-    return specs
+    return specs, rooms
 
 
 def _prepare_anonymous(scenario: Scenario) -> list[ClientSpec]:
@@ -242,8 +255,9 @@ async def _run_clients(
 
 
 async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) -> Figures:
+    rooms: list[Room] = []
     if scenario.target == "sfu":
-        specs = await _prepare_sfu(url, scenario, tag)
+        specs, rooms = await _prepare_sfu(url, scenario, tag)
     else:
         specs = _prepare_anonymous(scenario)
     processes = max(1, min(scenario.processes, len(specs)))
@@ -266,7 +280,17 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
 
     window_start = start_ns + int((scenario.ramp_up + WARMUP_SECONDS) * 1e9)
     window_end = end_ns - int(0.5e9)
+    recorder = None
+    if scenario.recording and rooms:
+        recorder = asyncio.get_running_loop().create_task(record_rooms(url, rooms, window_start, window_end))
     cpu, rss = await _sample_server(server_pid, window_start, window_end)
+    recorded: dict[str, Any] | None = None
+    recording_error: str | None = None
+    if recorder is not None:
+        try:
+            recorded = await recorder
+        except Exception as exc:
+            recording_error = f"recording: {exc!r}"
     own_before = metrics.own_cpu_seconds()
     collected = [await asyncio.get_running_loop().run_in_executor(None, queue.get) for _ in workers]
     for worker in workers:
@@ -274,7 +298,13 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
     results = [result for batch, _ in collected for result in batch]
     harness_cpu = sum(cpu_time for _, cpu_time in collected) + metrics.own_cpu_seconds() - own_before
     run_seconds = (end_ns - start_ns) / 1e9
-    return _figures(scenario, results, specs, window_start, window_end, cpu, rss, harness_cpu / run_seconds, processes)
+    figures = _figures(
+        scenario, results, specs, window_start, window_end, cpu, rss, harness_cpu / run_seconds, processes
+    )
+    figures.recording = recorded
+    if recording_error:
+        figures.errors.append(recording_error)
+    return figures
 
 
 async def _sample_server(pid: int | None, start_ns: int, end_ns: int) -> tuple[float | None, float | None]:

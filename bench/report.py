@@ -6,8 +6,9 @@ from pathlib import Path
 
 from bench.harness import Figures
 
+RECORDED = "sfu+rec"  # the runs of the SFU with every room recorded (python -m bench --record)
 COLUMNS = (
-    ("target", lambda f: f.scenario["target"]),
+    ("target", lambda f: RECORDED if f.scenario.get("recording") else f.scenario["target"]),
     ("subs", lambda f: f.subscribers_total),
     ("layers", lambda f: f.scenario["layers"]),
     ("join p50/p99 ms", lambda f: f"{_num(f.join_ms['p50'])}/{_num(f.join_ms['p99'])}"),
@@ -97,6 +98,52 @@ def capacity_table(everything: dict[str, list[Figures]]) -> str:
     return _table(header, rows)
 
 
+def recording_table(plain: list[Figures], recorded: list[Figures]) -> str:
+    """What recording cost: each recorded run beside the run of the same load without recording
+    (when there is one). The extra server CPU is put down to each recorded track, and to each
+    Mbit/s of recorded video (audio's cost included: an upper bound for video alone)."""
+    without = {(f.subscribers_total, f.scenario["rooms"], f.scenario["publishers"]): f for f in plain}
+    rows = []
+    for run in recorded:
+        done = run.recording or {}
+        base = without.get((run.subscribers_total, run.scenario["rooms"], run.scenario["publishers"]))
+        extra = None
+        if base is not None and base.server_cpu_percent is not None and run.server_cpu_percent is not None:
+            extra = run.server_cpu_percent - base.server_cpu_percent
+        tracks, video_mbit = done.get("tracks", 0), done.get("video_mbit_per_second", 0.0)
+        rows.append(
+            [
+                str(run.subscribers_total),
+                f"{done.get('video_tracks', 0)} + {done.get('audio_tracks', 0)}",
+                _num(video_mbit),
+                f"{_num(base.server_cpu_percent if base else None)} / {_num(run.server_cpu_percent)}",
+                _num(round(extra, 1) if extra is not None else None),
+                _num(round(extra / tracks, 2) if extra is not None and tracks else None),
+                _num(round(extra / video_mbit, 2) if extra is not None and video_mbit else None),
+                f"{_latency(base)} / {_latency(run)}",
+                f"{_num(base.loss_percent if base else None)} / {_num(run.loss_percent)}",
+                f"{done.get('frames', 0)} / {done.get('dropped_frames', 0)}",
+            ]
+        )
+    header = [
+        "subs",
+        "tracks recorded (video + audio)",
+        "video Mbit/s recorded",
+        "server CPU % without / with",
+        "extra CPU %",
+        "per track",
+        "per video Mbit/s",
+        "lat p50/p99 ms without / with",
+        "loss % without / with",
+        "frames written / dropped",
+    ]
+    return _table(header, rows)
+
+
+def _latency(figures: Figures | None) -> str:
+    return "-" if figures is None else f"{_num(figures.latency_ms['p50'])}/{_num(figures.latency_ms['p99'])}"
+
+
 def plot(everything: dict[str, list[Figures]], path: Path) -> None:
     """Server CPU and p99 latency against subscribers, one line per target."""
     import matplotlib
@@ -105,7 +152,7 @@ def plot(everything: dict[str, list[Figures]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (cpu_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = {"sfu": "tab:blue", "naive": "tab:red", "relay": "tab:green"}
+    colours = {"sfu": "tab:blue", "naive": "tab:red", "relay": "tab:green", RECORDED: "tab:purple"}
     for target, runs in everything.items():
         counts = [f.subscribers_total for f in runs]
         style = {"marker": "o", "label": target, "color": colours.get(target)}
@@ -142,6 +189,9 @@ def main() -> None:
     print(run_table([figures for runs in everything.values() for figures in runs]))
     print()
     print(capacity_table(everything))
+    if RECORDED in everything:
+        print()
+        print(recording_table(everything.get("sfu", []), everything[RECORDED]))
     if arguments.png:
         plot(everything, arguments.png)
 

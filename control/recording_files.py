@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from control.storage import LocalStorage
 from control.store import Store
 from control.store.recordings import RecordingRecord
-from media.probe import Probe, UnsupportedMedia, probe
+from media.probe import Probe, UnsupportedMedia, end_time, probe
 
 if TYPE_CHECKING:
     from sfu.recording import TrackFile
@@ -96,7 +96,9 @@ class TrackFiles:
             return
         named = TRACK_FILE.fullmatch(path.name)
         start = found.start_time or 0.0
-        duration = found.duration - start if found.duration is not None and found.duration > start else found.duration
+        # A file its writer never finished states no duration: its last packet tells where it ends.
+        end = found.duration if found.duration is not None else await asyncio.to_thread(end_time, path)
+        duration = end - start if end is not None and end > start else end
         # The media server's timestamps count from the recording's start.
         started_at = recording.started_at.timestamp() + start
         track = {

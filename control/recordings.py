@@ -394,9 +394,12 @@ class Recorder:
 
     async def _settle(self, recording: RecordingRecord, job: JobRecord | None) -> None:
         if job is not None and job.status == "succeeded" and job.result_file_ids:
+            # The composite is counted in the size before the recording shows ready.
             await self.store.recordings.transition(
-                recording.id, ["processing"], status="ready", composite_file_id=job.result_file_ids[0]
+                recording.id, ["processing"], composite_file_id=job.result_file_ids[0]
             )
+            await self.store.recordings.refresh_size(recording.id)
+            await self.store.recordings.transition(recording.id, ["processing"], status="ready")
         else:
             error = job.error if job is not None and job.error else "the composite job is gone"
             await self.store.recordings.transition(

@@ -90,6 +90,22 @@ def _audio_video(path: Path, signature: str | None) -> Probe | None:
         return None
 
 
+def end_time(path: Path) -> float | None:
+    """Where an audio or video file's packets end, in seconds of its timestamps, read from the
+    packets themselves (nothing is decoded): for a file whose header states no duration because
+    its writer never finished it. None when it has no timed packet."""
+    end: float | None = None
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            for packet in container.demux():
+                if packet.pts is not None and packet.time_base is not None:
+                    moment = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                    end = moment if end is None else max(end, moment)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError):
+        pass  # the tail of a file cut short: what came before it stands
+    return end
+
+
 def _image(path: Path) -> Probe | None:
     try:
         with Image.open(path) as image:

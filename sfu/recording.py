@@ -97,6 +97,7 @@ class RoomRecording:
         self._live[track.id] = entry
         self._all.append(entry)
         track.taps.append(tap)
+        tap.request_keyframe()  # a track already sending: its video file can start now, not at the next tick
         log.info("recording %s: track %s (%s) to %s", self.recording_id, track.id, track.kind, path.name)
 
     def detach(self, track: PublishedTrack, reason: str) -> None:

@@ -5,10 +5,15 @@ switched only at a key frame of the new layer, as a down-track does), puts them 
 reassembles the encoder's frames and hands them, stamped with their capture time, to a sink (the
 track's file writer). Nothing is decoded.
 
-Capture time comes from the layer's latest RTCP sender report (its NTP time against its RTP
+Capture time comes from the layer's RTCP sender reports (their NTP time against their RTP
 timestamp, the same mapping receivers use for lip sync) or, before there is one, from the arrival of
-the first frame and the RTP clock from there on. Each layer has its own reports, so a layer switch
-without a report yet on the new layer carries the old layer's time on from the switch.
+the frame that came soonest after its capture, as the RTP clock tells (a first key frame, big and
+slow to encode, comes later after its capture than the frames behind it), and the RTP clock from
+there on. A report is written at or after the capture of the
+RTP timestamp it names: some senders write it when they send the latest packet, so one that stalled
+(its host busy) names a moment too late. Of the last few reports, the one that places a frame
+earliest is the closest to its capture, and is used. Each layer has its own reports, so a layer
+switch without a report yet on the new layer carries the old layer's time on from the switch.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ NO_LAYER = -1
 VIDEO_WAIT = 0.15  # seconds a hole in video may take to be repaired (NACKed upstream) before it is skipped
 AUDIO_WAIT = 0.06  # audio is not NACKed: wait only for packets that overtook each other
 MAX_SENDER_DELAY = 1.0  # a sender clock further off than this from ours is treated as wrong, not late
+REPORTS_KEPT = 8  # sender reports a tap weighs against each other (about 8 s of video, more of audio)
 
 
 class SenderClock:
@@ -58,7 +64,9 @@ class Tap:
     __slots__ = (
         "_anchor",
         "_last_arrival",
+        "_last_report",
         "_last_wall",
+        "_reports",
         "clock",
         "depacketizer",
         "dropped",
@@ -91,6 +99,8 @@ class Tap:
         self._anchor: tuple[int, float] | None = None  # (RTP timestamp, wall clock) without a report
         self._last_wall: float | None = None
         self._last_arrival = 0.0
+        self._reports: list[tuple[int, float]] = []  # (RTP timestamp, wall clock) of the layer's recent reports
+        self._last_report: rtcp.SenderReport | None = None
 
     # packets (PublishedTrack.forward) -----------------------------------------------------------
 
@@ -116,6 +126,8 @@ class Tap:
             self._leave_layer()
         self.layer, self.ssrc = layer.index, packet.ssrc
         self._anchor = None
+        self._reports.clear()
+        self._last_report = None
         self.waiting_for_keyframe = self.video
 
     def _on_loss(self, count: int) -> None:
@@ -143,8 +155,12 @@ class Tap:
 
     def _wallclock(self, frame: EncodedFrame) -> float:
         report = self.track.layers[self.layer].sender_report
-        if report is not None:
-            sent = rtcp.ntp_to_unix(report.ntp) + _signed(frame.timestamp - report.rtp_timestamp) / self.rate
+        if report is not None and report is not self._last_report:
+            self._last_report = report
+            self._reports.append((report.rtp_timestamp, rtcp.ntp_to_unix(report.ntp)))
+            del self._reports[:-REPORTS_KEPT]
+        if self._reports:
+            sent = min(wall + _signed(frame.timestamp - rtp_ts) / self.rate for rtp_ts, wall in self._reports)
             return self.clock.local(sent, frame.arrival)
         if self._anchor is None:
             if self._last_wall is None:
@@ -152,7 +168,11 @@ class Tap:
             else:  # continue the timeline the previous layer (or sender) set
                 start = self._last_wall + max(frame.arrival - self._last_arrival, 0.0)
             self._anchor = (frame.timestamp, start)
-        return self._anchor[1] + _signed(frame.timestamp - self._anchor[0]) / self.rate
+        placed = self._anchor[1] + _signed(frame.timestamp - self._anchor[0]) / self.rate
+        if placed > frame.arrival:  # it cannot have been captured after it came: the anchor's frame was held up
+            self._anchor = (frame.timestamp, frame.arrival)
+            return frame.arrival
+        return placed
 
     # the media clock (Sfu ticker) ---------------------------------------------------------------
 

@@ -225,13 +225,17 @@ async def api(make_api: Callable[[Settings], Any], settings_factory: SettingsFac
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
-    """Two server processes sharing one PostgreSQL schema, one Redis and one signing key."""
+async def nodes(
+    tmp_path: Path, redis_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
+    """Two server processes sharing one PostgreSQL schema, one Redis and one signing key; a test
+    may add settings to both by parametrizing this fixture indirectly with a dict of HUIYI_* variables."""
     schema = await postgres_schema()
     env = {
         "HUIYI_DATABASE_SCHEMA": schema,
         "HUIYI_AUTH_JWT_SECRET": uuid.uuid4().hex * 2,
         "HUIYI_REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex}",
+        **getattr(request, "param", {}),
     }
     common = ["--database-url", POSTGRES_URL, "--redis-url", redis_url]
     started: list[ServerProcess] = []

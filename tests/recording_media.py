@@ -192,3 +192,50 @@ def decode_file(path: Path) -> Decoded:
                 squares += float((values**2).sum())
                 samples += values.size
     return Decoded(pts, sizes, math.sqrt(squares / samples) if samples else 0.0)
+
+
+def first_channel(frame: av.AudioFrame) -> np.ndarray:
+    """The first channel of a decoded audio frame, as floats on a -1..1 scale."""
+    samples = frame.to_ndarray()
+    scale = 32768.0 if samples.dtype == np.int16 else 1.0
+    first = samples[0] if frame.format.is_planar else samples[0, :: len(frame.layout.channels)]
+    return first.astype(np.float64) / scale
+
+
+def flashes(path: Path, share: float = 0.5) -> list[float]:
+    """When the picture turns white (``tests.rtc_clients.Cues``), in seconds of the file's own
+    timestamps: the first frame of each run of frames with more than ``share`` of their pixels
+    white (the moving pattern itself is never brighter than light grey)."""
+    onsets: list[float] = []
+    before: bool | None = None
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            bright = float((frame.to_ndarray(format="gray") > 230).mean()) > share
+            if bright and before is False:
+                onsets.append(float(frame.time))
+            before = bright
+    return onsets
+
+
+def beeps(path: Path, threshold: float = 0.25, window: float = 0.005) -> list[float]:
+    """When a loud beep starts (``tests.rtc_clients.Cues``), in seconds of the file's own
+    timestamps, to ``window``: each block of samples is placed at its own timestamp, so a gap in
+    the file does not shift what follows."""
+    onsets: list[float] = []
+    before: bool | None = None
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        for frame in container.decode(stream):
+            mono = first_channel(frame)
+            size = max(1, round(window * frame.sample_rate))
+            for start in range(0, len(mono) - size + 1, size):
+                loud = float(np.sqrt(np.mean(mono[start : start + size] ** 2))) > threshold
+                if loud and before is False:
+                    onsets.append(float(frame.time) + start / frame.sample_rate)
+                before = loud
+    return onsets
+
+
+def drift(pictures: list[float], sounds: list[float]) -> list[float]:
+    """For each flash, how far after the nearest beep it came (negative: before), in seconds."""
+    return [min((flash - beep for beep in sounds), key=abs) for flash in pictures] if sounds else []

@@ -83,6 +83,85 @@ class ToneAudioTrack(MediaStreamTrack):
         return frame
 
 
+class Cues:
+    """One participant's cue schedule, shared by its camera and microphone: every ``period``
+    seconds from ``epoch`` (monotonic) the picture turns white and a loud beep sounds, both for
+    ``length`` seconds, captured at the same moment. Where a recording puts the flashes against the
+    beeps is how far its sound and picture drifted apart (lip sync). Frames and sample blocks fall
+    on the schedule itself, so a cue starts exactly on a frame and on a block. Participants given
+    one ``epoch`` flash and beep together."""
+
+    def __init__(self, period: float = 2.0, length: float = 0.2, epoch: float | None = None) -> None:
+        self.epoch = time.monotonic() if epoch is None else epoch
+        self.period, self.length = period, length
+        self.first_frame: dict[str, float] = {}  # wall clock of the first frame sent, by kind
+
+    def on(self, moment: float) -> bool:
+        """Whether a cue is on ``moment`` seconds after the epoch."""
+        return moment % self.period < self.length - 1e-9
+
+    def next_index(self, rate: float) -> int:
+        """The first frame (at ``rate`` a second) still ahead on the schedule."""
+        return math.ceil((time.monotonic() - self.epoch) * rate)
+
+    async def wait_for(self, kind: str, moment: float) -> None:
+        """Sleep until ``moment`` after the epoch; the first time, note it as ``kind``'s start."""
+        delay = self.epoch + moment - time.monotonic()
+        if kind not in self.first_frame:
+            self.first_frame[kind] = time.time() + max(0.0, delay)
+        await asyncio.sleep(max(0.0, delay))
+
+
+class CueVideoTrack(MediaStreamTrack):
+    """A moving pattern of a fixed size that flashes white on its ``Cues``."""
+
+    kind = "video"
+
+    def __init__(self, width: int, height: int, cues: Cues, fps: int = 15) -> None:
+        super().__init__()
+        self.width, self.height, self.cues, self.fps = width, height, cues, fps
+        self._index: int | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self._index is None:
+            self._index = self.cues.next_index(self.fps)
+        index, self._index = self._index, self._index + 1
+        await self.cues.wait_for("video", index / self.fps)
+        image = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        if self.cues.on(index / self.fps):
+            image[:] = 255
+        else:
+            image[:, :, 0] = (index * 8) % 256
+            image[: self.height // 2, : self.width // 2, 1] = 200
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = index * VIDEO_CLOCK // self.fps, fractions.Fraction(1, VIDEO_CLOCK)
+        return frame
+
+
+class CueAudioTrack(MediaStreamTrack):
+    """A quiet 440 Hz tone with a loud 1 kHz beep on each of its ``Cues``, 20 ms at a time."""
+
+    kind = "audio"
+    BLOCK = 960  # samples: 20 ms at 48 kHz
+
+    def __init__(self, cues: Cues, quiet: float = 0.05, loud: float = 0.6) -> None:
+        super().__init__()
+        self.cues, self.quiet, self.loud = cues, quiet, loud
+        self._sample: int | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._sample is None:
+            self._sample = self.cues.next_index(48000 / self.BLOCK) * self.BLOCK
+        start, self._sample = self._sample, self._sample + self.BLOCK
+        await self.cues.wait_for("audio", start / 48000)
+        t = (np.arange(self.BLOCK) + start) / 48000
+        beeping = (t % self.cues.period) < self.cues.length
+        wave = np.where(beeping, self.loud * np.sin(2 * math.pi * 1000 * t), self.quiet * np.sin(2 * math.pi * 440 * t))
+        frame = av.AudioFrame.from_ndarray((wave * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, start, fractions.Fraction(1, 48000)
+        return frame
+
+
 @dataclass
 class RemoteTrack:
     info: dict[str, Any]
@@ -170,14 +249,22 @@ class Participant:
                 await self._on_subscriber_offer(data)
 
     async def publish(
-        self, video: tuple[int, int] | None = (320, 240), audio: bool = True, video_codec: str | None = None
+        self,
+        video: tuple[int, int] | None = (320, 240),
+        audio: bool = True,
+        video_codec: str | None = None,
+        cues: Cues | None = None,
     ) -> None:
-        """Send a tone and a pattern; ``video_codec`` (a MIME type, e.g. "video/H264") is the only
-        video codec offered (with RTX), otherwise aiortc's preference (VP8 first) stands."""
+        """Send a tone and a pattern (flashing and beeping on ``cues`` when given); ``video_codec``
+        (a MIME type, e.g. "video/H264") is the only video codec offered (with RTX), otherwise
+        aiortc's preference (VP8 first) stands."""
         if audio:
-            self.publisher.addTransceiver(ToneAudioTrack(), direction="sendonly")
+            self.publisher.addTransceiver(
+                ToneAudioTrack() if cues is None else CueAudioTrack(cues), direction="sendonly"
+            )
         if video:
-            transceiver = self.publisher.addTransceiver(PatternVideoTrack(*video), direction="sendonly")
+            camera = PatternVideoTrack(*video) if cues is None else CueVideoTrack(*video, cues)
+            transceiver = self.publisher.addTransceiver(camera, direction="sendonly")
             if video_codec is not None:
                 capabilities = RTCRtpSender.getCapabilities("video")
                 transceiver.setCodecPreferences(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.tap_cost import measure
 from tests.server_process import ROOT, server_environment
 
 
@@ -35,6 +36,8 @@ def run_bench(tmp_path: Path, *arguments: str) -> dict:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "capacity (subs)" in completed.stdout
+    if "--record" in arguments:
+        assert "extra CPU %" in completed.stdout
     return json.loads(report.read_text())
 
 
@@ -50,6 +53,23 @@ def test_sfu_and_relay_runs_report_the_figures(tmp_path: Path) -> None:
     assert relay["errors"] == [] and relay["latency_ms"]["p50"] is not None
     naive = figures["naive"][0]
     assert naive["errors"] == [] and naive["forwarded_packets_per_second"] > 10
+
+
+def test_a_run_with_every_room_recorded_reports_what_recording_cost(tmp_path: Path) -> None:
+    arguments = ["--record", "compare", "--subscribers", "1", "--layers", "1", "--processes", "1", "--duration", "5"]
+    figures = run_bench(tmp_path, *arguments)
+    [plain], [recorded] = figures["sfu"], figures["sfu+rec"]
+    assert plain["recording"] is None and not plain["scenario"]["recording"] and recorded["scenario"]["recording"]
+    assert plain["errors"] == [] and recorded["errors"] == [] and recorded["loss_percent"] < 1
+    done = recorded["recording"]
+    assert (done["rooms"], done["video_tracks"], done["audio_tracks"], done["files_missing"]) == (1, 1, 1, 0), done
+    assert done["frames"] > 0 and done["video_mbit_per_second"] > 0.1 and done["bytes"] > 0
+
+
+def test_the_cpu_of_recording_one_track_is_measured_in_process(tmp_path: Path) -> None:
+    for kind, frames in (("video", 60), ("audio", 100)):
+        figures = measure(kind, 2.0, tmp_path)
+        assert figures["frames"] == frames and figures["cpu_seconds"] > 0 and figures["mbit_per_second"] > 0, figures
 
 
 def test_a_short_churn_soak_reports_flat_figures(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from aiortc.codecs.h264 import H264Encoder
 
 from config.settings import SfuSettings
 from media.mux import EncodedFrame, TrackWriter
+from media.probe import end_time
 from sfu import rtp
 from sfu.depacketize import DEPACKETIZERS, sps_dimensions
 from sfu.jitter import JitterBuffer
@@ -248,6 +249,10 @@ async def test_a_file_copied_while_being_written_plays_up_to_its_last_second(tmp
     last = round((len(frames) - 1) * 1000 / FPS)
     assert copy.pts[0] == 0 and copy.pts == sorted(copy.pts) and set(copy.sizes) == {(320, 240)}
     assert copy.pts[-1] >= last - 1100, f"the copy plays to {copy.pts[-1]} ms of {last} ms written"
+    # Its header states no duration; its packets tell how long it is.
+    with av.open(str(tmp_path / "copy.webm")) as container:
+        assert not container.duration
+    assert end_time(tmp_path / "copy.webm") == pytest.approx(copy.pts[-1] / 1000, abs=0.07)
 
     await asyncio.to_thread(writer.close)
     whole = decode_file(path)
@@ -370,6 +375,52 @@ async def test_a_simulcast_layer_switch_mid_recording_plays_through(sfu: Sfu, tm
     assert max(b - a for a, b in itertools.pairwise(decoded.pts)) < 100, "time runs on across the switches"
     assert abs(video.started_at - start) < 0.002 and (video.width, video.height) == (320, 240)
     assert abs(decoded.pts[-1] - decoded.pts[0] - 45 * 1000 / FPS) < 2
+
+
+async def test_a_sender_report_written_late_does_not_move_the_frames(sfu: Sfu, tmp_path: Path) -> None:
+    peer = sfu.peer(11, "e" * 32, 46, lambda kind, data: None)
+    start = time.time() + 0.2  # after the recording's start
+    publisher = SimulcastPublisher([(320, 240)], start=start)
+    track = publish(peer, publisher)
+    sfu.start_recording(11, "rec-late-report", tmp_path / "rec", lambda file: None)
+    sender, layer = publisher.sources[0].sender, track.layers[0]
+    for index in range(45):
+        if index == 20:  # the sender's host stalled: its report places every frame a second late
+            layer.sender_report = sender.sender_report(start + 1.0, 0)
+        elif index == 35:  # and then it is on time again
+            layer.sender_report = sender.sender_report(start, 0)
+        publisher.send(track, 0, index)
+    [video] = await sfu.stop_recording("rec-late-report")
+    decoded = decode_file(video.path)
+    assert len(decoded.pts) == 45 and abs(video.started_at - start) < 0.002
+    steps = [b - a for a, b in itertools.pairwise(decoded.pts)]
+    assert max(abs(step - 1000 / FPS) for step in steps) <= 1, f"frames kept their capture times: {steps}"
+
+
+async def test_before_any_sender_report_a_held_up_key_frame_does_not_make_the_track_late(
+    sfu: Sfu, tmp_path: Path
+) -> None:
+    await sfu.start()
+    sfu.start_recording(12, "rec-no-report", tmp_path / "rec", lambda file: None)
+    peer = sfu.peer(12, "f" * 32, 47, lambda kind, data: None)
+    publisher = SimulcastPublisher([(320, 240)], start=time.time())
+    track = publish(peer, publisher)
+    track.layers[0].sender_report = None  # none has come yet
+    frames = [publisher.encode(0, index) for index in range(15)]
+    start = time.time() + 0.05  # frame 0 is captured then
+    for index, packets in enumerate(frames):
+        # The key frame is 150 ms on its way (encoding it took that long); the frames behind it
+        # come as soon as it is through, then each on time.
+        await asyncio.sleep(max(0.0, start + max(index / FPS, 0.15) - time.time()))
+        publisher.deliver(track, 0, packets)
+    [video] = await sfu.stop_recording("rec-no-report")
+    decoded = decode_file(video.path)
+    assert video.started_at is not None and len(decoded.pts) == 15
+    late = [
+        video.started_at + (pts - decoded.pts[0]) / 1000 - (start + index / FPS)
+        for index, pts in enumerate(decoded.pts)
+    ]
+    assert all(-0.002 < delay < 0.04 for delay in late[3:]), f"placed after their capture by {late}"
 
 
 async def test_padding_on_the_media_stream_leaves_no_hole_in_the_recording(sfu: Sfu, tmp_path: Path) -> None:
