@@ -42,6 +42,7 @@ from control.context import (
     TURN,
 )
 from control.endpoints import Endpoint, bind
+from control.enhancement import executors as enhancement_executors
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
@@ -123,7 +124,12 @@ async def _close_sockets(app: web.Application) -> None:
 async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[JOBS] = JobRunner(
-        app[STORE], app[STORAGE], settings.media.job_workers, settings.node_id, settings.media.job_lease_seconds
+        app[STORE],
+        app[STORAGE],
+        settings.media.job_workers,
+        settings.node_id,
+        settings.media.job_lease_seconds,
+        executors=enhancement_executors(app[AI], app[STORAGE]),
     )
     await app[JOBS].start()
     yield
@@ -206,9 +212,10 @@ def create_app(settings: Settings) -> web.Application:
             _signaling_context,
             _sfu_context,
             _turn_context,
+            # Before the jobs: denoising and enhancement jobs run on the AI worker nodes.
+            _ai_context,
             _jobs_context,
             _recordings_context,
-            _ai_context,
             _limiter_context,
         ]
     )

@@ -2,6 +2,7 @@
 
 from control.api import (
     admin,
+    audio,
     auth,
     ffmpeg,
     media,
@@ -14,6 +15,7 @@ from control.api import (
     sessions,
     speech,
     users,
+    video,
     webrtc,
 )
 from control.endpoints import EndpointGroup
@@ -32,6 +34,8 @@ GROUPS: list[EndpointGroup] = [
     webrtc.group,
     recording.group,
     speech.group,
+    audio.group,
+    video.group,
     models.group,
     nodes.group,
 ]
