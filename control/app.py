@@ -55,6 +55,7 @@ from control.signaling.socket import signaling_socket
 from control.storage import LocalStorage
 from control.store import Store
 from control.webclient import add_web_client
+from sfu.denoise import WorkerSetup
 from sfu.server import Sfu
 from turn.process import TurnProcess
 
@@ -96,7 +97,14 @@ async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sfu_context(app: web.Application) -> AsyncIterator[None]:
-    app[SFU] = Sfu(app[SETTINGS].sfu)
+    settings = app[SETTINGS]
+    setup = WorkerSetup(
+        model_dir=settings.ai.model_dir,
+        cache_dir=str(settings.server.data_dir / "ai-cache"),
+        bitrate=settings.sfu.noise_suppression_bitrate,
+        log_level=settings.server.log_level,
+    )
+    app[SFU] = Sfu(settings.sfu, setup)
     await app[SFU].start()
     yield
     await app[SFU].close()

@@ -16,6 +16,7 @@ from typing import Any
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from config.settings import SfuSettings
+from sfu.denoise import NoiseSuppression, WorkerSetup
 from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
 from sfu.peer import Peer, Signal
 from sfu.ports import open_listeners
@@ -41,7 +42,7 @@ class SignalError(Exception):
 
 
 class Sfu:
-    def __init__(self, settings: SfuSettings) -> None:
+    def __init__(self, settings: SfuSettings, denoise_setup: WorkerSetup | None = None) -> None:
         self.settings = settings
         self.network = Network(
             bind=tuple(settings.bind_addresses),
@@ -58,6 +59,10 @@ class Sfu:
         self._ticker: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._recordings: dict[str, RoomRecording] = {}
+        setup = denoise_setup or WorkerSetup(bitrate=settings.noise_suppression_bitrate)
+        self.noise = NoiseSuppression(
+            self, setup, settings.noise_suppression_model, settings.noise_suppression_max_streams
+        )
 
     async def start(self) -> None:
         self.network = await open_listeners(self.network)
@@ -70,6 +75,7 @@ class Sfu:
             await self.stop_recording(recording_id)
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
+        self.noise.close()
         if self.network.listeners is not None:
             self.network.listeners.close()
 
@@ -205,7 +211,12 @@ class Sfu:
             await side.add_candidate(candidate or None)
 
     def set_preferences(self, peer: Peer, data: dict[str, Any]) -> None:
-        """``media-state`` from a peer about what it wants to receive."""
+        """``media-state`` from a peer about what it wants to receive, or to have its own
+        microphone's noise suppressed."""
+        if "noise_suppression" in data:
+            if not isinstance(data["noise_suppression"], bool):
+                raise SignalError(400, "data.noise_suppression must be true or false")
+            self.noise.set_peer(peer.id, data["noise_suppression"])
         if "layer" in data:
             layer, track_id = data["layer"], data.get("track_id")
             if layer not in LAYER_NAMES:
@@ -235,6 +246,7 @@ class Sfu:
         now = time.monotonic()
         for recording in self._recordings.values():
             recording.tick()
+        self.noise.tick()
         for room in list(self.rooms.values()):
             if full:
                 for track in room.tracks.values():

@@ -170,6 +170,8 @@ class RemoteTrack:
     frames: int = 0
     sizes: set[tuple[int, int]] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # (arrival, frame) of every frame decoded, once a test sets it to a list
+    captured: list[tuple[float, av.AudioFrame | av.VideoFrame]] | None = None
 
 
 class Participant:
@@ -251,14 +253,17 @@ class Participant:
     async def publish(
         self,
         video: tuple[int, int] | None = (320, 240),
-        audio: bool = True,
+        audio: bool | MediaStreamTrack = True,
         video_codec: str | None = None,
         cues: Cues | None = None,
     ) -> None:
-        """Send a tone and a pattern (flashing and beeping on ``cues`` when given); ``video_codec``
+        """Send a tone (or the ``audio`` track given) and a pattern (flashing and beeping on ``cues``
+        when given); ``video_codec``
         (a MIME type, e.g. "video/H264") is the only video codec offered (with RTX), otherwise
         aiortc's preference (VP8 first) stands."""
-        if audio:
+        if isinstance(audio, MediaStreamTrack):
+            self.publisher.addTransceiver(audio, direction="sendonly")
+        elif audio:
             self.publisher.addTransceiver(
                 ToneAudioTrack() if cues is None else CueAudioTrack(cues), direction="sendonly"
             )
@@ -299,6 +304,8 @@ class Participant:
             while True:
                 frame = await remote.track.recv()
                 remote.frames += 1
+                if remote.captured is not None:
+                    remote.captured.append((time.monotonic(), frame))
                 if isinstance(frame, av.VideoFrame):
                     remote.sizes.add((frame.width, frame.height))
         except MediaStreamError:
