@@ -165,9 +165,17 @@ class Worker:
             self.channel.send(message)
 
 
-def main(channel: socket.socket, parent_pid: int, model_dir: str, cache_dir: str, bitrate: int, level: str) -> None:
+def main(argv: list[str]) -> None:
+    """``python -m ai.live_denoise FD PARENT_PID MODEL_DIR CACHE_DIR BITRATE LOG_LEVEL``: serve the
+    socket inherited as FD for as long as the server (PARENT_PID) lives. A plain interpreter, not a
+    multiprocessing child, so that starting it does not import the whole server again."""
+    fd, parent_pid, model_dir, cache_dir, bitrate, level = argv
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    die_with_parent(parent_pid)
+    die_with_parent(int(parent_pid))
+    channel = socket.socket(fileno=int(fd))
     channel.setblocking(True)
-    Worker(channel, Path(model_dir) if model_dir else None, Path(cache_dir), bitrate).serve()
-    sys.exit(0)
+    Worker(channel, Path(model_dir) if model_dir else None, Path(cache_dir), int(bitrate)).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -22,10 +22,11 @@ import asyncio
 import collections
 import importlib.util
 import logging
-import multiprocessing
 import os
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -88,24 +89,23 @@ class DenoiseWorker:
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
-        from ai.live_denoise import main
-
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (ours, theirs):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        context = multiprocessing.get_context("spawn")
         cache = self.setup.cache_dir or tempfile.mkdtemp(prefix="huiyi-denoise-")
-        self.process = context.Process(
-            target=main,
-            args=(theirs, os.getpid(), self.setup.model_dir, cache, self.setup.bitrate, self.setup.log_level),
-            name="huiyi-denoise",
-            daemon=True,
+        root = str(Path(__file__).resolve().parents[1])  # where the ai package is, installed or not
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        arguments = [str(theirs.fileno()), str(os.getpid()), self.setup.model_dir, cache]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ai.live_denoise", *arguments, str(self.setup.bitrate), self.setup.log_level],
+            pass_fds=[theirs.fileno()],
+            env=environment,
+            stdin=subprocess.DEVNULL,
         )
-        self.process.start()
         theirs.close()
         ours.setblocking(False)
         self.channel = ours
@@ -144,9 +144,9 @@ class DenoiseWorker:
 
     def close(self) -> None:
         self._lost()
-        if self.process is not None and self.process.is_alive():
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.join(5)
+            self.process.wait(5)
         self.process = None
 
 
@@ -162,6 +162,7 @@ class SuppressedTrack:
         self.state = "starting"
         self.error: str | None = None
         self.delay = 0  # samples
+        self.opened_at = 0.0  # when the worker had the stream open (0: not yet)
         self.layer: Layer | None = None
         self.last_forwarded: int | None = None  # sequence number of the last packet sent down
         # seq -> (when it went to the worker, its layer, the original): withheld until its copy is back
@@ -187,6 +188,9 @@ class SuppressedTrack:
             self.held.append((layer, packet))
             return True
         now = time.monotonic()
+        if not self.opened_at:  # the worker is still starting, or loading the model
+            self._forwarded(packet.seq)
+            return False
         message = b"F" + FRAME_IN.pack(self.id, packet.seq, packet.timestamp) + packet.payload
         if not self.manager.worker.send(message):
             self._forwarded(packet.seq)
@@ -254,6 +258,7 @@ class SuppressedTrack:
 
     def opened(self, delay: int) -> None:
         self.delay = delay
+        self.opened_at = time.monotonic()
 
     def fail(self, reason: str) -> None:
         """Back to the originals for good (the model cannot run)."""

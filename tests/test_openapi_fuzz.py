@@ -529,6 +529,9 @@ SELDOM_SUCCEED = {
     "speech.emotion": "no emotion model is installed on the fuzzed server (4001)",
     "speech.synthesis_detection": "no synthetic-speech model is installed on the fuzzed server (4001)",
     "speech.job_status": "the pool's job ids are media jobs'",
+    "audio.denoising": "the pool's file is a silent video (no audio track); generated audio_urls are not URLs",
+    "audio.job_status": "the pool's job ids are those of other kinds of job",
+    "video.job_status": "the pool's job ids are those of other kinds of job",
 }
 
 

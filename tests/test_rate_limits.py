@@ -17,7 +17,8 @@ from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints, the avatar download, rotating a
-# meeting's invite code, the ICE servers (STUN/TURN) of a caller and a speech job's status.
+# meeting's invite code, the ICE servers (STUN/TURN) of a caller, a speech, denoising or enhancement
+# job's status, and a room's live noise suppression.
 NOT_IN_SPEC = {
     "meta.health",
     "meta.openapi",
@@ -25,6 +26,10 @@ NOT_IN_SPEC = {
     "meetings.rotate_invite_code",
     "webrtc.ice_servers",
     "speech.job_status",
+    "audio.job_status",
+    "video.job_status",
+    "webrtc.room_noise_suppression",
+    "webrtc.set_room_noise_suppression",
 }
 
 
