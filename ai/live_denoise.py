@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fractions
 import logging
+import os
 import socket
 import struct
 import sys
@@ -45,6 +46,7 @@ RATE = 48_000
 DURATIONS = {480: "10", 960: "20", 1920: "40", 2880: "60"}
 MAX_DATAGRAM = 4096
 OPUS_LOOKAHEAD = 120  # samples the low-delay Opus encoder holds back
+PRIORITY = -10  # niceness asked for
 SILENT = 127
 
 
@@ -172,6 +174,10 @@ def main(argv: list[str]) -> None:
     fd, parent_pid, model_dir, cache_dir, bitrate, level = argv
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     die_with_parent(int(parent_pid))
+    # Live sound cannot wait behind batch work (media jobs, AI nodes): ask to be scheduled first.
+    # Only a server allowed to (root, or CAP_SYS_NICE) gets it; otherwise this changes nothing.
+    with contextlib.suppress(OSError):
+        os.nice(PRIORITY)
     channel = socket.socket(fileno=int(fd))
     channel.setblocking(True)
     Worker(channel, Path(model_dir) if model_dir else None, Path(cache_dir), int(bitrate)).serve()

@@ -196,9 +196,10 @@ class SuppressedTrack:
             self._forwarded(packet.seq)
             return False
         self.sent[packet.seq] = (now, layer, packet)
-        if self.state == "starting" or self._stalled(now):
+        if self.state == "starting":
             self._forwarded(packet.seq)
             return False
+        self._stalled(now)  # (behind: forwards this original with those still waiting)
         return True
 
     def _stalled(self, now: float) -> bool:
