@@ -113,6 +113,9 @@ class SfuSettings(_Section):
     noise_suppression_model: str = Field("", pattern=r"^([a-z0-9][a-z0-9._-]{0,63})?$")
     noise_suppression_bitrate: int = Field(48_000, ge=6_000, le=510_000)
     noise_suppression_max_streams: int = Field(32, ge=0, le=1000)
+    # Worker processes the cleaned tracks are spread over (each takes a core at most); 0: one per
+    # core but one.
+    noise_suppression_workers: int = Field(0, ge=0, le=64)
 
     @field_validator("bind_addresses", "announce_addresses", mode="before")
     @classmethod

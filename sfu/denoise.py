@@ -83,6 +83,7 @@ class DenoiseWorker:
     def __init__(self, setup: WorkerSetup, on_message: Any) -> None:
         self.setup = setup
         self.on_message = on_message
+        self.restart_after = 0.0  # a worker that died is started again no sooner than this
         self.process: Any = None
         self.channel: socket.socket | None = None
         self.started_at = 0.0
@@ -154,8 +155,8 @@ class SuppressedTrack:
     """One published audio track being cleaned, and its switch's state: starting, on, draining
     (switching off), off, or failed."""
 
-    def __init__(self, manager: NoiseSuppression, stream_id: int, track: PublishedTrack, model: str) -> None:
-        self.manager = manager
+    def __init__(self, worker: DenoiseWorker, stream_id: int, track: PublishedTrack, model: str) -> None:
+        self.worker = worker
         self.id = stream_id
         self.track = track
         self.model = model
@@ -192,7 +193,7 @@ class SuppressedTrack:
             self._forwarded(packet.seq)
             return False
         message = b"F" + FRAME_IN.pack(self.id, packet.seq, packet.timestamp) + packet.payload
-        if not self.manager.worker.send(message):
+        if not self.worker.send(message):
             self._forwarded(packet.seq)
             return False
         self.sent[packet.seq] = (now, layer, packet)
@@ -322,17 +323,17 @@ class NoiseSuppression:
     """Who asked for suppression (a peer for its own tracks, a room for all of its), and the
     suppressed tracks kept in line with that on every media tick."""
 
-    def __init__(self, sfu: Sfu, setup: WorkerSetup, model: str, max_streams: int) -> None:
+    def __init__(self, sfu: Sfu, setup: WorkerSetup, model: str, max_streams: int, workers: int = 1) -> None:
         self.sfu = sfu
         self.model = model or default_model()
         self.max_streams = max_streams
-        self.worker = DenoiseWorker(setup, self._on_message)
+        # Each worker is one process, one core at most; streams are spread over them.
+        self.workers = [DenoiseWorker(setup, self._on_message) for _ in range(max(1, workers))]
         self.peers: dict[str, str] = {}  # peer id -> model
         self.rooms: dict[int, str] = {}  # room id -> model
         self.tracks: dict[str, SuppressedTrack] = {}  # by track id
         self._streams: dict[int, SuppressedTrack] = {}
         self._ids = 0
-        self._restart_after = 0.0
 
     # the switch ---------------------------------------------------------------------------------
 
@@ -378,19 +379,31 @@ class NoiseSuppression:
             if track_id not in self.tracks and track.cleaner is None and len(self.tracks) < self.max_streams:
                 self._start(track, model)
 
+    def _worker(self) -> DenoiseWorker | None:
+        """The worker with the fewest streams (a running one before one to start), started if
+        need be; None while the only choice died too recently to start again."""
+        load = {id(worker): 0 for worker in self.workers}
+        for suppressed in self._streams.values():
+            load[id(suppressed.worker)] += 1
+        worker = min(self.workers, key=lambda w: (load[id(w)], not w.alive))
+        if not worker.alive:
+            if time.monotonic() < worker.restart_after:
+                return None
+            worker.close()
+            worker.start()
+            worker.restart_after = time.monotonic() + RESTART_SECONDS
+        return worker
+
     def _start(self, track: PublishedTrack, model: str) -> None:
-        if not self.worker.alive:
-            if time.monotonic() < self._restart_after:
-                return
-            self.worker.close()
-            self.worker.start()
-            self._restart_after = time.monotonic() + RESTART_SECONDS
+        worker = self._worker()
+        if worker is None:
+            return
         self._ids += 1
-        suppressed = SuppressedTrack(self, self._ids, track, model)
+        suppressed = SuppressedTrack(worker, self._ids, track, model)
         self.tracks[track.id] = suppressed
         self._streams[suppressed.id] = suppressed
         track.cleaner = suppressed
-        self.worker.send(b"O" + STREAM.pack(suppressed.id) + model.encode())
+        worker.send(b"O" + STREAM.pack(suppressed.id) + model.encode())
         log.info("noise suppression (%s) on for track %s of peer %s", model, track.id, track.publisher_id)
 
     def _stop(self, suppressed: SuppressedTrack) -> None:
@@ -404,7 +417,7 @@ class NoiseSuppression:
         if suppressed.track.cleaner is suppressed:
             suppressed.track.cleaner = None
         self._streams.pop(suppressed.id, None)
-        self.worker.send(b"C" + STREAM.pack(suppressed.id))
+        suppressed.worker.send(b"C" + STREAM.pack(suppressed.id))
 
     # the worker's answers -----------------------------------------------------------------------
 
@@ -431,11 +444,11 @@ class NoiseSuppression:
 
     def tick(self) -> None:
         now = time.monotonic()
-        if self.tracks and not self.worker.alive:
-            for suppressed in list(self.tracks.values()):
+        for suppressed in list(self._streams.values()):
+            if not suppressed.worker.alive:
                 suppressed.fail("the noise suppression worker stopped")
                 self._forget(suppressed)
-            self.tracks.clear()
+                self.tracks.pop(suppressed.track.id, None)
         for suppressed in list(self._streams.values()):
             suppressed.tick(now)
             if suppressed.state == "off" and suppressed.track.id not in self.tracks:
@@ -459,4 +472,5 @@ class NoiseSuppression:
                 suppressed.track.cleaner = None
         self._streams.clear()
         self.tracks.clear()
-        self.worker.close()
+        for worker in self.workers:
+            worker.close()

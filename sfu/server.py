@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +62,11 @@ class Sfu:
         self._recordings: dict[str, RoomRecording] = {}
         setup = denoise_setup or WorkerSetup(bitrate=settings.noise_suppression_bitrate)
         self.noise = NoiseSuppression(
-            self, setup, settings.noise_suppression_model, settings.noise_suppression_max_streams
+            self,
+            setup,
+            settings.noise_suppression_model,
+            settings.noise_suppression_max_streams,
+            settings.noise_suppression_workers or max(1, (os.cpu_count() or 2) - 1),
         )
 
     async def start(self) -> None:
