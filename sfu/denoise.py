@@ -1,7 +1,7 @@
 """Live noise suppression: a published microphone forwarded cleaned, in place of the original.
 
 The media loop never decodes. A suppressed track's Opus packets go, as they arrive, to a worker
-process (``ai/live_denoise.py``) over a socket pair; each comes back cleaned and re-encoded with the
+process (``ai/live_denoise.py``; the tracks are spread over a few) over a socket pair; each comes back cleaned and re-encoded with the
 same duration, and is forwarded under the original's sequence number and timestamp. Down-tracks
 therefore see one unbroken stream whichever packets they get, so switching on or off needs no
 rewriting of sequence numbers or timestamps and nothing for the subscriber to notice:
