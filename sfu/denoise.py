@@ -1,20 +1,22 @@
 """Live noise suppression: a published microphone forwarded cleaned, in place of the original.
 
 The media loop never decodes. A suppressed track's Opus packets go, as they arrive, to a worker
-process (``ai/live_denoise.py``; the tracks are spread over a few) over a socket pair; each comes back cleaned and re-encoded with the
-same duration, and is forwarded under the original's sequence number and timestamp. Down-tracks
-therefore see one unbroken stream whichever packets they get, so switching on or off needs no
-rewriting of sequence numbers or timestamps and nothing for the subscriber to notice:
+process (``ai/live_denoise.py``; the tracks are spread over a few) over a socket pair; each comes
+back cleaned and re-encoded with the same duration, and is forwarded under the original's
+sequence number and timestamp. Down-tracks therefore see one unbroken stream whichever packets
+they get, so switching on or off needs no rewriting of sequence numbers or timestamps and nothing
+for the subscriber to notice:
 
-- switching on, the originals go on being forwarded until the first cleaned packet is back; from
-  then on only cleaned packets newer than the last forwarded one are;
+- switching on, the originals go on being forwarded until the worker's copies come back
+  promptly; from then on originals are withheld and each cleaned copy newer than the last packet
+  forwarded goes;
 - switching off, new packets stay with the worker's until those in flight are back (or 200 ms
   passed), then the originals held meanwhile follow, so no packet is skipped or sent twice;
-- a worker that stops answering (or dies) makes the track fall back to its originals.
+- a worker that falls behind (or dies) makes the track forward its originals until it catches up.
 
 What it costs is measured per stream: the time from a packet's arrival to its cleaned copy's
-(``latency``), the model's and the encoder's look-ahead (``algorithmic_delay``), and the worker's CPU time per second of
-audio (``cpu_percent``)."""
+(``latency``), the model's and the encoder's look-ahead (``algorithmic_delay``), and the worker's
+CPU time per second of audio (``cpu_percent``)."""
 
 from __future__ import annotations
 
@@ -200,22 +202,20 @@ class SuppressedTrack:
         if self.state == "starting":
             self._forwarded(packet.seq)
             return False
-        self._stalled(now)  # (behind: forwards this original with those still waiting)
+        self._check_stall(now)
         return True
 
-    def _stalled(self, now: float) -> bool:
-        """The oldest packet at the worker has been there too long: the originals still waiting
-        for their copies go now, and the next ones too until the worker catches up."""
-        oldest = next(iter(self.sent.values()))[0]
-        if now - oldest <= STALL_SECONDS:
+    def _check_stall(self, now: float) -> None:
+        """When the oldest packet at the worker has been there too long, the originals still
+        waiting for their copies go now (this one with them), and so on until it catches up."""
+        if now - next(iter(self.sent.values()))[0] <= STALL_SECONDS:
             self.stalled = False
-            return False
+            return
         if not self.stalled:
             self.stalled = True
             self.fallbacks += 1
             log.warning("noise suppression of track %s: the worker fell behind; forwarding originals", self.track.id)
         self._release_waiting()
-        return True
 
     def _release_waiting(self) -> None:
         """Forward, in order, the withheld originals whose cleaned copies are not back."""
