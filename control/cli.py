@@ -95,6 +95,9 @@ def serve(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     settings = _settings(args, host=args.host, port=args.port)
     _configure_logging(settings.server.log_level)
+    # A status request that comes while the server is still starting is ignored, not fatal (the
+    # signal's default action ends the process); the handler replaces this once the loop runs.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         import uvloop
     except ImportError:
