@@ -27,8 +27,12 @@ class Metrics:
     def __init__(self, version: str, node_id: str) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        info = Gauge("huiyi_build_info", "Always 1; the version and node id as labels", ["version", "node_id"])
-        self.registry.register(info)
+        info = Gauge(
+            "huiyi_build_info",
+            "Always 1; the version and node id as labels",
+            ["version", "node_id"],
+            registry=self.registry,
+        )
         info.labels(version, node_id).set(1)
         self.http_requests = Counter(
             "huiyi_http_requests",
