@@ -360,14 +360,28 @@ async def delete_meeting(request: web.Request) -> None:
     meeting = await _meeting(request)
     await require_host(request.app, meeting, current_user(request))
     if meeting.status == "ongoing":
+        online = await _online(request, meeting)
         ended = await request.app[STORE].meetings.transition(
             meeting.id, ["ongoing"], status="ended", ended_at=utc_now()
         )
         if ended is not None:
-            request.app[WEBHOOKS].emit(MEETING_ENDED, {"meeting_id": meeting.id, "reason": "deleted"})
+            _tell_ended(request, meeting, online, "deleted")
     await close_room(request.app, meeting.id, "meeting deleted")
     await request.app[STORE].meetings.delete(meeting.id)
     log.info("meeting %s deleted by its host", meeting.id)
+
+
+async def _online(request: web.Request, meeting: MeetingRecord) -> list[int]:
+    """Who is online in the meeting: ending it takes them all offline at once."""
+    return [p.user_id for p in await request.app[STORE].participants.list(meeting.id) if p.status == "online"]
+
+
+def _tell_ended(request: web.Request, meeting: MeetingRecord, online: list[int], reason: str) -> None:
+    """Webhook receivers hear everyone online leave, then (for a meeting that ran) that it ended."""
+    for user_id in online:
+        participant_left(request.app, meeting.id, user_id, f"meeting {reason}")
+    if reason != "cancelled":
+        request.app[WEBHOOKS].emit(MEETING_ENDED, {"meeting_id": meeting.id, "reason": reason})
 
 
 @group.route(
@@ -407,13 +421,13 @@ async def end_meeting(request: web.Request) -> MeetingOut:
     target = {"ongoing": "ended", "scheduled": "cancelled"}.get(meeting.status)
     if target is None:
         raise bad_request(f"Meeting has already {meeting.status}")
+    online = await _online(request, meeting)
     ended = await request.app[STORE].meetings.transition(
         meeting.id, [meeting.status], status=target, ended_at=utc_now()
     )
     if ended is None:
         raise bad_request("Meeting changed state meanwhile; fetch it again")
-    if target == "ended":
-        request.app[WEBHOOKS].emit(MEETING_ENDED, {"meeting_id": meeting.id, "reason": "ended"})
+    _tell_ended(request, meeting, online, target)
     await close_room(request.app, meeting.id, f"meeting {target}")
     return MeetingOut.of(ended, member=True)
 
