@@ -78,4 +78,6 @@ def configure_logging(level: str, fmt: str = "text", filters: Iterable[logging.F
     for item in filters:
         handler.addFilter(item)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Python's warnings too, so that every line written is in the format asked for.
+    logging.captureWarnings(True)
     return handler

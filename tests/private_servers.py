@@ -36,7 +36,9 @@ class PrivatePostgres:
         self.data = self.root / "data"
         if os.geteuid() == 0:
             shutil.chown(self.root, POSTGRES_USER)
-        done = _as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        done = _as_postgres(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
         if done.returncode != 0:
             unavailable("a PostgreSQL cluster of the test's own", RuntimeError(done.stderr.strip()))
 
@@ -47,7 +49,9 @@ class PrivatePostgres:
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         log = self.root / "server.log"
-        done = _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start")
+        done = _as_postgres(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start"
+        )
         assert done.returncode == 0, done.stderr + (log.read_text() if log.exists() else "")
 
     def stop(self) -> None:
