@@ -203,3 +203,29 @@ async def test_receivers_from_settings_are_listed_and_changed_only_there(
     assert renewed["data"]["secret"] not in (None, rotated["secret"])
     await api.call("DELETE", f"{HOOKS}/{rotated['webhook_id']}", token=admin.access, expect=200)
     await api.call("GET", f"{HOOKS}/{rotated['webhook_id']}", token=admin.access, expect=404)
+
+
+async def test_a_recording_becoming_ready_is_told(
+    settings_factory: SettingsFactory, make_api: Callable[..., Any]
+) -> None:
+    api: Api = await make_api(settings_factory(webhooks={"url_allow_networks": LOOPBACK}))
+    admin = await api.admin()
+    host = await api.account()
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        receiver.secret = (await _register(api, admin, receiver.url, events=["recording.ready"]))["secret"]
+        settings = {"enable_recording": True}
+        created = await api.call("POST", MEETINGS, token=host.access, json={"title": "rec", "settings": settings})
+        path = f"{MEETINGS}/{created['data']['meeting_id']}"
+        await api.call("POST", path + "/start", token=host.access, expect=200)
+        started = await api.call("POST", path + "/recording/start", token=host.access, json={"composite": False})
+        assert started["status"] in (200, 201), started
+        await api.call("POST", path + "/recording/stop", token=host.access, expect=200)
+        await until(lambda: receiver.received, "recording.ready delivered")
+        [event] = receiver.events()
+        assert event["type"] == "recording.ready"
+        assert event["data"]["recording_id"] == started["data"]["recording_id"]
+        assert event["data"]["meeting_id"] == created["data"]["meeting_id"]
+    finally:
+        await receiver.stop()
