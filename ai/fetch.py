@@ -75,7 +75,7 @@ def check_url(url: str, allowed: list[Network], what: str = "audio_url") -> URL:
 async def resolve_checked(host: str, port: int, allowed: list[Network], what: str = "audio_url") -> list[ResolveResult]:
     try:
         found = await DefaultResolver().resolve(host, port, socket.AF_UNSPEC)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a name IDNA cannot encode (an empty or 64+ label)
         raise UrlRefused(f"the host {host} of {what} cannot be resolved") from None
     for result in found:
         reason = address_refused(result["host"], allowed)
