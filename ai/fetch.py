@@ -55,16 +55,17 @@ def check_url(url: str, allowed: list[Network], what: str = "audio_url") -> URL:
     """The parsed URL, if its form is acceptable and a literal address in it may be reached."""
     try:
         parsed = URL(url)
+        host = parsed.host  # decoded here: an IDNA label that does not decode is a ValueError
     except (ValueError, TypeError):
         raise UrlRefused(f"{what} is not a valid URL") from None
     if parsed.scheme not in {"http", "https"}:
         raise UrlRefused(f"{what} must be an http or https URL")
-    if not parsed.host:
+    if not host:
         raise UrlRefused(f"{what} has no host")
     if parsed.user or parsed.password:
         raise UrlRefused(f"{what} must not carry credentials")
     try:
-        reason = address_refused(parsed.host, allowed)
+        reason = address_refused(host, allowed)
     except ValueError:
         return parsed  # a name: checked when resolved
     if reason:
