@@ -31,6 +31,9 @@ class ServerSettings(_Section):
     data_dir: Path
     public_url: str
     log_level: str
+    # "text" (one human-readable line per record) or "json" (one JSON object per line, with the
+    # request, meeting, user and peer the record is about); docs/operations.md#logs.
+    log_format: str = "text"
     node_id: str = Field(max_length=64)
     header_timeout_seconds: float = Field(gt=0, le=3600)
 
@@ -41,6 +44,14 @@ class ServerSettings(_Section):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        fmt = value.lower()
+        if fmt not in {"text", "json"}:
+            raise ValueError("must be text or json")
+        return fmt
 
 
 class DatabaseSettings(_Section):
@@ -272,6 +283,86 @@ class AiSettings(_Section):
         return value
 
 
+def _network_strings(value: list[str]) -> list[str]:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
+    return value
+
+
+def _comma_list(value: Any) -> Any:
+    """A list, or (from the environment) one string of comma-separated items."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics (docs/operations.md#metrics). Defaulted as in default.toml."""
+
+    enabled: bool = True
+    # An admin listener of its own serves GET /metrics without a token: keep it on loopback or a
+    # private network. 0 picks a free port (logged); enabled = false serves no metrics at all.
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    # With a token, GET /metrics also answers on the public port, to `Authorization: Bearer <token>`.
+    token: str = Field("", max_length=256)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("a metrics token needs at least 16 characters")
+        return value
+
+
+class HealthSettings(_Section):
+    """What readiness (GET /api/v1/health/ready) requires beyond its services answering."""
+
+    # Free space in the data directory below which the node reports itself not ready.
+    min_free_disk_mb: int = Field(256, ge=0)
+
+
+class WebhookSettings(_Section):
+    """Signed event notifications to operators' URLs (docs/operations.md#webhooks)."""
+
+    # Receivers configured here (besides those registered through the admin API), all events,
+    # signed with ``secret``.
+    urls: list[str] = Field(default_factory=list)
+    secret: str = Field("", max_length=256)
+    # Networks a webhook URL may point into although private (e.g. ["10.0.0.0/8"]).
+    url_allow_networks: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # A failed delivery is tried again after retry_base_seconds, then twice as long each time, at
+    # most retry_max_seconds apart, until retry_for_seconds after the event; then it is dropped.
+    retry_base_seconds: float = Field(1.0, gt=0, le=3600)
+    retry_max_seconds: float = Field(600.0, gt=0, le=86_400)
+    retry_for_seconds: float = Field(86_400.0, gt=0, le=30 * 86_400)
+    # Delivered and dropped deliveries are kept this long for GET /api/v1/admin/webhooks/{id}.
+    keep_seconds: float = Field(7 * 86_400.0, ge=0)
+
+    @field_validator("urls", "url_allow_networks", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _network_strings(value)
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookSettings:
+        if self.urls and len(self.secret) < 16:
+            raise ValueError("urls need a secret of at least 16 characters to sign the events with")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r}: webhook URLs are http or https")
+        return self
+
+
 class RateLimitSettings(_Section):
     enabled: bool
     endpoints: dict[str, str] = Field(default_factory=dict)
@@ -290,6 +381,9 @@ class Settings(_Section):
     recording: RecordingSettings
     turn: TurnSettings
     ai: AiSettings = Field(default_factory=AiSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     rate_limits: RateLimitSettings
 
     @property

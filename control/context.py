@@ -17,11 +17,13 @@ from control.avatars import AvatarStore
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
+from control.metrics.instruments import Metrics
 from control.recordings import Recorder
 from control.signaling.hub import Hub
 from control.storage import LocalStorage
 from control.store import Store
 from control.store.users import UserRecord
+from control.webhooks.dispatcher import Webhooks
 from sfu.server import Sfu
 from turn.process import TurnProcess
 
@@ -42,6 +44,9 @@ RECORDINGS = web.AppKey("recordings", Recorder)
 # The TURN server's process; not started (no endpoints) when turn.enabled is false.
 TURN = web.AppKey("turn", TurnProcess)
 AI = web.AppKey("ai", AiService)
+METRICS = web.AppKey("metrics", Metrics)
+# Event notifications: ``app[WEBHOOKS].emit(type, data)`` (types in control/webhooks/events.py).
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sfu.counters import MediaTotals
+from sfu.events import MediaEvents
 from sfu.track import PublishedTrack
 
 if TYPE_CHECKING:
@@ -15,8 +17,10 @@ SPEAKER_HOLD_TICKS = 2  # a new loudest speaker must stay loudest this many tick
 
 
 class Room:
-    def __init__(self, room_id: int) -> None:
+    def __init__(self, room_id: int, events: MediaEvents, retired: MediaTotals) -> None:
         self.id = room_id
+        self.events = events
+        self.retired = retired  # the media server's totals, which a track's counts join when it goes
         self.peers: dict[str, Peer] = {}
         self.tracks: dict[str, PublishedTrack] = {}
         self.recordings: list[RoomRecording] = []  # running here; they outlive the room if it empties
@@ -42,6 +46,7 @@ class Room:
                 peer.subscriber.add(track)
         for recording in self.recordings:
             recording.attach(track)
+        self.events.track_published(self.id, track)
 
     def remove_track(self, track: PublishedTrack, reason: str = "unpublished") -> None:
         """The track is gone: ``reason`` ("unpublished", or "left" with its publisher) ends its files."""
@@ -52,6 +57,8 @@ class Room:
         track.downtracks.clear()
         for recording in self.recordings:
             recording.detach(track, reason)
+        self.retired.add_track(track)
+        self.events.track_unpublished(self.id, track, reason)
 
     def add_recording(self, recording: RoomRecording) -> None:
         self.recordings.append(recording)

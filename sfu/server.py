@@ -16,6 +16,8 @@ from typing import Any
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from config.settings import SfuSettings
+from sfu.counters import MediaTotals
+from sfu.events import MediaEvents, NoListener
 from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
 from sfu.peer import Peer, Signal
 from sfu.ports import open_listeners
@@ -55,9 +57,14 @@ class Sfu:
         self.certificate = RTCCertificate.generateCertificate()
         self.rooms: dict[int, Room] = {}
         self.peers: dict[str, Peer] = {}
+        self._closing: set[Peer] = set()  # removed, their connections still closing
         self._ticker: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._recordings: dict[str, RoomRecording] = {}
+        self.events: MediaEvents = NoListener()
+        # Counts of the tracks and down-tracks gone so far; ``totals`` adds the live ones.
+        self.retired = MediaTotals()
+        self.last_tick = time.monotonic()  # the media clock's, to tell it still runs
 
     async def start(self) -> None:
         self.network = await open_listeners(self.network)
@@ -93,6 +100,22 @@ class Sfu:
             " " + shared.status() if shared is not None else "",
         )
 
+    def totals(self) -> MediaTotals:
+        """Everything forwarded and received since the server started, gone peers included."""
+        live = MediaTotals()
+        for room in self.rooms.values():
+            for track in room.tracks.values():
+                live.add_track(track)
+        for peer in [*self.peers.values(), *self._closing]:
+            for down in peer.subscriber.downtracks.values():
+                live.add_downtrack(down)
+        return self.retired.plus(live)
+
+    @property
+    def ticking(self) -> bool:
+        """The media clock runs (it drives key frames, layer choices and RTCP for every room)."""
+        return self._ticker is not None and not self._ticker.done()
+
     # peers --------------------------------------------------------------------------------------
 
     def peer(self, meeting_id: int, peer_id: str, user_id: int, signal: Signal) -> Peer:
@@ -100,7 +123,7 @@ class Sfu:
         if peer is None:
             room = self.rooms.get(meeting_id)
             if room is None:
-                room = self.rooms[meeting_id] = Room(meeting_id)
+                room = self.rooms[meeting_id] = Room(meeting_id, self.events, self.retired)
                 for recording in self._recordings.values():
                     if recording.meeting_id == meeting_id:
                         room.add_recording(recording)
@@ -116,7 +139,11 @@ class Sfu:
         if peer is None:
             return
         peer.room.remove_peer(peer)
-        await peer.close()
+        self._closing.add(peer)
+        try:
+            await peer.close()
+        finally:
+            self._closing.discard(peer)
         if peer.room.empty:
             self.rooms.pop(peer.room.id, None)
         log.info("peer %s left media of meeting %s", peer_id, peer.room.id)
@@ -232,7 +259,7 @@ class Sfu:
                 log.exception("media clock tick failed")
 
     def _tick(self, full: bool) -> None:
-        now = time.monotonic()
+        now = self.last_tick = time.monotonic()
         for recording in self._recordings.values():
             recording.tick()
         for room in list(self.rooms.values()):

@@ -72,6 +72,7 @@ class SubscriberSide:
             track.downtracks.remove(down)
         self.by_ssrc.pop(down.ssrc, None)
         self.by_ssrc.pop(down.rtx_ssrc, None)
+        self.peer.sfu.retired.add_downtrack(down)
         if self.transport is not None and self.state == "connected":
             # RFC 3550's goodbye: receivers end the track now rather than after a renegotiation.
             self.transport.send_rtcp(rtcp.bye([down.ssrc, down.rtx_ssrc]))
@@ -282,6 +283,8 @@ class SubscriberSide:
 
     async def close(self) -> None:
         self.detach()
+        for down in self.downtracks.values():
+            self.peer.sfu.retired.add_downtrack(down)
         self.downtracks.clear()
         self.by_ssrc.clear()
         if self._establishing is not None:

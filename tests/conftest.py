@@ -99,6 +99,8 @@ async def settings_factory(request: pytest.FixtureRequest, tmp_path: Path) -> As
             "rate_limits": {"enabled": False},
             # The TURN server has tests of its own; an app per test need not start its process.
             "turn": {"enabled": False},
+            # Each app's metrics listener on a port of its own, so apps running at once never clash.
+            "metrics": {"port": 0},
         }
         for section, values in sections.items():
             layers.setdefault(section, {}).update(values)

@@ -59,6 +59,7 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     #                                anon  other part  mod   host  remov wait  ban   admin rem.creator
     "meta.health":                  (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
     "meta.openapi":                 (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
+    "meta.ready":                   (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
     "auth.register":                (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
     "auth.login":                   (OK,   OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "auth.refresh":                 (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
@@ -76,6 +77,11 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "admin.delete":                 (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
     "admin.ban":                    (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
     "admin.unban":                  (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.list":                (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.create":              (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.get":                 (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.update":              (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.delete":              (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
     "meetings.create":              (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "meetings.list":                (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "meetings.get":                 (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
@@ -448,6 +454,8 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "media": {"job_workers": 1},
             "turn": {"enabled": False},
             "ai": {"model_dir": str(work / "models")},
+            "metrics": {"port": 0},
+            "webhooks": {"url_allow_networks": ["127.0.0.0/8"]},
         },
         environ={},
     )
@@ -540,6 +548,7 @@ async def _with_meeting(case: Case, **call: Any) -> Call:
 BUILDERS: dict[str, Builder] = {
     "meta.health": _nothing,
     "meta.openapi": _nothing,
+    "meta.ready": _nothing,
     "auth.register": _register,
     "auth.login": _login,
     "auth.refresh": lambda case: _token_call("refresh"),
@@ -559,6 +568,12 @@ BUILDERS: dict[str, Builder] = {
     "admin.delete": _subject,
     "admin.ban": _subject,
     "admin.unban": _subject,
+    "webhooks.list": _nothing,
+    # Registered switched off: the receiver on the discard port never gets a delivery attempt.
+    "webhooks.create": lambda case: _done(Call(json={"url": "http://127.0.0.1:9/hook", "enabled": False})),
+    "webhooks.get": lambda case: _webhook(case),
+    "webhooks.update": lambda case: _webhook(case, json={"description": "renamed"}),
+    "webhooks.delete": lambda case: _webhook(case),
     "meetings.create": lambda case: _done(Call(json={"title": "mine"})),
     "meetings.list": _page,
     "meetings.get": _meeting,
@@ -630,6 +645,14 @@ async def _done(call: Call) -> Call:
 
 async def _token_call(token: str) -> Call:
     return Call(token=token)
+
+
+async def _webhook(case: Case, **call: Any) -> Call:
+    """A receiver of its own for the case to read, change or remove (switched off: never called)."""
+    record = await case.world.api.app[STORE].webhooks.create(
+        url="http://127.0.0.1:9/hook", secret="s" * 32, events=[], description="matrix", enabled=False
+    )
+    return Call(path={"webhook_id": record.id}, **call)
 
 
 async def _subject_with(case: Case, **call: Any) -> Call:

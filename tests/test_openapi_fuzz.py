@@ -188,6 +188,16 @@ class Pool:
         job = self.fuzzer.call("POST", "/api/v1/ffmpeg/thumbnail", self.token, json={"file_id": self.get("file")})
         return str(job["job_id"])
 
+    def _make_webhook(self) -> int:
+        """A receiver registered by the administrator (whoever fuzzes), switched off: never called."""
+        hook = self.fuzzer.call(
+            "POST",
+            "/api/v1/admin/webhooks",
+            self.fuzzer.tokens["admin"],
+            json={"url": "http://127.0.0.1:9/fuzz", "enabled": False},
+        )
+        return int(hook["webhook_id"])
+
     def _make_model(self) -> str:
         return "moonshine-tiny-en"  # shipped with the server, on every node
 
@@ -302,6 +312,7 @@ PATH_RESOURCES = {
     "recording_id": "finished_recording",
     "model_id": "model",
     "node_id": "node",
+    "webhook_id": "webhook",
 }
 # Operations that need a meeting that can be recorded, where they name a meeting.
 RECORDABLE = {
@@ -318,6 +329,7 @@ CONSUMES = {
     # The member is out of the meeting: a new meeting has them in it again.
     ("DELETE", "/api/v1/meetings/{meeting_id}/participants/{user_id}"): "meeting",
     ("DELETE", "/api/v1/recording/{recording_id}"): "finished_recording",
+    ("DELETE", "/api/v1/admin/webhooks/{webhook_id}"): "webhook",
 }
 
 
@@ -384,7 +396,12 @@ def assert_enveloped(case: schemathesis.Case, response: schemathesis.Response) -
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fuzzer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
     root = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    env = {"HUIYI_RATE_LIMITS": "off", "HUIYI_MEDIA_JOB_WORKERS": "1"}
+    # Receivers on loopback may be registered (the pool's are, switched off).
+    env = {
+        "HUIYI_RATE_LIMITS": "off",
+        "HUIYI_MEDIA_JOB_WORKERS": "1",
+        "HUIYI_WEBHOOKS_URL_ALLOW_NETWORKS": "127.0.0.0/8",
+    }
     schema = ""
     if request.param == "postgresql":
         schema = asyncio.run(postgres_schema())
@@ -529,6 +546,7 @@ SELDOM_SUCCEED = {
     "speech.emotion": "no emotion model is installed on the fuzzed server (4001)",
     "speech.synthesis_detection": "no synthetic-speech model is installed on the fuzzed server (4001)",
     "speech.job_status": "the pool's job ids are media jobs'",
+    "webhooks.create": "a generated url seldom names a host that resolves to an address the server may reach",
 }
 
 

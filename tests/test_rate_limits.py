@@ -16,15 +16,22 @@ from control.endpoints import Access, Endpoint
 from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
-# Endpoints the contract does not list: service endpoints, the avatar download, rotating a
-# meeting's invite code, the ICE servers (STUN/TURN) of a caller and a speech job's status.
+# Endpoints the contract does not list: service endpoints (health, readiness, the OpenAPI
+# document), the avatar download, rotating a meeting's invite code, the ICE servers (STUN/TURN) of
+# a caller, a speech job's status and the webhook receivers' administration.
 NOT_IN_SPEC = {
     "meta.health",
+    "meta.ready",
     "meta.openapi",
     "users.get_avatar",
     "meetings.rotate_invite_code",
     "webrtc.ice_servers",
     "speech.job_status",
+    "webhooks.list",
+    "webhooks.create",
+    "webhooks.get",
+    "webhooks.update",
+    "webhooks.delete",
 }
 
 

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from config.logformat import configure_logging
 from config.settings import TurnSettings
 from turn.server import Endpoints, TurnServer
 
@@ -40,10 +41,11 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 class TurnProcess:
     """The main server's handle on the TURN process."""
 
-    def __init__(self, settings: TurnSettings, secret: str, log_level: str = "INFO") -> None:
+    def __init__(self, settings: TurnSettings, secret: str, log_level: str = "INFO", log_format: str = "text") -> None:
         self.settings = settings
         self.secret = secret
         self.log_level = log_level
+        self.log_format = log_format
         self.endpoints: Endpoints | None = None
         self._child: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
@@ -68,7 +70,12 @@ class TurnProcess:
             stdout=asyncio.subprocess.PIPE,
             env=environment,
         )
-        start = {"settings": self.settings.model_dump(mode="json"), "secret": self.secret, "log_level": self.log_level}
+        start = {
+            "settings": self.settings.model_dump(mode="json"),
+            "secret": self.secret,
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+        }
         try:
             reply = await self._exchange(start, START_TIMEOUT)
         except (RuntimeError, OSError) as exc:
@@ -138,9 +145,7 @@ def main() -> int:
     if not first:
         return 1
     start = json.loads(first)
-    logging.basicConfig(
-        level=start["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(start["log_level"], start.get("log_format", "text"))
     try:
         import uvloop
     except ImportError:

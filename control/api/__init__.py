@@ -14,6 +14,7 @@ from control.api import (
     sessions,
     speech,
     users,
+    webhooks,
     webrtc,
 )
 from control.endpoints import EndpointGroup
@@ -23,6 +24,7 @@ GROUPS: list[EndpointGroup] = [
     auth.group,
     users.group,
     admin.group,
+    webhooks.group,
     meetings.group,
     recording.meeting_group,
     my.group,

@@ -17,6 +17,7 @@ from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_backgrou
 from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.ice import ice_servers_for
+from control.logcontext import MEETING_ID, PEER_ID, USER_ID
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat, went_offline
 from control.signaling.hub import (
     CLOSE_BAD_REQUEST,
@@ -393,6 +394,10 @@ async def signaling_socket(request: web.Request) -> web.StreamResponse:
         await socket.close(code=refused.close_code, message=refused.text.encode()[:120])
         return socket
 
+    # Records of this socket, and of the media peer and tasks it starts, say whose they are.
+    MEETING_ID.set(meeting.id)
+    USER_ID.set(connection.user_id)
+    PEER_ID.set(connection.session_id)
     session = Session(request, connection, meeting, claims)
     store, hub = request.app[STORE], request.app[HUB]
     writer = asyncio.get_running_loop().create_task(connection.write())

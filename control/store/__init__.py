@@ -13,6 +13,7 @@ from control.store.sessions import SessionStore
 from control.store.stats import StatsStore
 from control.store.tokens import TokenStore
 from control.store.users import UserStore
+from control.store.webhooks import WebhookStore
 
 
 class Store:
@@ -30,6 +31,7 @@ class Store:
         self.media = MediaStore(engine)
         self.jobs = JobStore(engine)
         self.recordings = RecordingStore(engine)
+        self.webhooks = WebhookStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "", pool_size: int = 20) -> Store:

@@ -252,3 +252,55 @@ recording_tracks = Table(
     UniqueConstraint("recording_id", "node_id", "file_name", name="uq_recording_tracks_file"),
     **NEVER_REUSED,
 )
+
+# Receivers of event notifications (docs/operations.md#webhooks): registered through the admin API,
+# or configured in the nodes' settings (those carry a key, the hash of their URL, so nodes starting
+# together add each once).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("url", String(2048), nullable=False),
+    Column("secret", String(256), nullable=False),
+    # Event types delivered; empty: every type.
+    Column("events", JSON, nullable=False),
+    Column("description", String(200), nullable=False, server_default=""),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("settings_key", String(64), nullable=True, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    # The node delivering to this receiver, and until when unless renewed: one node at a time, so
+    # the receiver gets its events one after the other, in order.
+    Column("lease_node", String(64), nullable=True),
+    Column("lease_until", UtcDateTime(), nullable=True),
+    **NEVER_REUSED,
+)
+
+# One event for one receiver: pending until delivered, or dropped once retrying is over.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("webhook_id", IdType, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", String(40), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    # The JSON document sent, exactly as signed.
+    Column("body", Text, nullable=False),
+    # pending | delivered | dropped
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", String(500), nullable=True),
+    **NEVER_REUSED,
+)
+Index(
+    "ix_webhook_deliveries_queue",
+    webhook_deliveries.c.webhook_id,
+    webhook_deliveries.c.status,
+    webhook_deliveries.c.id,
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
+Index("ix_webhook_deliveries_finished", webhook_deliveries.c.finished_at)
