@@ -277,6 +277,30 @@ class RateLimitSettings(_Section):
     endpoints: dict[str, str] = Field(default_factory=dict)
 
 
+class StreamingSettings(_Section):
+    """Live streams (docs/streaming.md). Defaulted as in default.toml, so tools and tests building one
+    need to spell out only what differs."""
+
+    # What a stream is encoded at unless its start request says otherwise.
+    width: int = Field(1280, ge=160, le=3840)
+    height: int = Field(720, ge=90, le=2160)
+    fps: int = Field(30, ge=5, le=60)
+    video_bitrate: int = Field(2_500_000, ge=100_000, le=20_000_000)
+    audio_bitrate: int = Field(128_000, ge=32_000, le=320_000)
+    # The simulcast layer each participant's video is taken at, at most: low, medium or high.
+    layer: str = Field("medium", pattern="^(low|medium|high)$")
+    # x264's preset: faster ones spend less CPU for a worse picture at the same bit rate.
+    preset: str = Field("veryfast", pattern="^(ultrafast|superfast|veryfast|faster|fast|medium)$")
+    # An RTMP output that cannot connect for this long is given up (state failed).
+    give_up_seconds: float = Field(60.0, gt=0, le=86400)
+    # Reconnection waits double from half a second up to this.
+    max_retry_seconds: float = Field(10.0, gt=0, le=600)
+    hls_segment_seconds: float = Field(2.0, ge=1, le=30)
+    hls_list_size: int = Field(6, ge=2, le=100)
+    # Streams this node runs at once (each is a compositor process with its own core's worth of work).
+    max_streams: int = Field(4, ge=0, le=256)
+
+
 class Settings(_Section):
     server: ServerSettings
     database: DatabaseSettings
@@ -288,6 +312,7 @@ class Settings(_Section):
     signaling: SignalingSettings
     sfu: SfuSettings
     recording: RecordingSettings
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     turn: TurnSettings
     ai: AiSettings = Field(default_factory=AiSettings)
     rate_limits: RateLimitSettings

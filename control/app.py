@@ -38,6 +38,7 @@ from control.context import (
     SFU,
     STORAGE,
     STORE,
+    STREAMS,
     TOKENS,
     TURN,
 )
@@ -53,6 +54,7 @@ from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
 from control.storage import LocalStorage
 from control.store import Store
+from control.streams import Streamer
 from control.webclient import add_web_client
 from sfu.server import Sfu
 from turn.process import TurnProcess
@@ -147,6 +149,22 @@ async def _recordings_context(app: web.Application) -> AsyncIterator[None]:
     await app[RECORDINGS].close()
 
 
+async def _streams_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STREAMS] = Streamer(
+        store=app[STORE],
+        hub=app[HUB],
+        media=app[SFU],
+        settings=settings.streaming,
+        data_dir=settings.server.data_dir,
+        node_id=settings.node_id,
+        log_level=settings.server.log_level,
+    )
+    await app[STREAMS].start()
+    yield
+    await app[STREAMS].close()
+
+
 async def _ai_context(app: web.Application) -> AsyncIterator[None]:
     """Worker nodes start on the first AI request, so a server never asked for AI work spends nothing on it."""
     app[AI] = AiService(app[SETTINGS])
@@ -208,6 +226,7 @@ def create_app(settings: Settings) -> web.Application:
             _turn_context,
             _jobs_context,
             _recordings_context,
+            _streams_context,
             _ai_context,
             _limiter_context,
         ]

@@ -13,6 +13,7 @@ from control.api import (
     recording,
     sessions,
     speech,
+    streaming,
     users,
     webrtc,
 )
@@ -31,6 +32,7 @@ GROUPS: list[EndpointGroup] = [
     ffmpeg.group,
     webrtc.group,
     recording.group,
+    streaming.group,
     speech.group,
     models.group,
     nodes.group,
