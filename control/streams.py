@@ -330,10 +330,10 @@ class Streamer:
         running = self._here.get(stream_id)
         if running is None:
             raise not_running()
+        running.settled.set()  # its reports and its exit are expected from here on
         self.media.stop_stream(str(stream_id), reason)
         await running.process.stop()
         self._here.pop(stream_id, None)
-        running.settled.set()
         values: dict[str, Any] = {
             "status": status,
             "stopped_at": utc_now(),
