@@ -299,6 +299,26 @@ class StreamingSettings(_Section):
     hls_list_size: int = Field(6, ge=2, le=100)
     # Streams this node runs at once (each is a compositor process with its own core's worth of work).
     max_streams: int = Field(4, ge=0, le=256)
+    # Networks a push URL may point into besides the public internet (loopback, private ranges...
+    # are refused otherwise, so a host cannot make the server push into its own network).
+    allow_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _network_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
+        return value
 
 
 class Settings(_Section):

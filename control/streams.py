@@ -16,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ai.fetch import address_refused, parse_networks
 from config.settings import StreamingSettings
 from control.envelope import utc_now
-from control.errors import ApiError, BusinessCode, not_found
+from control.errors import ApiError, BusinessCode, bad_request, not_found
 from control.private_files import private_directory
 from control.signaling.hub import SERVER, Hub, message
 from control.store import Store
@@ -34,13 +37,14 @@ from control.store.meetings import MeetingRecord
 from control.store.streams import RUNNING, StartRefusal, StartRefused, StreamRecord
 from media.live import LiveConfig
 from media.live_process import CompositorUnavailable, LiveProcess
-from media.push import mask_url
+from media.push import host_of, mask_url
 from sfu.live import LiveFeed, Outlet
 
 log = logging.getLogger("huiyi.streams")
 
 CHANNEL = "streams"  # every node listens: streams to stop, meetings that ended
 REMOTE_STOP_SECONDS = 25.0  # how long a stop waits for the node running the stream
+RESOLVE_SECONDS = 10.0  # a push URL's host name must resolve within this
 STATS_EVERY = 10  # status reports between two writes of the figures to the row
 
 
@@ -93,6 +97,26 @@ _REFUSALS = {
 def _refused(reason: StartRefusal) -> ApiError:
     status, text, code = _REFUSALS[reason]
     return ApiError(status, text, code=code)
+
+
+async def check_destination(url: str, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    """Refuse (400) a push URL whose host is, or resolves to, an address the server does not push
+    to (see ai/fetch.py's rule); its host name is resolved once, here."""
+    host, port = host_of(url)
+    try:
+        addresses = [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        try:
+            found = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_SECONDS
+            )
+        except (OSError, UnicodeError, TimeoutError):
+            raise bad_request(f"The host {host} of a push URL cannot be resolved") from None
+        addresses = [ipaddress.ip_address(str(entry[4][0]).split("%", 1)[0]) for entry in found]
+    for address in addresses:
+        reason = address_refused(str(address), allowed)
+        if reason:
+            raise bad_request(f"A push URL's host {host} is {reason}, which this server does not push to")
 
 
 def digest(url: str) -> str:
@@ -206,6 +230,9 @@ class Streamer:
                 code=BusinessCode.STREAMING_UNAVAILABLE,
             )
         pushes = [output.url for output in request.outputs if output.type == "rtmp" and output.url]
+        allowed = parse_networks(self.settings.allow_networks)
+        for url in pushes:
+            await check_destination(url, allowed)
         public = any(output.type == "hls" and output.public for output in request.outputs)
         shown = [
             {"type": output.type, "url": mask_url(output.url) if output.url else None, "public": output.public}

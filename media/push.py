@@ -63,6 +63,13 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, path, query, ""))
 
 
+def host_of(url: str) -> tuple[str, int]:
+    """The host and port an RTMP(S) URL connects to."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "rtmps" else 1935
+    return parts.hostname or "", parts.port or default
+
+
 def _mask(secret: str) -> str:
     return "****" + secret[-2:] if len(secret) > 8 else "****"
 

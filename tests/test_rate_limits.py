@@ -17,7 +17,8 @@ from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints, the avatar download, rotating a
-# meeting's invite code, the ICE servers (STUN/TURN) of a caller and a speech job's status.
+# meeting's invite code, the ICE servers (STUN/TURN) of a caller, a speech job's status and a live
+# stream's HLS files (for its participants, and at its public address).
 NOT_IN_SPEC = {
     "meta.health",
     "meta.openapi",
@@ -25,6 +26,8 @@ NOT_IN_SPEC = {
     "meetings.rotate_invite_code",
     "webrtc.ice_servers",
     "speech.job_status",
+    "streaming.hls",
+    "streaming.public_hls",
 }
 
 
@@ -125,7 +128,8 @@ PATH_PARAMETER = re.compile(r"\{(\w+)(?::((?:[^{}]|\{\d+(?:,\d*)?\})*))?\}")
 def parameter_value(match: re.Match[str]) -> str:
     """A value the route accepts (so the call reaches the guard) and no row has."""
     pattern = match.group(2) or r"\d+"
-    return next(value for value in ("999999", "f" * 32, "f" * 32 + ".png") if re.fullmatch(pattern, value))
+    candidates = ("999999", "f" * 32, "f" * 32 + ".png", "index.m3u8")
+    return next(value for value in candidates if re.fullmatch(pattern, value))
 
 
 @sqlite_only

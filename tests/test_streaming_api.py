@@ -29,6 +29,12 @@ HLS = [{"type": "hls"}]
 NOT_FOUND = (404, 5101)
 
 
+@pytest.fixture
+async def api(make_api: Any, settings_factory: SettingsFactory) -> Api:
+    """The application, allowed to push to the loopback ingests these tests name."""
+    return await make_api(settings_factory(streaming={"allow_networks": ["127.0.0.0/8"]}))
+
+
 def refused(body: dict[str, Any], status: int, code: int | None = None) -> None:
     assert (body["status"], body["code"]) == (status, code or status), body
 
@@ -167,6 +173,12 @@ async def test_refusals_name_the_rule(api: Api) -> None:
         refused(await start(api, host, meeting_id, outputs=outputs), 400)
     for fields in ({"width": 100}, {"fps": 0}, {"video_bitrate": 10}, {"layout": "mosaic"}, {"colour": "red"}):
         refused(await start(api, host, meeting_id, **fields), 400)
+
+    # No pushing into the server's own networks unless they are allowed.
+    for private in ("rtmp://10.1.2.3/live/key", "rtmp://[::1]/live/key", "rtmps://192.168.1.1/live/key"):
+        body = await start(api, host, meeting_id, outputs=[{"type": "rtmp", "url": private}])
+        refused(body, 400)
+        assert "does not push to" in body["message"], body
 
     # One stream per destination: the same URL again is refused while the first pushes to it.
     target = f"rtmp://127.0.0.1:{free_port()}/live/a-very-secret-key"

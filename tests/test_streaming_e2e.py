@@ -35,6 +35,7 @@ ENV = {
     "HUIYI_STREAMING_MAX_RETRY_SECONDS": "1",
     "HUIYI_STREAMING_GIVE_UP_SECONDS": "60",
     "HUIYI_STREAMING_HLS_SEGMENT_SECONDS": "1",
+    "HUIYI_STREAMING_ALLOW_NETWORKS": "127.0.0.0/8",
 }
 BACKGROUND = 24  # the composite's empty background (media/layout.py)
 

@@ -28,8 +28,9 @@ from media.push import PLAYLIST
 group = EndpointGroup("/api/v1/streaming", "streaming")
 STREAM_ID = r"{stream_id:\d+}"
 # The playlist, and the segments the HLS muxer names (media/push.py).
-HLS_FILE = r"{name:(index\.m3u8|seg\d{5,9}\.ts)}"
-PUBLIC_TOKEN = r"{token:[A-Za-z0-9_-]{32}}"
+# (No braces in these patterns: the declarations' path syntax takes them for parameters.)
+HLS_FILE = r"{name:(index\.m3u8|seg\d+\.ts)}"
+PUBLIC_TOKEN = r"{token:[A-Za-z0-9_-]+}"
 MAX_ID = 2**63 - 1
 State = Literal["starting", "live", "reconnecting", "stopped", "failed"]
 Layout = Literal["grid", "speaker"]
