@@ -1,0 +1,91 @@
+"""Streaming every room of a run live through the API, as a host would, to measure what a stream
+costs: each room's stream (HLS only, so nothing leaves the machine) starts when the measurement
+window opens and stops when it closes; meanwhile the compositor processes' CPU is sampled from
+/proc, and their own figures (pictures encoded a second, pictures dropped) are read back at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import metrics
+from bench.recording import Room, _call
+
+COMPOSITOR = b"media.live"
+
+
+def compositors(server_pid: int) -> list[int]:
+    """The server's live compositor processes (``python -m media.live``, children of the server)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == server_pid and COMPOSITOR in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+async def stream_rooms(
+    url: str, rooms: list[Room], size: tuple[int, int], start_ns: int, end_ns: int, server_pid: int | None
+) -> dict[str, Any]:
+    """Stream every room from ``start_ns`` to ``end_ns`` (monotonic) at ``size``, 30 frame/s."""
+    width, height = size
+    bitrate = 2_500_000 if height >= 720 else 800_000
+    async with aiohttp.ClientSession() as http:
+        await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
+        started = await asyncio.gather(
+            *(
+                _call(
+                    http,
+                    "POST",
+                    f"{url}/api/v1/streaming/start",
+                    room.host_token,
+                    json={
+                        "meeting_id": room.meeting_id,
+                        "outputs": [{"type": "hls"}],
+                        "width": width,
+                        "height": height,
+                        "fps": 30,
+                        "video_bitrate": bitrate,
+                    },
+                )
+                for room in rooms
+            )
+        )
+        # The compositors' CPU from the moment they all run (their start-up excluded).
+        await asyncio.sleep(2.0)
+        pids = compositors(server_pid) if server_pid else []
+        before = {pid: metrics.cpu_seconds(pid) for pid in pids}
+        since = time.monotonic()
+        await asyncio.sleep(max(0.0, (end_ns - time.monotonic_ns()) / 1e9))
+        used = sum(metrics.cpu_seconds(pid) - before[pid] for pid in pids if Path(f"/proc/{pid}").exists())
+        elapsed = time.monotonic() - since
+        statuses = await asyncio.gather(
+            *(
+                _call(http, "GET", f"{url}/api/v1/streaming/{stream['stream_id']}/status", room.host_token)
+                for room, stream in zip(rooms, started, strict=True)
+            )
+        )
+        await asyncio.gather(
+            *(
+                _call(http, "POST", f"{url}/api/v1/streaming/stop", room.host_token, json={"stream_id": s["stream_id"]})
+                for room, s in zip(rooms, started, strict=True)
+            )
+        )
+    return {
+        "streams": len(rooms),
+        "size": f"{width}x{height}",
+        "compositor_cpu_percent": round(used / elapsed * 100, 1) if pids else None,
+        "output_fps": round(sum(status["output_fps"] for status in statuses) / len(statuses), 1),
+        "frames": sum(status["frames"] for status in statuses),
+        "frames_dropped": sum(status["frames_dropped"] for status in statuses),
+        "states": sorted({status["state"] for status in statuses}),
+    }
