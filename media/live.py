@@ -38,7 +38,7 @@ from typing import IO, Any
 import av
 import numpy as np
 
-from media.layout import BACKGROUND, Box, Speaker, arrange, even, fit, paste
+from media.layout import BACKGROUND, Box, Speaker, arrange, even, fit
 from media.push import AUDIO, VIDEO, Encoded, HlsOutput, Output, RtmpOutput
 
 log = logging.getLogger("huiyi.media.live")
@@ -57,6 +57,21 @@ HEADER = struct.Struct("!BI")
 FRAME = struct.Struct("!Id?")  # track key, capture time (UNIX seconds), key frame
 KEY = struct.Struct("!I")
 CONFIG, TRACK, MEDIA, GONE, STOP = range(5)
+
+
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]  # Y, U, V of a 4:2:0 picture
+
+
+def _yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A colour in the encoder's terms (BT.601, limited range)."""
+    red, green, blue = rgb
+    luma = 16 + (65.481 * red + 128.553 * green + 24.966 * blue) / 255
+    blue_difference = 128 + (-37.797 * red - 74.203 * green + 112.0 * blue) / 255
+    red_difference = 128 + (112.0 * red - 93.786 * green - 18.214 * blue) / 255
+    return round(luma), round(blue_difference), round(red_difference)
+
+
+BACKGROUND_YUV = _yuv(BACKGROUND)
 
 
 def message(kind: int, body: bytes = b"") -> bytes:
@@ -92,7 +107,7 @@ class VideoLane:
         self.pending: deque[tuple[float, av.VideoFrame]] = deque()
         self.current: av.VideoFrame | None = None
         self.broken = False  # a frame did not decode: the rest wait for a key frame
-        self._fitted: tuple[int, Box, np.ndarray] | None = None
+        self._fitted: tuple[int, Box, Planes] | None = None
 
     def decode(self, data: bytes, wallclock: float, keyframe: bool) -> bool:
         """Whether the frame decoded (False asks the publisher for a key frame)."""
@@ -116,13 +131,18 @@ class VideoLane:
             changed = True
         return changed
 
-    def fitted(self, box: Box) -> np.ndarray:
+    def fitted(self, box: Box) -> Planes:
+        """The current frame scaled to fit ``box``, keeping its shape, as 4:2:0 planes."""
         assert self.current is not None
         frame = self.current
         if self._fitted is None or self._fitted[0] != id(frame) or self._fitted[1] != box:
             width, height = fit(frame.width, frame.height, box)
-            image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-            self._fitted = (id(frame), box, image)
+            scaled = frame.reformat(width=width, height=height, format="yuv420p")
+            planes = tuple(
+                np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height, : plane.width]
+                for plane in scaled.planes
+            )
+            self._fitted = (id(frame), box, (planes[0], planes[1], planes[2]))
         return self._fitted[2]
 
 
@@ -194,8 +214,14 @@ class Composite:
         self._force_keyframe = threading.Event()
         self._scene: tuple[Any, ...] | None = None
         self._picture: av.VideoFrame | None = None
-        self._canvas = np.zeros((self.height, self.width, 3), dtype=np.uint8)
-        self._canvas[:] = BACKGROUND
+        # The picture is drawn in 4:2:0 planes (Y, then U and V at half size), as it is encoded.
+        self._canvas = np.empty(self.width * self.height * 3 // 2, dtype=np.uint8)
+        luma = self.width * self.height
+        self._planes = (
+            self._canvas[:luma].reshape(self.height, self.width),
+            self._canvas[luma : luma * 5 // 4].reshape(self.height // 2, self.width // 2),
+            self._canvas[luma * 5 // 4 :].reshape(self.height // 2, self.width // 2),
+        )
         # The encoders live in a container that is never written: it gives them the global headers
         # (SPS/PPS, AudioSpecificConfig) that FLV needs, and the streams every output copies.
         self._scratch = av.open(io.BytesIO(), "w", format="flv")
@@ -297,10 +323,12 @@ class Composite:
         boxes = arrange(self.config.layout, [lane.key for lane in shown], featured, self.width, self.height)
         scene = tuple(boxes)
         if changed or scene != self._scene or self._picture is None:
-            self._canvas[:] = BACKGROUND
+            for plane, value in zip(self._planes, BACKGROUND_YUV, strict=True):
+                plane[:] = value
             for key, box in boxes:
-                paste(self._canvas, box, self.videos[key].fitted(box))
-            self._picture = av.VideoFrame.from_ndarray(self._canvas, format="rgb24").reformat(format="yuv420p")
+                self._paste(box, self.videos[key].fitted(box))
+            packed = self._canvas.reshape(self.height * 3 // 2, self.width)
+            self._picture = av.VideoFrame.from_ndarray(packed, format="yuv420p")
             self._scene = scene
         picture = self._picture
         picture.pts, picture.time_base = self.frame_index, Fraction(1, self.fps)
@@ -312,6 +340,16 @@ class Composite:
         self._send(self.video.encode(picture), VIDEO)
         self.frames += 1
         self.frame_index += 1
+
+    def _paste(self, box: Box, image: Planes) -> None:
+        """``image`` centred in ``box``, on even rows and columns so its chroma lines up."""
+        height, width = image[0].shape
+        top = box.y + (box.height - height) // 2
+        left = box.x + (box.width - width) // 2
+        top, left = top - top % 2, left - left % 2
+        self._planes[0][top : top + height, left : left + width] = image[0]
+        for plane, chroma in zip(self._planes[1:], image[1:], strict=True):
+            plane[top // 2 : top // 2 + height // 2, left // 2 : left // 2 + width // 2] = chroma
 
     def _send(self, packets: list[av.Packet], media: int) -> None:
         for packet in packets:

@@ -296,3 +296,31 @@ async def test_a_browser_participant_is_streamed_and_its_page_shows_live(
         for person in people:
             await person.close()
         await page.close()
+
+
+async def test_stopping_the_server_ends_its_streams_cleanly(ingest: RtmpServer, tmp_path: Path) -> None:
+    """SIGTERM: the ingest sees the stream end, the HLS playlist is ended, and the server started
+    again reports the stream stopped by the shutdown."""
+    data = tmp_path / "data"
+    server = start_server("--data-dir", str(data), log=tmp_path / "server.log", env=ENV)
+    try:
+        url = server.url
+        host_token, _ = await asyncio.to_thread(make_user, url, "fay")
+        meeting_id = await asyncio.to_thread(started_meeting, url, host_token)
+        async with aiohttp.ClientSession() as http:
+            outputs = [{"type": "rtmp", "url": ingest.url("shutdown")}, {"type": "hls"}]
+            stream = await start_stream(http, url, host_token, meeting_id, outputs)
+            await in_state(http, url, host_token, stream["stream_id"], "live")
+            viewer = Viewer(ingest.url("shutdown")).start()
+            await until(lambda: len(viewer.pictures) >= FPS, "the stream to play", 30, interval=0.2)
+            playlist = data / "streams" / str(stream["stream_id"]) / "hls" / "index.m3u8"
+            assert await asyncio.to_thread(server.stop) == 0
+            assert await asyncio.to_thread(viewer.done.wait, 15), "the ingest ended the stream for its viewer"
+            assert playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST")
+        server = start_server("--data-dir", str(data), log=tmp_path / "server.log", env=ENV)
+        async with aiohttp.ClientSession() as http:
+            done = await stream_status(http, server.url, host_token, stream["stream_id"])
+        assert (done["state"], done["stop_reason"]) == ("stopped", "server shutdown"), done
+        assert done["frames"] > 0
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ through the unguessable public HLS address of a stream started as public."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -207,7 +208,7 @@ async def _hls_file(request: web.Request, stream: StreamRecord) -> web.StreamRes
         "X-Content-Type-Options": "nosniff",
     }
     try:
-        data = path.read_bytes()  # small: a playlist, or a segment of a few seconds
+        data = await asyncio.to_thread(path.read_bytes)  # small: a playlist, or a few seconds of video
     except OSError:  # deleted meanwhile (it fell out of the playlist)
         raise stream_not_found() from None
     return web.Response(body=data, headers=headers)
