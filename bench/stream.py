@@ -31,6 +31,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.stream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--publishers", default="2,4,9", help="room sizes to run, a comma list")
+    parser.add_argument("--sizes", default="none,360p,720p", help=f"streams to run each room with: {', '.join(SIZES)}")
     parser.add_argument("--duration", type=float, default=12.0, help="seconds of steady load per run")
     parser.add_argument("--processes", type=int, default=1, help="client worker processes")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
@@ -74,6 +75,11 @@ def table(runs: list[Figures]) -> str:
 
 async def _main(arguments: argparse.Namespace) -> int:
     counts = [int(value) for value in arguments.publishers.split(",") if value.strip()]
+    sizes = [name.strip() for name in arguments.sizes.split(",") if name.strip()]
+    unknown = set(sizes) - set(SIZES)
+    if unknown:
+        print(f"unknown sizes: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     server = SpawnedServer("sfu", free_port())
     runs: list[Figures] = []
     try:
@@ -83,8 +89,8 @@ async def _main(arguments: argparse.Namespace) -> int:
             processes=arguments.processes,
         )  # fmt: skip
         for count in counts:
-            for name, size in SIZES.items():
-                scenario = replace(base, publishers=count, stream=size)
+            for name in sizes:
+                scenario = replace(base, publishers=count, stream=SIZES[name])
                 print(f"running {count} publishers, stream {name} ...", file=sys.stderr, flush=True)
                 figures = await run(scenario, server.url, server.process.pid, tag=f"s{count}{secrets.token_hex(3)}")
                 runs.append(figures)
