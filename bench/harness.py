@@ -290,7 +290,7 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
     streamer = None
     if scenario.stream and rooms:
         streamer = asyncio.get_running_loop().create_task(
-            stream_rooms(url, rooms, scenario.stream, window_start, window_end, server_pid)
+            stream_rooms(url, rooms, scenario.stream, start_ns, (window_start, window_end), server_pid)
         )
     cpu, rss = await _sample_server(server_pid, window_start, window_end)
     recorded: dict[str, Any] | None = None

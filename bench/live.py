@@ -1,7 +1,8 @@
 """Streaming every room of a run live through the API, as a host would, to measure what a stream
-costs: each room's stream (HLS only, so nothing leaves the machine) starts when the measurement
-window opens and stops when it closes; meanwhile the compositor processes' CPU is sampled from
-/proc, and their own figures (pictures encoded a second, pictures dropped) are read back at the end.
+costs: each room's stream (HLS only, so nothing leaves the machine) starts with the load, so that
+its compositor is under way by the time the measurement window opens, and stops when the window
+closes; over the window the compositor processes' CPU is sampled from /proc, and their own figures
+(pictures encoded, pictures dropped) are read from the API.
 
 On a machine shared with other work a compositor gets less than the core it wants and skips
 pictures, so its CPU share says little by itself; the CPU it spent per picture it encoded does not
@@ -38,9 +39,16 @@ def compositors(server_pid: int) -> list[int]:
 
 
 async def stream_rooms(
-    url: str, rooms: list[Room], size: tuple[int, int], start_ns: int, end_ns: int, server_pid: int | None
+    url: str,
+    rooms: list[Room],
+    size: tuple[int, int],
+    start_ns: int,
+    window: tuple[int, int],
+    server_pid: int | None,
 ) -> dict[str, Any]:
-    """Stream every room from ``start_ns`` to ``end_ns`` (monotonic) at ``size``, 30 frame/s."""
+    """Stream every room from ``start_ns`` to the end of ``window`` (monotonic) at ``size``, 30
+    frame/s; the figures are of ``window``."""
+    start_window, end_ns = window
     width, height = size
     bitrate = 2_500_000 if height >= 720 else 800_000
     async with aiohttp.ClientSession() as http:
@@ -73,8 +81,7 @@ async def stream_rooms(
                 )
             )
 
-        # The compositors' CPU from the moment they all run (their start-up excluded).
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(max(0.0, (start_window - time.monotonic_ns()) / 1e9))
         pids = compositors(server_pid) if server_pid else []
         before = {pid: metrics.cpu_seconds(pid) for pid in pids}
         frames_before = sum(status["frames"] for status in await statuses())
@@ -90,11 +97,12 @@ async def stream_rooms(
                 for room, s in zip(rooms, started, strict=True)
             )
         )
-    per_frame = used / encoded if pids and encoded > 0 else None
+    measured = pids and elapsed >= 1.0 and encoded > 0
+    per_frame = used / encoded if measured else None
     return {
         "streams": len(rooms),
         "size": f"{width}x{height}",
-        "compositor_cpu_percent": round(used / elapsed * 100, 1) if pids else None,
+        "compositor_cpu_percent": round(used / elapsed * 100, 1) if measured else None,
         "cpu_ms_per_frame": round(per_frame * 1000, 2) if per_frame is not None else None,
         # The share of one core a stream needs to encode all 30 pictures a second.
         "core_percent_at_30fps": round(per_frame * 30 * 100, 1) if per_frame is not None else None,

@@ -382,7 +382,10 @@ class Composite:
         except av.FFmpegError as exc:
             log.warning("flushing the live encoders failed: %s", exc)
         for output in self.outputs:
-            output.close(OUTPUT_CLOSE_SECONDS)
+            output.finish()
+        deadline = time.monotonic() + OUTPUT_CLOSE_SECONDS  # for all of them together
+        for output in self.outputs:
+            output.wait(deadline - time.monotonic())
         with contextlib.suppress(av.FFmpegError):
             self._scratch.close()
 

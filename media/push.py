@@ -141,12 +141,19 @@ class Output:
             self._skip_to_keyframe = True
             self.request_keyframe()
 
-    def close(self, timeout: float) -> None:
-        """Finish the output: what is queued is written, then the container closed. Blocking."""
+    def finish(self) -> None:
+        """Take nothing more: what is queued is written, then the container closed (``wait``)."""
         self._closing.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                return
+            except queue.Full:  # stuck on a server that stopped answering: the backlog goes
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+
+    def wait(self, timeout: float) -> None:
+        self._thread.join(max(0.0, timeout))
 
     def status(self) -> dict[str, Any]:
         return {
