@@ -24,6 +24,7 @@ import aiohttp
 
 from bench import metrics
 from bench.client import ClientResult
+from bench.live import stream_rooms
 from bench.recording import Room, record_rooms, start_meeting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +45,13 @@ class Scenario:
     processes: int = 2
     record_latency: bool = True
     recording: bool = False  # every room recorded on the server through the measurement window
+    stream: tuple[int, int] | None = None  # every room streamed live at this size through the window
 
     @property
     def label(self) -> str:
         recorded = " recorded" if self.recording else ""
-        return f"{self.target} {self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L{recorded}"
+        streamed = f" streamed {self.stream[1]}p" if self.stream else ""
+        return f"{self.target} {self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L{recorded}{streamed}"
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Figures:
     cpu_percent_per_mbit: float | None
     errors: list[str] = field(default_factory=list)
     recording: dict[str, Any] | None = None  # what the server recorded (bench.recording), when it did
+    streaming: dict[str, Any] | None = None  # what the live streams cost and did (bench.live), when run
 
     def passes(self) -> bool:
         """The load is carried: under 1 % loss, p99 latency under 50 ms, 90 % of frames delivered."""
@@ -162,7 +166,7 @@ async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> tuple[list[Cli
             title = f"bench {tag} {room}"
             meeting_id, code = await create_meeting(http, url, accounts[0][0], title, recordable=scenario.recording)
             rooms.append(Room(meeting_id, accounts[0][0]))
-            if scenario.recording:
+            if scenario.recording or scenario.stream:
                 await start_meeting(http, url, rooms[-1])
             for token, _ in accounts:
                 await join(http, url, meeting_id, token, code)
@@ -283,14 +287,25 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
     recorder = None
     if scenario.recording and rooms:
         recorder = asyncio.get_running_loop().create_task(record_rooms(url, rooms, window_start, window_end))
+    streamer = None
+    if scenario.stream and rooms:
+        streamer = asyncio.get_running_loop().create_task(
+            stream_rooms(url, rooms, scenario.stream, start_ns, (window_start, window_end), server_pid)
+        )
     cpu, rss = await _sample_server(server_pid, window_start, window_end)
     recorded: dict[str, Any] | None = None
-    recording_error: str | None = None
+    streamed: dict[str, Any] | None = None
+    problems: list[str] = []
     if recorder is not None:
         try:
             recorded = await recorder
         except Exception as exc:
-            recording_error = f"recording: {exc!r}"
+            problems.append(f"recording: {exc!r}")
+    if streamer is not None:
+        try:
+            streamed = await streamer
+        except Exception as exc:
+            problems.append(f"streaming: {exc!r}")
     own_before = metrics.own_cpu_seconds()
     collected = [await asyncio.get_running_loop().run_in_executor(None, queue.get) for _ in workers]
     for worker in workers:
@@ -302,8 +317,8 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
         scenario, results, specs, window_start, window_end, cpu, rss, harness_cpu / run_seconds, processes
     )
     figures.recording = recorded
-    if recording_error:
-        figures.errors.append(recording_error)
+    figures.streaming = streamed
+    figures.errors.extend(problems)
     return figures
 
 

@@ -368,6 +368,50 @@ class RateLimitSettings(_Section):
     endpoints: dict[str, str] = Field(default_factory=dict)
 
 
+class StreamingSettings(_Section):
+    """Live streams (docs/streaming.md). Defaulted as in default.toml, so tools and tests building one
+    need to spell out only what differs."""
+
+    # What a stream is encoded at unless its start request says otherwise.
+    width: int = Field(1280, ge=160, le=3840)
+    height: int = Field(720, ge=90, le=2160)
+    fps: int = Field(30, ge=5, le=60)
+    video_bitrate: int = Field(2_500_000, ge=100_000, le=20_000_000)
+    audio_bitrate: int = Field(128_000, ge=32_000, le=320_000)
+    # The simulcast layer each participant's video is taken at, at most: low, medium or high.
+    layer: str = Field("medium", pattern="^(low|medium|high)$")
+    # x264's preset: faster ones spend less CPU for a worse picture at the same bit rate.
+    preset: str = Field("veryfast", pattern="^(ultrafast|superfast|veryfast|faster|fast|medium)$")
+    # An RTMP output that cannot connect for this long is given up (state failed).
+    give_up_seconds: float = Field(60.0, gt=0, le=86400)
+    # Reconnection waits double from half a second up to this.
+    max_retry_seconds: float = Field(10.0, gt=0, le=600)
+    hls_segment_seconds: float = Field(2.0, ge=1, le=30)
+    hls_list_size: int = Field(6, ge=2, le=100)
+    # Streams this node runs at once (each is a compositor process with its own core's worth of work).
+    max_streams: int = Field(4, ge=0, le=256)
+    # Networks a push URL may point into besides the public internet (loopback, private ranges...
+    # are refused otherwise, so a host cannot make the server push into its own network).
+    allow_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _network_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
+        return value
+
+
 class Settings(_Section):
     server: ServerSettings
     database: DatabaseSettings
@@ -379,6 +423,7 @@ class Settings(_Section):
     signaling: SignalingSettings
     sfu: SfuSettings
     recording: RecordingSettings
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     turn: TurnSettings
     ai: AiSettings = Field(default_factory=AiSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -39,6 +39,7 @@ from control.context import (
     SFU,
     STORAGE,
     STORE,
+    STREAMS,
     TOKENS,
     TURN,
     WEBHOOKS,
@@ -61,9 +62,11 @@ from control.signaling.socket import signaling_socket
 from control.storage import LocalStorage
 from control.store import Store
 from control.store.recordings import RecordingRecord
+from control.store.streams import StreamRecord
+from control.streams import Streamer
 from control.webclient import add_web_client
 from control.webhooks.dispatcher import Webhooks
-from control.webhooks.events import RECORDING_READY
+from control.webhooks.events import RECORDING_READY, STREAM_STATE_CHANGED
 from sfu.server import Sfu
 from turn.process import TurnProcess
 
@@ -182,6 +185,28 @@ async def _recordings_context(app: web.Application) -> AsyncIterator[None]:
     await app[RECORDINGS].close()
 
 
+async def _streams_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STREAMS] = Streamer(
+        store=app[STORE],
+        hub=app[HUB],
+        media=app[SFU],
+        settings=settings.streaming,
+        data_dir=settings.server.data_dir,
+        node_id=settings.node_id,
+        log_level=settings.server.log_level,
+    )
+
+    async def tell_state(stream: StreamRecord) -> None:
+        data = {"stream_id": stream.id, "meeting_id": stream.meeting_id, "state": stream.status, "error": stream.error}
+        app[WEBHOOKS].emit(STREAM_STATE_CHANGED, data)
+
+    app[STREAMS].state_listeners.append(tell_state)
+    await app[STREAMS].start()
+    yield
+    await app[STREAMS].close()
+
+
 async def _ai_context(app: web.Application) -> AsyncIterator[None]:
     """Worker nodes start on the first AI request, so a server never asked for AI work spends nothing on it."""
     app[AI] = AiService(app[SETTINGS])
@@ -246,6 +271,7 @@ def create_app(settings: Settings) -> web.Application:
             _turn_context,
             _jobs_context,
             _recordings_context,
+            _streams_context,
             _ai_context,
             _limiter_context,
         ]

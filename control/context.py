@@ -23,6 +23,7 @@ from control.signaling.hub import Hub
 from control.storage import LocalStorage
 from control.store import Store
 from control.store.users import UserRecord
+from control.streams import Streamer
 from control.webhooks.dispatcher import Webhooks
 from sfu.server import Sfu
 from turn.process import TurnProcess
@@ -41,6 +42,7 @@ STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
 SFU = web.AppKey("sfu", Sfu)
 RECORDINGS = web.AppKey("recordings", Recorder)
+STREAMS = web.AppKey("streams", Streamer)
 # The TURN server's process; not started (no endpoints) when turn.enabled is false.
 TURN = web.AppKey("turn", TurnProcess)
 AI = web.AppKey("ai", AiService)

@@ -18,6 +18,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from config.settings import SfuSettings
 from sfu.counters import MediaTotals
 from sfu.events import MediaEvents, NoListener
+from sfu.live import LiveFeed, Outlet
 from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
 from sfu.peer import Peer, Signal
 from sfu.ports import open_listeners
@@ -65,6 +66,7 @@ class Sfu:
         # Counts of the tracks and down-tracks gone so far; ``totals`` adds the live ones.
         self.retired = MediaTotals()
         self.last_tick = time.monotonic()  # the media clock's, to tell it still runs
+        self._streams: dict[str, LiveFeed] = {}
 
     async def start(self) -> None:
         self.network = await open_listeners(self.network)
@@ -75,6 +77,8 @@ class Sfu:
             self._ticker.cancel()
         for recording_id in list(self._recordings):
             await self.stop_recording(recording_id)
+        for stream_id in list(self._streams):
+            self.stop_stream(stream_id, "server shutdown")
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
         if self.network.listeners is not None:
@@ -124,9 +128,9 @@ class Sfu:
             room = self.rooms.get(meeting_id)
             if room is None:
                 room = self.rooms[meeting_id] = Room(meeting_id, self.events, self.retired)
-                for recording in self._recordings.values():
-                    if recording.meeting_id == meeting_id:
-                        room.add_recording(recording)
+                for feed in (*self._recordings.values(), *self._streams.values()):
+                    if feed.meeting_id == meeting_id:
+                        room.add_feed(feed)
             peer = Peer(self, room, peer_id, user_id, signal)
             self.peers[peer_id] = peer
             room.add_peer(peer)
@@ -164,7 +168,7 @@ class Sfu:
         self._recordings[recording_id] = recording
         room = self.rooms.get(meeting_id)
         if room is not None:
-            room.add_recording(recording)
+            room.add_feed(recording)
         log.info("recording %s of meeting %s started in %s", recording_id, meeting_id, directory)
 
     async def stop_recording(self, recording_id: str, reason: str = "stopped") -> list[TrackFile]:
@@ -174,8 +178,8 @@ class Sfu:
         if recording is None:
             return []
         room = self.rooms.get(recording.meeting_id)
-        if room is not None and recording in room.recordings:
-            room.recordings.remove(recording)
+        if room is not None:
+            room.remove_feed(recording)
         files = await recording.stop(reason)
         log.info("recording %s of meeting %s stopped: %d files", recording_id, recording.meeting_id, len(files))
         return files
@@ -188,6 +192,36 @@ class Sfu:
     def recordings(self) -> list[str]:
         """Ids of the recordings running on this node."""
         return list(self._recordings)
+
+    # live streams -------------------------------------------------------------------------------
+
+    def start_stream(self, meeting_id: int, stream_id: str, outlet: Outlet, layer: str = "medium") -> LiveFeed:
+        """Feed every track the meeting's room has on this node, and every track published later,
+        to ``outlet`` (a compositor's input) until ``stop_stream``; videos at ``layer`` at most."""
+        if stream_id in self._streams:
+            raise ValueError(f"stream {stream_id} is already running")
+        feed = LiveFeed(meeting_id, stream_id, outlet, layer)
+        self._streams[stream_id] = feed
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            room.add_feed(feed)
+        log.info("stream %s of meeting %s fed", stream_id, meeting_id)
+        return feed
+
+    def streams(self) -> list[str]:
+        """Ids of the live streams this node feeds."""
+        return list(self._streams)
+
+    def stop_stream(self, stream_id: str, reason: str = "stopped") -> None:
+        """Stop feeding the stream's compositor; an unknown id is ignored."""
+        feed = self._streams.pop(stream_id, None)
+        if feed is None:
+            return
+        room = self.rooms.get(feed.meeting_id)
+        if room is not None:
+            room.remove_feed(feed)
+        feed.close(reason)
+        log.info("stream %s of meeting %s no longer fed: %s", stream_id, feed.meeting_id, reason)
 
     # signaling ----------------------------------------------------------------------------------
 
@@ -262,6 +296,8 @@ class Sfu:
         now = self.last_tick = time.monotonic()
         for recording in self._recordings.values():
             recording.tick()
+        for stream in self._streams.values():
+            stream.tick()
         for room in list(self.rooms.values()):
             if full:
                 for track in room.tracks.values():

@@ -66,6 +66,27 @@ def test_a_run_with_every_room_recorded_reports_what_recording_cost(tmp_path: Pa
     assert done["frames"] > 0 and done["video_mbit_per_second"] > 0.1 and done["bytes"] > 0
 
 
+def test_a_run_with_a_live_stream_reports_what_the_stream_cost(tmp_path: Path) -> None:
+    report = tmp_path / "stream.json"
+    arguments = ["--publishers", "2", "--sizes", "none,360p", "--duration", "6", "--json", str(report)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.stream", *arguments],
+        cwd=ROOT,
+        env=server_environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, (completed.stdout, completed.stderr[-3000:])
+    assert "compositor CPU %" in completed.stdout
+    plain, streamed = json.loads(report.read_text())
+    assert plain["streaming"] is None and plain["latency_ms"]["p50"] is not None
+    done = streamed["streaming"]
+    assert done["states"] == ["live"] and done["size"] == "640x360" and done["frames"] > 0, done
+    # (On a busy machine the compositor may encode too little in so short a window to be measured.)
+    assert done["compositor_cpu_percent"] is None or done["compositor_cpu_percent"] > 0, done
+
+
 def test_the_cpu_of_recording_one_track_is_measured_in_process(tmp_path: Path) -> None:
     for kind, frames in (("video", 60), ("audio", 100)):
         figures = measure(kind, 2.0, tmp_path)

@@ -396,11 +396,13 @@ def assert_enveloped(case: schemathesis.Case, response: schemathesis.Response) -
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fuzzer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
     root = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    # Receivers on loopback may be registered (the pool's are, switched off).
+    # Receivers on loopback may be registered (the pool's are, switched off); no live stream starts:
+    # a generated push URL could name any host.
     env = {
         "HUIYI_RATE_LIMITS": "off",
         "HUIYI_MEDIA_JOB_WORKERS": "1",
         "HUIYI_WEBHOOKS_URL_ALLOW_NETWORKS": "127.0.0.0/8",
+        "HUIYI_STREAMING_MAX_STREAMS": "0",
     }
     schema = ""
     if request.param == "postgresql":
@@ -547,6 +549,11 @@ SELDOM_SUCCEED = {
     "speech.synthesis_detection": "no synthetic-speech model is installed on the fuzzed server (4001)",
     "speech.job_status": "the pool's job ids are media jobs'",
     "webhooks.create": "a generated url seldom names a host that resolves to an address the server may reach",
+    "streaming.start": "the fuzzed server runs no stream (max_streams 0): a generated push URL could name any host",
+    "streaming.stop": "no stream runs on the fuzzed server",
+    "streaming.status": "no stream exists on the fuzzed server",
+    "streaming.hls": "no stream exists on the fuzzed server",
+    "streaming.public_hls": "no stream exists on the fuzzed server",
 }
 
 

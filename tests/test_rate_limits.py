@@ -18,7 +18,8 @@ from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints (health, readiness, the OpenAPI
 # document), the avatar download, rotating a meeting's invite code, the ICE servers (STUN/TURN) of
-# a caller, a speech job's status and the webhook receivers' administration.
+# a caller, a speech job's status, the webhook receivers' administration and a live stream's HLS
+# files (for its participants, and at its public address).
 NOT_IN_SPEC = {
     "meta.health",
     "meta.ready",
@@ -32,6 +33,8 @@ NOT_IN_SPEC = {
     "webhooks.get",
     "webhooks.update",
     "webhooks.delete",
+    "streaming.hls",
+    "streaming.public_hls",
 }
 
 
@@ -132,7 +135,8 @@ PATH_PARAMETER = re.compile(r"\{(\w+)(?::((?:[^{}]|\{\d+(?:,\d*)?\})*))?\}")
 def parameter_value(match: re.Match[str]) -> str:
     """A value the route accepts (so the call reaches the guard) and no row has."""
     pattern = match.group(2) or r"\d+"
-    return next(value for value in ("999999", "f" * 32, "f" * 32 + ".png") if re.fullmatch(pattern, value))
+    candidates = ("999999", "f" * 32, "f" * 32 + ".png", "index.m3u8")
+    return next(value for value in candidates if re.fullmatch(pattern, value))
 
 
 @sqlite_only

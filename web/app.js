@@ -91,6 +91,7 @@ function createClient({ token, refreshToken, userId, meetingId, audible }) {
     showStatus(`Disconnected${detail.reason ? `: ${detail.reason}` : ''}`);
     stopStats();
     $('recording').hidden = true;
+    $('live').hidden = true;
     for (const tile of tiles.values()) tile.remove();
     tiles.clear();
     showLogin();
@@ -135,9 +136,10 @@ function createClient({ token, refreshToken, userId, meetingId, audible }) {
     }
   });
 
-  // The server says when the meeting is being recorded: everyone in it sees so.
+  // The server says when the meeting is being recorded or streamed live: everyone in it sees so.
   client.addEventListener('mediastate', ({ detail }) => {
     if ('recording' in detail) $('recording').hidden = !detail.recording;
+    if ('streaming' in detail) $('live').hidden = !detail.streaming;
   });
 
   client.addEventListener('chat', ({ detail }) => {

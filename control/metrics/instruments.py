@@ -3,8 +3,6 @@ job finished, per event-loop sample. Nothing here is touched per media packet.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.process_collector import ProcessCollector
 
@@ -78,10 +76,3 @@ class Metrics:
             buckets=WEBHOOK_BUCKETS,
             registry=self.registry,
         )
-
-    def add_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        """A series whose value ``read`` gives at each scrape: how a part of the server that is not
-        known here reports a level, e.g. ``add_gauge("huiyi_streams_running", "Live streams this
-        node pushes out", lambda: len(streams.running()))``. ``read`` runs on the event loop and
-        must be quick."""
-        Gauge(name, documentation, registry=self.registry).set_function(read)

@@ -121,6 +121,7 @@ class NodeCollector(Collector):
         for name, documentation, attribute in MEDIA_TOTALS:
             yield _counter(name, documentation, getattr(totals, attribute))
         yield _gauge("huiyi_recordings_running", "Recordings this node's media server writes", len(sfu.recordings()))
+        yield _gauge("huiyi_streams_running", "Live streams this node's media server feeds", len(sfu.streams()))
 
     def _control(self) -> Iterator[Metric]:
         hub = self.app[HUB]

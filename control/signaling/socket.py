@@ -193,6 +193,10 @@ class Session:
         if recording is not None and recording.status == "recording":
             state = {"recording": True, "recording_id": recording.id}
             self.connection.send(message("media-state", self.meeting.id, SERVER, state))
+        streams = await store.streams.running(meeting_id=self.meeting.id)
+        if streams:
+            state = {"streaming": True, "stream_id": streams[0].id}
+            self.connection.send(message("media-state", self.meeting.id, SERVER, state))
         await self.app[HUB].broadcast(
             message("user-joined", self.meeting.id, me.user_id, participant_view(me)),
             skip_session=self.connection.session_id,

@@ -11,6 +11,7 @@ from control.store.meetings import MeetingStore, ParticipantStore
 from control.store.recordings import RecordingStore
 from control.store.sessions import SessionStore
 from control.store.stats import StatsStore
+from control.store.streams import StreamStore
 from control.store.tokens import TokenStore
 from control.store.users import UserStore
 from control.store.webhooks import WebhookStore
@@ -32,6 +33,7 @@ class Store:
         self.jobs = JobStore(engine)
         self.recordings = RecordingStore(engine)
         self.webhooks = WebhookStore(engine)
+        self.streams = StreamStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "", pool_size: int = 20) -> Store:

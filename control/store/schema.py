@@ -304,3 +304,40 @@ Index(
 )
 Index("ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
 Index("ix_webhook_deliveries_finished", webhook_deliveries.c.finished_at)
+streams = Table(
+    "streams",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("started_by", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    # starting | live | reconnecting | stopped | failed
+    Column("status", String(16), nullable=False, index=True),
+    Column("error", String(1000), nullable=True),
+    Column("layout", String(16), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("fps", Integer, nullable=False),
+    Column("video_bitrate", Integer, nullable=False),
+    Column("audio_bitrate", Integer, nullable=False),
+    # Each output as shown ({"type", "url" masked, "public"}); a push URL's stream key is never stored.
+    Column("outputs", JSON, nullable=False),
+    # The secret part of the public HLS address, when the host asked for a public stream.
+    Column("public_token", String(64), nullable=True, unique=True),
+    # The node whose compositor runs the stream.
+    Column("node_id", String(64), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("stopped_at", UtcDateTime(), nullable=True),
+    Column("stop_reason", String(200), nullable=True),
+    # The last figures the compositor reported (frames, drops, bit rate, each output's state).
+    Column("stats", JSON, nullable=False),
+    **NEVER_REUSED,
+)
+
+# The push destinations of the streams running now, by a digest of the URL (stream key included):
+# its primary key holds one stream per destination, across nodes, without storing the key.
+stream_targets = Table(
+    "stream_targets",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("stream_id", IdType, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False, index=True),
+)

@@ -1,14 +1,14 @@
 """webhooks and their delivery queue
 
 Revision ID: 0008_webhooks
-Revises: 0006_recordings
+Revises: 0007_streams
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_webhooks"
-down_revision = "0006_recordings"
+down_revision = "0007_streams"
 branch_labels = None
 depends_on = None
 
