@@ -14,6 +14,7 @@ from control.auth.accounts import AccountCache
 from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
+from control.captions import Captioner
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
@@ -42,6 +43,7 @@ RECORDINGS = web.AppKey("recordings", Recorder)
 # The TURN server's process; not started (no endpoints) when turn.enabled is false.
 TURN = web.AppKey("turn", TurnProcess)
 AI = web.AppKey("ai", AiService)
+CAPTIONS = web.AppKey("captions", Captioner)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

@@ -266,7 +266,7 @@ async def test_concurrent_starts_migrate_once(settings_factory: SettingsFactory)
         async with stores[0].engine.connect() as connection:
             assert await connection.run_sync(differences) == []
             versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-        assert versions == ["0006_recordings"]
+        assert versions == ["0009_captions"]
     finally:
         for store in stores:
             await store.close()

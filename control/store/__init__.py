@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from control.store.captions import CaptionStore
 from control.store.chat import ChatStore
 from control.store.engine import migrate, open_engine
 from control.store.media import JobStore, MediaStore
@@ -30,6 +31,7 @@ class Store:
         self.media = MediaStore(engine)
         self.jobs = JobStore(engine)
         self.recordings = RecordingStore(engine)
+        self.captions = CaptionStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "", pool_size: int = 20) -> Store:
