@@ -17,7 +17,8 @@ from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints, the avatar download, rotating a
-# meeting's invite code, the ICE servers (STUN/TURN) of a caller and a speech job's status.
+# meeting's invite code, the ICE servers (STUN/TURN) of a caller, a speech job's status, and a
+# meeting's live captions switch and transcript.
 NOT_IN_SPEC = {
     "meta.health",
     "meta.openapi",
@@ -25,6 +26,9 @@ NOT_IN_SPEC = {
     "meetings.rotate_invite_code",
     "webrtc.ice_servers",
     "speech.job_status",
+    "meetings.captions",
+    "meetings.transcript",
+    "meetings.transcript_vtt",
 }
 
 
