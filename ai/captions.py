@@ -309,7 +309,8 @@ class CaptionWorker:
     def open(self, stream_id: str, meta: dict[str, Any]) -> None:
         self._streams[stream_id] = meta
         if self._child is None:
-            self._start()
+            self._start()  # which opens every stream there
+            return
         with self._lock:
             self._opens.append((stream_id, meta))
         self._wake.set()
@@ -411,20 +412,26 @@ class CaptionWorker:
         if self._streams:
             self._start()
 
-    async def stop(self) -> None:
-        """End the process (what it still had to recognise is dropped) and free what it held."""
+    def stop(self) -> asyncio.Future[None]:
+        """End the process; what it still had to recognise is dropped. It is let go at once (a
+        stream opened next starts a new one); the future is done once it has exited and what it
+        held is free."""
         child, self._child = self._child, None
         if child is None:
-            return
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         child.stopping.set()
         self._wake.set()
+        with self._lock:
+            self._frames.clear()
+            self._opens, self._closes = [], []
+        return asyncio.ensure_future(self._reap(child))
+
+    async def _reap(self, child: _Child) -> None:
         await asyncio.to_thread(child.process.join, STOP_SECONDS)
         if child.process.is_alive():
             child.process.kill()
             await asyncio.to_thread(child.process.join, STOP_SECONDS)
         child.inbox.close()
-        with self._lock:
-            self._frames.clear()
-            self._opens, self._closes = [], []
-        self._streams.clear()
         log.info("stopped the caption worker (pid %s)", child.process.pid)

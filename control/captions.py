@@ -115,7 +115,7 @@ class Captioner:
         self._catalogue: Registry | None = None
         self._results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping_worker: asyncio.Task[None] | None = None
+        self._stopping_worker: asyncio.Future[None] | None = None  # kept, not to be collected
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -132,6 +132,8 @@ class Captioner:
         for meeting_id in list(self.feeds):
             self._stop_here(meeting_id)
         await self.worker.stop()
+        if self._stopping_worker is not None:
+            await self._stopping_worker
 
     # operations ---------------------------------------------------------------------------------
 
@@ -220,8 +222,8 @@ class Captioner:
             self._stop_worker()
 
     def _stop_worker(self) -> None:
-        if self._stopping_worker is None or self._stopping_worker.done():
-            self._stopping_worker = asyncio.get_running_loop().create_task(self.worker.stop())
+        if self.worker.pid is not None:
+            self._stopping_worker = self.worker.stop()
 
     async def _sync(self) -> None:
         """Follow the rows where the bus said nothing (it lost messages while Redis was away)."""
