@@ -41,6 +41,8 @@ log = logging.getLogger("huiyi.ai.captions")
 SHIP_SECONDS = 0.02  # frames are shipped to the worker in batches at least this often
 REPORT_SECONDS = 2.0  # the worker reports its counters this often while they change
 STOP_SECONDS = 5.0  # a worker asked to stop is killed after this long
+SHORT_LIFE = 10.0  # a worker that dies sooner after starting is started again after a delay
+MAX_RESTART_DELAY = 30.0
 
 Frame = tuple[str, int, float, bytes]  # stream id, RTP timestamp, capture wall clock, Opus payload
 Close = tuple[str, bool]  # stream id, and whether what it was saying is still captioned
@@ -272,6 +274,7 @@ class _Child:
     inbox: Connection  # the server writes
     outbox: Connection  # the server reads
     stopping: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
 
 
 class CaptionWorker:
@@ -295,6 +298,7 @@ class CaptionWorker:
         self.idle_since = time.monotonic()
         self.dropped_frames = 0
         self.stats: dict[str, Any] = {}
+        self._quick_deaths = 0
 
     @property
     def pid(self) -> int | None:
@@ -408,8 +412,15 @@ class CaptionWorker:
         self._child = None
         if child.stopping.is_set():
             return
-        log.error("the caption worker exited (code %s)", child.process.exitcode)
-        if self._streams:
+        # One that keeps dying at once (a broken install) is started again ever more slowly.
+        self._quick_deaths = self._quick_deaths + 1 if time.monotonic() - child.started < SHORT_LIFE else 0
+        delay = min(MAX_RESTART_DELAY, 2.0 ** (self._quick_deaths - 1)) if self._quick_deaths else 0.0
+        log.error("the caption worker exited (code %s); starting another in %g s", child.process.exitcode, delay)
+        assert self._loop is not None
+        self._loop.call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        if self._child is None and self._streams:
             self._start()
 
     def stop(self) -> asyncio.Future[None]:
