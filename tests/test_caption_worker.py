@@ -139,16 +139,16 @@ async def test_a_stalled_worker_never_holds_up_its_feed(
         await until(lambda: any(kind == "stats" for kind, _ in messages), "the worker to report", 60)
         assert worker.pid is not None
         os.kill(worker.pid, signal.SIGSTOP)
-        slowest = 0.0
         sent = 0
-        for rounds in range(40):  # 40 times the talk, about 10 MB of frames into a stopped process
+        began = time.perf_counter()
+        for rounds in range(40):  # 40 times the talk, 19 000 frames, into a process that reads nothing
             for timestamp, data in frames:
-                began = time.perf_counter()
                 worker.frame("s1", timestamp + rounds * pcm.size, EPOCH + timestamp / 48000, data)
-                slowest = max(slowest, time.perf_counter() - began)
                 sent += 1
+        spent = time.perf_counter() - began
         assert worker.dropped_frames >= sent // 2, f"{worker.dropped_frames} of {sent} dropped"
-        assert slowest < 0.01, f"a frame took {slowest * 1000:.1f} ms to queue"
+        # Blocked, one call would never return; queued, they take microseconds each (on a busy machine, more).
+        assert spent < 5.0, f"{sent} frames took {spent:.1f} s to queue"
         os.kill(worker.pid, signal.SIGCONT)
         await until(lambda: any(kind == "caption" for kind, _ in messages), "captions once it runs again", 60)
     finally:
