@@ -43,6 +43,7 @@ REPORT_SECONDS = 2.0  # the worker reports its counters this often while they ch
 STOP_SECONDS = 5.0  # a worker asked to stop is killed after this long
 SHORT_LIFE = 10.0  # a worker that dies sooner after starting is started again after a delay
 MAX_RESTART_DELAY = 30.0
+DROPS_TOLD_SECONDS = 10.0  # frames dropped for want of a worker that keeps up are logged this often
 
 Frame = tuple[str, int, float, bytes]  # stream id, RTP timestamp, capture wall clock, Opus payload
 Close = tuple[str, bool]  # stream id, and whether what it was saying is still captioned
@@ -299,6 +300,7 @@ class CaptionWorker:
         self.dropped_frames = 0
         self.stats: dict[str, Any] = {}
         self._quick_deaths = 0
+        self._drops_told = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -321,11 +323,15 @@ class CaptionWorker:
 
     def frame(self, stream_id: str, timestamp: int, wallclock: float, data: bytes) -> None:
         with self._lock:
-            if len(self._frames) >= self.settings.captions.max_queued_frames:
+            full = len(self._frames) >= self.settings.captions.max_queued_frames
+            if full:
                 self._frames.popleft()
                 self.dropped_frames += 1
             self._frames.append((stream_id, timestamp, wallclock, data))
         self._wake.set()
+        if full and time.monotonic() - self._drops_told > DROPS_TOLD_SECONDS:
+            self._drops_told = time.monotonic()
+            log.warning("captions: the worker does not keep up; %d audio frames dropped so far", self.dropped_frames)
 
     def close(self, stream_id: str, flush: bool) -> None:
         """``flush``: caption what the stream's speaker was saying (they left); otherwise forget it."""

@@ -35,7 +35,7 @@ class CaptionsOut(BaseModel):
     meeting_id: int
     enabled: bool
     language: str
-    model_id: str = Field(description="the recognition model captioning the meeting")
+    model_id: str | None = Field(description="the recognition model captioning the meeting; null if never on")
     changed_by: int
     changed_at: str
 
@@ -45,7 +45,7 @@ class CaptionsOut(BaseModel):
             meeting_id=state.meeting_id,
             enabled=state.enabled,
             language=state.language,
-            model_id=state.model_id,
+            model_id=state.model_id or None,
             changed_by=state.changed_by,
             changed_at=iso_ms(state.changed_at),
         )
