@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -43,6 +44,7 @@ REPORT_SECONDS = 2.0  # the worker reports its counters this often while they ch
 STOP_SECONDS = 5.0  # a worker asked to stop is killed after this long
 SHORT_LIFE = 10.0  # a worker that dies sooner after starting is started again after a delay
 MAX_RESTART_DELAY = 30.0
+NICENESS = 10  # the worker process's scheduling priority below the server's
 DROPS_TOLD_SECONDS = 10.0  # frames dropped for want of a worker that keeps up are logged this often
 
 Frame = tuple[str, int, float, bytes]  # stream id, RTP timestamp, capture wall clock, Opus payload
@@ -250,6 +252,9 @@ def worker_main(settings: Settings, inbox: Connection, outbox: Connection) -> No
     """The child process: frames applied as they come on this thread (decoding and the VAD are
     cheap), recognition on a thread of its own, counters reported every few seconds."""
     logging.basicConfig(level=settings.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Captions give way to the media they come from: on a busy machine the server's media loop gets
+    # the CPU first, and captions fall behind (dropping their oldest speech) instead.
+    os.nice(NICENESS)
     worker = _Worker(settings, outbox)
     threading.Thread(target=worker.recognise_forever, name="caption-recogniser", daemon=True).start()
     threading.Thread(target=worker.report_forever, name="caption-report", daemon=True).start()
