@@ -40,10 +40,6 @@ class RoomCaptions:
         self._taps: dict[str, Tap] = {}  # by track id, which is the stream id
         self._clocks: dict[str, SenderClock] = {}  # by publisher (peer) id
 
-    @property
-    def streams(self) -> list[str]:
-        return list(self._taps)
-
     def tick(self) -> None:
         room = self.rooms.get(self.meeting_id)
         audio: dict[str, PublishedTrack] = {}
