@@ -1,5 +1,5 @@
-"""``python -m bench.captions [--streams 1 4] [--seconds 40]``: what live captions cost the server
-and how soon they come.
+"""``python -m bench.captions [--streams 1 4] [--seconds 40] [--partial-seconds 1 0]``: what live
+captions cost the server and how soon they come, with partial captions and without.
 
 A server (``run_server.py``, a data directory of its own) holds one meeting per run; N synthetic
 participants (``bench/client.py``: pre-encoded packets, no codec in the harness) each send their
@@ -281,18 +281,23 @@ async def run(server: SpawnedServer, streams: int, seconds: float, clip: Clip, w
     }
 
 
-async def main_async(streams: list[int], seconds: float) -> list[dict[str, Any]]:
+async def main_async(streams: list[int], seconds: float, partials: list[float]) -> list[dict[str, Any]]:
     clip = load_clip(CACHE_DIR)
-    server = SpawnedServer("sfu", free_port(), env={"HUIYI_SERVER_LOG_LEVEL": "WARNING"})
     rows = []
-    try:
-        await server.wait_ready()
-        with tempfile.TemporaryDirectory(prefix="huiyi-captions-bench-") as scratch:
-            for count in streams:
-                # Captions off at the end of a run stop the worker: the next run starts it afresh.
-                rows.append(await run(server, count, seconds, clip, Path(scratch), f"{count}{int(time.time())}"))
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="huiyi-captions-bench-") as scratch:
+        for partial in partials:
+            env = {"HUIYI_SERVER_LOG_LEVEL": "WARNING", "HUIYI_CAPTIONS_PARTIAL_SECONDS": str(partial)}
+            server = SpawnedServer("sfu", free_port(), env=env)
+            try:
+                await server.wait_ready()
+                for count in streams:
+                    # Captions off at the end of a run stop the worker: the next run starts it afresh.
+                    tag = f"{count}{int(time.time())}"
+                    rows.append(
+                        {"partial_seconds": partial} | await run(server, count, seconds, clip, Path(scratch), tag)
+                    )
+            finally:
+                server.stop()
     return rows
 
 
@@ -300,18 +305,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.captions", description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4], help="speakers captioned at once, per run")
     parser.add_argument("--seconds", type=float, default=40.0, help="of load with captions off, then on")
-    arguments = parser.parse_args()
-    rows = asyncio.run(main_async(arguments.streams, arguments.seconds))
-    print(
-        "| streams | sentences | captioned | partials | latency p50 s | latency max s | first caption s after on | WER "
-        "| worker % core / stream | worker RSS MB | server % core / stream |"
+    parser.add_argument(
+        "--partial-seconds",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.0],
+        help="[captions] partial_seconds of the server, one server each (0: final captions only)",
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    arguments = parser.parse_args()
+    rows = asyncio.run(main_async(arguments.streams, arguments.seconds, arguments.partial_seconds))
+    print(
+        "| partials every s | streams | sentences | captioned | partials | latency p50 s | latency max s "
+        "| first caption s after on | WER | worker % core / stream | worker RSS MB | server % core / stream |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['streams']} | {row['sentences']} | {row['captioned']} | {row['partials']} "
-            f"| {row['latency_p50_s']} | {row['latency_max_s']} | {row['first_caption_s']} | {row['wer']} "
-            f"| {row['worker_core_percent_per_stream']} | {row['worker_rss_mb']} "
+            f"| {row['partial_seconds'] or 'off'} | {row['streams']} | {row['sentences']} | {row['captioned']} "
+            f"| {row['partials']} | {row['latency_p50_s']} | {row['latency_max_s']} | {row['first_caption_s']} "
+            f"| {row['wer']} | {row['worker_core_percent_per_stream']} | {row['worker_rss_mb']} "
             f"| {row['server_core_percent_per_stream']} |"
         )
 
