@@ -363,6 +363,22 @@ class WebhookSettings(_Section):
         return self
 
 
+class CaptionSettings(_Section):
+    """Live captions (docs/ai.md#live-captions). Defaulted here as in default.toml."""
+
+    # Whether hosts may switch captions on at all on this node.
+    enabled: bool = True
+    # Silence that ends an utterance; an utterance longer than max_utterance_seconds is cut.
+    silence_seconds: float = Field(0.5, ge=0.1, le=5)
+    max_utterance_seconds: float = Field(15.0, ge=1, le=60)
+    # A partial caption (final: false) every this many seconds of an utterance; 0: finals only.
+    partial_seconds: float = Field(1.0, ge=0, le=30)
+    # Speech waiting for the recogniser beyond this much: the oldest is dropped (and counted).
+    max_backlog_seconds: float = Field(20.0, ge=1, le=600)
+    # Audio frames queued for the caption worker beyond this many: the oldest are dropped.
+    max_queued_frames: int = Field(3000, ge=50, le=1_000_000)
+
+
 class RateLimitSettings(_Section):
     enabled: bool
     endpoints: dict[str, str] = Field(default_factory=dict)
@@ -429,6 +445,7 @@ class Settings(_Section):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    captions: CaptionSettings = Field(default_factory=CaptionSettings)
     rate_limits: RateLimitSettings
 
     @property

@@ -22,11 +22,13 @@ from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.bus import open_bus
+from control.captions import Captioner
 from control.context import (
     ACCOUNTS,
     AI,
     AVATARS,
     BACKGROUND,
+    CAPTIONS,
     HUB,
     JOBS,
     LIMITER,
@@ -207,6 +209,14 @@ async def _streams_context(app: web.Application) -> AsyncIterator[None]:
     await app[STREAMS].close()
 
 
+async def _captions_context(app: web.Application) -> AsyncIterator[None]:
+    """The caption worker process starts only once a captioned meeting has audio on this node."""
+    app[CAPTIONS] = Captioner(store=app[STORE], hub=app[HUB], rooms=app[SFU].rooms, settings=app[SETTINGS])
+    await app[CAPTIONS].start()
+    yield
+    await app[CAPTIONS].close()
+
+
 async def _ai_context(app: web.Application) -> AsyncIterator[None]:
     """Worker nodes start on the first AI request, so a server never asked for AI work spends nothing on it."""
     app[AI] = AiService(app[SETTINGS])
@@ -272,6 +282,7 @@ def create_app(settings: Settings) -> web.Application:
             _jobs_context,
             _recordings_context,
             _streams_context,
+            _captions_context,
             _ai_context,
             _limiter_context,
         ]

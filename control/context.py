@@ -14,6 +14,7 @@ from control.auth.accounts import AccountCache
 from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
+from control.captions import Captioner
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
@@ -49,6 +50,7 @@ AI = web.AppKey("ai", AiService)
 METRICS = web.AppKey("metrics", Metrics)
 # Event notifications: ``app[WEBHOOKS].emit(type, data)`` (types in control/webhooks/events.py).
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
+CAPTIONS = web.AppKey("captions", Captioner)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

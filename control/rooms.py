@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from control.context import HUB, RECORDINGS, STORE, STREAMS, WEBHOOKS
+from control.context import CAPTIONS, HUB, RECORDINGS, STORE, STREAMS, WEBHOOKS
 from control.envelope import iso_utc
 from control.errors import ApiError, BusinessCode, forbidden, not_found
 from control.signaling.hub import CLOSE_LEFT, CLOSE_MEETING_ENDED, message
@@ -113,10 +113,11 @@ async def leave(app: web.Application, meeting_id: int, user_id: int, reason: str
 
 
 async def close_room(app: web.Application, meeting_id: int, reason: str) -> None:
-    """The meeting is over: its recording and its live streams stop (to the last moment), then
-    every socket of the room hears it and is closed."""
+    """The meeting is over: its recording and its live streams stop (to the last moment) and its
+    captions go off, then every socket of the room hears it and is closed."""
     await app[RECORDINGS].stop_in(meeting_id, reason)
     await app[STREAMS].stop_in(meeting_id, reason)
+    await app[CAPTIONS].stop_in(meeting_id)
     await app[HUB].close_user(meeting_id, None, CLOSE_MEETING_ENDED, reason)
 
 

@@ -125,6 +125,10 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "meetings.stop_recording":      (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
     "meetings.recordings":          (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "recording.start":              (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    # Live captions: switched by the host or a moderator; the transcript is the participants' (like the chat).
+    "meetings.captions":            (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.transcript":          (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.transcript_vtt":      (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
     # A recording is unknown (404) to anyone who may not see it; seen, it is stopped or deleted
     # only by the meeting's host or a moderator.
     "recording.stop":               (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
@@ -172,6 +176,7 @@ FRESH_MEETING = {
     "meetings.rotate_invite_code",
     "meetings.start_recording",
     "meetings.stop_recording",
+    "meetings.captions",
     "recording.start",
     "recording.stop",
     "recording.delete",
@@ -649,6 +654,9 @@ BUILDERS: dict[str, Builder] = {
     "meetings.start_recording": lambda case: _recordable(case, Call(path={"meeting_id": case.scene.meeting_id})),
     "meetings.stop_recording": lambda case: _recorded_meeting(case),
     "meetings.recordings": lambda case: _done(Call(path={"meeting_id": case.world.scenes["recorded"].meeting_id})),
+    "meetings.captions": lambda case: _with_meeting(case, json={"enabled": True, "language": "en"}),
+    "meetings.transcript": _meeting,
+    "meetings.transcript_vtt": _meeting,
     "recording.start": lambda case: _recordable(case, Call(json={"meeting_id": case.scene.meeting_id})),
     "recording.stop": lambda case: _recording(case, finished=False, build=lambda rid: Call(json={"recording_id": rid})),
     "recording.get": lambda case: _done(Call(path={"recording_id": case.world.recording_id})),

@@ -56,7 +56,23 @@ PASSWORD = "fuzz-password-123"
 ADMIN = {"username": "fuzz_admin", "email": "fuzz@example.com", "password": PASSWORD}
 DELETE_ACCOUNT = ("DELETE", "/api/v1/users/account")
 REFRESH = ("POST", "/api/v1/auth/refresh")
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
+
+
+def not_a_server_error_but_no_model(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
+    """A 5xx fails, except the 503 with business code 4001 (AI service unavailable) the AI operations
+    answer by design when no model is installed for what was asked: a generated language or model
+    id asks for that (captions in a language no installed model speaks)."""
+    if response.status_code == 503 and response.json().get("code") == 4001:
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+CHECKS = [
+    not_a_server_error_but_no_model,
+    response_schema_conformance,
+    status_code_conformance,
+    content_type_conformance,
+]
 # Operations whose success answer is not the envelope, by (method, OpenAPI path).
 RAW_SUCCESS = {
     (endpoint.method, endpoint.openapi_path): endpoint.status for endpoint in all_endpoints() if endpoint.raw_response

@@ -18,8 +18,9 @@ from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints (health, readiness, the OpenAPI
 # document), the avatar download, rotating a meeting's invite code, the ICE servers (STUN/TURN) of
-# a caller, a speech job's status, the webhook receivers' administration and a live stream's HLS
-# files (for its participants, and at its public address).
+# a caller, a speech job's status, the webhook receivers' administration, a live stream's HLS
+# files (for its participants, and at its public address), and a meeting's live captions switch
+# and transcript.
 NOT_IN_SPEC = {
     "meta.health",
     "meta.ready",
@@ -35,6 +36,9 @@ NOT_IN_SPEC = {
     "webhooks.delete",
     "streaming.hls",
     "streaming.public_hls",
+    "meetings.captions",
+    "meetings.transcript",
+    "meetings.transcript_vtt",
 }
 
 

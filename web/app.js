@@ -41,6 +41,16 @@ function armReady() {
 armReady();
 
 const STATS_INTERVAL_MS = 1000;
+/** user_id → the caption line of that speaker. */
+const captionLines = new Map();
+
+function showCaptions(on) {
+  $('captions').hidden = !on;
+  $('captions-toggle').setAttribute('aria-pressed', String(on));
+  if (on) return;
+  for (const line of captionLines.values()) line.remove();
+  captionLines.clear();
+}
 
 function flag(name, fallback) {
   const value = params.get(name);
@@ -92,6 +102,7 @@ function createClient({ token, refreshToken, userId, meetingId, audible }) {
     stopStats();
     $('recording').hidden = true;
     $('live').hidden = true;
+    showCaptions(false);
     for (const tile of tiles.values()) tile.remove();
     tiles.clear();
     showLogin();
@@ -99,7 +110,9 @@ function createClient({ token, refreshToken, userId, meetingId, audible }) {
   client.addEventListener('joined', ({ detail }) => {
     showStatus(`In meeting ${client.meetingId} as ${participantLabel(client, client.userId)}`);
     $('local-tile').dataset.peerId = detail.session_id;
+    $('captions-toggle').hidden = !['host', 'moderator'].includes(detail.self?.role);
   });
+  client.addEventListener('participant-left', ({ detail }) => captionLines.get(detail.user_id)?.remove());
 
   client.addEventListener('remotestream', ({ detail }) => {
     const tile = document.createElement('figure');
@@ -140,6 +153,22 @@ function createClient({ token, refreshToken, userId, meetingId, audible }) {
   client.addEventListener('mediastate', ({ detail }) => {
     if ('recording' in detail) $('recording').hidden = !detail.recording;
     if ('streaming' in detail) $('live').hidden = !detail.streaming;
+    if ('captions' in detail) showCaptions(detail.captions);
+  });
+
+  // One line per speaker, replaced as their words are recognised (partial ones shown lighter).
+  client.addEventListener('caption', ({ detail }) => {
+    let line = captionLines.get(detail.user_id);
+    if (!line) {
+      line = document.createElement('li');
+      line.dataset.userId = detail.user_id;
+      line.append(document.createElement('b'), ' ', document.createElement('span'));
+      captionLines.set(detail.user_id, line);
+    }
+    line.querySelector('b').textContent = `${detail.nickname || detail.username}:`;
+    line.querySelector('span').textContent = detail.text;
+    line.classList.toggle('partial', !detail.final);
+    $('captions').append(line); // the latest speaker last
   });
 
   client.addEventListener('chat', ({ detail }) => {
@@ -177,6 +206,10 @@ function wireControls(client) {
     };
   }
   $('leave').onclick = () => client.close();
+  $('captions-toggle').onclick = () => {
+    const on = $('captions-toggle').getAttribute('aria-pressed') !== 'true';
+    client.setCaptions(on).catch((error) => showStatus(`Captions: ${error.message}`));
+  };
   $('chat-form').onsubmit = (event) => {
     event.preventDefault();
     const input = event.target.elements.text;

@@ -112,7 +112,7 @@ function iceServersExpiry(iceServers) {
  *
  * Events (CustomEvent, payload in `event.detail`): `joined`, `participant-joined`,
  * `participant-left`, `remotestream`, `remotestreamended`, `remotetrack`, `remotetrackended`,
- * `activespeaker`, `mediastate`, `chat`, `relay`, `error`, `close`.
+ * `activespeaker`, `mediastate`, `chat`, `caption`, `relay`, `error`, `close`.
  */
 export class HuiyiClient extends EventTarget {
   #socket = null;
@@ -315,6 +315,15 @@ export class HuiyiClient extends EventTarget {
   }
 
   /**
+   * Live captions of the meeting on or off (its host or a moderator); the room hears it as a
+   * `mediastate` with `captions`, then each recognised utterance as a `caption` event.
+   * @returns {Promise<{enabled, language, model_id}>}
+   */
+  setCaptions(enabled, language = 'en') {
+    return postJson(this.baseUrl, `/meetings/${this.meetingId}/captions`, { enabled, language }, this.token);
+  }
+
+  /**
    * Hands the socket a fresh access token of the same user (the socket would otherwise be closed
    * with 4401 when the token it was opened with expires). Called by the client itself when it was
    * given a refresh token; call it yourself when your application refreshes tokens.
@@ -404,6 +413,9 @@ export class HuiyiClient extends EventTarget {
         break;
       case 'chat':
         this.#emit('chat', data);
+        break;
+      case 'caption':
+        this.#emit('caption', data);
         break;
       case 'media-state':
         this.#onMediaState(data);

@@ -3,6 +3,7 @@
 from control.api import (
     admin,
     auth,
+    captions,
     ffmpeg,
     media,
     meetings,
@@ -28,6 +29,7 @@ GROUPS: list[EndpointGroup] = [
     webhooks.group,
     meetings.group,
     recording.meeting_group,
+    captions.meeting_group,
     my.group,
     sessions.group,
     media.group,

@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 
 from control.auth.guard import authenticate, bearer_token
 from control.auth.tokens import TokenClaims
+from control.captions import state_announcement
 from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_background
 from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
@@ -197,6 +198,9 @@ class Session:
         if streams:
             state = {"streaming": True, "stream_id": streams[0].id}
             self.connection.send(message("media-state", self.meeting.id, SERVER, state))
+        captions = await store.captions.state(self.meeting.id)
+        if captions is not None and captions.enabled:
+            self.connection.send(message("media-state", self.meeting.id, SERVER, state_announcement(captions)))
         await self.app[HUB].broadcast(
             message("user-joined", self.meeting.id, me.user_id, participant_view(me)),
             skip_session=self.connection.session_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from control.store.captions import CaptionStore
 from control.store.chat import ChatStore
 from control.store.engine import migrate, open_engine
 from control.store.media import JobStore, MediaStore
@@ -34,6 +35,7 @@ class Store:
         self.recordings = RecordingStore(engine)
         self.webhooks = WebhookStore(engine)
         self.streams = StreamStore(engine)
+        self.captions = CaptionStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "", pool_size: int = 20) -> Store:

@@ -341,3 +341,32 @@ stream_targets = Table(
     Column("digest", String(64), primary_key=True),
     Column("stream_id", IdType, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False, index=True),
 )
+# Live captions: whether a meeting is captioned (one row once switched), and what was said.
+meeting_captions = Table(
+    "meeting_captions",
+    metadata,
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("language", String(35), nullable=False),
+    Column("model_id", String(64), nullable=False),
+    Column("changed_by", IdType, ForeignKey("users.id"), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False),
+)
+Index("ix_meeting_captions_enabled", meeting_captions.c.enabled)
+
+transcript_lines = Table(
+    "transcript_lines",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("language", String(35), nullable=False),
+    Column("model_id", String(64), nullable=False),
+    # Wall clock of capture: when the utterance began and when its speech ended.
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    **NEVER_REUSED,
+)
+Index("ix_transcript_lines_meeting_id", transcript_lines.c.meeting_id, transcript_lines.c.id)
