@@ -106,7 +106,7 @@ async def stream_rooms(
         "cpu_ms_per_frame": round(per_frame * 1000, 2) if per_frame is not None else None,
         # The share of one core a stream needs to encode all 30 pictures a second.
         "core_percent_at_30fps": round(per_frame * 30 * 100, 1) if per_frame is not None else None,
-        "output_fps": round(encoded / elapsed / len(rooms), 1),
+        "output_fps": round(encoded / elapsed / len(rooms), 1) if measured else None,
         "frames": sum(status["frames"] for status in final),
         "frames_dropped": sum(status["frames_dropped"] for status in final),
         "states": sorted({status["state"] for status in final}),

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
@@ -95,7 +95,6 @@ class LiveConfig:
     hls_segment_seconds: float = 2.0
     hls_list_size: int = 6
     preset: str = "veryfast"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class VideoLane:
