@@ -54,6 +54,7 @@ SENTENCES = [
 ]
 GAP_SECONDS = 1.5  # of silence after each sentence
 FIRST_CAPTION_TIMEOUT = 120.0
+LATE_SECONDS = 30.0  # how long the captions of the window's sentences are waited for after it
 
 
 @dataclass
@@ -252,16 +253,21 @@ async def run(server: SpawnedServer, streams: int, seconds: float, clip: Clip, w
         worker_cpu = cpu(worker_pid) - worker_before
         worker_rss = metrics.rss_bytes(worker_pid)
         closed = time.time()
-        await asyncio.sleep(3.0)  # the captions of the window's last sentences
+        # The captions of the window's last sentences, however late (a caption never sent stays missing).
+        deadline = time.monotonic() + LATE_SECONDS
+        while True:
+            said = [s for client, speech in speakers for s in said_by(client, speech, wall_offset)]
+            said = [s for s in said if opened < s.ended < closed]
+            match(said, [(arrived, caption) for arrived, caption in listener.captions if arrived > opened])
+            if all(s.caption is not None for s in said) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
         async with http.post(f"{url}/api/v1/meetings/{meeting_id}/captions", json={"enabled": False}, headers=headers):
             pass
         stop.set()
         await listening
-        said = [s for client, speech in speakers for s in said_by(client, speech, wall_offset)]
         for client, _ in speakers:
             await client.close()
-    said = [s for s in said if opened < s.ended < closed]
-    match(said, [(arrived, caption) for arrived, caption in listener.captions if arrived > opened])
     latencies = sorted(s.latency for s in said if s.latency is not None)
     heard = [s for s in said if s.caption is not None]
     words = sum(len(_words(s.text)) for s in heard)
@@ -312,8 +318,11 @@ def main() -> None:
         default=[1.0, 0.0],
         help="[captions] partial_seconds of the server, one server each (0: final captions only)",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     arguments = parser.parse_args()
     rows = asyncio.run(main_async(arguments.streams, arguments.seconds, arguments.partial_seconds))
+    if arguments.json:
+        arguments.json.write_text(json.dumps(rows, indent=2))
     print(
         "| partials every s | streams | sentences | captioned | partials | latency p50 s | latency max s "
         "| first caption s after on | WER | worker % core / stream | worker RSS MB | server % core / stream |"
