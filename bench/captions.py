@@ -18,6 +18,9 @@ with the host having switched them on:
 
 The window opens with the first caption after captions went on: before it the worker process
 starts and loads its model, which is reported apart (seconds from switching on to that caption).
+
+``--stages`` times the worker's path alone in this process instead (decoding and voice activity
+detection, then recognition, in CPU time per second of audio), away from any load's noise.
 """
 
 from __future__ import annotations
@@ -287,6 +290,40 @@ async def run(server: SpawnedServer, streams: int, seconds: float, clip: Clip, w
     }
 
 
+def stages(work: Path, partial_seconds: float) -> dict[str, Any]:
+    """The worker's path for one stream in this process, without a server or a clock to keep:
+    the CPU time (every thread) of decoding and voice activity detection, and of recognition, per
+    second of audio, for the sentences with their silences."""
+    from ai.registry import Registry
+    from ai.utterances import OpusDecoder, Utterances
+
+    speech = microphone(SENTENCES, work)
+    registry = Registry(None, work / "cache")
+    registry.load("moonshine-tiny-en")
+    decoder, endpointer = OpusDecoder(), Utterances(0.5, 15.0, partial_seconds)
+    listening = recognising = 0.0
+    runs = 0
+    for index, packet in enumerate(speech.packets):
+        began = time.process_time()
+        _, pcm = decoder.decode(index * 960, packet)
+        found = endpointer.push(index * 0.02, pcm)
+        listening += time.process_time() - began
+        for utterance in found:
+            began = time.process_time()
+            with registry.using("moonshine-tiny-en") as engine:
+                engine.infer(utterance.pcm, "en")
+            recognising += time.process_time() - began
+            runs += 1
+    seconds = len(speech.packets) * 0.02
+    return {
+        "partial_seconds": partial_seconds,
+        "audio_s": round(seconds, 1),
+        "recognitions": runs,
+        "decode_vad_core_percent": round(100 * listening / seconds, 1),
+        "recognition_core_percent": round(100 * recognising / seconds, 1),
+    }
+
+
 async def main_async(streams: list[int], seconds: float, partials: list[float]) -> list[dict[str, Any]]:
     clip = load_clip(CACHE_DIR)
     rows = []
@@ -319,7 +356,19 @@ def main() -> None:
         help="[captions] partial_seconds of the server, one server each (0: final captions only)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--stages", action="store_true", help="only time the worker's stages in this process")
     arguments = parser.parse_args()
+    if arguments.stages:
+        with tempfile.TemporaryDirectory(prefix="huiyi-captions-bench-") as scratch:
+            print("| partials every s | audio s | recognitions | decode + VAD % core | recognition % core |")
+            print("|---|---|---|---|---|")
+            for partial in arguments.partial_seconds:
+                row = stages(Path(scratch), partial)
+                print(
+                    f"| {partial or 'off'} | {row['audio_s']} | {row['recognitions']} "
+                    f"| {row['decode_vad_core_percent']} | {row['recognition_core_percent']} |"
+                )
+        return
     rows = asyncio.run(main_async(arguments.streams, arguments.seconds, arguments.partial_seconds))
     if arguments.json:
         arguments.json.write_text(json.dumps(rows, indent=2))
