@@ -111,3 +111,21 @@ def test_a_short_churn_soak_reports_flat_figures(tmp_path: Path) -> None:
     assert start["tasks"] is not None and end["tasks"] is not None and start["peers"] == end["peers"] == 1
     assert end["fds"] <= start["fds"] + 8 and len(figures["samples"]) >= 3
     assert "join/leave cycles" in completed.stdout
+
+
+def test_a_short_captions_run_reports_their_delay_and_cost(tmp_path: Path) -> None:
+    report = tmp_path / "captions.json"
+    arguments = ["--streams", "1", "--seconds", "12", "--partial-seconds", "1", "--json", str(report)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.captions", *arguments],
+        cwd=ROOT,
+        env=server_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, (completed.stdout, completed.stderr[-3000:])
+    [row] = json.loads(report.read_text())
+    assert row["sentences"] >= 1 and row["captioned"] >= 1 and row["wer"] <= 0.2, row
+    assert row["latency_p50_s"] > 0 and row["worker_core_percent_per_stream"] > 0, row
+    assert "| worker % core / stream |" in completed.stdout
