@@ -85,6 +85,7 @@ class PublisherSide:
                 self.state = "failed"
                 self.peer.on_transport_lost("publisher")
             return
+        log.info("peer %s: publisher connected from %s", self.peer.id, transport.client_address())
         if transport is self.transport:
             self.state = "connected"
             for track in self.tracks.values():

@@ -195,6 +195,7 @@ class SubscriberSide:
             self.state = "failed"
             self.peer.on_transport_lost("subscriber")
             return
+        log.info("peer %s: subscriber connected from %s", self.peer.id, self.transport.client_address())
         self.state = "connected"
         for down in self.downtracks.values():
             down.track.request_keyframe(down.target_layer)

@@ -3,23 +3,29 @@ server, its synthetic clients publish and subscribe through it, and the figures 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from bench.harness import LOOPBACK_TURN
 from bench.tap_cost import measure
-from tests.server_process import ROOT, server_environment
+from tests.server_process import ROOT, server_environment, start_server
+from tests.support import until
 
 
-def run_bench(tmp_path: Path, *arguments: str) -> dict:
+def run_bench(tmp_path: Path, *arguments: str, url: str | None = None) -> dict:
+    """A run on a server of its own, or on the one at ``url``."""
     report = tmp_path / "figures.json"
     completed = subprocess.run(
         [
             sys.executable,
             "-m",
             "bench",
-            "--spawn",
+            *(["--url", url] if url else ["--spawn"]),
             "--duration",
             "3",
             "--ramp-up",
@@ -53,6 +59,34 @@ def test_sfu_and_relay_runs_report_the_figures(tmp_path: Path) -> None:
     assert relay["errors"] == [] and relay["latency_ms"]["p50"] is not None
     naive = figures["naive"][0]
     assert naive["errors"] == [] and naive["forwarded_packets_per_second"] > 10
+
+
+async def test_a_run_with_every_client_behind_turn_goes_through_the_server_s_turn_server(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    env = {**LOOPBACK_TURN, "HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
+    server = start_server("--data-dir", str(tmp_path / "data"), log=log, env=env)
+    try:
+        arguments = ["--ice-transport", "relay", "--subscribers", "2", "--layers", "1", "--processes", "1"]
+        figures = await asyncio.to_thread(run_bench, tmp_path, *arguments, url=server.url)
+        [run] = figures["sfu+turn"]
+        assert run["errors"] == [] and run["loss_percent"] < 1 and run["forwarded_packets_per_second"] > 100, run
+        # The publisher's connection and the two subscribers': each settled on its relayed candidate.
+        assert run["candidate_types"] == {"relay": 3}, run
+        server.process.send_signal(signal.SIGUSR1)
+        status = await until(
+            lambda: re.search(r"turn status: .* to_peers=(\d+)pkt/\d+B to_clients=(\d+)pkt", log.read_text()),
+            "the TURN status line in the server log",
+        )
+    finally:
+        server.stop()
+    # The media went through the TURN server both ways: the publisher's to the SFU, the SFU's to the
+    # subscribers (a few seconds of video and audio: hundreds of packets).
+    assert int(status.group(1)) > 300 and int(status.group(2)) > 300, status.group(0)
+    # And the SFU saw every client at an address the TURN server relays from.
+    text = log.read_text()
+    relayed = set(re.findall(r"turn allocation (127\.0\.0\.1:\d+) for user", text))
+    seen = re.findall(r"peer \w+: (?:publisher|subscriber) connected from (\S+) \((\w+) candidate\)", text)
+    assert len(seen) == 3 and all(address in relayed and kind == "relay" for address, kind in seen), (seen, relayed)
 
 
 def test_a_run_with_every_room_recorded_reports_what_recording_cost(tmp_path: Path) -> None:

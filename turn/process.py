@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ log = logging.getLogger("huiyi.turn")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 ANSWER_TIMEOUT = 5.0
+# Open descriptors the TURN process asks for when the hard limit is unlimited.
+DESCRIPTOR_LIMIT = 65536
 # Where the ``turn`` and ``config`` packages are, for a child started from a checkout.
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -153,7 +156,19 @@ def main() -> int:
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     settings = TurnSettings.model_validate(start["settings"])
+    _raise_descriptor_limit()
     return asyncio.run(_serve(settings, start["secret"]))
+
+
+def _raise_descriptor_limit() -> None:
+    """Every allocation holds two descriptors (its relay socket, and its UDP client's own socket or
+    its TCP connection), more than the usual soft limit of 1024 allows at ``max_allocations``: take
+    what the hard limit grants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = DESCRIPTOR_LIMIT if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _reply(message: dict[str, Any]) -> bool:
