@@ -13,7 +13,7 @@ def new_job(
     job_id: str,
     user_id: int,
     kind: str,
-    model_id: str,
+    model_id: str | None,
     language: str | None,
     options: dict[str, Any],
     source: dict[str, Any],

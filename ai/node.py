@@ -11,6 +11,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,17 +20,23 @@ import numpy as np
 
 from ai import audio, memory
 from ai.audio import SAMPLE_RATE, BadAudio
-from ai.engines import ModelError
+from ai.denoising import denoise_file
+from ai.engines import DenoiseEngine, ModelError
+from ai.enhance import enhance_file
 from ai.fetch import UrlRefused, fetch, parse_networks
 from ai.registry import Registry, Unavailable, UnknownModel, choose
 from ai.tasks import run_task
 from ai.vad import Vad
 from config import Settings
 from control.storage import LocalStorage
+from media.jobs import JobFailed
 
 log = logging.getLogger("huiyi.ai.node")
 # A job started this many times without an answer (its node died each time) fails instead.
 MAX_ATTEMPTS = 2
+# Jobs that turn a file into a new one (written in the node's scratch folder of the shared media
+# directory, for the server to adopt) rather than answering a result.
+FILE_KINDS = ("denoising", "enhancement")
 
 
 class JobReport(Protocol):
@@ -60,6 +67,7 @@ class Node:
         data_dir = settings.server.data_dir
         self.registry = Registry(Path(ai.model_dir) if ai.model_dir else None, data_dir / "ai-cache")
         self.storage = LocalStorage(data_dir / "media", node_id)
+        self.storage.clear_scratch()  # outputs of a previous run that no server adopted
         self.scratch = data_dir / "ai-scratch" / "".join(c if c.isalnum() else "_" for c in node_id)
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.allowed = parse_networks(ai.url_allow_networks)
@@ -170,6 +178,11 @@ class Node:
         source: Path | None = None
         try:
             source, temporary = self._source(job)
+            if job["kind"] in FILE_KINDS:
+                result = self._file_job(job, source, lambda percent: report.progress(job_id, percent))
+                report.finished(job_id, result, None, None)
+                log.info("job %s (%s) done", job_id, job["kind"])
+                return
             pcm = audio.decode(source, self.settings.ai.max_audio_seconds)
             model_id = (
                 job.get("model_id")
@@ -186,7 +199,7 @@ class Node:
                 lambda percent: report.progress(job_id, percent),
             )
             report.finished(job_id, result, None, None)
-        except (BadAudio, UrlRefused) as exc:
+        except (BadAudio, UrlRefused, JobFailed) as exc:
             report.finished(job_id, None, str(exc), "input")
         except (ModelError, Unavailable, UnknownModel) as exc:
             report.finished(job_id, None, str(exc), "unavailable")
@@ -200,6 +213,30 @@ class Node:
                 self.running -= 1
             if source is not None and temporary:
                 source.unlink(missing_ok=True)
+
+    def _file_job(self, job: dict[str, Any], source: Path, progress: Callable[[int], None]) -> dict[str, Any]:
+        """Denoise or enhance ``source`` into a new file in this node's scratch folder; the answer
+        says where (``output``) and what was measured."""
+        target_dir = self.storage.scratch_path("")
+        target_dir.mkdir(mode=0o700)
+        name = job["source"].get("file_name") or "input"
+        options = job.get("options", {})
+        try:
+            if job["kind"] == "enhancement":
+                result = enhance_file(source, target_dir, name, options["operations"], progress)
+            else:
+                with self.registry.using(job["model_id"]) as engine:
+                    if not isinstance(engine, DenoiseEngine):
+                        raise Unavailable(f"model {job['model_id']} is not a denoising model")
+                    result = denoise_file(engine, job["model_id"], source, target_dir, name, options, progress)
+            # A file of its own in the scratch folder, so that adopting it leaves nothing behind.
+            produced = Path(result["output"]["path"])
+            final = self.storage.scratch_path(produced.suffix)
+            produced.rename(final)
+            result["output"]["path"] = str(final)
+            return result
+        finally:
+            shutil.rmtree(target_dir, ignore_errors=True)
 
     def _source(self, job: dict[str, Any]) -> tuple[Path, bool]:
         source = job["source"]

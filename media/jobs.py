@@ -30,7 +30,12 @@ MAX_DIMENSION = 3840
 
 
 class JobFailed(Exception):
-    """The job cannot be done with these inputs; the message is shown to the user."""
+    """The job cannot be done with these inputs; the message is shown to the user. ``kind`` says
+    why: "input" (the file or the parameters) or "unavailable" (nothing could run the work)."""
+
+    def __init__(self, message: str, kind: str = "input") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)

@@ -151,3 +151,16 @@ def probe(path: Path) -> Probe:
         "unsupported or damaged file: accepted are video, audio, JPEG/PNG/GIF/WebP images, "
         "PDF, office documents and text"
     )
+
+
+def stream_kinds(path: Path) -> set[str]:
+    """The kinds of stream ("audio", "video") a media file has, from its header; a cover picture
+    is not video. Empty for a file PyAV cannot open."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            kinds = {"audio"} if container.streams.audio else set()
+            if any(not s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video):
+                kinds.add("video")
+            return kinds
+    except (av.FFmpegError, UnicodeDecodeError, ValueError):
+        return set()

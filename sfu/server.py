@@ -17,6 +17,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 
 from config.settings import SfuSettings
 from sfu.counters import MediaTotals
+from sfu.denoise import NoiseSuppression, WorkerSetup
 from sfu.events import MediaEvents, NoListener
 from sfu.live import LiveFeed, Outlet
 from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
@@ -44,7 +45,7 @@ class SignalError(Exception):
 
 
 class Sfu:
-    def __init__(self, settings: SfuSettings) -> None:
+    def __init__(self, settings: SfuSettings, denoise_setup: WorkerSetup | None = None) -> None:
         self.settings = settings
         self.network = Network(
             bind=tuple(settings.bind_addresses),
@@ -67,6 +68,10 @@ class Sfu:
         self.retired = MediaTotals()
         self.last_tick = time.monotonic()  # the media clock's, to tell it still runs
         self._streams: dict[str, LiveFeed] = {}
+        setup = denoise_setup or WorkerSetup(bitrate=settings.noise_suppression_bitrate)
+        self.noise = NoiseSuppression(
+            self, setup, settings.noise_suppression_model, settings.noise_suppression_max_streams
+        )
 
     async def start(self) -> None:
         self.network = await open_listeners(self.network)
@@ -81,6 +86,7 @@ class Sfu:
             self.stop_stream(stream_id, "server shutdown")
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
+        self.noise.close()
         if self.network.listeners is not None:
             self.network.listeners.close()
 
@@ -266,7 +272,12 @@ class Sfu:
             await side.add_candidate(candidate or None)
 
     def set_preferences(self, peer: Peer, data: dict[str, Any]) -> None:
-        """``media-state`` from a peer about what it wants to receive."""
+        """``media-state`` from a peer about what it wants to receive, or to have its own
+        microphone's noise suppressed."""
+        if "noise_suppression" in data:
+            if not isinstance(data["noise_suppression"], bool):
+                raise SignalError(400, "data.noise_suppression must be true or false")
+            self.noise.set_peer(peer.id, data["noise_suppression"])
         if "layer" in data:
             layer, track_id = data["layer"], data.get("track_id")
             if layer not in LAYER_NAMES:
@@ -298,6 +309,7 @@ class Sfu:
             recording.tick()
         for stream in self._streams.values():
             stream.tick()
+        self.noise.tick()
         for room in list(self.rooms.values()):
             if full:
                 for track in room.tracks.values():

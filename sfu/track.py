@@ -12,6 +12,7 @@ from sfu.negotiation import OUTGOING_PAYLOAD_TYPES
 from sfu.sdp import Codec
 
 if TYPE_CHECKING:
+    from sfu.denoise import SuppressedTrack
     from sfu.forwarder import DownTrack
     from sfu.taps import Tap
 
@@ -202,6 +203,7 @@ class PublishedTrack:
         self.layers = [Layer(index, names[index], layer_rids[index] if layer_rids else "") for index in range(count)]
         self.downtracks: list[DownTrack] = []
         self.taps: list[Tap] = []  # recordings of this track, fed in process
+        self.cleaner: SuppressedTrack | None = None  # live noise suppression, forwarded in place of the original
         self.muted = False  # by a host or the publisher, server-side: nothing is forwarded
         self.audio_level = 127  # -dBov of the loudest recent packet; 127 is silence
         self._request_keyframe = request_keyframe
@@ -245,18 +247,28 @@ class PublishedTrack:
                 tap.feed(layer, packet)
 
     def forward(self, layer: Layer, packet: rtp.Packet) -> None:
-        """Build the receiver-independent part of the outgoing packet once, then hand it to each receiver
-        (and the packet itself to each recording's tap)."""
+        """Hand the packet to each recording's tap, then to the receivers (or, while the track's
+        noise is suppressed, its cleaned copy once it is back; see sfu/denoise.py)."""
         if self.muted:
             return
         if self.taps:
             self.feed_taps(layer, packet)
+        if self.cleaner is not None and self.cleaner.take(layer, packet):
+            return
+        self.pass_down(layer, packet)
+
+    def pass_down(self, layer: Layer, packet: rtp.Packet) -> None:
+        level = packet.extensions.get(self.level_extension_id) if self.level_extension_id else None
+        self.send_down(layer, packet, level[:1] if level else None)
+
+    def send_down(self, layer: Layer, packet: rtp.Packet, level: bytes | None) -> None:
+        """Build the receiver-independent part of the outgoing packet once, then hand it to each
+        receiver."""
         if not self.downtracks:
             return
         elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
-        level = packet.extensions.get(self.level_extension_id) if self.level_extension_id else None
         if level:
-            elements.insert(0, (rtp.OUT_ID_AUDIO_LEVEL, level[:1]))
+            elements.insert(0, (rtp.OUT_ID_AUDIO_LEVEL, level))
             self.audio_level = min(self.audio_level, level[0] & 0x7F)
         extension = rtp.extension_block(elements)
         tail = extension + packet.data[packet.payload_start : packet.payload_end]

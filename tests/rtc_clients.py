@@ -217,6 +217,8 @@ class RemoteTrack:
     frames: int = 0
     sizes: set[tuple[int, int]] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # (arrival, frame) of every frame decoded, once a test sets it to a list
+    captured: list[tuple[float, av.AudioFrame | av.VideoFrame]] | None = None
 
 
 class Participant:
@@ -298,18 +300,20 @@ class Participant:
     async def publish(
         self,
         video: tuple[int, int] | None = (320, 240),
-        audio: bool = True,
+        audio: bool | MediaStreamTrack = True,
         video_codec: str | None = None,
         cues: Cues | None = None,
-        microphone: MediaStreamTrack | None = None,
     ) -> None:
-        """Send a tone and a pattern (flashing and beeping on ``cues`` when given, the sound of
-        ``microphone`` instead of the tone when given); ``video_codec`` (a MIME type, e.g.
-        "video/H264") is the only video codec offered (with RTX), otherwise aiortc's preference
-        (VP8 first) stands."""
-        if audio:
-            sound = microphone or (ToneAudioTrack() if cues is None else CueAudioTrack(cues))
-            self.publisher.addTransceiver(sound, direction="sendonly")
+        """Send a tone (or the ``audio`` track given) and a pattern (flashing and beeping on ``cues``
+        when given); ``video_codec``
+        (a MIME type, e.g. "video/H264") is the only video codec offered (with RTX), otherwise
+        aiortc's preference (VP8 first) stands."""
+        if isinstance(audio, MediaStreamTrack):
+            self.publisher.addTransceiver(audio, direction="sendonly")
+        elif audio:
+            self.publisher.addTransceiver(
+                ToneAudioTrack() if cues is None else CueAudioTrack(cues), direction="sendonly"
+            )
         if video:
             camera = PatternVideoTrack(*video) if cues is None else CueVideoTrack(*video, cues)
             transceiver = self.publisher.addTransceiver(camera, direction="sendonly")
@@ -347,6 +351,8 @@ class Participant:
             while True:
                 frame = await remote.track.recv()
                 remote.frames += 1
+                if remote.captured is not None:
+                    remote.captured.append((time.monotonic(), frame))
                 if isinstance(frame, av.VideoFrame):
                     remote.sizes.add((frame.width, frame.height))
         except MediaStreamError:

@@ -25,8 +25,9 @@ from config import load_settings
 from control.app import create_app
 from tests.ai_support import SENTENCES, conversation, speak, wer
 from tests.conftest import REDIS_URL, Account, Api, unavailable
+from tests.enhance_support import noisy_clip, speech, wav_bytes, with_noise
 from tests.server_process import ROOT, server_environment
-from tests.support import until
+from tests.support import until, uploaded
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 NODE_TIMEOUT = 3
@@ -158,6 +159,32 @@ async def test_two_nodes_join_and_share_the_jobs(cluster: Cluster) -> None:
     for node_id in ("node-a", "node-b"):
         health = await cluster.api.call("POST", f"/api/v1/nodes/{node_id}/health-check", token=cluster.user.access)
         assert health["status"] == 200 and health["data"]["node_id"] == node_id, health
+
+
+async def test_denoising_and_enhancement_run_on_the_nodes_from_their_queues(cluster: Cluster) -> None:
+    """Denoising goes to its model's queue, enhancement (no model) to the task's; the nodes write
+    the outputs into the shared media directory and the server keeps them as files."""
+    clean = speech(SENTENCES[2], cluster.work)
+    sound = await uploaded(cluster.api, cluster.user, wav_bytes(with_noise(clean, 5.0)), "noisy.wav")
+    clip = noisy_clip(cluster.work / "clip.mp4", frames=10, sigma=10)
+    picture = await uploaded(cluster.api, cluster.user, clip.read_bytes(), "clip.mp4")
+    calls = [
+        ("audio", "/api/v1/audio/denoising", {"file_id": sound["file_id"]}),
+        ("video", "/api/v1/video/enhancement", {"file_id": picture["file_id"], "operations": [{"op": "sharpen"}]}),
+    ]
+    for area, path, payload in calls:
+        body = await cluster.api.call("POST", path, token=cluster.user.access, json=payload)
+        assert body["status"] == 200 and body["data"]["status"] in {"queued", "running", "succeeded"}, body
+        status = f"/api/v1/{area}/job/{body['data']['job_id']}/status"
+
+        async def done(status: str = status) -> dict[str, Any] | None:
+            job = (await cluster.api.call("GET", status, token=cluster.user.access, expect=200))["data"]
+            return job if job["status"] in {"succeeded", "failed"} else None
+
+        job = await until(done, f"the {area} job finished", 120, interval=0.2)
+        assert job["status"] == "succeeded" and job["result"]["node_id"] in {"node-a", "node-b"}, job
+        info = f"/api/v1/media/info/{job['result']['file_id']}"
+        assert (await cluster.api.call("GET", info, token=cluster.user.access, expect=200))["data"]["size"] > 0
 
 
 async def test_a_job_whose_node_is_killed_finishes_on_the_other(cluster: Cluster) -> None:

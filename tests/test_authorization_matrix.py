@@ -148,6 +148,14 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "speech.emotion":               (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "speech.synthesis_detection":   (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "speech.job_status":            (401,  404,  404,  404,  OK,   404,  404,  403,  OK,   404),
+    # Denoising and enhancement work on a file need the right to read it; a job is its owner's.
+    "audio.denoising":              (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
+    "audio.job_status":             (401,  404,  404,  404,  OK,   404,  404,  403,  OK,   404),
+    "video.enhancement":            (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
+    "video.job_status":             (401,  404,  404,  404,  OK,   404,  404,  403,  OK,   404),
+    # Anyone in the room sees whose microphone is cleaned; hosts and moderators switch it for all.
+    "webrtc.room_noise_suppression": (401, 403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
+    "webrtc.set_room_noise_suppression": (401, 403, 403, OK,  OK,   403,  403,  403,  403,  403),
     "models.list":                  (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "models.load":                  (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "models.unload":                (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
@@ -251,6 +259,24 @@ class Scene:
             )
             self.extras["speech_job"] = body["job_id"]
         return self.extras["speech_job"]
+
+    async def denoise_job(self) -> str:
+        if "denoise_job" not in self.extras:
+            body = await self.world.ok("POST", "/api/v1/audio/denoising", "host", json={"file_id": await self.speech()})
+            self.extras["denoise_job"] = body["job_id"]
+        return self.extras["denoise_job"]
+
+    async def enhance_job(self) -> str:
+        if "enhance_job" not in self.extras:
+            operations = [{"op": "sharpen"}]
+            body = await self.world.ok(
+                "POST",
+                "/api/v1/video/enhancement",
+                "host",
+                json={"file_id": await self.file(), "operations": operations},
+            )
+            self.extras["enhance_job"] = body["job_id"]
+        return self.extras["enhance_job"]
 
     async def session(self) -> str:
         """The host's signaling session: joined, then closed so it is complete."""
@@ -678,6 +704,14 @@ BUILDERS: dict[str, Builder] = {
     "speech.emotion": lambda case: _speech(case),
     "speech.synthesis_detection": lambda case: _speech(case, options={"threshold": 0.7}),
     "speech.job_status": lambda case: _speech_job(case),
+    "audio.denoising": lambda case: _speech(case),
+    "audio.job_status": lambda case: _scene_job(case, "denoise"),
+    "video.enhancement": job_on_file(operations=[{"op": "sharpen"}]),
+    "video.job_status": lambda case: _scene_job(case, "enhance"),
+    "webrtc.room_noise_suppression": lambda case: _done(Call(path={"room_id": case.scene.meeting_id})),
+    "webrtc.set_room_noise_suppression": lambda case: _done(
+        Call(path={"room_id": case.scene.meeting_id}, json={"enabled": False})
+    ),
     "models.list": _nothing,
     "models.load": lambda case: _done(Call(path={"model_id": "emotion-tiny"}, json={})),
     "models.unload": lambda case: _done(Call(path={"model_id": "emotion-tiny"})),
@@ -765,6 +799,11 @@ async def _speech(case: Case, **fields: Any) -> Call:
 
 async def _speech_job(case: Case) -> Call:
     return Call(path={"job_id": await case.scene.speech_job()})
+
+
+async def _scene_job(case: Case, kind: str) -> Call:
+    job_id = await (case.scene.denoise_job() if kind == "denoise" else case.scene.enhance_job())
+    return Call(path={"job_id": job_id})
 
 
 async def _node(case: Case) -> Call:

@@ -130,7 +130,7 @@ async def test_what_a_participant_says_reaches_the_room_as_captions_and_the_tran
     assert on["status"] == 200, on
     assert on["data"]["enabled"] and on["data"]["model_id"] == "moonshine-tiny-en"
     await until(lambda: caption_states(listener) == [True], "the room to hear captions are on")
-    await speaker.publish(video=None, microphone=meeting.microphone)
+    await speaker.publish(video=None, audio=meeting.microphone)
     worker = meeting.api.app[CAPTIONS].worker
     await until(lambda: worker.streams == 1, "the speaker's audio to be captioned", 10)
 

@@ -570,6 +570,9 @@ SELDOM_SUCCEED = {
     "streaming.status": "no stream exists on the fuzzed server",
     "streaming.hls": "no stream exists on the fuzzed server",
     "streaming.public_hls": "no stream exists on the fuzzed server",
+    "audio.denoising": "the pool's file is a silent video (no audio track); generated audio_urls are not URLs",
+    "audio.job_status": "the pool's job ids are those of other kinds of job",
+    "video.job_status": "the pool's job ids are those of other kinds of job",
 }
 
 

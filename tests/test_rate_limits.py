@@ -18,9 +18,9 @@ from tests.contract import CONTRACT_LIMITS
 
 # Endpoints the contract does not list: service endpoints (health, readiness, the OpenAPI
 # document), the avatar download, rotating a meeting's invite code, the ICE servers (STUN/TURN) of
-# a caller, a speech job's status, the webhook receivers' administration, a live stream's HLS
-# files (for its participants, and at its public address), and a meeting's live captions switch
-# and transcript.
+# a caller, a speech, denoising or enhancement job's status, the webhook receivers'
+# administration, a live stream's HLS files (for its participants, and at its public address), a
+# meeting's live captions switch and transcript, and a room's live noise suppression.
 NOT_IN_SPEC = {
     "meta.health",
     "meta.ready",
@@ -39,6 +39,10 @@ NOT_IN_SPEC = {
     "meetings.captions",
     "meetings.transcript",
     "meetings.transcript_vtt",
+    "audio.job_status",
+    "video.job_status",
+    "webrtc.room_noise_suppression",
+    "webrtc.set_room_noise_suppression",
 }
 
 

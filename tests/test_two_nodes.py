@@ -141,7 +141,7 @@ async def test_captions_switched_on_one_node_caption_a_speaker_on_the_other(
     people.append(speaker)
     await speaker.connect()
     microphone = SpeechAudioTrack()
-    await speaker.publish(video=None, microphone=microphone)
+    await speaker.publish(video=None, audio=microphone)
 
     path = f"/api/v1/meetings/{host.meeting_id}/captions"
     assert request("POST", a.url + path, {"enabled": True}, token=host.token)[0] == 200

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from ai.engines.base import Engine, ModelError, ModelSpec, RecognizedLine, Scores
 from ai.engines.classifier import MelMlpEngine
+from ai.engines.deepfilter import DeepFilterEngine
+from ai.engines.denoise import DenoiseEngine, DenoiseStream
 from ai.engines.moonshine import MoonshineEngine
+from ai.engines.rnnoise import RnnoiseEngine
+from ai.engines.spectral import SpectralGatingEngine
 from ai.engines.speechbrain import SpeechbrainEngine
 from ai.engines.whisper import WhisperEngine
 
@@ -13,6 +17,9 @@ ENGINES: dict[str, type[Engine]] = {
     "whisper": WhisperEngine,
     "speechbrain": SpeechbrainEngine,
     "mel-mlp": MelMlpEngine,
+    "deepfilternet": DeepFilterEngine,
+    "rnnoise": RnnoiseEngine,
+    "spectral-gating": SpectralGatingEngine,
 }
 
-__all__ = ["ENGINES", "Engine", "ModelError", "ModelSpec", "RecognizedLine", "Scores"]
+__all__ = ["ENGINES", "DenoiseEngine", "DenoiseStream", "Engine", "ModelError", "ModelSpec", "RecognizedLine", "Scores"]

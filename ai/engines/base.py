@@ -1,7 +1,8 @@
 """The interface every engine offers (load, unload, infer, describe) and what a model is.
 
-An engine knows how to run one kind of model on one clip of 16 kHz mono samples; it knows
-nothing of jobs, queues or nodes, so it can be tried with a file in and a result out."""
+An engine knows how to run one kind of model on one clip of mono samples (16 kHz for speech,
+48 kHz for denoising); it knows nothing of jobs, queues or nodes, so it can be tried with a file in
+and a result out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("recognition", "emotion", "synthesis-detection")
+TASKS = ("recognition", "emotion", "synthesis-detection", "denoising")
 
 
 class ModelError(Exception):
@@ -75,8 +76,9 @@ class Engine(ABC):
     def unload(self) -> None: ...
 
     @abstractmethod
-    def infer(self, clip: np.ndarray, language: str | None) -> list[RecognizedLine] | Scores:
-        """Recognition engines answer lines; classifiers answer scores over their labels."""
+    def infer(self, clip: np.ndarray, language: str | None) -> list[RecognizedLine] | Scores | np.ndarray:
+        """Recognition engines answer lines; classifiers answer scores over their labels;
+        denoisers the cleaned clip."""
 
     def memory_bytes(self) -> int | None:
         """What the loaded model holds, when the engine can tell; otherwise the registry measures

@@ -2,6 +2,7 @@
 
 from control.api import (
     admin,
+    audio,
     auth,
     captions,
     ffmpeg,
@@ -16,6 +17,7 @@ from control.api import (
     speech,
     streaming,
     users,
+    video,
     webhooks,
     webrtc,
 )
@@ -38,6 +40,8 @@ GROUPS: list[EndpointGroup] = [
     recording.group,
     streaming.group,
     speech.group,
+    audio.group,
+    video.group,
     models.group,
     nodes.group,
 ]

@@ -1,4 +1,4 @@
-"""/api/v1/models: the speech models of the online worker nodes, loading and unloading them.
+"""/api/v1/models: the speech and denoising models of the online worker nodes, loading and unloading them.
 
 Jobs load the model they need themselves; loading ahead spares the first job the wait, unloading
 gives the memory back until the next job needs the model. Both act on every online node that has
@@ -31,7 +31,7 @@ class ModelOnNode(BaseModel):
 
 class ModelOut(BaseModel):
     model_id: str
-    task: Literal["recognition", "emotion", "synthesis-detection", "unknown"]
+    task: Literal["recognition", "emotion", "synthesis-detection", "denoising", "unknown"]
     engine: str
     languages: list[str] = Field(description="primary language tags, or ['*'] for any")
     labels: list[str] = Field(description="a classifier's classes")

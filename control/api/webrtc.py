@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
-from control.context import HUB, SFU, STORE, current_user
+from control.context import HUB, SETTINGS, SFU, STORE, current_user
 from control.endpoints import Access, EndpointGroup, path_int
-from control.errors import not_found
+from control.errors import bad_request, not_found
 from control.ice import IceServersOut, ice_servers_for
 from control.rooms import load_meeting, media_state, meeting_not_found, require_member, require_moderator
 from control.signaling.hub import message
+from sfu.denoise import live_models
 from sfu.forwarder import DownTrack
 from sfu.peer import Peer
 from sfu.track import PublishedTrack
@@ -112,14 +114,18 @@ class RoomStatsOut(BaseModel):
 
 class PeerMediaIn(BaseModel):
     audio: bool | None = Field(None, description="false mutes the peer's audio for everyone, server-side")
+    noise_suppression: bool | None = Field(
+        None, description="true forwards the peer's microphone with its noise taken out (docs/enhancement.md)"
+    )
     video: bool | None = Field(None, description="false stops forwarding the peer's video")
     layer: Literal["low", "medium", "high"] | None = Field(None, description="best layer the peer receives")
     max_bitrate: int | None = Field(None, ge=0, le=100_000_000, description="cap on what the peer receives; 0 lifts it")
 
     @model_validator(mode="after")
     def something_to_change(self) -> PeerMediaIn:
-        if self.audio is None and self.video is None and self.layer is None and self.max_bitrate is None:
-            raise ValueError("set at least one of audio, video, layer, max_bitrate")
+        fields = (self.audio, self.video, self.layer, self.max_bitrate, self.noise_suppression)
+        if all(value is None for value in fields):
+            raise ValueError("set at least one of audio, video, layer, max_bitrate, noise_suppression")
         return self
 
 
@@ -299,6 +305,8 @@ async def peer_media(request: web.Request, body: PeerMediaIn) -> PeerOut:
         peer.set_layer(body.layer, None)
     if body.max_bitrate is not None:
         peer.set_max_bitrate(body.max_bitrate or None)
+    if body.noise_suppression is not None:
+        request.app[SFU].noise.set_peer(peer.id, body.noise_suppression)
     changes = {kind: value for kind, value in (("audio", body.audio), ("video", body.video)) if value is not None}
     for kind, enabled in changes.items():
         peer.set_muted(kind, not enabled)
@@ -314,3 +322,78 @@ async def peer_media(request: web.Request, body: PeerMediaIn) -> PeerOut:
                 )
             )
     return _peer_out(peer)
+
+
+class NoiseSuppressionIn(BaseModel):
+    enabled: bool = Field(description="clean every participant's microphone, and those published later")
+    model: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="rnnoise or deepfilternet3; default: [sfu] setting"
+    )
+
+
+class SuppressedTrackOut(BaseModel):
+    track_id: str
+    peer_id: str
+    user_id: int
+    state: Literal["starting", "on", "draining", "off", "failed"] = Field(
+        description="starting: originals forwarded until the worker keeps up; on: cleaned audio forwarded"
+    )
+    model: str
+    error: str | None
+    algorithmic_delay_ms: float = Field(
+        description="how far the cleaned sound lags its input: the model's look-ahead and the Opus encoder's"
+    )
+    latency_ms_p50: float | None = Field(description="a packet's arrival to its cleaned copy's, median")
+    latency_ms_p95: float | None
+    added_latency_ms: float | None = Field(description="median latency plus the algorithmic delay")
+    cpu_percent: float = Field(description="of one core, in the worker process, for this track")
+    packets_cleaned: int
+    fallbacks: int = Field(description="times the worker fell behind and originals were forwarded")
+
+
+class NoiseSuppressionOut(BaseModel):
+    room_id: int
+    enabled: bool = Field(description="on for the whole room (participants may also have it on for themselves)")
+    model: str | None
+    tracks: list[SuppressedTrackOut] = Field(description="the tracks being cleaned now")
+
+
+def _noise_out(request: web.Request, room_id: int) -> NoiseSuppressionOut:
+    return NoiseSuppressionOut.model_validate(request.app[SFU].noise.describe_room(room_id))
+
+
+@group.route(
+    "GET",
+    "/" + ROOM_ID + "/noise-suppression",
+    name="room_noise_suppression",
+    summary="Whose microphones are cleaned live in a room, and what it costs",
+    access=Access.USER,
+    limit="50/minute",
+    response=NoiseSuppressionOut,
+)
+async def room_noise_suppression(request: web.Request) -> NoiseSuppressionOut:
+    meeting = await load_meeting(request.app, path_int(request, "room_id", meeting_not_found()))
+    await require_member(request.app, meeting, current_user(request))
+    return _noise_out(request, meeting.id)
+
+
+@group.route(
+    "POST",
+    "/" + ROOM_ID + "/noise-suppression",
+    name="set_room_noise_suppression",
+    summary="Switch live noise suppression on or off for everyone in a room (hosts and moderators)",
+    access=Access.USER,
+    limit="20/minute",
+    body=NoiseSuppressionIn,
+    response=NoiseSuppressionOut,
+)
+async def set_room_noise_suppression(request: web.Request, body: NoiseSuppressionIn) -> NoiseSuppressionOut:
+    meeting = await load_meeting(request.app, path_int(request, "room_id", meeting_not_found()))
+    await require_moderator(request.app, meeting, current_user(request))
+    sfu = request.app[SFU]
+    if body.model is not None and body.model not in await asyncio.to_thread(
+        live_models, request.app[SETTINGS].ai.model_dir
+    ):
+        raise bad_request(f"{body.model} is not a model that cleans live audio (rnnoise or deepfilternet3)")
+    sfu.noise.set_room(meeting.id, body.enabled, body.model)
+    return _noise_out(request, meeting.id)

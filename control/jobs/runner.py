@@ -38,6 +38,10 @@ MEETING_DELETED = "the meeting was deleted while the job was pending; its output
 
 # Told of every job this node finishes (succeeded, failed or cancelled), e.g. to act on its output.
 JobListener = Callable[[JobRecord], Awaitable[None]]
+# Runs a kind of job elsewhere than in this node's worker pool (AI work, on the worker nodes): told
+# the job and where to report its progress (percent), it answers the outputs, as (path, suggested
+# name), and what else the job measured; JobFailed says why it could not.
+Executor = Callable[[JobRecord, Callable[[int], None]], Awaitable[tuple[list[tuple[str, str]], dict[str, Any]]]]
 
 
 def default_workers() -> int:
@@ -45,7 +49,15 @@ def default_workers() -> int:
 
 
 class JobRunner:
-    def __init__(self, store: Store, storage: LocalStorage, workers: int, node_id: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        storage: LocalStorage,
+        workers: int,
+        node_id: str,
+        lease_seconds: float,
+        executors: dict[str, Executor] | None = None,
+    ) -> None:
         self.store = store
         self.storage = storage
         self.workers = workers or default_workers()
@@ -65,6 +77,7 @@ class JobRunner:
         self._progress_locks: dict[str, asyncio.Lock] = {}
         self._progress_written: dict[str, int] = {}
         self.listeners: list[JobListener] = []
+        self.executors = executors or {}
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -199,6 +212,10 @@ class JobRunner:
         try:
             if await self._meeting_gone(job):
                 raise MeetingGone(job.params["meeting_id"])
+            executor = self.executors.get(job.kind)
+            if executor is not None:
+                await self._execute(job, executor)
+                return
             inputs = await self._inputs(job)
             async with self._free_worker:
                 # Counted before the worker has it: the worker's own report comes through a queue,
@@ -219,7 +236,7 @@ class JobRunner:
             await self._keep(job, outputs)
         except JobFailed as exc:
             log.info("job %s (%s) failed: %s", job.id, job.kind, exc)
-            await self._finish(job.id, "failed", error=str(exc))
+            await self._finish(job.id, "failed", error=str(exc), result={"error_kind": exc.kind})
         except MeetingGone:
             log.info("job %s (%s) cancelled: its meeting was deleted", job.id, job.kind)
             await self._finish(job.id, "cancelled", error=MEETING_DELETED)
@@ -232,6 +249,16 @@ class JobRunner:
             await self._finish(job.id, "failed", error="internal error")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _execute(self, job: JobRecord, executor: Executor) -> None:
+        """A job run by its executor: attempts, progress and outputs kept as for the pool's."""
+        attempt = await self.store.jobs.begin_attempt(job.id, self.node_id)
+        if attempt is None:
+            log.info("job %s is no longer this node's to run", job.id)
+            return
+        await self.store.jobs.mark_started(job.id, self.node_id, attempt)
+        outputs, result = await executor(job, lambda percent: self.submit_progress(job.id, attempt, min(99, percent)))
+        await self._keep(job, outputs, result)
 
     async def _worker_died(self, job: JobRecord, pool: ProcessPoolExecutor) -> None:
         """A worker process died (killed, out of memory, a crash in a codec): every job the pool
@@ -255,7 +282,7 @@ class JobRunner:
             self._pool = self._new_pool()
             broken.shutdown(wait=False, cancel_futures=True)
 
-    async def _keep(self, job: JobRecord, outputs: list[tuple[str, str]]) -> None:
+    async def _keep(self, job: JobRecord, outputs: list[tuple[str, str]], result: dict[str, Any] | None = None) -> None:
         """Outputs become media files of the job's owner, in the meeting of its first input, only
         if that meeting still exists and this node still owns the job; otherwise they go."""
         files = []
@@ -280,7 +307,7 @@ class JobRunner:
                     }
                 )
             self._forget_progress(job.id)
-            file_ids = await self.store.jobs.succeed(job.id, self.node_id, files)
+            file_ids = await self.store.jobs.succeed(job.id, self.node_id, files, result)
         except BaseException:
             await self._discard(files)
             raise

@@ -43,7 +43,8 @@ FLOOD_RATE = 20.0  # messages per second, sustained
 FLOOD_BURST = 40.0
 FLOOD_STRIKES = 20  # refused messages before the socket is cut off
 MEDIA_KEYS = {"audio": "audio", "video": "video", "screen_share": "screen"}
-RECEIVE_KEYS = ("layer", "max_bitrate")  # media-state keys about what this peer receives, for the SFU
+# media-state keys for the SFU: what this peer receives, and whether its microphone is cleaned
+RECEIVE_KEYS = ("layer", "max_bitrate", "noise_suppression")
 
 
 class Refused(Exception):

@@ -45,6 +45,7 @@ class JobRecord:
     progress: int
     error: str | None
     result_file_ids: list[str]
+    result: dict[str, Any] | None
     attempts: int
     created_at: datetime
     started_at: datetime | None
@@ -290,7 +291,9 @@ class JobStore:
         async with self._engine.begin() as connection:
             return (await connection.execute(statement)).rowcount == 1
 
-    async def succeed(self, job_id: str, node_id: str, files: list[dict[str, Any]]) -> list[str] | None:
+    async def succeed(
+        self, job_id: str, node_id: str, files: list[dict[str, Any]], result: dict[str, Any] | None = None
+    ) -> list[str] | None:
         """Keep the outputs as media files and mark the job done, all or nothing; None when this
         node no longer owns the job. Raises MeetingGone when the job's meeting was deleted.
 
@@ -302,7 +305,9 @@ class JobStore:
                 done = await connection.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id, jobs.c.node_id == node_id, jobs.c.status.in_(UNFINISHED))
-                    .values(status="succeeded", progress=100, result_file_ids=file_ids, finished_at=utc_now())
+                    .values(
+                        status="succeeded", progress=100, result_file_ids=file_ids, result=result, finished_at=utc_now()
+                    )
                 )
                 if done.rowcount != 1:
                     raise _Lost

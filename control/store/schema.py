@@ -192,6 +192,8 @@ jobs = Table(
     Column("progress", Integer, nullable=False, server_default="0"),
     Column("error", String(1000), nullable=True),
     Column("result_file_ids", JSON, nullable=False),
+    # What a job measured besides its files (a denoising's levels), or why it failed (error_kind).
+    Column("result", JSON, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("started_at", UtcDateTime(), nullable=True),
