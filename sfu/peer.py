@@ -47,6 +47,8 @@ class Peer:
         task = asyncio.get_running_loop().create_task(self._guard(work))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        # Work cancelled before it began (the peer left at once) is closed, not left never awaited.
+        task.add_done_callback(lambda _: work.close())
         return task
 
     async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
