@@ -41,6 +41,7 @@ class PublishedSection:
     ssrc_layers: list[int] = field(default_factory=list)  # SSRC-signalled simulcast, low to high
     rtx_of: dict[int, int] = field(default_factory=dict)  # rtx ssrc -> media ssrc
     stream_id: str = ""
+    source: str = "camera"  # what the track shows: "camera" (or microphone), or "screen"
 
 
 def _pick_codec(section: MediaSection) -> Codec | None:
@@ -97,6 +98,7 @@ def accept_publisher_offer(offer: SessionDescription) -> list[PublishedSection |
                 ssrc_layers=ssrc_layers,
                 rtx_of=rtx_of,
                 stream_id=stream_id,
+                source="screen" if "slides" in section.content.split(",") else "camera",
             )
         )
     return accepted

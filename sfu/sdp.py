@@ -48,6 +48,7 @@ class MediaSection:
     rids: list[str] = field(default_factory=list)  # send rids, in the offer's order
     simulcast: list[str] = field(default_factory=list)  # rids named by a=simulcast, in order
     msid: str = ""
+    content: str = ""  # RFC 4796 a=content, e.g. "slides" for a shared screen
     ice_ufrag: str = ""
     ice_pwd: str = ""
     fingerprints: list[tuple[str, str]] = field(default_factory=list)
@@ -198,6 +199,8 @@ def _read_media_attribute(section: MediaSection, name: str, value: str) -> None:
             section.simulcast = [alt.lstrip("~") for stream in streams.split(";") for alt in stream.split(",")[:1]]
     elif name == "msid":
         section.msid = value
+    elif name == "content":
+        section.content = value.strip()
     elif name == "ice-ufrag":
         section.ice_ufrag = value
     elif name == "ice-pwd":

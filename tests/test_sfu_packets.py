@@ -237,6 +237,13 @@ def test_ssrc_signalled_simulcast_and_rejections() -> None:
     assert video.ssrc_layers == [1, 2, 3] and video.rtx_of == {4: 1}
 
 
+def test_a_video_section_marked_as_slides_is_a_shared_screen() -> None:
+    offer = parse(CHROMIUM_OFFER.replace("a=msid:stream video1\r\n", "a=msid:stream video1\r\na=content:slides\r\n"))
+    audio, video, _ = accept_publisher_offer(offer)
+    assert (audio.source, video.source) == ("camera", "screen")
+    assert accept_publisher_offer(parse(CHROMIUM_OFFER))[1].source == "camera"
+
+
 @pytest.mark.parametrize(
     "text", ["hello", "v=0\r\n", CHROMIUM_OFFER.replace("a=mid:1\r\n", ""), CHROMIUM_OFFER.replace("ice-ufrag", "x")]
 )
