@@ -353,3 +353,22 @@ def test_sustained_loss_steps_the_layer_down_but_one_bad_report_does_not() -> No
         down.on_report(lossy, 0)
     down.choose_layer()
     assert down.target_layer < 2
+
+
+def test_a_receiver_of_a_single_layer_track_asks_for_a_key_frame_until_it_starts() -> None:
+    """A shared screen sends key frames rarely: one that went by before this receiver came is no use."""
+    track, requests = _track(layers=1)
+    sent: list[bytes] = []
+    down = DownTrack(track, "sub", "0", sent.append)
+    down.paused = False
+    track.downtracks.append(down)
+    down.choose_layer()
+    assert requests == [0]
+    layer = track.layers[0]
+    track.forward(layer, rtp.Packet(rtp_packet(10, 3000, layer.ssrc, _vp8(False))))
+    assert sent == [], "nothing before a key frame"
+    track.forward(layer, rtp.Packet(rtp_packet(11, 6000, layer.ssrc, _vp8(True))))
+    assert len(sent) == 1 and down.current_layer == 0
+    layer.last_keyframe_request = 0.0
+    down.choose_layer()
+    assert requests == [0], "once forwarding, no more requests"
