@@ -3,6 +3,7 @@ test artefacts, and axe-core's accessibility check of a screen."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ async def accessibility_problems(page: Any) -> list[str]:
 
 
 async def check_screen(page: Any, name: str, checked: dict[str, list[str]]) -> None:
-    """Screenshot the screen and record what axe-core finds on it."""
+    """Screenshot the screen and record what axe-core finds on it (also written, for all screens
+    so far, to ``test-artifacts/webapp/accessibility.json``)."""
     await screenshot(page, name)
     checked[name] = await accessibility_problems(page)
+    (ARTIFACTS / "accessibility.json").write_text(json.dumps(checked, indent=2, ensure_ascii=False))
