@@ -136,7 +136,9 @@ def publisher_answer(
     lines = _header(session_id, 1, mids)
     for section, taken in zip(offer.sections, accepted, strict=True):
         if taken is None:
-            lines += [f"m={section.kind} 0 {section.proto} {' '.join(section.formats) or '0'}"]
+            # Every m-section needs a connection line, rejected ones too (Firefox refuses the
+            # description otherwise).
+            lines += [f"m={section.kind} 0 {section.proto} {' '.join(section.formats) or '0'}", "c=IN IP4 0.0.0.0"]
             if section.mid:
                 lines.append(f"a=mid:{section.mid}")
             continue

@@ -24,6 +24,9 @@ PREFERENCES = {
     # A fake camera (a moving pattern) and microphone (a tone), granted without asking.
     "media.navigator.streams.fake": True,
     "media.navigator.permission.disabled": True,
+    # The media server of the tests listens on loopback only, which Firefox skips unless told.
+    "media.peerconnection.ice.loopback": True,
+    "media.peerconnection.ice.obfuscate_host_addresses": False,
     # Nothing of the browser's own goes out to the network.
     "app.update.enabled": False,
     "browser.shell.checkDefaultBrowser": False,

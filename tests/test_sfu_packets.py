@@ -221,6 +221,8 @@ def test_a_chromium_simulcast_offer_is_accepted_as_two_tracks_with_three_layers(
     assert "a=group:BUNDLE 0 1\r\n" in answer and "a=ice-lite" in answer and "a=setup:passive" in answer
     assert "a=rid:l recv" in answer and "a=simulcast:recv l;m;h" in answer and "transport-cc" not in answer
     assert "m=application 0 " in answer and "a=mid:2" in answer
+    # every section has a connection line, the rejected one too
+    assert answer.count("\r\nc=IN IP4 0.0.0.0\r\n") == answer.count("\r\nm=")
     assert "a=recvonly" in answer
     parsed = AiortcSdp.parse(answer)  # an independent parser accepts it
     assert [media.kind for media in parsed.media] == ["audio", "video", "application"]
@@ -372,3 +374,14 @@ def test_a_receiver_of_a_single_layer_track_asks_for_a_key_frame_until_it_starts
     layer.last_keyframe_request = 0.0
     down.choose_layer()
     assert requests == [0], "once forwarding, no more requests"
+
+
+def test_a_bundle_only_section_is_bundled_not_rejected() -> None:
+    """Firefox offers every bundled section after the first with port 0 and a=bundle-only."""
+    firefox_like = CHROMIUM_OFFER.replace("m=video 9 ", "m=video 0 ").replace(
+        "a=mid:1\r\n", "a=mid:1\r\na=bundle-only\r\n"
+    )
+    _audio, video, _ = accept_publisher_offer(parse(firefox_like))
+    assert video is not None and video.rids == ["l", "m", "h"]
+    rejected = CHROMIUM_OFFER.replace("m=video 9 ", "m=video 0 ")
+    assert accept_publisher_offer(parse(rejected))[1] is None
