@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from tests.browser import launch, needs_chromium
-from tests.server_process import ServerProcess, request, start_server
+from tests.server_process import ServerProcess, make_user, request, start_server
 from tests.support import until
 from tests.webapp import check_screen
 
@@ -225,3 +225,41 @@ async def more_frames(page: Any, user_id: int, frames: int) -> bool:
 
 async def token_of(page: Any) -> str:
     return await page.evaluate("JSON.parse(sessionStorage.getItem('huiyi.session')).access_token")
+
+
+async def test_a_meeting_password_is_asked_only_when_needed(server: ServerProcess, chromium: Any) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    host_token, _ = make_user(server.url, f"hana{suffix}")
+    status, body = request(
+        "POST", f"{server.url}/api/v1/meetings", {"title": "Board", "password": "open-sesame"}, host_token
+    )
+    assert status == 201, body
+    meeting_id = body["data"]["meeting_id"]
+    make_user(server.url, f"cleo{suffix}", PASSWORD)
+    screens: dict[str, list[str]] = {}
+    cleo = await person(chromium, "cleo", DESKTOP)
+    # Cleo has only the meeting's address, not its invite link: she signs in and is sent on to it.
+    await cleo.goto(f"{server.url}/#/m/{meeting_id}")
+    await cleo.wait_for_selector("#login-form")
+    await cleo.fill("input[name=username]", f"cleo{suffix}")
+    await cleo.fill("input[name=password]", PASSWORD)
+    await cleo.click("#login-form button[type=submit]")
+    await cleo.wait_for_selector("#prejoin-form")
+    assert not await cleo.is_visible("input[name=password]"), "no password asked before the server wants one"
+    await cleo.click("#join-button")
+    await cleo.wait_for_selector("text=This meeting asks for a password")
+    await cleo.fill("#prejoin-form input[name=password]", "wrong-guess")
+    await cleo.click("#join-button")
+    await cleo.wait_for_selector("text=That password is not right.")
+    await check_screen(cleo, "17 meeting password", screens)
+    await cleo.fill("#prejoin-form input[name=password]", "open-sesame")
+    await cleo.click("#join-button")
+    await cleo.evaluate("window.huiyiReady")
+    await cleo.wait_for_selector("#stage .tile.local")
+    # Inside, she leaves; the page says so and offers to join again.
+    await cleo.click("#leave")
+    await cleo.wait_for_selector("text=You left the meeting")
+    await check_screen(cleo, "18 left", screens)
+    problems = {screen: found for screen, found in screens.items() if found}
+    assert not problems, problems
+    await cleo.context.close()

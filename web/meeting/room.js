@@ -334,7 +334,6 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     camButton.setAttribute('aria-pressed', String(!camOn));
     micButton.classList.toggle('off', !micOn);
     camButton.classList.toggle('off', !camOn);
-    micButton.textContent = '';
     setLabelKeep(micButton, micOn ? 'Mute microphone' : 'Unmute microphone', 'mic');
     setLabelKeep(camButton, camOn ? 'Turn camera off' : 'Turn camera on', 'cam');
     ownTile.setAudioOn(micOn || tracksOf('audio').length === 0);

@@ -1,7 +1,7 @@
 /**
  * The stage: every tile, the user's own included, in a grid sized to fit the space (the column
  * count that gives the largest 16:9 tiles, the last row centred), or a speaker view: one tile large
- * (a shared screen first, else the pinned tile, else the active speaker) over a strip of the rest.
+ * (a shared screen first, else the active speaker) over a strip of the rest.
  * Tiles never move in the document (a moved <video> pauses); layout is classes and CSS sizes.
  */
 const GAP = 8;
@@ -26,7 +26,6 @@ export class Stage {
     this.element = element;
     this.tiles = new Map();
     this.mode = 'grid';
-    this.pinned = null;
     this.speaker = null;
     this.observer = new ResizeObserver(() => this.layout());
     this.observer.observe(element);
@@ -48,7 +47,6 @@ export class Stage {
   remove(key) {
     this.tiles.get(key)?.remove();
     this.tiles.delete(key);
-    if (this.pinned === key) this.pinned = null;
     this.layout();
   }
 
@@ -62,19 +60,13 @@ export class Stage {
     if (this.mode === 'speaker' || this.#screenKey()) this.layout();
   }
 
-  togglePin(key) {
-    this.pinned = this.pinned === key ? null : key;
-    if (this.pinned) this.mode = 'speaker';
-    this.layout();
-  }
-
   #screenKey() {
     return [...this.tiles.keys()].find((key) => key.startsWith('screen:') && !this.tiles.get(key).local) ?? null;
   }
 
   /** The tile shown large in speaker view. */
   mainKey() {
-    const candidates = [this.pinned, this.#screenKey(), this.speaker];
+    const candidates = [this.#screenKey(), this.speaker];
     const found = candidates.find((key) => key && this.tiles.has(key));
     if (found) return found;
     return [...this.tiles.values()].find((tile) => !tile.local)?.key ?? [...this.tiles.keys()][0] ?? null;
