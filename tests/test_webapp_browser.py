@@ -199,6 +199,25 @@ async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess,
     frames = await decoding(ann, ben_id)
     await until(lambda: more_frames(ann, ben_id, frames), "ben's video to flow again after the network came back", 40)
 
+    # Ann makes Ben a moderator; he is told. She unlocks the meeting (no more waiting room).
+    await ann.click("#toggle-people")
+    await ann.select_option("select[aria-label='Role of Ben Okafor']", "moderator")
+    await ben.wait_for_selector(".notice:has-text('You are now the moderator.')", timeout=20_000)
+    await ann.click("#toggle-people")
+    await ann.click("#more")
+    await ann.click("#menu-lock:has-text('Unlock meeting')")
+    await ann.wait_for_selector(".notice:has-text('Meeting unlocked.')")
+    _, body = request("GET", f"{server.url}/api/v1/meetings/{meeting_id}", token=await token_of(ann))
+    assert body["data"]["settings"]["enable_waiting_room"] is False
+
+    # Ann records for a moment: everyone sees it.
+    await ann.click("#more")
+    await ann.click("#menu-record:has-text('Start recording')")
+    await ben.wait_for_selector("#recording:has-text('● Recording')", timeout=15_000)
+    await ann.click("#more")
+    await ann.click("#menu-record:has-text('Stop recording')")
+    await ben.wait_for_selector("#recording", state="hidden", timeout=15_000)
+
     # Ann removes Ben: he is told, and his tile goes.
     await ann.click("#toggle-people")
     await ann.click("button[aria-label='Remove Ben Okafor']")
