@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from tests.browser import launch, needs_chromium
 from tests.server_process import ServerProcess, make_user, request, start_server
-from tests.support import until
+from tests.support import image_bytes, until
 from tests.webapp import check_screen
 
 pytestmark = [needs_chromium, pytest.mark.asyncio(loop_scope="module")]
@@ -90,6 +90,18 @@ async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess,
     await sign_up(ann, f"ann{suffix}", "Ann Lee")
     await ann.wait_for_selector("text=Hello, Ann Lee")
     await check_screen(ann, "03 home", screens)
+
+    # Her profile: a picture, shown next to her name from then on.
+    await ann.click("#nav a.who")
+    await ann.wait_for_selector("#avatar-form")
+    await ann.set_input_files(
+        "#avatar-form input[type=file]", files=[{"name": "me.png", "mimeType": "image/png", "buffer": image_bytes()}]
+    )
+    await ann.click("#avatar-form button[type=submit]")
+    await ann.wait_for_selector("#nav img.avatar[src^='/api/v1/users/avatars/']")
+    await check_screen(ann, "03b profile", screens)
+    await ann.click("#nav a:has-text('Meetings')")
+    await ann.wait_for_selector("text=Hello, Ann Lee")
     await ann.click("#main a:has-text('New meeting')")
     await ann.wait_for_selector("#meeting-form")
     await ann.fill("input[name=title]", "Design review")

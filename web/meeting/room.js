@@ -47,9 +47,11 @@ function setLabel(button, label) {
  * @param {{audio?: boolean, video?: boolean}} [options.startMuted] kinds to start muted
  * @param {boolean} [options.audible] play the others' sound (after a user gesture only)
  * @param {(how: {code: number, reason: string}) => void} options.onClosed
+ * @param {(on: {audio: boolean, video: boolean}) => void} [options.onMediaChoice] the user turned
+ *   their microphone or camera on or off (to be kept for a reload)
  * @returns {{ready: Promise<void>, destroy: () => void}}
  */
-export function openRoom({ root, client, api, meeting, me, connected, publish, startMuted = {}, audible = true, onClosed }) {
+export function openRoom({ root, client, api, meeting, me, connected, publish, startMuted = {}, audible = true, onClosed, onMediaChoice }) {
   const meetingId = client.meetingId;
   const notices = new Notices();
   const moderation = new Moderation(api, meetingId);
@@ -336,6 +338,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     camButton.classList.toggle('off', !camOn);
     setLabelKeep(micButton, micOn ? 'Mute microphone' : 'Unmute microphone', 'mic');
     setLabelKeep(camButton, camOn ? 'Turn camera off' : 'Turn camera on', 'cam');
+    onMediaChoice?.({ audio: micOn, video: camOn });
     ownTile.setAudioOn(micOn || tracksOf('audio').length === 0);
     ownTile.refreshVideo();
     const sharing = Boolean(client.screenStream);

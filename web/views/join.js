@@ -272,6 +272,11 @@ class MeetingFlow {
         return c.publish({ stream: this.stream });
       },
       onClosed: ({ code, reason }) => this.closed(code, reason),
+      onMediaChoice: ({ audio, video }) => {
+        if (!sessionStorage.getItem(ACTIVE_KEY)) return;
+        this.choices = { ...this.choices, audio, video };
+        sessionStorage.setItem(ACTIVE_KEY, JSON.stringify({ meeting_id: this.meetingId, choices: this.choices }));
+      },
     });
     this.room.ready.then(
       () => markReady(client),
