@@ -13,6 +13,7 @@ const POLL_OTHERS_MS = 8000;
 export class People extends EventTarget {
   #timer = null;
   #waitingSeen = new Set();
+  #drawn = '';
 
   /**
    * Events: `waiting` ({people}: the list of those waiting), `roles` (the user's own role changed:
@@ -160,7 +161,12 @@ export class People extends EventTarget {
     );
   }
 
+  /** Drawn again only when something changed, so a button or menu is never replaced under the
+   * pointer (the list is polled every few seconds). */
   render() {
+    const signature = JSON.stringify([this.myRole, this.list]);
+    if (signature === this.#drawn) return;
+    this.#drawn = signature;
     const online = this.list.filter((person) => person.status === 'online');
     const waiting = this.canModerate ? this.list.filter((person) => person.status === 'waiting') : [];
     this.body.replaceChildren(
