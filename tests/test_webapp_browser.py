@@ -195,6 +195,11 @@ async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess,
     await check_screen(ann, "13 people", screens)
     await ann.click("#toggle-people")
 
+    # Ben unmutes himself with the keyboard (M): the server forwards his sound again.
+    await ben.keyboard.press("m")
+    await ben.wait_for_selector("#mute-audio[aria-pressed=false]")
+    await ann.wait_for_selector(f"{ben_on_ann} .mic-off", state="hidden", timeout=10_000)
+
     # A reload puts Ben straight back in.
     before = await decoding(ann, ben_id)
     await ben.reload()

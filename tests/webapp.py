@@ -39,8 +39,10 @@ async def accessibility_problems(page: Any) -> list[str]:
 
 
 async def check_screen(page: Any, name: str, checked: dict[str, list[str]]) -> None:
-    """Screenshot the screen and record what axe-core finds on it (also written, for all screens
-    so far, to ``test-artifacts/webapp/accessibility.json``)."""
+    """Screenshot the screen and record what axe-core finds on it (also added to
+    ``test-artifacts/webapp/accessibility.json``, screen by screen)."""
     await screenshot(page, name)
     checked[name] = await accessibility_problems(page)
-    (ARTIFACTS / "accessibility.json").write_text(json.dumps(checked, indent=2, ensure_ascii=False))
+    report = ARTIFACTS / "accessibility.json"
+    every = json.loads(report.read_text()) if report.exists() else {}
+    report.write_text(json.dumps({**every, name: checked[name]}, indent=2, ensure_ascii=False))

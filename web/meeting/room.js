@@ -232,6 +232,8 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   }
   const micButton = toolButton({ id: 'mute-audio', label: 'Mute microphone', icon: 'mic', pressed: false, onclick: () => toggle('audio') });
   const camButton = toolButton({ id: 'mute-video', label: 'Turn camera off', icon: 'cam', pressed: false, onclick: () => toggle('video') });
+  micButton.setAttribute('aria-keyshortcuts', 'M');
+  camButton.setAttribute('aria-keyshortcuts', 'V');
   micButton.dataset.kind = 'audio';
   camButton.dataset.kind = 'video';
   const shareButton = toolButton({
@@ -375,8 +377,16 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   mount(root, screen);
   stage.layout();
   document.addEventListener('keydown', onKey);
+  // Shortcuts, as in other meeting apps: M the microphone, V the camera (not while typing).
   function onKey(event) {
     if (event.key === 'Escape' && !menu.hidden) toggleMenu(false);
+    const typing = event.target.closest?.('input, textarea, select, [contenteditable]');
+    if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+    const kind = { m: 'audio', v: 'video' }[event.key.toLowerCase()];
+    if (kind && tracksOf(kind).length) {
+      event.preventDefault();
+      toggle(kind);
+    }
   }
   document.addEventListener('click', onOutside);
   function onOutside(event) {

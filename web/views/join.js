@@ -8,7 +8,7 @@
  * straight back in. Leaving forgets it.
  */
 import { api, describeError } from '../api.js';
-import { $, avatar, displayName, errorLine, field, h, mount } from '../dom.js';
+import { $, avatar, displayName, errorLine, field, h } from '../dom.js';
 import { HuiyiClient } from '../huiyi.js';
 import { codeFor, forgetCode, rememberCode } from '../invite.js';
 import { levelMeter, listDevices, openDevices, stopStream } from '../meeting/devices.js';
