@@ -156,6 +156,8 @@ async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess,
         lambda: ann.eval_on_selector(f"{ben_on_ann} video", "(v) => v.videoWidth > 0"), "ben's tile to play", 15
     )
     assert await ann.locator("#stage .tile").count() == 2
+    # The server names the loudest speaker (both fake microphones beep): a tile shows it.
+    await ann.wait_for_selector("#stage .tile.speaking", timeout=20_000)
     await check_screen(ann, "09 meeting", screens)
     await check_screen(ben, "10 meeting (phone)", screens)
     width = await ben.evaluate("[document.documentElement.scrollWidth, innerWidth]")
@@ -192,6 +194,7 @@ async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess,
     await ben.wait_for_selector(".notice:has-text('turned your microphone off')", timeout=10_000)
     await ben.wait_for_selector("#mute-audio[aria-pressed=true]")
     await ann.wait_for_selector(f"{ben_on_ann} .mic-off:not([hidden])", timeout=10_000)
+    assert not await ann.locator(f"{ben_on_ann}.speaking").count(), "a muted speaker is not shown speaking"
     await check_screen(ann, "13 people", screens)
     await ann.click("#toggle-people")
 
