@@ -17,7 +17,7 @@ import pytest_asyncio
 from tests.browser import launch, needs_chromium
 from tests.server_process import ServerProcess, make_user, request, start_server
 from tests.support import image_bytes, until
-from tests.webapp import check_screen
+from tests.webapp import CuttableProxy, check_screen
 
 pytestmark = [needs_chromium, pytest.mark.asyncio(loop_scope="module")]
 PASSWORD = "meeting-pass-42"
@@ -42,6 +42,14 @@ async def chromium() -> AsyncIterator[Any]:
         yield browser
 
 
+@pytest_asyncio.fixture(loop_scope="module")
+async def proxy(server: ServerProcess) -> AsyncIterator[CuttableProxy]:
+    relay = CuttableProxy(int(server.url.rsplit(":", 1)[1]))
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
 async def person(browser: Any, name: str, viewport: dict[str, int]) -> Any:
     context = await browser.new_context(viewport=viewport)
     page = await context.new_page()
@@ -59,13 +67,13 @@ async def sign_up(page: Any, username: str, nickname: str) -> None:
     await page.click("#signup-form button[type=submit]")
 
 
-async def decoding(page: Any, user_id: int, *, source: str = "camera", more_than: int = 10) -> int:
-    """Frames of ``user_id``'s video this page decoded (0 when none arrive)."""
+async def decoding(page: Any, user_id: int, *, peer_id: str | None = None) -> int:
+    """Frames of ``user_id``'s video (sent by ``peer_id``, if given) this page decoded (0: none)."""
     stats = await page.evaluate("window.huiyi.getStats()")
     frames = [
         entry.get("framesDecoded") or 0
         for entry in stats["inbound"]
-        if entry["kind"] == "video" and entry.get("user_id") == user_id
+        if entry["kind"] == "video" and entry.get("user_id") == user_id and peer_id in (None, entry.get("peer_id"))
     ]
     return max(frames, default=0)
 
@@ -74,7 +82,9 @@ async def video_size(page: Any, selector: str) -> tuple[int, int]:
     return tuple(await page.eval_on_selector(selector, "(v) => [v.videoWidth, v.videoHeight]"))
 
 
-async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess, chromium: Any) -> None:
+async def test_host_and_guest_meet_through_an_invite_link(
+    server: ServerProcess, chromium: Any, proxy: CuttableProxy
+) -> None:
     suffix = uuid.uuid4().hex[:6]
     screens: dict[str, list[str]] = {}
     ann = await person(chromium, "ann", DESKTOP)
@@ -125,8 +135,9 @@ async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess,
     _, body = request("GET", f"{server.url}/api/v1/meetings/{meeting_id}", token=await token_of(ann))
     assert body["data"]["status"] == "ongoing", "the host's arrival starts a scheduled meeting"
 
-    # Ben opens the link, signs up on the way, and waits to be let in.
-    await ben.goto(link)
+    # Ben opens the link (his connection to the server goes through a relay the test can cut),
+    # signs up on the way, and waits to be let in.
+    await ben.goto(link.replace(server.url, proxy.url))
     await ben.wait_for_selector("#login-form")
     assert "code=" not in ben.url, "the invite code is taken out of the address"
     await ben.click("text=Create an account")
@@ -204,20 +215,34 @@ async def test_host_and_guest_meet_through_an_invite_link(server: ServerProcess,
     await ann.wait_for_selector(f"{ben_on_ann} .mic-off", state="hidden", timeout=10_000)
 
     # A reload puts Ben straight back in.
-    before = await decoding(ann, ben_id)
     await ben.reload()
     await ben.evaluate("window.huiyiReady")
-    await until(lambda: decoding(ann, ben_id), "ann to decode ben's video after his reload", 30, interval=0.5)
-    assert (await ben.evaluate("window.huiyi.userId")) == ben_id and before >= 0
+    reloaded = await ben.evaluate("window.huiyi.sessionId")
+    await until(
+        lambda: decoding(ann, ben_id, peer_id=reloaded), "ann to decode ben's video after his reload", 30, interval=0.5
+    )
 
-    # The network goes and comes back: Ben sees he is reconnecting, then media flows again.
+    # The browser goes offline and back: Ben sees he is reconnecting, then media flows again.
     await ben.context.set_offline(True)
     await ben.wait_for_selector("#conn-state:has-text('Reconnecting')", timeout=20_000)
-    await check_screen(ben, "14 reconnecting (phone)", screens)
     await ben.context.set_offline(False)
     await ben.wait_for_selector("#conn-state", state="hidden", timeout=40_000)
     frames = await decoding(ann, ben_id)
     await until(lambda: more_frames(ann, ben_id, frames), "ben's video to flow again after the network came back", 40)
+
+    # His connection to the server drops and stays away a few seconds: the page says so, then
+    # joins again by itself on a new socket and new media connections, and both see each other.
+    session = await ben.evaluate("window.huiyi.sessionId")
+    proxy.cut(hold=True)
+    await ben.wait_for_selector("#conn-state:has-text('Reconnecting')", timeout=20_000)
+    await check_screen(ben, "14 reconnecting (phone)", screens)
+    proxy.resume()
+    await ben.wait_for_selector("#conn-state", state="hidden", timeout=40_000)
+    new_session = await ben.evaluate("window.huiyi.sessionId")
+    assert new_session != session
+    await until(lambda: decoding(ann, ben_id, peer_id=new_session), "ann to decode ben's video after he came back", 40)
+    await until(lambda: decoding(ben, ann_id), "ben to decode ann's video after he came back", 40)
+    assert await ann.locator(f"{ben_on_ann}").count() == 1, "he never left the room"
 
     # Ann makes Ben a moderator; he is told. She unlocks the meeting (no more waiting room).
     await ann.click("#toggle-people")
