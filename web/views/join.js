@@ -107,6 +107,7 @@ class MeetingFlow {
   }
 
   async prejoin(problemText = '', needPassword = false) {
+    this.stopMeter();
     const problems = this.stream ? [] : await this.openPreview();
     const devices = await listDevices().catch(() => ({ audioinput: [], videoinput: [] }));
     const me = api.user ?? {};
