@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from control.avatars import avatar_url
 from control.context import CAPTIONS, HUB, RECORDINGS, STORE, STREAMS, WEBHOOKS
 from control.envelope import iso_utc
 from control.errors import ApiError, BusinessCode, forbidden, not_found
@@ -71,6 +72,7 @@ def participant_view(participant: ParticipantRecord) -> dict[str, Any]:
         "status": participant.status,
         "joined_at": iso_utc(participant.joined_at) if participant.joined_at else None,
         "media_state": media_state(participant),
+        "avatar_url": avatar_url(participant.avatar_file),
     }
 
 

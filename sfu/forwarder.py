@@ -177,6 +177,10 @@ class DownTrack:
             return
         if len(self.track.layers) == 1:
             self.target_layer = self.ceiling = 0
+            # A receiver starts at a key frame: one that came before it was added is no use, and a
+            # still source (a shared screen) may not send another for a long time unless asked.
+            if self.current_layer != 0:
+                self.track.request_keyframe(0)
             return
         active = self.track.active_layers()
         cap = self.max_bitrate

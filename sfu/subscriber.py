@@ -143,6 +143,7 @@ class SubscriberSide:
                     "peer_id": track.publisher_id,
                     "user_id": track.user_id,
                     "stream_id": track.stream_id,
+                    "source": track.source,
                     "layers": [layer.name for layer in track.layers],
                 }
             )

@@ -172,6 +172,7 @@ class ParticipantOut(BaseModel):
     status: Literal["online", "offline", "waiting"]
     joined_at: str | None
     media_state: MediaState
+    avatar_url: str | None = Field(None, description="the user's avatar thumbnail, if they uploaded one")
 
     @classmethod
     def of(cls, participant: ParticipantRecord) -> ParticipantOut:
@@ -422,9 +423,10 @@ async def end_meeting(request: web.Request) -> MeetingOut:
     if target is None:
         raise bad_request(f"Meeting has already {meeting.status}")
     online = await _online(request, meeting)
-    ended = await request.app[STORE].meetings.transition(
-        meeting.id, [meeting.status], status=target, ended_at=utc_now()
-    )
+    now = utc_now()
+    # A meeting that ran ends now, whatever end was planned; one cancelled keeps its planned times.
+    times = {"ended_at": now, "end_time": now} if target == "ended" else {"ended_at": now}
+    ended = await request.app[STORE].meetings.transition(meeting.id, [meeting.status], status=target, **times)
     if ended is None:
         raise bad_request("Meeting changed state meanwhile; fetch it again")
     _tell_ended(request, meeting, online, target)
