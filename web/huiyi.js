@@ -142,7 +142,7 @@ function isFinal(error) {
  *
  * Events (CustomEvent, payload in `event.detail`): `joined`, `participant-joined`,
  * `participant-left`, `remotestream`, `remotestreamended`, `remotetrack`, `remotetrackended`,
- * `activespeaker`, `mediastate`, `chat`, `relay`, `mutedby` (a host muted this client),
+ * `activespeaker`, `mediastate`, `chat`, `caption` (live captions), `relay`, `mutedby` (a host muted this client),
  * `screenshare` (this client's own share started or stopped), `reconnecting`, `reconnected`,
  * `tokens`, `error`, `close`.
  */
@@ -568,6 +568,9 @@ export class HuiyiClient extends EventTarget {
         break;
       case 'chat':
         this.#emit('chat', data);
+        break;
+      case 'caption':
+        this.#emit('caption', data);
         break;
       case 'media-state':
         this.#onMediaState(data);

@@ -49,6 +49,11 @@ export class Moderation {
     return this.api.call('POST', `${this.base}/recording/stop`);
   }
 
+  /** Live captions of the whole meeting on or off; the room hears it as `media-state`. */
+  setCaptions(enabled, language = 'en') {
+    return this.api.call('POST', `${this.base}/captions`, { enabled, language });
+  }
+
   endForAll() {
     return this.api.call('POST', `${this.base}/end`);
   }

@@ -8,6 +8,7 @@ import { $, displayName, h, mount } from '../dom.js';
 import { inviteLink } from '../invite.js';
 import { Chat } from './chat.js';
 import { DebugPanel } from './debug.js';
+import { Captions } from './captions.js';
 import { clearServerState, showServerState } from './mediastate.js';
 import { Moderation } from './moderation.js';
 import { Notices } from './notices.js';
@@ -61,6 +62,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   const settings = meeting?.settings ?? {};
   const names = new Map([[me.user_id, me]]);
   const nameOf = (userId, fallback) => displayName(names.get(userId) ?? client.participants.get(userId) ?? { username: fallback, user_id: userId });
+  const captions = new Captions({ moderation, nameOf, onError: (error) => notices.show(describeError(error)) });
 
   document.body.classList.add('in-meeting');
   document.title = `${meeting?.title ?? `Meeting ${meetingId}`} · huiyi`;
@@ -95,6 +97,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
 
   client.addEventListener('joined', ({ detail }) => {
     ownTile.setPerson({ role: detail.self?.role, media_state: detail.self?.media_state });
+    captions.allowSwitch(['host', 'moderator'].includes(detail.self?.role));
     ownTile.element.dataset.peerId = detail.session_id;
     syncParticipants();
   });
@@ -110,7 +113,9 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     if (tile) notices.show(`${displayName(tile.person)} left${detail.reason === 'removed' ? ' (removed)' : ''}.`);
     stage.remove(`user:${detail.user_id}`);
     stage.remove(`screen:${detail.user_id}`);
+    captions.drop(detail.user_id);
   });
+  client.addEventListener('caption', ({ detail }) => captions.add(detail));
   client.addEventListener('remotestream', ({ detail }) => {
     const person = client.participants.get(detail.user_id) ?? names.get(detail.user_id) ?? { user_id: detail.user_id };
     let tile;
@@ -141,7 +146,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   });
   client.addEventListener('mediastate', ({ detail }) => {
     if (detail.user_id === undefined || !detail.media_state) {
-      showServerState(detail, { notices });
+      showServerState(detail, { notices, captions });
       return;
     }
     if (detail.user_id === me.user_id) {
@@ -208,6 +213,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   });
   people.addEventListener('roles', ({ detail }) => {
     ownTile.setPerson({ role: detail.role });
+    captions.allowSwitch(people.canModerate);
     notices.show(`You are now ${detail.role === 'participant' ? 'a participant' : `the ${detail.role}`}.`);
     renderMenu();
   });
@@ -362,7 +368,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     'div',
     { className: 'toolbar', role: 'toolbar', 'aria-label': 'Meeting controls' },
     h('div', { className: 'tool-group' }, micButton, camButton, shareButton),
-    h('div', { className: 'tool-group' }, chatButton, peopleButton, layoutButton, h('div', { className: 'menu-anchor' }, moreButton, menu)),
+    h('div', { className: 'tool-group' }, chatButton, peopleButton, captions.toggle, layoutButton, h('div', { className: 'menu-anchor' }, moreButton, menu)),
     h('div', { className: 'tool-group' }, leaveButton),
   );
 
@@ -371,6 +377,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     { className: 'room', id: 'meeting' },
     h('div', { className: 'room-top' }, h('h1', { className: 'room-title' }, meeting?.title ?? `Meeting ${meetingId}`), connState),
     h('div', { className: 'room-body' }, stageElement, sidePanel),
+    captions.element,
     toolbar,
     notices.element,
   );
