@@ -49,6 +49,9 @@ REALTIME_MODULES = frozenset(
         "test_bench_smoke",
         "test_caption_worker",
         "test_captions",
+        "test_denoise_switch",
+        "test_live_compositor",
+        "test_live_denoise",
         "test_metrics",
         "test_reconnect",
         "test_recording_aiortc",
@@ -67,6 +70,8 @@ REALTIME_MODULES = frozenset(
         "test_turn_interop",
         "test_two_nodes",
         "test_two_nodes_revocation",
+        "test_webapp_browser",
+        "test_webapp_firefox",
     }
 )
 
