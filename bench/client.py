@@ -34,7 +34,6 @@ VIDEO_PT, RTX_PT, AUDIO_PT = 96, 97, 111
 VIDEO_TICKS = 90000 // FPS
 KEYFRAME_REQUEST_GAP_NS = 300_000_000
 JOIN_TIMEOUT = 20.0
-ICE_TRANSPORTS = ("host", "relay")  # the clients' own loopback sockets, or TURN-relayed candidates only
 
 
 @dataclass
