@@ -40,10 +40,11 @@ PASSWORD = "correct-horse-42"
 
 
 # Modules whose tests run media in real time (aiortc and browser peers, live compositors, captions,
-# TURN relays, servers on other nodes) or measure it. The suite runs on two pytest-xdist workers
-# (`-n auto --dist loadgroup` in pyproject.toml): these all go to one of them, one test at a time as
-# when they were written, while the other worker takes the rest, so no two of them compete for the
-# machine and none is timed while another one floods it.
+# TURN relays, servers on other nodes) or measure it. The suite runs on pytest-xdist workers
+# (`-n auto --dist loadgroup` in pyproject.toml): these all go to one worker, one test at a time as
+# when they were written, so no two of them compete for the machine and none is timed while another
+# one floods it. Every other module runs whole on one worker, its tests in order, sharing its
+# module-scoped servers.
 REALTIME_MODULES = frozenset(
     {
         "test_bench_smoke",
@@ -78,8 +79,10 @@ REALTIME_MODULES = frozenset(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rpartition(".")[2] in REALTIME_MODULES:
-            item.add_marker(pytest.mark.xdist_group("realtime"))
+        if item.module is None:
+            continue
+        module = item.module.__name__.rpartition(".")[2]
+        item.add_marker(pytest.mark.xdist_group("realtime" if module in REALTIME_MODULES else module))
 
 
 def unavailable(what: str, error: BaseException) -> None:

@@ -65,6 +65,8 @@ class Snapshot:
     turn: dict[str, int] | None = None
     jobs: list[tuple[str, str, int]] = field(default_factory=list)
     ai_nodes: Counter[str] = field(default_factory=Counter)
+    # Each online AI node's heartbeat: its running jobs and what it finished since it started.
+    ai_online: list[dict[str, Any]] = field(default_factory=list)
     webhooks_pending: int | None = None
 
 
@@ -86,7 +88,9 @@ class NodeCollector(Collector):
             snapshot.jobs = await self.app[STORE].jobs.counts()
 
         async def nodes() -> None:
-            snapshot.ai_nodes = Counter(node["status"] for node in await self.app[AI].known_nodes())
+            known = await self.app[AI].known_nodes()
+            snapshot.ai_nodes = Counter(node["status"] for node in known)
+            snapshot.ai_online = [node for node in known if node["status"] == "online"]
 
         async def webhooks() -> None:
             snapshot.webhooks_pending = await self.app[STORE].webhooks.pending_count()
@@ -122,6 +126,29 @@ class NodeCollector(Collector):
             yield _counter(name, documentation, getattr(totals, attribute))
         yield _gauge("huiyi_recordings_running", "Recordings this node's media server writes", len(sfu.recordings()))
         yield _gauge("huiyi_streams_running", "Live streams this node's media server feeds", len(sfu.streams()))
+
+    def _ai_jobs(self) -> Iterator[Metric]:
+        """AI jobs (speech, denoising, enhancement) as each online node's heartbeat counts them."""
+        running = GaugeMetricFamily("huiyi_ai_jobs_running", "AI jobs running on each online node", labels=["node"])
+        finished = CounterMetricFamily(
+            "huiyi_ai_jobs_finished",
+            "AI jobs a node finished since it started, by kind and outcome (done, input, unavailable, internal)",
+            labels=["node", "kind", "outcome"],
+        )
+        seconds = CounterMetricFamily(
+            "huiyi_ai_job_duration_seconds",
+            "Time a node spent on the AI jobs it finished since it started, by kind and outcome",
+            labels=["node", "kind", "outcome"],
+        )
+        for node in self.snapshot.ai_online:
+            running.add_metric([node["node_id"]], node.get("running_jobs", 0))
+            for tally in node.get("jobs_finished", []):
+                labels = [node["node_id"], tally["kind"], tally["outcome"]]
+                finished.add_metric(labels, tally["count"])
+                seconds.add_metric(labels, tally["seconds"])
+        yield running
+        yield finished
+        yield seconds
 
     def _control(self) -> Iterator[Metric]:
         hub = self.app[HUB]
@@ -162,6 +189,7 @@ class NodeCollector(Collector):
         for status in ("online", "offline"):
             nodes.add_metric([status], self.snapshot.ai_nodes[status])
         yield nodes
+        yield from self._ai_jobs()
         if self.snapshot.webhooks_pending is not None:
             yield _gauge(
                 "huiyi_webhook_deliveries_pending",
