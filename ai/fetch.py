@@ -4,7 +4,10 @@ Only http and https; the host name is resolved once, every address it gives is c
 loopback, private, link-local, shared, multicast or reserved address unless ``[ai]
 url_allow_networks`` lists its network) and the connection goes to a checked address, so a name
 that resolves differently the second time cannot slip through. Redirects are followed by hand, each
-target checked the same way. The body is capped in size and the whole fetch in time."""
+target checked the same way. The body is capped in size and the whole fetch in time.
+
+The same checks guard the server's other requests to addresses users give (webhook URLs): their
+``what`` names the setting or field in the messages."""
 
 from __future__ import annotations
 
@@ -48,49 +51,51 @@ def address_refused(address: str, allowed: list[Network]) -> str | None:
     return None
 
 
-def check_url(url: str, allowed: list[Network]) -> URL:
+def check_url(url: str, allowed: list[Network], what: str = "audio_url") -> URL:
     """The parsed URL, if its form is acceptable and a literal address in it may be reached."""
     try:
         parsed = URL(url)
+        host = parsed.host  # decoded here: an IDNA label that does not decode is a ValueError
     except (ValueError, TypeError):
-        raise UrlRefused("audio_url is not a valid URL") from None
+        raise UrlRefused(f"{what} is not a valid URL") from None
     if parsed.scheme not in {"http", "https"}:
-        raise UrlRefused("audio_url must be an http or https URL")
-    if not parsed.host:
-        raise UrlRefused("audio_url has no host")
+        raise UrlRefused(f"{what} must be an http or https URL")
+    if not host:
+        raise UrlRefused(f"{what} has no host")
     if parsed.user or parsed.password:
-        raise UrlRefused("audio_url must not carry credentials")
+        raise UrlRefused(f"{what} must not carry credentials")
     try:
-        reason = address_refused(parsed.host, allowed)
+        reason = address_refused(host, allowed)
     except ValueError:
         return parsed  # a name: checked when resolved
     if reason:
-        raise UrlRefused(f"audio_url points to {reason}, which this server does not fetch from")
+        raise UrlRefused(f"{what} points to {reason}, which this server does not connect to")
     return parsed
 
 
-async def resolve_checked(host: str, port: int, allowed: list[Network]) -> list[ResolveResult]:
+async def resolve_checked(host: str, port: int, allowed: list[Network], what: str = "audio_url") -> list[ResolveResult]:
     try:
         found = await DefaultResolver().resolve(host, port, socket.AF_UNSPEC)
-    except OSError:
-        raise UrlRefused(f"the host {host} of audio_url cannot be resolved") from None
+    except (OSError, UnicodeError):  # UnicodeError: a name IDNA cannot encode (an empty or 64+ label)
+        raise UrlRefused(f"the host {host} of {what} cannot be resolved") from None
     for result in found:
         reason = address_refused(result["host"], allowed)
         if reason:
-            raise UrlRefused(f"audio_url's host {host} resolves to {reason}, which this server does not fetch from")
+            raise UrlRefused(f"{what}'s host {host} resolves to {reason}, which this server does not connect to")
     return found
 
 
-class _CheckedResolver(AbstractResolver):
+class CheckedResolver(AbstractResolver):
     """aiohttp connects to what this returns: the addresses it checked, resolved once."""
 
-    def __init__(self, allowed: list[Network]) -> None:
+    def __init__(self, allowed: list[Network], what: str = "audio_url") -> None:
         self.allowed = allowed
+        self.what = what
         self.refused: UrlRefused | None = None
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         try:
-            return await resolve_checked(host, port, self.allowed)
+            return await resolve_checked(host, port, self.allowed, self.what)
         except UrlRefused as exc:
             self.refused = exc
             raise OSError(str(exc)) from None
@@ -99,21 +104,21 @@ class _CheckedResolver(AbstractResolver):
         return None
 
 
-async def precheck(url: str, allowed: list[Network], timeout: float = 10.0) -> None:
+async def precheck(url: str, allowed: list[Network], timeout: float = 10.0, what: str = "audio_url") -> None:
     """The checks a fetch will make, ahead of queueing work that could only fail."""
-    parsed = check_url(url, allowed)
+    parsed = check_url(url, allowed, what)
     try:
         ipaddress.ip_address(parsed.host or "")
     except ValueError:
         try:
-            await asyncio.wait_for(resolve_checked(parsed.host or "", parsed.port or 0, allowed), timeout)
+            await asyncio.wait_for(resolve_checked(parsed.host or "", parsed.port or 0, allowed, what), timeout)
         except TimeoutError:
-            raise UrlRefused(f"the host {parsed.host} of audio_url did not resolve within {timeout:g} s") from None
+            raise UrlRefused(f"the host {parsed.host} of {what} did not resolve within {timeout:g} s") from None
 
 
 async def fetch(url: str, target: Path, *, max_bytes: int, timeout: float, allowed: list[Network]) -> int:
     """Write the body at ``url`` to ``target``; its size in bytes."""
-    resolver = _CheckedResolver(allowed)
+    resolver = CheckedResolver(allowed)
     connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=1)
     client_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10))
     try:

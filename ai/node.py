@@ -77,6 +77,8 @@ class Node:
         self._lock = threading.Lock()
         self._vads = threading.local()
         self._cpu = _Cpu(time.monotonic(), time.process_time())
+        # (kind, outcome) → [jobs, seconds] since the node started, for the operators' metrics.
+        self.finished: dict[tuple[str, str], list[float]] = {}
 
     def _vad(self) -> Vad:
         vad = getattr(self._vads, "vad", None)
@@ -113,7 +115,15 @@ class Node:
             "models": models,
             "started_at": self.started_at,
             "last_seen": time.time(),
+            "jobs_finished": self._finished_jobs(),
         }
+
+    def _finished_jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {"kind": kind, "outcome": outcome, "count": int(count), "seconds": round(seconds, 3)}
+                for (kind, outcome), (count, seconds) in sorted(self.finished.items())
+            ]
 
     # -- commands addressed to this node ---------------------------------------------------------
 
@@ -175,12 +185,15 @@ class Node:
             return
         with self._lock:
             self.running += 1
+        began = time.monotonic()
+        outcome = "internal"
         source: Path | None = None
         try:
             source, temporary = self._source(job)
             if job["kind"] in FILE_KINDS:
                 result = self._file_job(job, source, lambda percent: report.progress(job_id, percent))
                 report.finished(job_id, result, None, None)
+                outcome = "done"
                 log.info("job %s (%s) done", job_id, job["kind"])
                 return
             pcm = audio.decode(source, self.settings.ai.max_audio_seconds)
@@ -199,9 +212,12 @@ class Node:
                 lambda percent: report.progress(job_id, percent),
             )
             report.finished(job_id, result, None, None)
+            outcome = "done"
         except (BadAudio, UrlRefused, JobFailed) as exc:
+            outcome = "input"
             report.finished(job_id, None, str(exc), "input")
         except (ModelError, Unavailable, UnknownModel) as exc:
+            outcome = "unavailable"
             report.finished(job_id, None, str(exc), "unavailable")
         except Exception as exc:
             log.exception("job %s failed", job_id)
@@ -211,6 +227,9 @@ class Node:
         finally:
             with self._lock:
                 self.running -= 1
+                tally = self.finished.setdefault((job["kind"], outcome), [0, 0.0])
+                tally[0] += 1
+                tally[1] += time.monotonic() - began
             if source is not None and temporary:
                 source.unlink(missing_ok=True)
 

@@ -40,11 +40,10 @@ def worker_node_id(settings: Settings) -> str:
 
 
 def _redis_node_main(settings: Settings, node_id: str) -> None:
-    import logging as logging_
-
     from ai.redis_queue import RedisNode
+    from config.logformat import configure_logging
 
-    logging_.basicConfig(level=settings.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.server.log_level, settings.server.log_format)
     RedisNode(settings, node_id).run()
 
 
@@ -146,6 +145,30 @@ class AiService:
 
     async def nodes(self) -> list[dict[str, Any]]:
         return await self._all_nodes(await self._ready())
+
+    @property
+    def started(self) -> bool:
+        """Some request used AI work on this server (the queue, and any local node, run)."""
+        return self._queue is not None
+
+    async def known_nodes(self) -> list[dict[str, Any]]:
+        """The nodes as now known, without starting anything (none before the first AI request)."""
+        return await self._all_nodes(self._queue) if self._queue is not None else []
+
+    async def local_node_problem(self) -> str | None:
+        """Why the worker node this server started beside itself cannot take work, or None: also
+        when it started none (no AI request yet, or its work goes to other machines), and while
+        the node is still starting."""
+        if self._queue is None or not self.settings.ai.local_worker:
+            return None
+        if self._awaiting is not None and not self._awaiting.done():
+            return None
+        for node in await self._all_nodes(self._queue):
+            if node["node_id"] == self.local_node_id:
+                if node["status"] == "online":
+                    return None
+                return f"its worker node was last heard {time.time() - node['last_seen']:.0f} s ago"
+        return "its worker node never reported"
 
     async def node(self, node_id: str) -> dict[str, Any]:
         for node in await self.nodes():

@@ -41,6 +41,11 @@ class Vad:
         step = self.window
         return np.array([self._model.process(view[i * step : (i + 1) * step]) for i in range(count)], np.float32)
 
+    def probability(self, window: np.ndarray) -> float:
+        """The next ``self.window`` samples of a live stream: the model carries its state over from
+        the window before, as it does within one recording."""
+        return float(self._model.process(memoryview(np.ascontiguousarray(window, dtype=np.float32))))
+
     def segments(self, pcm: np.ndarray, max_seconds: float = MAX_SEGMENT_SECONDS) -> list[Segment]:
         """Speech segments no longer than ``max_seconds``, padded a little on each side."""
         probs = self.probabilities(pcm)

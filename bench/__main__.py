@@ -7,6 +7,7 @@ Examples::
     python -m bench --spawn --compare --layers 1 --subscribers 5,10,20           # SFU vs baselines
     python -m bench --spawn --churn-minutes 10 --churn-peers 6                   # leak soak
     python -m bench --spawn --rooms 2 --publishers 2 --subscribers 2 --record compare   # recording's cost
+    python -m bench --spawn --subscribers 10,20 --ice-transport compare        # direct, then all via TURN
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from urllib.parse import urlparse
 
 from bench import churn, metrics
 from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
-from bench.report import RECORDED, capacity_table, plot, recording_table, run_table
+from bench.report import RECORDED, RELAYED, capacity_table, plot, recording_table, relay_table, run_table, series
 
 TARGETS = ("sfu", "naive", "relay")
 RECORD_MODES = {"off": (False,), "on": (True,), "compare": (False, True)}
+ICE_MODES = {"host": ("host",), "relay": ("relay",), "compare": ("host", "relay")}
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +54,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default="off",
         help="sfu: record every room on the server through each run (on), or run each load without and "
         "then with recording (compare)",
+    )
+    parser.add_argument(
+        "--ice-transport",
+        choices=ICE_MODES,
+        default="host",
+        help="sfu: clients connect from their own loopback sockets (host), only through the TURN server "
+        "their join reply names (relay), or each load both ways, one after the other (compare)",
     )
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     parser.add_argument("--png", type=Path, help="plot CPU and latency against subscribers here")
@@ -88,13 +97,16 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
     results = []
     try:
         modes = RECORD_MODES[arguments.record] if target == "sfu" else (False,)
+        transports = ICE_MODES[arguments.ice_transport] if target == "sfu" else ("host",)
         for index, count in enumerate(counts):
-            for recording in modes:  # the same load without and with recording, one after the other
-                scenario = replace(base, subscribers=count, recording=recording)
-                print(f"running {scenario.label} for {scenario.duration:.0f} s ...", file=sys.stderr, flush=True)
-                figures = await run(scenario, url, pid, tag=f"{target[0]}{index}x{secrets.token_hex(3)}")
-                print(run_table([figures]), file=sys.stderr, flush=True)
-                results.append(figures)
+            # The same load without and with recording, directly and through TURN, one after the other.
+            for recording in modes:
+                for transport in transports:
+                    scenario = replace(base, subscribers=count, recording=recording, ice_transport=transport)
+                    print(f"running {scenario.label} for {scenario.duration:.0f} s ...", file=sys.stderr, flush=True)
+                    figures = await run(scenario, url, pid, tag=f"{target[0]}{index}x{secrets.token_hex(3)}")
+                    print(run_table([figures]), file=sys.stderr, flush=True)
+                    results.append(figures)
     finally:
         if server is not None:
             server.stop()
@@ -142,13 +154,16 @@ async def _main(arguments: argparse.Namespace) -> int:
     everything: dict[str, list[Figures]] = {}
     for target in targets:
         for figures in await _sweep(target, arguments, counts):
-            everything.setdefault(RECORDED if figures.scenario["recording"] else target, []).append(figures)
+            everything.setdefault(series(figures.scenario), []).append(figures)
     print(run_table([figures for runs in everything.values() for figures in runs]))
     print()
     print(capacity_table(everything))
     if RECORDED in everything:
         print()
         print(recording_table(everything.get("sfu", []), everything[RECORDED]))
+    if RELAYED in everything:
+        print()
+        print(relay_table(everything.get("sfu", []), everything[RELAYED]))
     if arguments.json:
         arguments.json.write_text(
             json.dumps({t: [asdict(f) for f in runs] for t, runs in everything.items()}, indent=2)

@@ -3,7 +3,9 @@ the browser SDK, but a publisher replays pre-encoded packets and a subscriber on
 receives (sequence gaps, frames, bytes) and notes when each payload arrived, without decoding.
 
 They run on the same ICE/DTLS/SRTP pieces as the server (``sfu.transport``), as the controlling,
-DTLS-client side of each connection, with their sockets on 127.0.0.1 only."""
+DTLS-client side of each connection, with their sockets on 127.0.0.1 only. With ``ice_transport``
+"relay" they reach the server only through the TURN server named by the ICE servers of their
+``join`` reply, as a browser told ``iceTransportPolicy: 'relay'`` does."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aioice import Connection, TransportPolicy
+from aiortc import RTCIceServer
 from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtcicetransport import connection_kwargs
 
 from bench.clip import FPS, Clip
 from sfu import rtcp, rtp, sdp
@@ -55,6 +60,7 @@ class ClientResult:
     sent: list[tuple[int, int, str]] = field(default_factory=list)  # (payload crc, send ns, stream)
     received: list[tuple[int, int, int]] = field(default_factory=list)  # (payload crc, receive ns, bytes)
     streams: dict[int, StreamCount] = field(default_factory=dict)
+    candidate_types: list[str] = field(default_factory=list)  # of the pair each connection settled on
     errors: list[str] = field(default_factory=list)
 
 
@@ -93,12 +99,15 @@ class SyntheticClient:
         certificate: RTCCertificate,
         simulcast: bool = True,
         record: bool = True,
+        ice_transport: str = "host",
     ) -> None:
         self.base_url, self.token, self.user_id, self.meeting_id = base_url, token, user_id, meeting_id
         self.clip = clip
         self.certificate = certificate
         self.simulcast = simulcast
         self.record = record
+        self.ice_transport = ice_transport
+        self.ice_servers: list[dict[str, Any]] = []  # from the join reply
         self.result = ClientResult(user_id, "publisher" if clip is not None else "subscriber")
         self.http: aiohttp.ClientSession | None = None
         self.socket: aiohttp.ClientWebSocketResponse | None = None
@@ -128,6 +137,7 @@ class SyntheticClient:
         while True:
             message = await self.socket.receive_json()
             if message["type"] == "join":
+                self.ice_servers = (message.get("data") or {}).get("ice_servers") or []
                 return
             if message["type"] == "error":
                 raise ConnectionError(f"join refused: {(message.get('data') or {}).get('message')}")
@@ -155,11 +165,22 @@ class SyntheticClient:
             elif message["type"] == "error":
                 self.result.errors.append(str(data.get("message")))
 
+    # connections --------------------------------------------------------------------------------
+
+    async def _gather(self, controlling: bool) -> Connection:
+        if self.ice_transport == "relay":
+            return await relayed_connection(self.ice_servers, controlling)
+        return await gather(LOOPBACK, controlling=controlling)
+
+    def _settled(self, transport: MediaTransport) -> None:
+        pair = transport.link.connection._nominated.get(1)
+        self.result.candidate_types.append(pair.local_candidate.type if pair is not None else "none")
+
     # publishing ---------------------------------------------------------------------------------
 
     async def publish(self) -> None:
         assert self.clip is not None
-        connection = await gather(LOOPBACK, controlling=True)
+        connection = await self._gather(controlling=True)
         self.publisher = MediaTransport(connection, self.certificate, self._ignore, self._on_publisher_rtcp)
         local = self.publisher.local_description("actpass")
         video_rids = ["l", "m", "h"] if self.simulcast else ["h"]
@@ -170,6 +191,7 @@ class SyntheticClient:
         ufrag, password = answer.ice_credentials()
         role = "client" if answer.dtls_setup() in ("passive", "actpass") else "server"
         await self.publisher.establish(ufrag, password, answer.all_candidates(), answer.dtls_fingerprints(), role)
+        self._settled(self.publisher)
         self.send_media = self.publisher.send_rtp
         self.tasks.append(asyncio.get_running_loop().create_task(self._replay(audio_ssrc)))
 
@@ -240,7 +262,7 @@ class SyntheticClient:
                 self.ssrc_mids[ssrc] = section.mid
         first = self.subscriber is None
         if first:
-            connection = await gather(LOOPBACK, controlling=not offer.ice_lite)
+            connection = await self._gather(controlling=not offer.ice_lite)
             self.subscriber = MediaTransport(connection, self.certificate, self._on_media, self._ignore)
         assert self.subscriber is not None
         local = self.subscriber.local_description("active")
@@ -250,6 +272,7 @@ class SyntheticClient:
             await self.subscriber.establish(
                 ufrag, password, offer.all_candidates(), offer.dtls_fingerprints(), "client"
             )
+            self._settled(self.subscriber)
             self.tasks.append(asyncio.get_running_loop().create_task(self._report()))
 
     def _on_media(self, data: bytes) -> None:
@@ -295,6 +318,23 @@ class SyntheticClient:
             await self.socket.close()
         if self.http is not None:
             await self.http.close()
+
+
+async def relayed_connection(ice_servers: list[dict[str, Any]], controlling: bool) -> Connection:
+    """A connection whose only candidate is relayed by the TURN server of ``ice_servers`` (RTCIceServer
+    dictionaries, as the server hands them out): aioice's relay transport policy, which gathers no
+    host candidate, with the servers read as aiortc reads an RTCConfiguration's."""
+    options = connection_kwargs([RTCIceServer(**server) for server in ice_servers])
+    if "turn_server" not in options:
+        raise ConnectionError("the server handed out no TURN server (is its TURN server on?)")
+    connection = Connection(
+        ice_controlling=controlling, components=1, transport_policy=TransportPolicy.RELAY, **options
+    )
+    await connection.gather_candidates()
+    if not connection.local_candidates:
+        await connection.close()
+        raise ConnectionError(f"no relayed candidate: allocating on {options['turn_server']} failed")
+    return connection
 
 
 def _publisher_offer(local: sdp.LocalTransport, layers: list[_Layer], simulcast: bool, audio_ssrc: int) -> str:

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import multiprocessing
 import os
+import queue as queue_module
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +26,23 @@ import aiohttp
 
 from bench import metrics
 from bench.client import ClientResult
+from bench.live import stream_rooms
 from bench.recording import Room, record_rooms, start_meeting
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / "bench" / ".cache"
 PASSWORD = "bench-password-2024"
 WARMUP_SECONDS = 2.0
+WORKER_START_TIMEOUT = 120.0
+# The spawned server's TURN server, on loopback like everything else, relaying to the SFU there, with
+# room for an allocation per connection of every client of a large run (--ice-transport relay).
+LOOPBACK_TURN = {
+    "HUIYI_TURN_ENABLED": "true",
+    "HUIYI_TURN_LISTEN_HOST": "127.0.0.1",
+    "HUIYI_TURN_PORT": "0",
+    "HUIYI_TURN_ALLOWED_PEER_CIDRS": "127.0.0.1/32",
+    "HUIYI_TURN_MAX_ALLOCATIONS": "5000",
+}
 
 
 @dataclass
@@ -44,11 +57,16 @@ class Scenario:
     processes: int = 2
     record_latency: bool = True
     recording: bool = False  # every room recorded on the server through the measurement window
+    stream: tuple[int, int] | None = None  # every room streamed live at this size through the window
+    ice_transport: str = "host"  # sfu: "relay" sends every client's media through the server's TURN server
 
     @property
     def label(self) -> str:
         recorded = " recorded" if self.recording else ""
-        return f"{self.target} {self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L{recorded}"
+        streamed = f" streamed {self.stream[1]}p" if self.stream else ""
+        relayed = " via TURN" if self.ice_transport == "relay" else ""
+        shape = f"{self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L"
+        return f"{self.target} {shape}{recorded}{streamed}{relayed}"
 
 
 @dataclass
@@ -76,8 +94,11 @@ class Figures:
     delivered_fps_ratio: float | None
     latency_ms: dict[str, float | None]
     cpu_percent_per_mbit: float | None
+    turn_cpu_percent: float | None = None  # the server's TURN process, apart from the server's own CPU
+    candidate_types: dict[str, int] = field(default_factory=dict)  # of the pairs the connections settled on
     errors: list[str] = field(default_factory=list)
     recording: dict[str, Any] | None = None  # what the server recorded (bench.recording), when it did
+    streaming: dict[str, Any] | None = None  # what the live streams cost and did (bench.live), when run
 
     def passes(self) -> bool:
         """The load is carried: under 1 % loss, p99 latency under 50 ms, 90 % of frames delivered."""
@@ -162,7 +183,7 @@ async def _prepare_sfu(url: str, scenario: Scenario, tag: str) -> tuple[list[Cli
             title = f"bench {tag} {room}"
             meeting_id, code = await create_meeting(http, url, accounts[0][0], title, recordable=scenario.recording)
             rooms.append(Room(meeting_id, accounts[0][0]))
-            if scenario.recording:
+            if scenario.recording or scenario.stream:
                 await start_meeting(http, url, rooms[-1])
             for token, _ in accounts:
                 await join(http, url, meeting_id, token, code)
@@ -193,29 +214,36 @@ def _specs(people, accounts, meeting_id: int, room: int, scenario: Scenario) -> 
 # workers ------------------------------------------------------------------------------------------
 
 
-def _worker_entry(url: str, specs: list[ClientSpec], scenario: Scenario, start_ns: int, end_ns: int, queue) -> None:
+def _worker_entry(url: str, specs: list[ClientSpec], scenario: Scenario, ready, go, start, queue) -> None:
+    """A client worker: it gets ready (imports, the clip, a certificate), says so on ``ready``, and
+    starts its clients on the clock the run sets (``start``) once ``go`` is set."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    from bench.clip import load_clip
+
+    clip = load_clip(CACHE_DIR) if any(spec.role == "publisher" for spec in specs) else None
+    certificate = RTCCertificate.generateCertificate()
+    ready.put(os.getpid())
+    go.wait()
+    start_ns = start.value
+    end_ns = start_ns + int((scenario.ramp_up + scenario.duration) * 1e9)
     cpu_before = metrics.own_cpu_seconds()
-    results = asyncio.run(_run_clients(url, specs, scenario, start_ns, end_ns))
+    results = asyncio.run(_run_clients(url, specs, scenario, clip, certificate, start_ns, end_ns))
     queue.put((results, metrics.own_cpu_seconds() - cpu_before))
 
 
 async def _run_clients(
-    url: str, specs: list[ClientSpec], scenario: Scenario, start_ns: int, end_ns: int
+    url: str, specs: list[ClientSpec], scenario: Scenario, clip: Any, certificate: Any, start_ns: int, end_ns: int
 ) -> list[ClientResult]:
-    from aiortc.rtcdtlstransport import RTCCertificate
-
     from bench.client import SyntheticClient
-    from bench.clip import load_clip
     from bench.relay import RelayClient
 
-    clip = load_clip(CACHE_DIR) if any(spec.role == "publisher" for spec in specs) else None
-    certificate = RTCCertificate.generateCertificate()
     clients: list[Any] = []
 
     async def start(spec: ClientSpec) -> None:
@@ -233,6 +261,7 @@ async def _run_clients(
                 certificate,
                 simulcast=scenario.layers > 1,
                 record=scenario.record_latency,
+                ice_transport=scenario.ice_transport,
             )
         clients.append(client)
         try:
@@ -267,30 +296,51 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
         shares[index % processes].append(spec)
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    start_ns = time.monotonic_ns() + int(3e9)  # time for the workers to start and load the clip
-    end_ns = start_ns + int((scenario.ramp_up + scenario.duration) * 1e9)
+    queue, ready, go, start = context.Queue(), context.Queue(), context.Event(), context.Value("q", 0)
     workers = [
-        context.Process(target=_worker_entry, args=(url, share, scenario, start_ns, end_ns, queue), daemon=True)
+        context.Process(target=_worker_entry, args=(url, share, scenario, ready, go, start, queue), daemon=True)
         for share in shares
         if share
     ]
     for worker in workers:
         worker.start()
+    # The clock starts once every worker is ready, however long starting took on a busy machine.
+    try:
+        for _ in workers:
+            await asyncio.get_running_loop().run_in_executor(None, ready.get, True, WORKER_START_TIMEOUT)
+    except queue_module.Empty:
+        for worker in workers:
+            worker.kill()
+        raise RuntimeError(f"a client worker was not ready within {WORKER_START_TIMEOUT:.0f} s") from None
+    start_ns = time.monotonic_ns() + int(0.2e9)
+    end_ns = start_ns + int((scenario.ramp_up + scenario.duration) * 1e9)
+    start.value = start_ns
+    go.set()
 
     window_start = start_ns + int((scenario.ramp_up + WARMUP_SECONDS) * 1e9)
     window_end = end_ns - int(0.5e9)
     recorder = None
     if scenario.recording and rooms:
         recorder = asyncio.get_running_loop().create_task(record_rooms(url, rooms, window_start, window_end))
-    cpu, rss = await _sample_server(server_pid, window_start, window_end)
+    streamer = None
+    if scenario.stream and rooms:
+        streamer = asyncio.get_running_loop().create_task(
+            stream_rooms(url, rooms, scenario.stream, start_ns, (window_start, window_end), server_pid)
+        )
+    cpu, rss, turn_cpu = await _sample_server(server_pid, window_start, window_end)
     recorded: dict[str, Any] | None = None
-    recording_error: str | None = None
+    streamed: dict[str, Any] | None = None
+    problems: list[str] = []
     if recorder is not None:
         try:
             recorded = await recorder
         except Exception as exc:
-            recording_error = f"recording: {exc!r}"
+            problems.append(f"recording: {exc!r}")
+    if streamer is not None:
+        try:
+            streamed = await streamer
+        except Exception as exc:
+            problems.append(f"streaming: {exc!r}")
     own_before = metrics.own_cpu_seconds()
     collected = [await asyncio.get_running_loop().run_in_executor(None, queue.get) for _ in workers]
     for worker in workers:
@@ -299,25 +349,35 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
     harness_cpu = sum(cpu_time for _, cpu_time in collected) + metrics.own_cpu_seconds() - own_before
     run_seconds = (end_ns - start_ns) / 1e9
     figures = _figures(
-        scenario, results, specs, window_start, window_end, cpu, rss, harness_cpu / run_seconds, processes
+        scenario, results, specs, window_start, window_end, (cpu, rss, turn_cpu), harness_cpu / run_seconds, processes
     )
     figures.recording = recorded
-    if recording_error:
-        figures.errors.append(recording_error)
+    figures.streaming = streamed
+    figures.errors.extend(problems)
     return figures
 
 
-async def _sample_server(pid: int | None, start_ns: int, end_ns: int) -> tuple[float | None, float | None]:
+async def _sample_server(
+    pid: int | None, start_ns: int, end_ns: int
+) -> tuple[float | None, float | None, float | None]:
+    """The server's CPU % and peak RSS over the window, and its TURN process's CPU % when it has one."""
     if pid is None:
-        return None, None
+        return None, None, None
     await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
+    turn = metrics.turn_child(pid)
     cpu_start, wall_start = metrics.cpu_seconds(pid), time.monotonic()
+    turn_start = metrics.cpu_seconds(turn) if turn is not None else 0.0
     peak = metrics.rss_bytes(pid)
     while time.monotonic_ns() < end_ns:
         await asyncio.sleep(0.5)
         peak = max(peak, metrics.rss_bytes(pid))
-    cpu = (metrics.cpu_seconds(pid) - cpu_start) / (time.monotonic() - wall_start) * 100
-    return round(cpu, 1), round(peak / 2**20, 1)
+    wall = time.monotonic() - wall_start
+    cpu = (metrics.cpu_seconds(pid) - cpu_start) / wall * 100
+    turn_cpu = None
+    if turn is not None:
+        with contextlib.suppress(OSError):  # it ended during the run
+            turn_cpu = round((metrics.cpu_seconds(turn) - turn_start) / wall * 100, 1)
+    return round(cpu, 1), round(peak / 2**20, 1), turn_cpu
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -337,11 +397,11 @@ def _figures(
     specs: list[ClientSpec],
     window_start: int,
     window_end: int,
-    server_cpu: float | None,
-    server_rss: float | None,
+    server: tuple[float | None, float | None, float | None],  # CPU %, RSS MB, TURN CPU %
     harness_cpu: float,
     processes: int,
 ) -> Figures:
+    server_cpu, server_rss, turn_cpu = server
     subscribers = [result for result in results if result.role == "subscriber"]
     publishers = [result for result in results if result.role == "publisher"]
     errors = [error for result in results for error in result.errors]
@@ -382,12 +442,14 @@ def _figures(
         forwarded_mbit_per_second=round(mbit, 2),
         server_cpu_percent=server_cpu,
         server_rss_mb=server_rss,
+        turn_cpu_percent=turn_cpu,
         harness_cpu_percent=round(harness_cpu * 100, 1),
         harness_processes=processes,
         loss_percent=round(loss, 3),
         delivered_fps_ratio=fps_ratio,
         latency_ms=percentiles(latencies),
         cpu_percent_per_mbit=round(server_cpu / mbit, 2) if server_cpu is not None and mbit > 0 else None,
+        candidate_types=dict(Counter(kind for result in results for kind in result.candidate_types)),
         errors=errors[:20],
     )
 
@@ -451,6 +513,7 @@ class SpawnedServer:
                 "HUIYI_RATE_LIMITS": "off",
                 "HUIYI_SERVER_LOG_LEVEL": "WARNING",
                 "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1",
+                **LOOPBACK_TURN,
                 **(env or {}),
             }
         )

@@ -25,6 +25,21 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def turn_child(pid: int) -> int | None:
+    """The TURN process (``python -m turn``) the server ``pid`` started, if it runs one."""
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            parent = int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (process / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and command[1:3] == [b"-m", b"turn"]:
+            return int(process.name)
+    return None
+
+
 def pid_listening_on(port: int) -> int | None:
     """The process with a TCP socket listening on ``port`` on this host, if it can be seen."""
     inodes = set()

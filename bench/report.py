@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bench.harness import Figures
 
 RECORDED = "sfu+rec"  # the runs of the SFU with every room recorded (python -m bench --record)
+RELAYED = "sfu+turn"  # the runs of the SFU with every client behind TURN (python -m bench --ice-transport)
+
+
+def series(scenario: dict[str, Any]) -> str:
+    """The name runs of a kind are listed under: the target, and what was added to its load."""
+    name = scenario["target"]
+    if scenario.get("recording"):
+        name += "+rec"
+    if scenario.get("ice_transport", "host") == "relay":
+        name += "+turn"
+    return name
+
+
 COLUMNS = (
-    ("target", lambda f: RECORDED if f.scenario.get("recording") else f.scenario["target"]),
+    ("target", lambda f: series(f.scenario)),
     ("subs", lambda f: f.subscribers_total),
     ("layers", lambda f: f.scenario["layers"]),
     ("join p50/p99 ms", lambda f: f"{_num(f.join_ms['p50'])}/{_num(f.join_ms['p99'])}"),
     ("pkt/s", lambda f: f"{f.forwarded_packets_per_second:.0f}"),
     ("Mbit/s", lambda f: f"{f.forwarded_mbit_per_second:.1f}"),
     ("server CPU %", lambda f: _num(f.server_cpu_percent)),
+    ("TURN CPU %", lambda f: _num(f.turn_cpu_percent)),
     ("RSS MB", lambda f: _num(f.server_rss_mb)),
     ("loss %", lambda f: f"{f.loss_percent:.2f}"),
     ("fps", lambda f: _num(f.delivered_fps_ratio)),
@@ -140,6 +155,38 @@ def recording_table(plain: list[Figures], recorded: list[Figures]) -> str:
     return _table(header, rows)
 
 
+def relay_table(direct: list[Figures], relayed: list[Figures]) -> str:
+    """Every client behind TURN: each relayed run beside the run of the same load made directly
+    (when there is one). The TURN server is a process of its own, so its CPU is apart."""
+    without = {(f.subscribers_total, f.scenario["rooms"], f.scenario["publishers"]): f for f in direct}
+    rows = []
+    for run in relayed:
+        base = without.get((run.subscribers_total, run.scenario["rooms"], run.scenario["publishers"]))
+        rows.append(
+            [
+                str(run.subscribers_total),
+                ", ".join(f"{count} {kind}" for kind, count in sorted(run.candidate_types.items())) or "-",
+                f"{_num(base.server_cpu_percent if base else None)} / {_num(run.server_cpu_percent)}",
+                _num(run.turn_cpu_percent),
+                f"{_num(base.forwarded_mbit_per_second if base else None)} / {_num(run.forwarded_mbit_per_second)}",
+                f"{_latency(base)} / {_latency(run)}",
+                f"{_num(base.loss_percent if base else None)} / {_num(run.loss_percent)}",
+                f"{_num(base.harness_cpu_percent if base else None)} / {_num(run.harness_cpu_percent)}",
+            ]
+        )
+    header = [
+        "subs",
+        "connections via",
+        "server CPU % direct / via TURN",
+        "TURN CPU %",
+        "Mbit/s direct / via TURN",
+        "lat p50/p99 ms direct / via TURN",
+        "loss % direct / via TURN",
+        "harness CPU % direct / via TURN",
+    ]
+    return _table(header, rows)
+
+
 def _latency(figures: Figures | None) -> str:
     return "-" if figures is None else f"{_num(figures.latency_ms['p50'])}/{_num(figures.latency_ms['p99'])}"
 
@@ -152,7 +199,13 @@ def plot(everything: dict[str, list[Figures]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (cpu_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = {"sfu": "tab:blue", "naive": "tab:red", "relay": "tab:green", RECORDED: "tab:purple"}
+    colours = {
+        "sfu": "tab:blue",
+        "naive": "tab:red",
+        "relay": "tab:green",
+        RECORDED: "tab:purple",
+        RELAYED: "tab:orange",
+    }
     for target, runs in everything.items():
         counts = [f.subscribers_total for f in runs]
         style = {"marker": "o", "label": target, "color": colours.get(target)}
@@ -192,6 +245,9 @@ def main() -> None:
     if RECORDED in everything:
         print()
         print(recording_table(everything.get("sfu", []), everything[RECORDED]))
+    if RELAYED in everything:
+        print()
+        print(relay_table(everything.get("sfu", []), everything[RELAYED]))
     if arguments.png:
         plot(everything, arguments.png)
 

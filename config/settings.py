@@ -31,6 +31,9 @@ class ServerSettings(_Section):
     data_dir: Path
     public_url: str
     log_level: str
+    # "text" (one human-readable line per record) or "json" (one JSON object per line, with the
+    # request, meeting, user and peer the record is about); docs/operations.md#logs.
+    log_format: str = "text"
     node_id: str = Field(max_length=64)
     header_timeout_seconds: float = Field(gt=0, le=3600)
 
@@ -41,6 +44,14 @@ class ServerSettings(_Section):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        fmt = value.lower()
+        if fmt not in {"text", "json"}:
+            raise ValueError("must be text or json")
+        return fmt
 
 
 class DatabaseSettings(_Section):
@@ -280,9 +291,149 @@ class AiSettings(_Section):
         return value
 
 
+def _network_strings(value: list[str]) -> list[str]:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
+    return value
+
+
+def _comma_list(value: Any) -> Any:
+    """A list, or (from the environment) one string of comma-separated items."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics (docs/operations.md#metrics). Defaulted as in default.toml."""
+
+    enabled: bool = True
+    # An admin listener of its own serves GET /metrics without a token: keep it on loopback or a
+    # private network. 0 picks a free port (logged); enabled = false serves no metrics at all.
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    # With a token, GET /metrics also answers on the public port, to `Authorization: Bearer <token>`.
+    token: str = Field("", max_length=256)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("a metrics token needs at least 16 characters")
+        return value
+
+
+class HealthSettings(_Section):
+    """What readiness (GET /api/v1/health/ready) requires beyond its services answering."""
+
+    # Free space in the data directory below which the node reports itself not ready.
+    min_free_disk_mb: int = Field(256, ge=0)
+
+
+class WebhookSettings(_Section):
+    """Signed event notifications to operators' URLs (docs/operations.md#webhooks)."""
+
+    # Receivers configured here (besides those registered through the admin API), all events,
+    # signed with ``secret``.
+    urls: list[str] = Field(default_factory=list)
+    secret: str = Field("", max_length=256)
+    # Networks a webhook URL may point into although private (e.g. ["10.0.0.0/8"]).
+    url_allow_networks: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # A failed delivery is tried again after retry_base_seconds, then twice as long each time, at
+    # most retry_max_seconds apart, until retry_for_seconds after the event; then it is dropped.
+    retry_base_seconds: float = Field(1.0, gt=0, le=3600)
+    retry_max_seconds: float = Field(600.0, gt=0, le=86_400)
+    retry_for_seconds: float = Field(86_400.0, gt=0, le=30 * 86_400)
+    # Delivered and dropped deliveries are kept this long for GET /api/v1/admin/webhooks/{id}.
+    keep_seconds: float = Field(7 * 86_400.0, ge=0)
+
+    @field_validator("urls", "url_allow_networks", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _network_strings(value)
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookSettings:
+        if self.urls and len(self.secret) < 16:
+            raise ValueError("urls need a secret of at least 16 characters to sign the events with")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r}: webhook URLs are http or https")
+        return self
+
+
+class CaptionSettings(_Section):
+    """Live captions (docs/ai.md#live-captions). Defaulted here as in default.toml."""
+
+    # Whether hosts may switch captions on at all on this node.
+    enabled: bool = True
+    # Silence that ends an utterance; an utterance longer than max_utterance_seconds is cut.
+    silence_seconds: float = Field(0.5, ge=0.1, le=5)
+    max_utterance_seconds: float = Field(15.0, ge=1, le=60)
+    # A partial caption (final: false) every this many seconds of an utterance; 0: finals only.
+    partial_seconds: float = Field(1.0, ge=0, le=30)
+    # Speech waiting for the recogniser beyond this much: the oldest is dropped (and counted).
+    max_backlog_seconds: float = Field(20.0, ge=1, le=600)
+    # Audio frames queued for the caption worker beyond this many: the oldest are dropped.
+    max_queued_frames: int = Field(3000, ge=50, le=1_000_000)
+
+
 class RateLimitSettings(_Section):
     enabled: bool
     endpoints: dict[str, str] = Field(default_factory=dict)
+
+
+class StreamingSettings(_Section):
+    """Live streams (docs/streaming.md). Defaulted as in default.toml, so tools and tests building one
+    need to spell out only what differs."""
+
+    # What a stream is encoded at unless its start request says otherwise.
+    width: int = Field(1280, ge=160, le=3840)
+    height: int = Field(720, ge=90, le=2160)
+    fps: int = Field(30, ge=5, le=60)
+    video_bitrate: int = Field(2_500_000, ge=100_000, le=20_000_000)
+    audio_bitrate: int = Field(128_000, ge=32_000, le=320_000)
+    # The simulcast layer each participant's video is taken at, at most: low, medium or high.
+    layer: str = Field("medium", pattern="^(low|medium|high)$")
+    # x264's preset: faster ones spend less CPU for a worse picture at the same bit rate.
+    preset: str = Field("veryfast", pattern="^(ultrafast|superfast|veryfast|faster|fast|medium)$")
+    # An RTMP output that cannot connect for this long is given up (state failed).
+    give_up_seconds: float = Field(60.0, gt=0, le=86400)
+    # Reconnection waits double from half a second up to this.
+    max_retry_seconds: float = Field(10.0, gt=0, le=600)
+    hls_segment_seconds: float = Field(2.0, ge=1, le=30)
+    hls_list_size: int = Field(6, ge=2, le=100)
+    # Streams this node runs at once (each is a compositor process with its own core's worth of work).
+    max_streams: int = Field(4, ge=0, le=256)
+    # Networks a push URL may point into besides the public internet (loopback, private ranges...
+    # are refused otherwise, so a host cannot make the server push into its own network).
+    allow_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _network_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
+        return value
 
 
 class Settings(_Section):
@@ -296,8 +447,13 @@ class Settings(_Section):
     signaling: SignalingSettings
     sfu: SfuSettings
     recording: RecordingSettings
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     turn: TurnSettings
     ai: AiSettings = Field(default_factory=AiSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    captions: CaptionSettings = Field(default_factory=CaptionSettings)
     rate_limits: RateLimitSettings
 
     @property

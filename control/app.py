@@ -13,7 +13,7 @@ from aiohttp import web
 from ai.service import AiService
 from config import Settings
 from control.api import GROUPS
-from control.api.meta import DATABASE_PROBE, DatabaseProbe, huiyi_version
+from control.api.meta import huiyi_version
 from control.api.sessions import STARTED
 from control.auth.accounts import AccountCache
 from control.auth.guard import guard
@@ -22,15 +22,18 @@ from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
 from control.bus import open_bus
+from control.captions import Captioner
 from control.context import (
     ACCOUNTS,
     AI,
     AVATARS,
     BACKGROUND,
+    CAPTIONS,
     HUB,
     JOBS,
     LIMITER,
     MAILER,
+    METRICS,
     OPENAPI,
     PASSWORD_THROTTLE,
     RECORDINGS,
@@ -38,23 +41,35 @@ from control.context import (
     SFU,
     STORAGE,
     STORE,
+    STREAMS,
     TOKENS,
     TURN,
+    WEBHOOKS,
 )
 from control.endpoints import Endpoint, bind
 from control.enhancement import executors as enhancement_executors
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
+from control.media_events import MediaListener
+from control.metrics.http import metrics_middleware
+from control.metrics.instruments import Metrics
+from control.metrics.serve import metrics_context, public_metrics
 from control.middleware import error_middleware, request_id_middleware
 from control.openapi import build_openapi
+from control.readiness import DATABASE_PROBE, DatabaseProbe, redis_context
 from control.recordings import Recorder
 from control.rooms import close_node_sessions
 from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
 from control.storage import LocalStorage
 from control.store import Store
+from control.store.recordings import RecordingRecord
+from control.store.streams import StreamRecord
+from control.streams import Streamer
 from control.webclient import add_web_client
+from control.webhooks.dispatcher import Webhooks
+from control.webhooks.events import RECORDING_READY, STREAM_STATE_CHANGED
 from sfu.denoise import WorkerSetup
 from sfu.server import Sfu
 from turn.process import TurnProcess
@@ -84,6 +99,16 @@ async def _store_context(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].close()
 
 
+async def _webhooks_context(app: web.Application) -> AsyncIterator[None]:
+    """Started right after the store and closed right before it, so that the events of everything
+    else closing (peers leaving, tracks withdrawn) are still written to the queue."""
+    settings = app[SETTINGS]
+    app[WEBHOOKS] = Webhooks(app[STORE].webhooks, settings.webhooks, settings.node_id, app[METRICS])
+    await app[WEBHOOKS].start()
+    yield
+    await app[WEBHOOKS].close()
+
+
 async def _signaling_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     bus = open_bus(settings.redis.url, settings.redis.key_prefix, settings.node_id)
@@ -105,6 +130,7 @@ async def _sfu_context(app: web.Application) -> AsyncIterator[None]:
         log_level=settings.server.log_level,
     )
     app[SFU] = Sfu(settings.sfu, setup)
+    app[SFU].events = MediaListener(app[WEBHOOKS], app[METRICS])
     await app[SFU].start()
     yield
     await app[SFU].close()
@@ -157,8 +183,52 @@ async def _recordings_context(app: web.Application) -> AsyncIterator[None]:
         node_id=settings.node_id,
     )
     await app[RECORDINGS].start()
+
+    async def tell_ready(recording: RecordingRecord) -> None:
+        app[WEBHOOKS].emit(
+            RECORDING_READY,
+            {
+                "recording_id": recording.id,
+                "meeting_id": recording.meeting_id,
+                "duration": recording.duration,
+                "size": recording.size,
+                "composite_file_id": recording.composite_file_id,
+            },
+        )
+
+    app[RECORDINGS].ready_listeners.append(tell_ready)
     yield
     await app[RECORDINGS].close()
+
+
+async def _streams_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STREAMS] = Streamer(
+        store=app[STORE],
+        hub=app[HUB],
+        media=app[SFU],
+        settings=settings.streaming,
+        data_dir=settings.server.data_dir,
+        node_id=settings.node_id,
+        log_level=settings.server.log_level,
+    )
+
+    async def tell_state(stream: StreamRecord) -> None:
+        data = {"stream_id": stream.id, "meeting_id": stream.meeting_id, "state": stream.status, "error": stream.error}
+        app[WEBHOOKS].emit(STREAM_STATE_CHANGED, data)
+
+    app[STREAMS].state_listeners.append(tell_state)
+    await app[STREAMS].start()
+    yield
+    await app[STREAMS].close()
+
+
+async def _captions_context(app: web.Application) -> AsyncIterator[None]:
+    """The caption worker process starts only once a captioned meeting has audio on this node."""
+    app[CAPTIONS] = Captioner(store=app[STORE], hub=app[HUB], rooms=app[SFU].rooms, settings=app[SETTINGS])
+    await app[CAPTIONS].start()
+    yield
+    await app[CAPTIONS].close()
 
 
 async def _ai_context(app: web.Application) -> AsyncIterator[None]:
@@ -181,10 +251,10 @@ async def _background_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        middlewares=[request_id_middleware, error_middleware],
-        client_max_size=MAX_JSON_BODY,
-    )
+    middlewares = [request_id_middleware, error_middleware]
+    if settings.metrics.enabled:
+        middlewares.insert(0, metrics_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_JSON_BODY)
     data_dir = settings.server.data_dir
     endpoints = all_endpoints()
     app[SETTINGS] = settings
@@ -208,15 +278,18 @@ def create_app(settings: Settings) -> web.Application:
     app[BACKGROUND] = set()
     app[OPENAPI] = build_openapi(endpoints, huiyi_version())
     app[STARTED] = time.monotonic()
+    app[METRICS] = Metrics(huiyi_version(), settings.node_id)
     app[STORAGE] = LocalStorage(data_dir / "media", settings.node_id)
     turn_secret = load_turn_secret(settings.turn.secret, data_dir) if settings.turn.enabled else ""
-    app[TURN] = TurnProcess(settings.turn, turn_secret, settings.server.log_level)
+    app[TURN] = TurnProcess(settings.turn, turn_secret, settings.server.log_level, settings.server.log_format)
     # Closed in reverse: sockets and jobs stop first, then their cleanups are awaited while the
     # store is still open.
     app.cleanup_ctx.extend(
         [
             _store_context,
+            _webhooks_context,
             _background_context,
+            redis_context,
             _signaling_context,
             _sfu_context,
             _turn_context,
@@ -224,9 +297,13 @@ def create_app(settings: Settings) -> web.Application:
             _ai_context,
             _jobs_context,
             _recordings_context,
+            _streams_context,
+            _captions_context,
             _limiter_context,
         ]
     )
+    if settings.metrics.enabled:
+        app.cleanup_ctx.append(metrics_context)
 
     prefixes = {group.prefix for group in GROUPS}
     for endpoint in endpoints:
@@ -236,6 +313,8 @@ def create_app(settings: Settings) -> web.Application:
             # A collection is reachable with and without the trailing slash.
             app.router.add_route(endpoint.method, endpoint.path + "/", handler)
     app.router.add_get("/ws/signaling", signaling_socket, name="signaling")
+    if settings.metrics.enabled and settings.metrics.token:
+        app.router.add_get("/metrics", public_metrics, name="metrics")
     add_web_client(app)
     app.on_shutdown.append(_close_sockets)
     app.on_response_prepare.append(_name_the_server)

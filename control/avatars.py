@@ -16,6 +16,12 @@ from control.private_files import write_private
 ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP"}
 MAX_SOURCE_PIXELS = 40_000_000
 AVATAR_NAME_PATTERN = r"[0-9a-f]+\.png"
+AVATAR_URL_PREFIX = "/api/v1/users/avatars/"
+
+
+def avatar_url(avatar_file: str | None) -> str | None:
+    """Where an avatar is served (public and unguessable, for <img> tags), or None without one."""
+    return AVATAR_URL_PREFIX + avatar_file if avatar_file else None
 
 
 class NotAnImage(Exception):

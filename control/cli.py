@@ -18,8 +18,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from config import ConfigError, Settings, load_settings
+from config.logformat import configure_logging
 from control.api.auth import RegisterIn, duplicate_error
 from control.auth.passwords import hash_password
+from control.logcontext import ContextFilter
 from control.middleware import AccessLogger
 from control.store import Store
 from control.store.users import DuplicateEmail, DuplicateUsername
@@ -34,13 +36,21 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         "--database-url", help="sqlite:///path or postgresql://user@host/db (default: SQLite in the data dir)"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), help="text lines, or one JSON object per line (default text)"
+    )
 
 
 def _settings(args: argparse.Namespace, **server: object) -> Settings:
     return load_settings(
         args.config,
         {
-            "server": {"data_dir": args.data_dir, "log_level": args.log_level, **server},
+            "server": {
+                "data_dir": args.data_dir,
+                "log_level": args.log_level,
+                "log_format": args.log_format,
+                **server,
+            },
             "database": {"url": args.database_url},
             "redis": {"url": getattr(args, "redis_url", None)},
         },
@@ -64,12 +74,8 @@ class _MalformedRequestsAreInfo(logging.Filter):
         return True
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(settings: Settings) -> None:
+    configure_logging(settings.server.log_level, settings.server.log_format, [ContextFilter()])
     logging.getLogger("aiohttp.server").addFilter(_MalformedRequestsAreInfo())
 
 
@@ -94,7 +100,10 @@ def serve(argv: Sequence[str]) -> int:
     parser.add_argument("--redis-url", help="redis://host:6379/0 to share rate limits (and later the bus) across nodes")
     args = parser.parse_args(argv)
     settings = _settings(args, host=args.host, port=args.port)
-    _configure_logging(settings.server.log_level)
+    _configure_logging(settings)
+    # A status request that comes while the server is still starting is ignored, not fatal (the
+    # signal's default action ends the process); the handler replaces this once the loop runs.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         import uvloop
     except ImportError:
@@ -156,7 +165,7 @@ def create_admin(argv: Sequence[str]) -> int:
     parser.add_argument("--email", required=True)
     args = parser.parse_args(argv)
     settings = _settings(args)
-    _configure_logging(settings.server.log_level)
+    _configure_logging(settings)
     password = os.environ.get("HUIYI_ADMIN_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
@@ -188,12 +197,17 @@ def worker(argv: Sequence[str]) -> int:
     settings = load_settings(
         args.config,
         {
-            "server": {"data_dir": args.data_dir, "log_level": args.log_level, "node_id": args.node_id},
+            "server": {
+                "data_dir": args.data_dir,
+                "log_level": args.log_level,
+                "log_format": args.log_format,
+                "node_id": args.node_id,
+            },
             "redis": {"url": args.redis_url},
             "ai": {"model_dir": args.model_dir},
         },
     )
-    _configure_logging(settings.server.log_level)
+    _configure_logging(settings)
     if not settings.redis.url:
         log.error("a worker node takes its work from Redis: give --redis-url (or HUIYI_REDIS_URL)")
         return 2

@@ -14,14 +14,18 @@ from control.auth.accounts import AccountCache
 from control.auth.throttle import PasswordThrottle
 from control.auth.tokens import TokenCodec
 from control.avatars import AvatarStore
+from control.captions import Captioner
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
+from control.metrics.instruments import Metrics
 from control.recordings import Recorder
 from control.signaling.hub import Hub
 from control.storage import LocalStorage
 from control.store import Store
 from control.store.users import UserRecord
+from control.streams import Streamer
+from control.webhooks.dispatcher import Webhooks
 from sfu.server import Sfu
 from turn.process import TurnProcess
 
@@ -39,9 +43,14 @@ STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
 SFU = web.AppKey("sfu", Sfu)
 RECORDINGS = web.AppKey("recordings", Recorder)
+STREAMS = web.AppKey("streams", Streamer)
 # The TURN server's process; not started (no endpoints) when turn.enabled is false.
 TURN = web.AppKey("turn", TurnProcess)
 AI = web.AppKey("ai", AiService)
+METRICS = web.AppKey("metrics", Metrics)
+# Event notifications: ``app[WEBHOOKS].emit(type, data)`` (types in control/webhooks/events.py).
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
+CAPTIONS = web.AppKey("captions", Captioner)
 # Work a request starts that must finish even if the request ends first (mails sent after the
 # answer, a socket's cleanup after its peer vanished); awaited before shutdown.
 BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])

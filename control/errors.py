@@ -29,6 +29,11 @@ class BusinessCode:
     RECORDING_NO_DISK = 5005
     RECORDING_BUSY = 5006
     MEETING_NOT_STARTED = 5007
+    # Live streaming (docs/streaming.md).
+    STREAM_NOT_FOUND = 5101
+    STREAM_TARGET_BUSY = 5102
+    STREAM_NOT_RUNNING = 5103
+    STREAMING_UNAVAILABLE = 5104
 
 
 class ApiError(Exception):

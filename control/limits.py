@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from limits import RateLimitItem, parse
@@ -41,6 +42,7 @@ class RateLimiter:
             else MemoryStorage()
         )
         self._strategy = MovingWindowRateLimiter(self._storage)
+        self.refused: Counter[str] = Counter()  # calls answered 429, by operation, since start
 
     def limit_of(self, operation: str) -> RateLimitItem:
         return self._items[operation]
@@ -52,6 +54,7 @@ class RateLimiter:
         item = self._items[operation]
         if await self._strategy.hit(item, operation, caller):
             return
+        self.refused[operation] += 1
         stats = await self._strategy.get_window_stats(item, operation, caller)
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise ApiError(

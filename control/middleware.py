@@ -12,6 +12,7 @@ from yarl import URL
 
 from control.envelope import REQUEST_ID_KEY, envelope, request_id_from
 from control.errors import ApiError
+from control.logcontext import MEETING_ID, REQUEST_ID
 
 log = logging.getLogger("huiyi.http")
 
@@ -29,6 +30,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request_id_from(request.headers.get("X-Request-ID"))
     request[REQUEST_ID_KEY] = request_id
+    # Each request runs in a task of its own: what is set here holds for its log records only.
+    REQUEST_ID.set(request_id)
+    meeting = request.match_info.get("meeting_id") or request.match_info.get("room_id")
+    if meeting is not None and meeting.isdigit() and len(meeting) < 19:
+        MEETING_ID.set(int(meeting))
     try:
         response = await handler(request)
     except web.HTTPException as exc:

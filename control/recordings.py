@@ -17,7 +17,7 @@ import contextlib
 import logging
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -119,6 +119,8 @@ class Recorder:
         self._stopping: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        # Told of each recording this node saw become ready (stopped, its composite made if any).
+        self.ready_listeners: list[Callable[[RecordingRecord], Awaitable[None]]] = []
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -267,7 +269,17 @@ class Recorder:
             done = await self.store.recordings.transition(recording.id, ["stopping"], status="ready", duration=duration)
         await self.store.recordings.refresh_size(recording.id)
         log.info("recording %s stopped with %d files", recording.id, len(kept))
-        return await self.store.recordings.get(recording.id) or done or recording
+        final = await self.store.recordings.get(recording.id) or done or recording
+        if final.status == "ready":
+            await self._tell_ready(final)
+        return final
+
+    async def _tell_ready(self, recording: RecordingRecord) -> None:
+        for listener in self.ready_listeners:
+            try:
+                await listener(recording)
+            except Exception:
+                log.exception("acting on recording %s being ready failed", recording.id)
 
     # this node's media ------------------------------------------------------------------------
 
@@ -399,7 +411,9 @@ class Recorder:
                 recording.id, ["processing"], composite_file_id=job.result_file_ids[0]
             )
             await self.store.recordings.refresh_size(recording.id)
-            await self.store.recordings.transition(recording.id, ["processing"], status="ready")
+            ready = await self.store.recordings.transition(recording.id, ["processing"], status="ready")
+            if ready is not None:
+                await self._tell_ready(ready)
         else:
             error = job.error if job is not None and job.error else "the composite job is gone"
             await self.store.recordings.transition(

@@ -7,13 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
-from control.context import HUB, RECORDINGS, STORE
+from control.avatars import avatar_url
+from control.context import CAPTIONS, HUB, RECORDINGS, STORE, STREAMS, WEBHOOKS
 from control.envelope import iso_utc
 from control.errors import ApiError, BusinessCode, forbidden, not_found
 from control.signaling.hub import CLOSE_LEFT, CLOSE_MEETING_ENDED, message
 from control.store.chat import ChatRecord
 from control.store.meetings import MeetingRecord, ParticipantRecord
 from control.store.users import UserRecord
+from control.webhooks.events import PARTICIPANT_JOINED, PARTICIPANT_LEFT
 
 CHAT_MAX_LENGTH = 2000
 
@@ -70,6 +72,7 @@ def participant_view(participant: ParticipantRecord) -> dict[str, Any]:
         "status": participant.status,
         "joined_at": iso_utc(participant.joined_at) if participant.joined_at else None,
         "media_state": media_state(participant),
+        "avatar_url": avatar_url(participant.avatar_file),
     }
 
 
@@ -84,6 +87,17 @@ def chat_view(record: ChatRecord) -> dict[str, Any]:
     }
 
 
+def participant_joined(app: web.Application, participant: ParticipantRecord) -> None:
+    """Tell webhook receivers the participant went online in the meeting."""
+    data = {"meeting_id": participant.meeting_id, "user_id": participant.user_id, "role": participant.role}
+    app[WEBHOOKS].emit(PARTICIPANT_JOINED, data)
+
+
+def participant_left(app: web.Application, meeting_id: int, user_id: int, reason: str) -> None:
+    """Tell webhook receivers the participant went offline (left, lost their connection, removed)."""
+    app[WEBHOOKS].emit(PARTICIPANT_LEFT, {"meeting_id": meeting_id, "user_id": user_id, "reason": reason})
+
+
 async def post_chat(app: web.Application, meeting: MeetingRecord, user_id: int, text: str, source: str) -> ChatRecord:
     record = await app[STORE].chat.add(meeting_id=meeting.id, user_id=user_id, text=text, source=source)
     await app[HUB].broadcast(message("chat", meeting.id, user_id, chat_view(record)))
@@ -92,15 +106,20 @@ async def post_chat(app: web.Application, meeting: MeetingRecord, user_id: int, 
 
 async def leave(app: web.Application, meeting_id: int, user_id: int, reason: str) -> None:
     """The user is out of the room: offline, the others told, their sockets closed."""
+    before = await app[STORE].participants.get(meeting_id, user_id)
     await app[STORE].participants.update(meeting_id, user_id, status="offline")
+    if before is not None and before.status == "online":
+        participant_left(app, meeting_id, user_id, reason)
     await app[HUB].broadcast(message("user-left", meeting_id, user_id, {"user_id": user_id, "reason": reason}))
     await app[HUB].close_user(meeting_id, user_id, CLOSE_LEFT, reason)
 
 
 async def close_room(app: web.Application, meeting_id: int, reason: str) -> None:
-    """The meeting is over: its recording stops (recording to the last moment), then every
-    socket of the room hears it and is closed."""
+    """The meeting is over: its recording and its live streams stop (to the last moment) and its
+    captions go off, then every socket of the room hears it and is closed."""
     await app[RECORDINGS].stop_in(meeting_id, reason)
+    await app[STREAMS].stop_in(meeting_id, reason)
+    await app[CAPTIONS].stop_in(meeting_id)
     await app[HUB].close_user(meeting_id, None, CLOSE_MEETING_ENDED, reason)
 
 
@@ -112,6 +131,7 @@ async def went_offline(
     ``user-left`` once, however many of their sockets went at the same time. Whether they did."""
     if not await app[STORE].participants.went_offline(meeting_id, user_id):
         return False
+    participant_left(app, meeting_id, user_id, reason)
     if tell_room:
         await app[HUB].broadcast(message("user-left", meeting_id, user_id, {"user_id": user_id, "reason": reason}))
     return True

@@ -9,9 +9,7 @@ so memory stays flat however long the meeting was."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,18 +18,13 @@ import av
 import numpy as np
 
 from media.jobs import JobFailed, Progress
+from media.layout import BACKGROUND, Box, Speaker, even, fit, grid, paste, speaker_view
 
 RATE = 48000
 WINDOW_SECONDS = 0.5  # audio is mixed, and the speaker chosen, this much at a time
 HOLD_SECONDS = 1.0  # a video's last frame stays on screen this long after its track ends
-SILENCE_RMS = 0.003  # a window quieter than this (full scale 1.0) counts as nobody speaking
-BACKGROUND = (24, 24, 24)
 DEFAULT_SIZE = (1280, 720)
 DEFAULT_FPS = 25
-
-
-def _even(value: int) -> int:
-    return max(2, value - value % 2)
 
 
 def _open(path: str, label: str) -> av.container.InputContainer:
@@ -94,8 +87,7 @@ class VideoSource:
         assert self.current is not None
         frame = self.current[1]
         if self._fitted is None or self._fitted[:3] != (id(frame), width, height):
-            scale = min(width / frame.width, height / frame.height)
-            size = (min(width, _even(round(frame.width * scale))), min(height, _even(round(frame.height * scale))))
+            size = fit(frame.width, frame.height, Box(0, 0, width, height))
             image = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
             self._fitted = (id(frame), width, height, image)
         return self._fitted[3]
@@ -163,54 +155,10 @@ class AudioSource:
         return window
 
 
-@dataclass(frozen=True)
-class Box:
-    x: int
-    y: int
-    width: int
-    height: int
-
-
-def grid(count: int, width: int, height: int) -> list[Box]:
-    """Equal tiles, as square a grid as the count allows, filled row by row."""
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    size = (width // columns, height // rows)
-    return [Box((n % columns) * size[0], (n // columns) * size[1], *size) for n in range(count)]
-
-
-def speaker_view(count: int, width: int, height: int) -> list[Box]:
-    """The first box fills the picture above a strip of small ones for the rest."""
-    if count == 1:
-        return [Box(0, 0, width, height)]
-    strip = height // 5
-    tile_width = min(width // (count - 1), strip * 16 // 9)
-    left = (width - tile_width * (count - 1)) // 2
-    return [Box(0, 0, width, height - strip)] + [
-        Box(left + n * tile_width, height - strip, tile_width, strip) for n in range(count - 1)
-    ]
-
-
-class Speaker:
-    """Who is speaking: the loudest voice over the last window, kept until someone else is heard."""
-
-    def __init__(self) -> None:
-        self.user_id: int | None = None
-
-    def hear(self, loudness: dict[int, float]) -> None:
-        if loudness:
-            user_id, level = max(loudness.items(), key=lambda item: item[1])
-            if level >= SILENCE_RMS:
-                self.user_id = user_id
-
-
 def _draw(canvas: np.ndarray, boxes: list[Box], videos: list[VideoSource]) -> None:
     canvas[:] = BACKGROUND
     for box, video in zip(boxes, videos, strict=True):
-        image = video.fitted(box.width, box.height)
-        top = box.y + (box.height - image.shape[0]) // 2
-        left = box.x + (box.width - image.shape[1]) // 2
-        canvas[top : top + image.shape[0], left : left + image.shape[1]] = image
+        paste(canvas, box, video.fitted(box.width, box.height))
 
 
 class Composer:
@@ -222,8 +170,8 @@ class Composer:
     ) -> None:
         self.videos, self.audios, self.total = videos, audios, total
         self.layout = params.get("layout", "grid")
-        self.width = _even(int(params.get("width", DEFAULT_SIZE[0])))
-        self.height = _even(int(params.get("height", DEFAULT_SIZE[1])))
+        self.width = even(int(params.get("width", DEFAULT_SIZE[0])))
+        self.height = even(int(params.get("height", DEFAULT_SIZE[1])))
         self.fps = int(params.get("fps", DEFAULT_FPS))
         self.container = av.open(str(output), "w", format="mp4")
         self.video: av.VideoStream | None = None

@@ -33,6 +33,7 @@ class DownTrack:
         "current_layer",
         "dropped_by_simulation",
         "firs",
+        "first_sent_at",
         "fraction_lost",
         "guard",
         "history",
@@ -96,6 +97,7 @@ class DownTrack:
         self.last_ts = random.getrandbits(32)
         self.last_sent_at = 0.0
         self.sent_any = False
+        self.first_sent_at = 0.0  # monotonic time of the first packet forwarded
         self.switch_seq = 0
         self.guard = 0
         self.history: list[tuple[bytes, int] | None] | None = [None] * HISTORY_SIZE if track.kind == "video" else None
@@ -152,6 +154,7 @@ class DownTrack:
             self.seq_offset = (self.last_seq + 1 - packet.seq) & 0xFFFF
             self.ts_offset = (self.last_ts - packet.timestamp) & 0xFFFFFFFF
             self.sent_any = True
+            self.first_sent_at = time.monotonic()
         if self.current_layer != NO_LAYER:
             self.switches += 1
         self.current_layer = layer.index
@@ -174,6 +177,10 @@ class DownTrack:
             return
         if len(self.track.layers) == 1:
             self.target_layer = self.ceiling = 0
+            # A receiver starts at a key frame: one that came before it was added is no use, and a
+            # still source (a shared screen) may not send another for a long time unless asked.
+            if self.current_layer != 0:
+                self.track.request_keyframe(0)
             return
         active = self.track.active_layers()
         cap = self.max_bitrate

@@ -41,6 +41,7 @@ class PublishedSection:
     ssrc_layers: list[int] = field(default_factory=list)  # SSRC-signalled simulcast, low to high
     rtx_of: dict[int, int] = field(default_factory=dict)  # rtx ssrc -> media ssrc
     stream_id: str = ""
+    source: str = "camera"  # what the track shows: "camera" (or microphone), or "screen"
 
 
 def _pick_codec(section: MediaSection) -> Codec | None:
@@ -97,6 +98,7 @@ def accept_publisher_offer(offer: SessionDescription) -> list[PublishedSection |
                 ssrc_layers=ssrc_layers,
                 rtx_of=rtx_of,
                 stream_id=stream_id,
+                source="screen" if "slides" in section.content.split(",") else "camera",
             )
         )
     return accepted
@@ -134,7 +136,9 @@ def publisher_answer(
     lines = _header(session_id, 1, mids)
     for section, taken in zip(offer.sections, accepted, strict=True):
         if taken is None:
-            lines += [f"m={section.kind} 0 {section.proto} {' '.join(section.formats) or '0'}"]
+            # Every m-section needs a connection line, rejected ones too (Firefox refuses the
+            # description otherwise).
+            lines += [f"m={section.kind} 0 {section.proto} {' '.join(section.formats) or '0'}", "c=IN IP4 0.0.0.0"]
             if section.mid:
                 lines.append(f"a=mid:{section.mid}")
             continue

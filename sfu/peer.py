@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +39,16 @@ class Peer:
         self.publisher = PublisherSide(self)
         self.subscriber = SubscriberSide(self)
         self.closed = False
+        self.joined_at = time.monotonic()
+        self.awaiting_media = True  # until the first packet is forwarded to it (its join time)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run peer work in the background; everything spawned is cancelled when the peer goes."""
         task = asyncio.get_running_loop().create_task(self._guard(work))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        # Work cancelled before it began (the peer left at once) is closed, not left never awaited.
+        task.add_done_callback(lambda _: work.close())
         return task
 
     async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
@@ -118,7 +123,17 @@ class Peer:
                 self.spawn(transport.close())
                 self.on_transport_lost(which)
 
+    def _note_first_media(self) -> None:
+        """Tell how long this peer waited for its first media, once (read from the down-tracks,
+        which note when they first forwarded, so nothing is added per packet)."""
+        started = [down.first_sent_at for down in self.subscriber.downtracks.values() if down.sent_any]
+        if started:
+            self.awaiting_media = False
+            self.sfu.events.media_flowing(self, max(0.0, min(started) - self.joined_at))
+
     def tick(self, now: float, full: bool) -> None:
+        if self.awaiting_media:
+            self._note_first_media()
         self.subscriber.review_layers(now)
         if full:
             self._reap_silent(now)

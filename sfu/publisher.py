@@ -85,6 +85,7 @@ class PublisherSide:
                 self.state = "failed"
                 self.peer.on_transport_lost("publisher")
             return
+        log.info("peer %s: publisher connected from %s", self.peer.id, transport.client_address())
         if transport is self.transport:
             self.state = "connected"
             for track in self.tracks.values():
@@ -114,7 +115,12 @@ class PublisherSide:
         for mid in list(self.tracks):
             section = wanted.get(mid)
             track = self.tracks[mid]
-            if section is None or section.kind != track.kind or section.codec.name != track.codec.name:
+            if (
+                section is None
+                or section.kind != track.kind
+                or section.codec.name != track.codec.name
+                or section.source != track.source
+            ):
                 self._drop_routes(track)
                 del self.tracks[mid]
                 room.remove_track(track)
@@ -129,7 +135,10 @@ class PublisherSide:
                     kind=section.kind,
                     codec=section.codec,
                     mid=mid,
-                    stream_id=self.peer.id,
+                    # A shared screen is a stream of its own, so receivers show it apart from
+                    # the camera; the ids are the server's, so no publisher can join another's stream.
+                    stream_id=self.peer.id if section.source == "camera" else f"{self.peer.id}-{section.source}",
+                    source=section.source,
                     layer_rids=section.rids or [""] * max(1, len(section.ssrc_layers)),
                     request_keyframe=self._send_keyframe_request,
                     level_extension_id=section.extension_ids.get(rtp.URI_AUDIO_LEVEL, 0),

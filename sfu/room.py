@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from sfu.counters import MediaTotals
+from sfu.events import MediaEvents
 from sfu.track import PublishedTrack
 
 if TYPE_CHECKING:
     from sfu.peer import Peer
-    from sfu.recording import RoomRecording
 
 SPEAKING_LEVEL = 60  # -dBov: quieter than this is not speech worth announcing
 SPEAKER_HOLD_TICKS = 2  # a new loudest speaker must stay loudest this many ticks to be announced
 
 
+class TrackFeed(Protocol):
+    """Something that taps every track of a room as it comes and goes: a recording
+    (``sfu.recording.RoomRecording``) or a live stream's feed (``sfu.live.LiveFeed``)."""
+
+    meeting_id: int
+
+    def attach(self, track: PublishedTrack) -> None: ...
+
+    def detach(self, track: PublishedTrack, reason: str) -> None: ...
+
+
 class Room:
-    def __init__(self, room_id: int) -> None:
+    def __init__(self, room_id: int, events: MediaEvents, retired: MediaTotals) -> None:
         self.id = room_id
+        self.events = events
+        self.retired = retired  # the media server's totals, which a track's counts join when it goes
         self.peers: dict[str, Peer] = {}
         self.tracks: dict[str, PublishedTrack] = {}
-        self.recordings: list[RoomRecording] = []  # running here; they outlive the room if it empties
+        self.feeds: list[TrackFeed] = []  # recordings and streams running here; they outlive the room if it empties
         self.active_speaker: str | None = None  # peer id
         self._candidate: str | None = None
         self._candidate_ticks = 0
@@ -40,23 +54,32 @@ class Room:
         for peer in self.peers.values():
             if peer.id != track.publisher_id:
                 peer.subscriber.add(track)
-        for recording in self.recordings:
-            recording.attach(track)
+        for feed in self.feeds:
+            feed.attach(track)
+        self.events.track_published(self.id, track)
 
     def remove_track(self, track: PublishedTrack, reason: str = "unpublished") -> None:
-        """The track is gone: ``reason`` ("unpublished", or "left" with its publisher) ends its files."""
+        """The track is gone: ``reason`` ("unpublished", or "left" with its publisher) ends its files
+        and takes it out of the room's live streams."""
         if self.tracks.pop(track.id, None) is None:
             return
         for peer in self.peers.values():
             peer.subscriber.remove(track)
         track.downtracks.clear()
-        for recording in self.recordings:
-            recording.detach(track, reason)
+        for feed in self.feeds:
+            feed.detach(track, reason)
+        self.retired.add_track(track)
+        self.events.track_unpublished(self.id, track, reason)
 
-    def add_recording(self, recording: RoomRecording) -> None:
-        self.recordings.append(recording)
+    def add_feed(self, feed: TrackFeed) -> None:
+        """Tap every track the room has now, and each one published later."""
+        self.feeds.append(feed)
         for track in self.tracks.values():
-            recording.attach(track)
+            feed.attach(track)
+
+    def remove_feed(self, feed: TrackFeed) -> None:
+        if feed in self.feeds:
+            self.feeds.remove(feed)
 
     def detect_speaker(self) -> dict[str, Any] | None:
         """The loudest audio since the last tick; an announcement when the speaker changes."""

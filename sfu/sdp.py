@@ -48,6 +48,8 @@ class MediaSection:
     rids: list[str] = field(default_factory=list)  # send rids, in the offer's order
     simulcast: list[str] = field(default_factory=list)  # rids named by a=simulcast, in order
     msid: str = ""
+    content: str = ""  # RFC 4796 a=content, e.g. "slides" for a shared screen
+    bundle_only: bool = False  # port 0 with a=bundle-only (RFC 8843) is bundled, not rejected
     ice_ufrag: str = ""
     ice_pwd: str = ""
     fingerprints: list[tuple[str, str]] = field(default_factory=list)
@@ -56,7 +58,9 @@ class MediaSection:
 
     @property
     def rejected(self) -> bool:
-        return self.port == 0
+        """Port 0 rejects a section, unless it is bundle-only (Firefox offers all but the first
+        bundled section so under max-bundle)."""
+        return self.port == 0 and not self.bundle_only
 
     def codec_named(self, name: str) -> list[Codec]:
         return [codec for codec in self.codecs.values() if codec.name == name]
@@ -198,6 +202,10 @@ def _read_media_attribute(section: MediaSection, name: str, value: str) -> None:
             section.simulcast = [alt.lstrip("~") for stream in streams.split(";") for alt in stream.split(",")[:1]]
     elif name == "msid":
         section.msid = value
+    elif name == "bundle-only":
+        section.bundle_only = True
+    elif name == "content":
+        section.content = value.strip()
     elif name == "ice-ufrag":
         section.ice_ufrag = value
     elif name == "ice-pwd":

@@ -17,7 +17,10 @@ from typing import Any
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from config.settings import SfuSettings
+from sfu.counters import MediaTotals
 from sfu.denoise import NoiseSuppression, WorkerSetup
+from sfu.events import MediaEvents, NoListener
+from sfu.live import LiveFeed, Outlet
 from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
 from sfu.peer import Peer, Signal
 from sfu.ports import open_listeners
@@ -57,9 +60,15 @@ class Sfu:
         self.certificate = RTCCertificate.generateCertificate()
         self.rooms: dict[int, Room] = {}
         self.peers: dict[str, Peer] = {}
+        self._closing: set[Peer] = set()  # removed, their connections still closing
         self._ticker: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._recordings: dict[str, RoomRecording] = {}
+        self.events: MediaEvents = NoListener()
+        # Counts of the tracks and down-tracks gone so far; ``totals`` adds the live ones.
+        self.retired = MediaTotals()
+        self.last_tick = time.monotonic()  # the media clock's, to tell it still runs
+        self._streams: dict[str, LiveFeed] = {}
         setup = denoise_setup or WorkerSetup(bitrate=settings.noise_suppression_bitrate)
         self.noise = NoiseSuppression(
             self,
@@ -78,6 +87,8 @@ class Sfu:
             self._ticker.cancel()
         for recording_id in list(self._recordings):
             await self.stop_recording(recording_id)
+        for stream_id in list(self._streams):
+            self.stop_stream(stream_id, "server shutdown")
         for peer_id in list(self.peers):
             await self.remove_peer(peer_id)
         self.noise.close()
@@ -104,6 +115,22 @@ class Sfu:
             " " + shared.status() if shared is not None else "",
         )
 
+    def totals(self) -> MediaTotals:
+        """Everything forwarded and received since the server started, gone peers included."""
+        live = MediaTotals()
+        for room in self.rooms.values():
+            for track in room.tracks.values():
+                live.add_track(track)
+        for peer in [*self.peers.values(), *self._closing]:
+            for down in peer.subscriber.downtracks.values():
+                live.add_downtrack(down)
+        return self.retired.plus(live)
+
+    @property
+    def ticking(self) -> bool:
+        """The media clock runs (it drives key frames, layer choices and RTCP for every room)."""
+        return self._ticker is not None and not self._ticker.done()
+
     # peers --------------------------------------------------------------------------------------
 
     def peer(self, meeting_id: int, peer_id: str, user_id: int, signal: Signal) -> Peer:
@@ -111,10 +138,10 @@ class Sfu:
         if peer is None:
             room = self.rooms.get(meeting_id)
             if room is None:
-                room = self.rooms[meeting_id] = Room(meeting_id)
-                for recording in self._recordings.values():
-                    if recording.meeting_id == meeting_id:
-                        room.add_recording(recording)
+                room = self.rooms[meeting_id] = Room(meeting_id, self.events, self.retired)
+                for feed in (*self._recordings.values(), *self._streams.values()):
+                    if feed.meeting_id == meeting_id:
+                        room.add_feed(feed)
             peer = Peer(self, room, peer_id, user_id, signal)
             self.peers[peer_id] = peer
             room.add_peer(peer)
@@ -127,7 +154,11 @@ class Sfu:
         if peer is None:
             return
         peer.room.remove_peer(peer)
-        await peer.close()
+        self._closing.add(peer)
+        try:
+            await peer.close()
+        finally:
+            self._closing.discard(peer)
         if peer.room.empty:
             self.rooms.pop(peer.room.id, None)
         log.info("peer %s left media of meeting %s", peer_id, peer.room.id)
@@ -148,7 +179,7 @@ class Sfu:
         self._recordings[recording_id] = recording
         room = self.rooms.get(meeting_id)
         if room is not None:
-            room.add_recording(recording)
+            room.add_feed(recording)
         log.info("recording %s of meeting %s started in %s", recording_id, meeting_id, directory)
 
     async def stop_recording(self, recording_id: str, reason: str = "stopped") -> list[TrackFile]:
@@ -158,8 +189,8 @@ class Sfu:
         if recording is None:
             return []
         room = self.rooms.get(recording.meeting_id)
-        if room is not None and recording in room.recordings:
-            room.recordings.remove(recording)
+        if room is not None:
+            room.remove_feed(recording)
         files = await recording.stop(reason)
         log.info("recording %s of meeting %s stopped: %d files", recording_id, recording.meeting_id, len(files))
         return files
@@ -172,6 +203,36 @@ class Sfu:
     def recordings(self) -> list[str]:
         """Ids of the recordings running on this node."""
         return list(self._recordings)
+
+    # live streams -------------------------------------------------------------------------------
+
+    def start_stream(self, meeting_id: int, stream_id: str, outlet: Outlet, layer: str = "medium") -> LiveFeed:
+        """Feed every track the meeting's room has on this node, and every track published later,
+        to ``outlet`` (a compositor's input) until ``stop_stream``; videos at ``layer`` at most."""
+        if stream_id in self._streams:
+            raise ValueError(f"stream {stream_id} is already running")
+        feed = LiveFeed(meeting_id, stream_id, outlet, layer)
+        self._streams[stream_id] = feed
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            room.add_feed(feed)
+        log.info("stream %s of meeting %s fed", stream_id, meeting_id)
+        return feed
+
+    def streams(self) -> list[str]:
+        """Ids of the live streams this node feeds."""
+        return list(self._streams)
+
+    def stop_stream(self, stream_id: str, reason: str = "stopped") -> None:
+        """Stop feeding the stream's compositor; an unknown id is ignored."""
+        feed = self._streams.pop(stream_id, None)
+        if feed is None:
+            return
+        room = self.rooms.get(feed.meeting_id)
+        if room is not None:
+            room.remove_feed(feed)
+        feed.close(reason)
+        log.info("stream %s of meeting %s no longer fed: %s", stream_id, feed.meeting_id, reason)
 
     # signaling ----------------------------------------------------------------------------------
 
@@ -248,9 +309,11 @@ class Sfu:
                 log.exception("media clock tick failed")
 
     def _tick(self, full: bool) -> None:
-        now = time.monotonic()
+        now = self.last_tick = time.monotonic()
         for recording in self._recordings.values():
             recording.tick()
+        for stream in self._streams.values():
+            stream.tick()
         self.noise.tick()
         for room in list(self.rooms.values()):
             if full:

@@ -72,6 +72,7 @@ class SubscriberSide:
             track.downtracks.remove(down)
         self.by_ssrc.pop(down.ssrc, None)
         self.by_ssrc.pop(down.rtx_ssrc, None)
+        self.peer.sfu.retired.add_downtrack(down)
         if self.transport is not None and self.state == "connected":
             # RFC 3550's goodbye: receivers end the track now rather than after a renegotiation.
             self.transport.send_rtcp(rtcp.bye([down.ssrc, down.rtx_ssrc]))
@@ -142,6 +143,7 @@ class SubscriberSide:
                     "peer_id": track.publisher_id,
                     "user_id": track.user_id,
                     "stream_id": track.stream_id,
+                    "source": track.source,
                     "layers": [layer.name for layer in track.layers],
                 }
             )
@@ -194,6 +196,7 @@ class SubscriberSide:
             self.state = "failed"
             self.peer.on_transport_lost("subscriber")
             return
+        log.info("peer %s: subscriber connected from %s", self.peer.id, self.transport.client_address())
         self.state = "connected"
         for down in self.downtracks.values():
             down.track.request_keyframe(down.target_layer)
@@ -282,6 +285,8 @@ class SubscriberSide:
 
     async def close(self) -> None:
         self.detach()
+        for down in self.downtracks.values():
+            self.peer.sfu.retired.add_downtrack(down)
         self.downtracks.clear()
         self.by_ssrc.clear()
         if self._establishing is not None:

@@ -1,9 +1,10 @@
 """A recording's tap on a published track: the server-side equivalent of a subscriber, in process.
 
 A tap takes the track's decrypted packets of one layer (the best simulcast layer that is active,
-switched only at a key frame of the new layer, as a down-track does), puts them back in order,
-reassembles the encoder's frames and hands them, stamped with their capture time, to a sink (the
-track's file writer). Nothing is decoded.
+or the best up to a ceiling, switched only at a key frame of the new layer, as a down-track
+does), puts them back in order, reassembles the encoder's frames and hands them, stamped with their
+capture time, to a sink (a recorded track's file writer, a live stream's compositor). Nothing is
+decoded.
 
 Capture time comes from the layer's RTCP sender reports (their NTP time against their RTP
 timestamp, the same mapping receivers use for lip sync) or, before there is one, from the arrival of
@@ -67,6 +68,7 @@ class Tap:
         "_last_report",
         "_last_wall",
         "_reports",
+        "ceiling",
         "clock",
         "depacketizer",
         "dropped",
@@ -82,7 +84,13 @@ class Tap:
         "waiting_for_keyframe",
     )
 
-    def __init__(self, track: PublishedTrack, sink: Callable[[EncodedFrame], None], clock: SenderClock) -> None:
+    def __init__(
+        self,
+        track: PublishedTrack,
+        sink: Callable[[EncodedFrame], None],
+        clock: SenderClock,
+        ceiling: int | None = None,
+    ) -> None:
         self.track = track
         self.sink = sink
         self.clock = clock
@@ -91,7 +99,9 @@ class Tap:
         self.depacketizer = DEPACKETIZERS[track.codec.name](self._on_frame)
         self.jitter = JitterBuffer(VIDEO_WAIT if self.video else AUDIO_WAIT, self.depacketizer.push, self._on_loss)
         self.layer = NO_LAYER  # the layer being recorded
-        self.target = len(track.layers) - 1  # the layer to switch to at its next key frame
+        # The highest layer taken: a recording takes the best, a live composite a smaller one.
+        self.ceiling = len(track.layers) - 1 if ceiling is None else max(0, min(ceiling, len(track.layers) - 1))
+        self.target = self.ceiling  # the layer to switch to at its next key frame
         self.ssrc = 0
         self.waiting_for_keyframe = self.video
         self.dropped = 0  # frames lost to holes that were not repaired in time
@@ -181,9 +191,11 @@ class Tap:
         self.jitter.drain(time.time())
         if not self.video:
             return
-        active = self.track.active_layers()
+        active = [index for index in self.track.active_layers() if index <= self.ceiling]
         if active:
             self.target = active[-1]
+        elif self.track.active_layers():  # only layers above the ceiling send: take the lowest of them
+            self.target = self.track.active_layers()[0]
         elif self.layer != NO_LAYER:
             self.target = self.layer
         if self.layer != self.target or self.waiting_for_keyframe:

@@ -189,6 +189,7 @@ class PublishedTrack:
         layer_rids: list[str],
         request_keyframe: Callable[[Layer], None],
         level_extension_id: int = 0,
+        source: str = "camera",
     ) -> None:
         self.id = secrets.token_hex(8)
         self.publisher_id = publisher_id
@@ -198,6 +199,7 @@ class PublishedTrack:
         self.out_payload_type = OUTGOING_PAYLOAD_TYPES[codec.name][0]
         self.mid = mid
         self.stream_id = stream_id
+        self.source = source  # "camera" (microphone for audio) or "screen": how receivers show it
         count = max(1, len(layer_rids))
         names = layer_names(count)
         self.layers = [Layer(index, names[index], layer_rids[index] if layer_rids else "") for index in range(count)]

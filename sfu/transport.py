@@ -183,6 +183,14 @@ class MediaTransport(RTCDtlsTransport):
         if self.state != "connected":
             raise ConnectionError(f"DTLS handshake failed ({self.state})")
 
+    def client_address(self) -> str:
+        """Where the client's media comes from, for the log: the address of the pair ICE settled on
+        and the kind of candidate the client named it as (``relay``: its TURN server's address)."""
+        pair = self.link.connection._nominated.get(1)
+        if pair is None:
+            return "an unknown address"
+        return f"{pair.remote_addr[0]}:{pair.remote_addr[1]} ({pair.remote_candidate.type} candidate)"
+
     async def complete_restart(self, fresh: Connection, ufrag: str, password: str, candidates: list[str]) -> None:
         """Switch to ``fresh`` (gathered for the restart's answer) once its checks succeed."""
         await connect_ice(fresh, ufrag, password, candidates)

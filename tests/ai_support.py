@@ -10,6 +10,7 @@ import subprocess
 import wave
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -127,3 +128,20 @@ def emotion_examples(work: Path) -> dict[str, list[np.ndarray]]:
         found["calm"].append(samples(speak(text, work / f"calm{index}.wav", speed=110, pitch=20)))
         found["excited"].append(samples(speak(text, work / f"excited{index}.wav", speed=220, pitch=90)))
     return found
+
+
+def microphone_samples(path: Path) -> np.ndarray:
+    """A WAV file as a microphone track sends it: 48 kHz mono int16."""
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000)
+        pieces = [
+            out.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for out in resampler.resample(frame)
+        ]
+        pieces += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return np.concatenate(pieces)
+
+
+def speech_end(clip: np.ndarray, rate: int = 48_000) -> float:
+    """Seconds into ``clip`` (int16) at which its last sound louder than -40 dBFS ends."""
+    loud = np.flatnonzero(np.abs(clip.astype(np.int32)) > 32767 * 0.01)
+    return float(loud[-1] + 1) / rate if loud.size else 0.0

@@ -83,6 +83,53 @@ class ToneAudioTrack(MediaStreamTrack):
         return frame
 
 
+class SpeechAudioTrack(MediaStreamTrack):
+    """A microphone whose words are known: silence, and each clip given to ``say`` in its turn, 20 ms
+    at a time at real speed (48 kHz mono samples, int16)."""
+
+    kind = "audio"
+    BLOCK = 960
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clips: list[tuple[np.ndarray, asyncio.Future[tuple[float, float]]]] = []
+        self._offset = 0  # into the first clip
+        self._began = 0.0
+        self._samples = 0
+        self._start: float | None = None
+
+    def say(self, clip: np.ndarray) -> asyncio.Future[tuple[float, float]]:
+        """Queue ``clip``; the future gives the wall clock (UNIX seconds) at which its first and its
+        last sample were sent."""
+        done: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
+        self._clips.append((clip, done))
+        return done
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._samples / 48000 - time.monotonic()))
+        block = np.zeros(self.BLOCK, np.int16)
+        filled = 0
+        while filled < self.BLOCK and self._clips:
+            clip, done = self._clips[0]
+            if self._offset == 0:
+                self._began = time.time() + filled / 48000
+            piece = clip[self._offset : self._offset + self.BLOCK - filled]
+            block[filled : filled + piece.size] = piece
+            filled += piece.size
+            self._offset += piece.size
+            if self._offset >= clip.size:
+                self._clips.pop(0)
+                self._offset = 0
+                if not done.done():
+                    done.set_result((self._began, time.time() + filled / 48000))
+        frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, self._samples, fractions.Fraction(1, 48000)
+        self._samples += self.BLOCK
+        return frame
+
+
 class Cues:
     """One participant's cue schedule, shared by its camera and microphone: every ``period``
     seconds from ``epoch`` (monotonic) the picture turns white and a loud beep sounds, both for

@@ -39,9 +39,11 @@ def free_udp_port() -> int:
 
 def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment without HUIYI_* settings that would leak into the server. The TURN
-    server stays off unless ``extra`` turns it on: its fixed port is for one server per machine."""
+    server stays off unless ``extra`` turns it on: its fixed port is for one server per machine; the
+    metrics listener takes a free port, logged (``extra`` may set one)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
     env["HUIYI_TURN_ENABLED"] = "false"
+    env["HUIYI_METRICS_PORT"] = "0"  # servers running at once never clash over the metrics port
     env.update(extra or {})
     return env
 

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from config import load_settings
 from control.app import create_app
 from control.context import SETTINGS
+from control.metrics.serve import ADMIN_ADDRESS
 from tests.ai_support import (
     SENTENCES,
     conversation,
@@ -32,6 +33,7 @@ from tests.ai_support import (
 )
 from tests.conftest import Account, Api
 from tests.support import until, uploaded, video_bytes
+from tests.test_metrics import Samples, scrape, total
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 SPEECH = "/api/v1/speech"
@@ -84,6 +86,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         {
             "server": {"data_dir": str(work / "data")},
             "rate_limits": {"enabled": False},
+            "metrics": {"port": 0},
             "ai": {
                 "model_dir": str(models),
                 "heartbeat_seconds": 0.5,
@@ -332,6 +335,21 @@ async def node(world: World, node_id: str) -> dict[str, Any]:
 async def rss_if(world: World, node_id: str, test: Any) -> int | None:
     rss = (await node(world, node_id))["memory_rss_bytes"]
     return rss if test(rss) else None
+
+
+async def test_the_nodes_jobs_are_counted_for_the_operators_metrics(world: World) -> None:
+    """Earlier tests in this module ran recognition jobs to an answer and refused bad input."""
+    host, port = world.api.app[ADMIN_ADDRESS]
+
+    async def counted() -> Samples | None:
+        samples = await scrape(f"http://{host}:{port}/metrics")
+        done = total(samples, "huiyi_ai_jobs_finished_total", kind="recognition", outcome="done")
+        # Heartbeats come every half second: the last job's end may not have reached one yet.
+        return samples if done and total(samples, "huiyi_ai_jobs_running") == 0 else None
+
+    samples = await until(counted, "the node's finished jobs in the metrics", 15, interval=0.5)
+    assert total(samples, "huiyi_ai_job_duration_seconds_total", kind="recognition", outcome="done") > 0
+    assert total(samples, "huiyi_ai_jobs_finished_total", outcome="input") >= 1, "refused input is counted"
 
 
 async def test_the_local_node_reports_itself_and_answers_health_checks(world: World) -> None:

@@ -59,6 +59,7 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     #                                anon  other part  mod   host  remov wait  ban   admin rem.creator
     "meta.health":                  (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
     "meta.openapi":                 (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
+    "meta.ready":                   (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
     "auth.register":                (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
     "auth.login":                   (OK,   OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "auth.refresh":                 (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
@@ -76,6 +77,11 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "admin.delete":                 (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
     "admin.ban":                    (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
     "admin.unban":                  (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.list":                (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.create":              (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.get":                 (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.update":              (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
+    "webhooks.delete":              (401,  403,  403,  403,  403,  403,  403,  403,  OK,   403),
     "meetings.create":              (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "meetings.list":                (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "meetings.get":                 (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
@@ -119,6 +125,10 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "meetings.stop_recording":      (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
     "meetings.recordings":          (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "recording.start":              (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    # Live captions: switched by the host or a moderator; the transcript is the participants' (like the chat).
+    "meetings.captions":            (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.transcript":          (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
+    "meetings.transcript_vtt":      (401,  403,  OK,   OK,   OK,   403,  403,  403,  403,  403),
     # A recording is unknown (404) to anyone who may not see it; seen, it is stopped or deleted
     # only by the meeting's host or a moderator.
     "recording.stop":               (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
@@ -126,6 +136,13 @@ MATRIX: dict[str, tuple[str | int, ...]] = {
     "recording.list":               (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
     "recording.delete":             (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
     "webrtc.ice_servers":           (401,  OK,   OK,   OK,   OK,   OK,   OK,   403,  OK,   OK),
+    # A stream is unknown (404) to anyone who may not see it, like a recording; its public HLS
+    # address is for anyone who has it.
+    "streaming.start":              (401,  403,  403,  OK,   OK,   403,  403,  403,  403,  403),
+    "streaming.stop":               (401,  404,  403,  OK,   OK,   404,  404,  403,  403,  404),
+    "streaming.status":             (401,  404,  OK,   OK,   OK,   404,  404,  403,  OK,   404),
+    "streaming.hls":                (401,  404,  OK,   OK,   OK,   404,  404,  403,  OK,   404),
+    "streaming.public_hls":         (OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK,   OK),
     # Speech work on a file needs the right to read the file; a speech job is its owner's.
     "speech.recognition":           (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
     "speech.emotion":               (401,  403,  OK,   OK,   OK,   403,  403,  403,  OK,   403),
@@ -167,12 +184,17 @@ FRESH_MEETING = {
     "meetings.rotate_invite_code",
     "meetings.start_recording",
     "meetings.stop_recording",
+    "meetings.captions",
     "recording.start",
     "recording.stop",
     "recording.delete",
+    "streaming.start",
+    "streaming.stop",
 }
 # Roles the guard turns away before any meeting is looked at.
 SIGNED_OUT = {"anonymous", "banned"}
+# Streams the cases start are small: a tile-sized composite at a low frame rate.
+SMALL_STREAM = {"width": 160, "height": 90, "fps": 5, "video_bitrate": 100_000}
 # Operations that end or revoke the caller's own account run as a new account of the same standing.
 STAND_IN = {"users.change_password", "users.delete_account"}
 
@@ -265,10 +287,13 @@ class Scene:
         return self.extras["session"]
 
     async def ongoing(self) -> None:
-        """The meeting started by its host, with recording allowed."""
+        """The meeting started by its host, with recording allowed (once, however often asked)."""
+        if "ongoing" in self.extras:
+            return
         path = f"/api/v1/meetings/{self.meeting_id}"
         await self.world.ok("PUT", path, "host", json={"settings": {"enable_recording": True}})
         await self.world.ok("POST", path + "/start", "host")
+        self.extras["ongoing"] = "yes"
 
     async def recording(self, *, finished: bool) -> int:
         """A recording of the meeting the host started (and, if ``finished``, stopped)."""
@@ -278,6 +303,22 @@ class Scene:
         if finished:
             await self.world.ok("POST", path + "/stop", "host")
         return int(recording["recording_id"])
+
+    async def stream(self, *, finished: bool) -> dict[str, Any]:
+        """A small public HLS stream of the meeting the host started (and, if ``finished``, stopped
+        once its playlist was written)."""
+        await self.ongoing()
+        body = {"meeting_id": self.meeting_id, "outputs": [{"type": "hls", "public": True}], **SMALL_STREAM}
+        stream = await self.world.ok("POST", "/api/v1/streaming/start", "host", json=body)
+        if finished:
+
+            async def playlist() -> bool:
+                status, _, _ = await self.world.send("GET", stream["playlist_url"], self.world.accounts["host"], Call())
+                return status == 200
+
+            await until(playlist, "the stream's first playlist", 30, interval=0.2)
+            await self.world.ok("POST", "/api/v1/streaming/stop", "host", json={"stream_id": stream["stream_id"]})
+        return dict(stream)
 
     async def peer(self) -> str:
         """The participant's peer on the media server; its socket stays open for the module."""
@@ -312,6 +353,7 @@ class World:
         self.avatar = ""
         self.jobs: list[str] = []
         self.recording_id = 0  # a finished recording of the "recorded" scene
+        self.stream: dict[str, Any] = {}  # a finished public stream of the "recorded" scene
 
     def hold(self, socket: ClientWebSocketResponse) -> None:
         """Keep a socket open for the module, reading it so the server's pings are answered."""
@@ -444,6 +486,7 @@ async def open_world(api: Api, work: Path) -> World:
     world.scenes["handed"] = await world.handed_over_scene()
     world.scenes["recorded"] = await world.standard_scene()
     world.recording_id = await world.scenes["recorded"].recording(finished=True)
+    world.stream = await world.scenes["recorded"].stream(finished=True)
     await world.ok("POST", f"/api/v1/admin/users/{world.accounts['banned'].id}/ban", "admin")
     form = file_form(image_bytes(), "me.png", content_type="image/png")
     _, profile, _ = await world.send("POST", "/api/v1/users/upload-avatar", world.accounts["spare"], Call(form=form))
@@ -474,6 +517,8 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "media": {"job_workers": 1},
             "turn": {"enabled": False},
             "ai": {"model_dir": str(work / "models")},
+            "metrics": {"port": 0},
+            "webhooks": {"url_allow_networks": ["127.0.0.0/8"]},
         },
         environ={},
     )
@@ -566,6 +611,7 @@ async def _with_meeting(case: Case, **call: Any) -> Call:
 BUILDERS: dict[str, Builder] = {
     "meta.health": _nothing,
     "meta.openapi": _nothing,
+    "meta.ready": _nothing,
     "auth.register": _register,
     "auth.login": _login,
     "auth.refresh": lambda case: _token_call("refresh"),
@@ -585,6 +631,12 @@ BUILDERS: dict[str, Builder] = {
     "admin.delete": _subject,
     "admin.ban": _subject,
     "admin.unban": _subject,
+    "webhooks.list": _nothing,
+    # Registered switched off: the receiver on the discard port never gets a delivery attempt.
+    "webhooks.create": lambda case: _done(Call(json={"url": "http://127.0.0.1:9/hook", "enabled": False})),
+    "webhooks.get": lambda case: _webhook(case),
+    "webhooks.update": lambda case: _webhook(case, json={"description": "renamed"}),
+    "webhooks.delete": lambda case: _webhook(case),
     "meetings.create": lambda case: _done(Call(json={"title": "mine"})),
     "meetings.list": _page,
     "meetings.get": _meeting,
@@ -628,6 +680,9 @@ BUILDERS: dict[str, Builder] = {
     "meetings.start_recording": lambda case: _recordable(case, Call(path={"meeting_id": case.scene.meeting_id})),
     "meetings.stop_recording": lambda case: _recorded_meeting(case),
     "meetings.recordings": lambda case: _done(Call(path={"meeting_id": case.world.scenes["recorded"].meeting_id})),
+    "meetings.captions": lambda case: _with_meeting(case, json={"enabled": True, "language": "en"}),
+    "meetings.transcript": _meeting,
+    "meetings.transcript_vtt": _meeting,
     "recording.start": lambda case: _recordable(case, Call(json={"meeting_id": case.scene.meeting_id})),
     "recording.stop": lambda case: _recording(case, finished=False, build=lambda rid: Call(json={"recording_id": rid})),
     "recording.get": lambda case: _done(Call(path={"recording_id": case.world.recording_id})),
@@ -636,6 +691,15 @@ BUILDERS: dict[str, Builder] = {
         case, finished=True, build=lambda rid: Call(path={"recording_id": rid})
     ),
     "webrtc.ice_servers": _nothing,
+    "streaming.start": lambda case: _recordable(
+        case, Call(json={"meeting_id": case.scene.meeting_id, "outputs": [{"type": "hls"}], **SMALL_STREAM})
+    ),
+    "streaming.stop": lambda case: _stream_to_stop(case),
+    "streaming.status": lambda case: _done(Call(path={"stream_id": case.world.stream["stream_id"]})),
+    "streaming.hls": lambda case: _done(Call(path={"stream_id": case.world.stream["stream_id"], "name": "index.m3u8"})),
+    "streaming.public_hls": lambda case: _done(
+        Call(path={"token": case.world.stream["public_playlist_url"].split("/")[-2], "name": "index.m3u8"})
+    ),
     "speech.recognition": lambda case: _speech(case, language="en"),
     "speech.emotion": lambda case: _speech(case),
     "speech.synthesis_detection": lambda case: _speech(case, options={"threshold": 0.7}),
@@ -664,6 +728,14 @@ async def _done(call: Call) -> Call:
 
 async def _token_call(token: str) -> Call:
     return Call(token=token)
+
+
+async def _webhook(case: Case, **call: Any) -> Call:
+    """A receiver of its own for the case to read, change or remove (switched off: never called)."""
+    record = await case.world.api.app[STORE].webhooks.create(
+        url="http://127.0.0.1:9/hook", secret="s" * 32, events=[], description="matrix", enabled=False
+    )
+    return Call(path={"webhook_id": record.id}, **call)
 
 
 async def _subject_with(case: Case, **call: Any) -> Call:
@@ -710,6 +782,15 @@ async def _recording(case: Case, *, finished: bool, build: Callable[[int], Call]
     if case.role in SIGNED_OUT:
         return build(case.world.recording_id)
     return build(await case.scene.recording(finished=finished))
+
+
+async def _stream_to_stop(case: Case) -> Call:
+    """Those who may stop a stream stop a running one of their meeting; everyone else is turned
+    away before it would matter, so the standing (finished) one serves."""
+    if case.role in {"moderator", "host"}:
+        stream = await case.scene.stream(finished=False)
+        return Call(json={"stream_id": stream["stream_id"]})
+    return Call(json={"stream_id": case.world.stream["stream_id"]})
 
 
 async def _speech(case: Case, **fields: Any) -> Call:

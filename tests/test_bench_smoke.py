@@ -3,23 +3,29 @@ server, its synthetic clients publish and subscribe through it, and the figures 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from bench.harness import LOOPBACK_TURN
 from bench.tap_cost import measure
-from tests.server_process import ROOT, server_environment
+from tests.server_process import ROOT, server_environment, start_server
+from tests.support import until
 
 
-def run_bench(tmp_path: Path, *arguments: str) -> dict:
+def run_bench(tmp_path: Path, *arguments: str, url: str | None = None) -> dict:
+    """A run on a server of its own, or on the one at ``url``."""
     report = tmp_path / "figures.json"
     completed = subprocess.run(
         [
             sys.executable,
             "-m",
             "bench",
-            "--spawn",
+            *(["--url", url] if url else ["--spawn"]),
             "--duration",
             "3",
             "--ramp-up",
@@ -55,6 +61,34 @@ def test_sfu_and_relay_runs_report_the_figures(tmp_path: Path) -> None:
     assert naive["errors"] == [] and naive["forwarded_packets_per_second"] > 10
 
 
+async def test_a_run_with_every_client_behind_turn_goes_through_the_server_s_turn_server(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    env = {**LOOPBACK_TURN, "HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
+    server = start_server("--data-dir", str(tmp_path / "data"), log=log, env=env)
+    try:
+        arguments = ["--ice-transport", "relay", "--subscribers", "2", "--layers", "1", "--processes", "1"]
+        figures = await asyncio.to_thread(run_bench, tmp_path, *arguments, url=server.url)
+        [run] = figures["sfu+turn"]
+        assert run["errors"] == [] and run["loss_percent"] < 1 and run["forwarded_packets_per_second"] > 100, run
+        # The publisher's connection and the two subscribers': each settled on its relayed candidate.
+        assert run["candidate_types"] == {"relay": 3}, run
+        server.process.send_signal(signal.SIGUSR1)
+        status = await until(
+            lambda: re.search(r"turn status: .* to_peers=(\d+)pkt/\d+B to_clients=(\d+)pkt", log.read_text()),
+            "the TURN status line in the server log",
+        )
+    finally:
+        server.stop()
+    # The media went through the TURN server both ways: the publisher's to the SFU, the SFU's to the
+    # subscribers (a few seconds of video and audio: hundreds of packets).
+    assert int(status.group(1)) > 300 and int(status.group(2)) > 300, status.group(0)
+    # And the SFU saw every client at an address the TURN server relays from.
+    text = log.read_text()
+    relayed = set(re.findall(r"turn allocation (127\.0\.0\.1:\d+) for user", text))
+    seen = re.findall(r"peer \w+: (?:publisher|subscriber) connected from (\S+) \((\w+) candidate\)", text)
+    assert len(seen) == 3 and all(address in relayed and kind == "relay" for address, kind in seen), (seen, relayed)
+
+
 def test_a_run_with_every_room_recorded_reports_what_recording_cost(tmp_path: Path) -> None:
     arguments = ["--record", "compare", "--subscribers", "1", "--layers", "1", "--processes", "1", "--duration", "5"]
     figures = run_bench(tmp_path, *arguments)
@@ -64,6 +98,27 @@ def test_a_run_with_every_room_recorded_reports_what_recording_cost(tmp_path: Pa
     done = recorded["recording"]
     assert (done["rooms"], done["video_tracks"], done["audio_tracks"], done["files_missing"]) == (1, 1, 1, 0), done
     assert done["frames"] > 0 and done["video_mbit_per_second"] > 0.1 and done["bytes"] > 0
+
+
+def test_a_run_with_a_live_stream_reports_what_the_stream_cost(tmp_path: Path) -> None:
+    report = tmp_path / "stream.json"
+    arguments = ["--publishers", "2", "--sizes", "none,360p", "--duration", "6", "--json", str(report)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.stream", *arguments],
+        cwd=ROOT,
+        env=server_environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, (completed.stdout, completed.stderr[-3000:])
+    assert "compositor CPU %" in completed.stdout
+    plain, streamed = json.loads(report.read_text())
+    assert plain["streaming"] is None and plain["latency_ms"]["p50"] is not None
+    done = streamed["streaming"]
+    assert done["states"] == ["live"] and done["size"] == "640x360" and done["frames"] > 0, done
+    # (On a busy machine the compositor may encode too little in so short a window to be measured.)
+    assert done["compositor_cpu_percent"] is None or done["compositor_cpu_percent"] > 0, done
 
 
 def test_the_cpu_of_recording_one_track_is_measured_in_process(tmp_path: Path) -> None:
@@ -90,3 +145,21 @@ def test_a_short_churn_soak_reports_flat_figures(tmp_path: Path) -> None:
     assert start["tasks"] is not None and end["tasks"] is not None and start["peers"] == end["peers"] == 1
     assert end["fds"] <= start["fds"] + 8 and len(figures["samples"]) >= 3
     assert "join/leave cycles" in completed.stdout
+
+
+def test_a_short_captions_run_reports_their_delay_and_cost(tmp_path: Path) -> None:
+    report = tmp_path / "captions.json"
+    arguments = ["--streams", "1", "--seconds", "12", "--partial-seconds", "1", "--json", str(report)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.captions", *arguments],
+        cwd=ROOT,
+        env=server_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, (completed.stdout, completed.stderr[-3000:])
+    [row] = json.loads(report.read_text())
+    assert row["sentences"] >= 1 and row["captioned"] >= 1 and row["wer"] <= 0.2, row
+    assert row["latency_p50_s"] > 0 and row["worker_core_percent_per_stream"] > 0, row
+    assert "| worker % core / stream |" in completed.stdout

@@ -77,7 +77,7 @@ async def test_switching_on_and_off_keeps_the_stream_whole_and_cleans_it(tmp_pat
     packets = opus_packets(with_noise(clean, 5.0))
     settings = load_settings(None, {"server": {"data_dir": str(tmp_path / "data")}}, environ={})
     sfu = Sfu(settings.sfu)
-    room = sfu.rooms[1] = Room(1)
+    room = sfu.rooms[1] = Room(1, sfu.events, sfu.retired)
     track = PublishedTrack("publisher", 7, "audio", Codec(111, "opus", 48000, 2), "0", "s", [""], lambda _: None)
     room.add_track(track)
     sent: list[bytes] = []

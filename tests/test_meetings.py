@@ -23,6 +23,7 @@ MEETING_FIELDS = {
 }  # fmt: skip
 PARTICIPANT_FIELDS = {
     "participant_id", "meeting_id", "user_id", "username", "nickname", "role", "status", "joined_at", "media_state",
+    "avatar_url",
 }  # fmt: skip
 
 
@@ -245,6 +246,10 @@ async def test_start_and_end(api: Api) -> None:
 
     ended = await api.call("POST", f"{path}/end", token=alice.access, expect=200)
     assert ended["data"]["status"] == "ended"
+    # end_time is when it ended, after its start
+    end_time = moment(ended["data"]["end_time"])
+    assert moment(started["data"]["start_time"]) <= end_time <= datetime.now(UTC)
+    assert abs((datetime.now(UTC) - end_time).total_seconds()) < 60
     assert {p["status"] for p in (await people(api, meeting_id, alice)).values()} == {"offline"}
     for action in ("start", "end"):
         refused(await api.call("POST", f"{path}/{action}", token=alice.access), 400)
@@ -261,7 +266,7 @@ async def test_ending_a_scheduled_meeting_cancels_it(api: Api) -> None:
     await join(api, meeting_id, alice)
     await join(api, meeting_id, bob, invite_code=code)
     cancelled = await api.call("POST", f"{path}/end", token=alice.access, expect=200)
-    assert cancelled["data"]["status"] == "cancelled"
+    assert cancelled["data"]["status"] == "cancelled" and cancelled["data"]["end_time"] is None
     assert {p["status"] for p in (await people(api, meeting_id, alice)).values()} == {"offline"}
     for action in ("start", "end"):
         refused(await api.call("POST", f"{path}/{action}", token=alice.access), 400)

@@ -16,16 +16,29 @@ from control.endpoints import Access, Endpoint
 from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.contract import CONTRACT_LIMITS
 
-# Endpoints the contract does not list: service endpoints, the avatar download, rotating a
-# meeting's invite code, the ICE servers (STUN/TURN) of a caller, a speech, denoising or enhancement
-# job's status, and a room's live noise suppression.
+# Endpoints the contract does not list: service endpoints (health, readiness, the OpenAPI
+# document), the avatar download, rotating a meeting's invite code, the ICE servers (STUN/TURN) of
+# a caller, a speech, denoising or enhancement job's status, the webhook receivers'
+# administration, a live stream's HLS files (for its participants, and at its public address), a
+# meeting's live captions switch and transcript, and a room's live noise suppression.
 NOT_IN_SPEC = {
     "meta.health",
+    "meta.ready",
     "meta.openapi",
     "users.get_avatar",
     "meetings.rotate_invite_code",
     "webrtc.ice_servers",
     "speech.job_status",
+    "webhooks.list",
+    "webhooks.create",
+    "webhooks.get",
+    "webhooks.update",
+    "webhooks.delete",
+    "streaming.hls",
+    "streaming.public_hls",
+    "meetings.captions",
+    "meetings.transcript",
+    "meetings.transcript_vtt",
     "audio.job_status",
     "video.job_status",
     "webrtc.room_noise_suppression",
@@ -130,7 +143,8 @@ PATH_PARAMETER = re.compile(r"\{(\w+)(?::((?:[^{}]|\{\d+(?:,\d*)?\})*))?\}")
 def parameter_value(match: re.Match[str]) -> str:
     """A value the route accepts (so the call reaches the guard) and no row has."""
     pattern = match.group(2) or r"\d+"
-    return next(value for value in ("999999", "f" * 32, "f" * 32 + ".png") if re.fullmatch(pattern, value))
+    candidates = ("999999", "f" * 32, "f" * 32 + ".png", "index.m3u8")
+    return next(value for value in candidates if re.fullmatch(pattern, value))
 
 
 @sqlite_only

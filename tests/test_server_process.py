@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +16,18 @@ import aiohttp
 import pytest
 
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
-from tests.server_process import join_meeting, make_meeting, make_user, request, run_cli, start_server
+from tests.server_process import (
+    ROOT,
+    free_port,
+    join_meeting,
+    make_meeting,
+    make_user,
+    request,
+    run_cli,
+    server_environment,
+    start_server,
+)
+from tests.support import until
 
 ADMIN_PASSWORD = "admin-pass-2024"
 
@@ -145,6 +159,36 @@ async def test_stopping_with_open_sockets_is_clean(tmp_path: Path) -> None:
     with sqlite3.connect(data_dir / "huiyi.db") as database:
         rows = database.execute("SELECT disconnected_at, close_reason FROM signaling_sessions").fetchall()
     assert len(rows) == 1 and rows[0][0] is not None, rows
+
+
+async def test_a_status_request_while_starting_does_not_stop_the_server(tmp_path: Path) -> None:
+    """An operator's (or a monitor's) ``kill -USR1`` that lands during start-up is not fatal."""
+    log = tmp_path / "server.log"
+    port = free_port()
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "run_server.py", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path)],
+            env=server_environment(),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        await until(lambda: "starting huiyi" in log.read_text() or process.poll() is not None, "start-up", 30)
+        process.send_signal(signal.SIGUSR1)
+        url = f"http://127.0.0.1:{port}/api/v1/health"
+        await until(lambda: process.poll() is not None or _answers(url), "the health check or an exit", 30)
+        assert process.poll() is None, log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return request("GET", url)[0] == 200
+    except OSError:
+        return False
 
 
 def test_tokens_and_invite_codes_never_reach_the_log(tmp_path: Path) -> None:

@@ -221,6 +221,8 @@ def test_a_chromium_simulcast_offer_is_accepted_as_two_tracks_with_three_layers(
     assert "a=group:BUNDLE 0 1\r\n" in answer and "a=ice-lite" in answer and "a=setup:passive" in answer
     assert "a=rid:l recv" in answer and "a=simulcast:recv l;m;h" in answer and "transport-cc" not in answer
     assert "m=application 0 " in answer and "a=mid:2" in answer
+    # every section has a connection line, the rejected one too
+    assert answer.count("\r\nc=IN IP4 0.0.0.0\r\n") == answer.count("\r\nm=")
     assert "a=recvonly" in answer
     parsed = AiortcSdp.parse(answer)  # an independent parser accepts it
     assert [media.kind for media in parsed.media] == ["audio", "video", "application"]
@@ -235,6 +237,13 @@ def test_ssrc_signalled_simulcast_and_rejections() -> None:
     audio, video, _ = accept_publisher_offer(offer)
     assert audio is None, "a section the client only wants to receive on is not published"
     assert video.ssrc_layers == [1, 2, 3] and video.rtx_of == {4: 1}
+
+
+def test_a_video_section_marked_as_slides_is_a_shared_screen() -> None:
+    offer = parse(CHROMIUM_OFFER.replace("a=msid:stream video1\r\n", "a=msid:stream video1\r\na=content:slides\r\n"))
+    audio, video, _ = accept_publisher_offer(offer)
+    assert (audio.source, video.source) == ("camera", "screen")
+    assert accept_publisher_offer(parse(CHROMIUM_OFFER))[1].source == "camera"
 
 
 @pytest.mark.parametrize(
@@ -346,3 +355,33 @@ def test_sustained_loss_steps_the_layer_down_but_one_bad_report_does_not() -> No
         down.on_report(lossy, 0)
     down.choose_layer()
     assert down.target_layer < 2
+
+
+def test_a_receiver_of_a_single_layer_track_asks_for_a_key_frame_until_it_starts() -> None:
+    """A shared screen sends key frames rarely: one that went by before this receiver came is no use."""
+    track, requests = _track(layers=1)
+    sent: list[bytes] = []
+    down = DownTrack(track, "sub", "0", sent.append)
+    down.paused = False
+    track.downtracks.append(down)
+    down.choose_layer()
+    assert requests == [0]
+    layer = track.layers[0]
+    track.forward(layer, rtp.Packet(rtp_packet(10, 3000, layer.ssrc, _vp8(False))))
+    assert sent == [], "nothing before a key frame"
+    track.forward(layer, rtp.Packet(rtp_packet(11, 6000, layer.ssrc, _vp8(True))))
+    assert len(sent) == 1 and down.current_layer == 0
+    layer.last_keyframe_request = 0.0
+    down.choose_layer()
+    assert requests == [0], "once forwarding, no more requests"
+
+
+def test_a_bundle_only_section_is_bundled_not_rejected() -> None:
+    """Firefox offers every bundled section after the first with port 0 and a=bundle-only."""
+    firefox_like = CHROMIUM_OFFER.replace("m=video 9 ", "m=video 0 ").replace(
+        "a=mid:1\r\n", "a=mid:1\r\na=bundle-only\r\n"
+    )
+    _audio, video, _ = accept_publisher_offer(parse(firefox_like))
+    assert video is not None and video.rids == ["l", "m", "h"]
+    rejected = CHROMIUM_OFFER.replace("m=video 9 ", "m=video 0 ")
+    assert accept_publisher_offer(parse(rejected))[1] is None

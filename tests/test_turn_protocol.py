@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from pathlib import Path
 
 from aioice import stun
 
@@ -211,6 +212,40 @@ async def test_send_and_data_indications_and_channels_relay_both_ways() -> None:
         assert server.counters.packets_to_peers == 4 and server.counters.packets_to_clients == 4
         # Closing the TCP connection ended its allocation.
         await until(lambda: server.counters.allocations == 1, "the TCP allocation to go with its connection")
+
+
+def sockets_between(port: int, remote_port: int) -> int:
+    """UDP sockets of this machine on local ``port`` connected to ``remote_port`` (/proc/net/udp)."""
+    rows = [row.split() for row in Path("/proc/net/udp").read_text().splitlines()[1:]]
+    return sum(
+        int(row[1].rsplit(":", 1)[1], 16) == port and int(row[2].rsplit(":", 1)[1], 16) == remote_port for row in rows
+    )
+
+
+async def test_a_udp_client_holding_an_allocation_is_served_on_a_socket_of_its_own() -> None:
+    """So that its packets queue apart from everyone else's: a burst of many clients cannot overflow
+    one receive buffer they share, nor one client fill it for the others."""
+    async with running_turn() as server, echo_peer() as (peer, _):
+        port = server.endpoints.port
+        async with Probe((LOOPBACK, port)) as first, Probe((LOOPBACK, port)) as second:
+            assert sockets_between(port, first.local[1]) == 0
+            for probe in (first, second):
+                assert (await probe.allocate()).message_class == stun.Class.RESPONSE
+                assert sockets_between(port, probe.local[1]) == 1
+                bound = await probe.request(stun.Method.CHANNEL_BIND, bind(0x4000, peer))
+                assert bound.message_class == stun.Class.RESPONSE
+                probe.send(channel_data(0x4000, b"through my own socket"))
+                assert (await probe.next_frame())[4:] == b"through my own socket"
+            released = await first.request(stun.Method.REFRESH, {"LIFETIME": 0})
+            assert released.message_class == stun.Class.RESPONSE
+            await until(lambda: sockets_between(port, first.local[1]) == 0, "the released client's socket closed")
+            # Back on the shared listener, the first client is a stranger again; the second relays on.
+            dropped = server.counters.no_permission + 1
+            first.send(channel_data(0x4000, b"no allocation any more"))
+            await until(lambda: server.counters.no_permission == dropped, "the stale ChannelData dropped")
+            second.send(channel_data(0x4000, b"still here"))
+            assert (await second.next_frame())[4:] == b"still here"
+        assert server.counters.malformed == 0 and server.counters.internal_errors == 0
 
 
 async def test_a_peer_without_permission_cannot_reach_the_client() -> None:

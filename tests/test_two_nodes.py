@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import aiohttp
+import contextlib
+from pathlib import Path
 
+import aiohttp
+import pytest
+
+from tests.ai_support import SENTENCES, microphone_samples, speak, wer
 from tests.conftest import PASSWORD
-from tests.server_process import ServerProcess, call
-from tests.support import receive_type
+from tests.rtc_clients import Participant, SpeechAudioTrack, connect_user
+from tests.server_process import ServerProcess, call, invite_code_of, join_meeting, make_user, request
+from tests.support import receive_type, until
 
 
 async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, ServerProcess]) -> None:
@@ -119,3 +125,46 @@ async def test_a_recording_started_on_one_node_is_heard_and_stopped_on_the_other
         status, seen = await call(http, "GET", a.url + f"/api/v1/recording/{recording_id}", token)
         assert status == 200 and seen["data"] == stopped["data"]
         await socket.close()
+
+
+@pytest.mark.parametrize("nodes", [{"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}], indirect=True)
+async def test_captions_switched_on_one_node_caption_a_speaker_on_the_other(
+    nodes: tuple[ServerProcess, ServerProcess], people: list[Participant], tmp_path: Path
+) -> None:
+    """The switch reaches every node; the speaker's node transcribes, the listener's node delivers."""
+    a, b = nodes
+    clip = microphone_samples(speak(SENTENCES[0], tmp_path / "said.wav"))
+    host = await connect_user(a.url, "carla", people=people)  # hosts, listens through node a
+    speaker_token, speaker_id = make_user(b.url, "sam")
+    join_meeting(b.url, speaker_token, host.meeting_id, invite_code_of(a.url, host.token, host.meeting_id))
+    speaker = Participant(b.url, speaker_token, speaker_id, host.meeting_id)
+    people.append(speaker)
+    await speaker.connect()
+    microphone = SpeechAudioTrack()
+    await speaker.publish(video=None, audio=microphone)
+
+    path = f"/api/v1/meetings/{host.meeting_id}/captions"
+    assert request("POST", a.url + path, {"enabled": True}, token=host.token)[0] == 200
+    await until(lambda: _caption_worker(b) is not None, "node b to start its caption worker", 30)
+    await microphone.say(clip)
+    captions = await until(
+        lambda: [m["data"] for m in host.messages if m["type"] == "caption" and m["data"]["final"]],
+        "the caption to reach node a",
+        30,
+    )
+    assert captions[0]["user_id"] == speaker_id and wer(SENTENCES[0], captions[0]["text"]) <= 0.2, captions
+    status, transcript = request("GET", f"{a.url}/api/v1/meetings/{host.meeting_id}/transcript", token=host.token)
+    assert status == 200 and [line["text"] for line in transcript["data"]["lines"]] == [captions[0]["text"]]
+
+    assert request("POST", a.url + path, {"enabled": False}, token=host.token)[0] == 200
+    await until(lambda: _caption_worker(b) is None, "node b to stop its caption worker", 30)
+
+
+def _caption_worker(node: ServerProcess) -> int | None:
+    """The node's caption worker: the child process multiprocessing spawned (no AI node runs here)."""
+    for children in Path(f"/proc/{node.process.pid}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return int(pid)
+    return None

@@ -11,7 +11,7 @@ from PIL import Image
 
 from control.context import STORE
 from tests.conftest import PASSWORD, Api, sqlite_only
-from tests.support import file_form, image_bytes
+from tests.support import file_form, image_bytes, meeting_with, people
 
 PHOTO = (640, 360)  # a camera's shape, which the avatar is cropped square from
 
@@ -118,6 +118,11 @@ async def test_avatar_is_reencoded_to_a_square_png(api: Api) -> None:
     assert replaced["status"] == 200 and replaced["data"]["avatar_url"] != avatar_url
     gone = await api.client.get(avatar_url)
     assert gone.status == 404, "the replaced avatar is deleted"
+
+    # The people in a meeting with them see it next to their name.
+    meeting_id = await meeting_with(api, account)
+    listed = await people(api, meeting_id, account)
+    assert listed[account.id]["avatar_url"] == replaced["data"]["avatar_url"]
 
 
 async def test_avatar_rejects_non_images_oversize_and_wrong_bodies(api: Api) -> None:

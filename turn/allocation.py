@@ -63,8 +63,12 @@ class ClientLink(Protocol):
 
     def backlog(self) -> int: ...
 
-    def attach(self, allocation: Allocation | None) -> None:
-        """Where the listener finds the allocation for the client's packets (None: gone)."""
+    async def attach(self, allocation: Allocation) -> None:
+        """Tell the listener the allocation for the client's packets (and open what serves them)."""
+        ...
+
+    def detach(self) -> None:
+        """The allocation is gone."""
         ...
 
 
@@ -99,7 +103,7 @@ class Allocation(asyncio.DatagramProtocol):
         now: float,
     ) -> None:
         self.link = link
-        self.to_client = link.sender()
+        self.to_client = link.sender()  # replaced once attached: the link may have a quicker way then
         self.pad = link.pad
         self.username = username
         self.user = user
@@ -302,8 +306,9 @@ class Allocations:
         except OSError as exc:
             sock.close()
             raise AllocationError(508, f"relay socket: {exc}") from None
+        await link.attach(allocation)
+        allocation.to_client = link.sender()
         self.by_link[link.key] = allocation
-        link.attach(allocation)
         self.counters.allocations += 1
         self.counters.allocations_created += 1
         log.info(
@@ -321,7 +326,7 @@ class Allocations:
         if self.by_link.get(allocation.link.key) is not allocation:
             return
         del self.by_link[allocation.link.key]
-        allocation.link.attach(None)
+        allocation.link.detach()
         allocation.close()
         self.quotas.give_back(allocation.user)
         self.counters.allocations -= 1

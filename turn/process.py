@@ -20,11 +20,13 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from config.logformat import configure_logging
 from config.settings import TurnSettings
 from turn.server import Endpoints, TurnServer
 
@@ -33,6 +35,8 @@ log = logging.getLogger("huiyi.turn")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 ANSWER_TIMEOUT = 5.0
+# Open descriptors the TURN process asks for when the hard limit is unlimited.
+DESCRIPTOR_LIMIT = 65536
 # Where the ``turn`` and ``config`` packages are, for a child started from a checkout.
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -40,10 +44,11 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 class TurnProcess:
     """The main server's handle on the TURN process."""
 
-    def __init__(self, settings: TurnSettings, secret: str, log_level: str = "INFO") -> None:
+    def __init__(self, settings: TurnSettings, secret: str, log_level: str = "INFO", log_format: str = "text") -> None:
         self.settings = settings
         self.secret = secret
         self.log_level = log_level
+        self.log_format = log_format
         self.endpoints: Endpoints | None = None
         self._child: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
@@ -68,7 +73,12 @@ class TurnProcess:
             stdout=asyncio.subprocess.PIPE,
             env=environment,
         )
-        start = {"settings": self.settings.model_dump(mode="json"), "secret": self.secret, "log_level": self.log_level}
+        start = {
+            "settings": self.settings.model_dump(mode="json"),
+            "secret": self.secret,
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+        }
         try:
             reply = await self._exchange(start, START_TIMEOUT)
         except (RuntimeError, OSError) as exc:
@@ -138,9 +148,7 @@ def main() -> int:
     if not first:
         return 1
     start = json.loads(first)
-    logging.basicConfig(
-        level=start["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(start["log_level"], start.get("log_format", "text"))
     try:
         import uvloop
     except ImportError:
@@ -148,7 +156,19 @@ def main() -> int:
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     settings = TurnSettings.model_validate(start["settings"])
+    _raise_descriptor_limit()
     return asyncio.run(_serve(settings, start["secret"]))
+
+
+def _raise_descriptor_limit() -> None:
+    """Every allocation holds two descriptors (its relay socket, and its UDP client's own socket or
+    its TCP connection), more than the usual soft limit of 1024 allows at ``max_allocations``: take
+    what the hard limit grants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = DESCRIPTOR_LIMIT if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _reply(message: dict[str, Any]) -> bool:

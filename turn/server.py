@@ -45,6 +45,8 @@ SWEEP_SECONDS = 1.0
 IDLE_CONNECTION_SECONDS = 60.0
 TLS_HANDSHAKE_SECONDS = 10.0
 SOCKET_BUFFER_BYTES = 1 << 21
+# A UDP client's own socket: room for bursts of a few hundred packets (the system may grant less).
+CLIENT_SOCKET_BUFFER_BYTES = 1 << 19
 _SEND_TYPE = bytes([SEND_INDICATION >> 8, SEND_INDICATION & 0xFF])
 
 
@@ -60,9 +62,10 @@ class Endpoints:
 
 
 class _UdpLink:
-    """A client on a UDP listener: the 5-tuple is the listener and the client's address."""
+    """A client on a UDP listener: the 5-tuple is the listener and the client's address. While it
+    holds an allocation it has a socket of its own (``_ClientSocket``) when the system grants one."""
 
-    __slots__ = ("address", "key", "listener", "source")
+    __slots__ = ("address", "key", "listener", "own", "source")
     transport = "udp"
     pad = False
     closed = False
@@ -72,54 +75,116 @@ class _UdpLink:
         self.source = source
         self.address = (source[0], source[1])
         self.key = (id(listener), source)
+        self.own: asyncio.DatagramTransport | None = None
 
     def send(self, data: bytes) -> None:
         self.listener.transport.sendto(data, self.source)  # type: ignore[union-attr]
 
     def sender(self) -> Callable[[bytes], object]:
+        if self.own is not None:
+            return self.own.sendto  # connected: no address to give, none to convert
         return functools.partial(self.listener.transport.sendto, addr=self.source)  # type: ignore[union-attr]
 
     def backlog(self) -> int:
         return 0
 
-    def attach(self, allocation: Allocation | None) -> None:
+    async def attach(self, allocation: Allocation) -> None:
+        try:
+            sock = self.listener.client_socket(self.source)
+            self.own, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _ClientSocket(self.listener.server, self, allocation), sock=sock
+            )
+        except OSError as exc:
+            # Out of descriptors, say: the shared listener serves the client as before.
+            log.debug("turn: no socket of its own for %s:%s (%s)", *self.address, exc)
+        self.listener.allocations[self.source] = allocation
+
+    def detach(self) -> None:
+        self.listener.allocations.pop(self.source, None)
+        if self.own is not None:
+            self.own.close()
+            self.own = None
+
+
+def _from_udp_client(server: TurnServer, data: bytes, allocation: Allocation | None, link: _UdpLink) -> None:
+    """One datagram from a UDP client, read on the listener or on the client's own socket."""
+    first = data[0] if data else 0xFF
+    if 0x40 <= first < 0x80:  # ChannelData
         if allocation is None:
-            self.listener.allocations.pop(self.source, None)
+            server.counters.no_permission += 1
         else:
-            self.listener.allocations[self.source] = allocation
+            allocation.from_client_channel(data)
+    elif first >= 0x80:
+        server.counters.malformed += 1
+    elif data[0:2] == _SEND_TYPE:
+        server.send_indication(data, allocation)
+    else:
+        server.on_stun(data, link)
 
 
 class _UdpListener(asyncio.DatagramProtocol):
+    """The UDP port every client first reaches. A client that holds an allocation is given a socket
+    of its own on the same port (``client_socket``); until then, or without one, it is served here."""
+
     def __init__(self, server: TurnServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
-        # Clients with an allocation, by address: the relay path's one lookup per packet.
+        self.sockname: Any = None
+        # Clients with an allocation, by address, for what reaches the listener all the same.
         self.allocations: dict[Any, Allocation] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.sockname = transport.get_extra_info("sockname")
 
     def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
-        server = self.server
         try:
-            first = data[0] if data else 0xFF
-            if 0x40 <= first < 0x80:  # ChannelData
-                allocation = self.allocations.get(addr)
-                if allocation is None:
-                    server.counters.no_permission += 1
-                else:
-                    allocation.from_client_channel(data)
-            elif first >= 0x80:
-                server.counters.malformed += 1
-            elif data[0:2] == _SEND_TYPE:
-                server.send_indication(data, self.allocations.get(addr))
-            else:
-                server.on_stun(data, _UdpLink(self, addr))
+            allocation = self.allocations.get(addr)
+            link = allocation.link if allocation is not None else _UdpLink(self, addr)
+            _from_udp_client(self.server, data, allocation, link)  # type: ignore[arg-type]
         except Exception:
-            server.failed(addr)
+            self.server.failed(addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from clients that went away; nothing to do.
+        pass
+
+    def client_socket(self, client: Any) -> socket.socket:
+        """A socket on the listening address and port (SO_REUSEPORT: same user only) connected to
+        ``client``. The kernel hands a datagram to the socket connected to its sender before the
+        listener, so the client's datagrams queue there: each client has a receive buffer of its
+        own (a burst of many clients no longer overflows the one queue they share, nor can one client
+        fill it for the others), and its datagrams go back without an address to look up."""
+        family = socket.AF_INET6 if ":" in self.sockname[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_SOCKET_BUFFER_BYTES)
+            sock.bind(self.sockname)
+            sock.connect(client)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+class _ClientSocket(asyncio.DatagramProtocol):
+    """The protocol of a UDP client's own socket: what arrives is that client's, for its allocation."""
+
+    def __init__(self, server: TurnServer, link: _UdpLink, allocation: Allocation) -> None:
+        self.server = server
+        self.link = link
+        self.allocation = allocation
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:  # type: ignore[override]
+        try:
+            _from_udp_client(self.server, data, self.allocation, self.link)
+        except Exception:
+            self.server.failed(addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error about an earlier send: the client is gone or not listening (yet).
         pass
 
 
@@ -176,8 +241,11 @@ class _StreamConnection(asyncio.Protocol):
     def backlog(self) -> int:
         return self.stream.get_write_buffer_size() if self.stream is not None else 0
 
-    def attach(self, allocation: Allocation | None) -> None:
+    async def attach(self, allocation: Allocation) -> None:
         self.allocation = allocation
+
+    def detach(self) -> None:
+        self.allocation = None
 
     def close(self) -> None:
         if self.stream is not None:
@@ -302,7 +370,7 @@ class TurnServer:
         loop = asyncio.get_running_loop()
         for _ in range(20):
             transport, _protocol = await loop.create_datagram_endpoint(
-                lambda: _UdpListener(self), local_addr=(host, port)
+                lambda: _UdpListener(self), local_addr=(host, port), reuse_port=True
             )
             sock = transport.get_extra_info("socket")
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):

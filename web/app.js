@@ -1,46 +1,30 @@
 /**
- * The meeting page. Interactive use goes through the login form; an invite link
- * `/?meeting=ID&code=CODE` fills in the meeting and its invite code, so signing in joins it. Browser
- * tests skip the form with
+ * The meeting app's entry: routes to its screens (views/), or, for browser tests, straight into a
+ * meeting.
+ *
+ * Browser tests skip signing in with
  * `?token=…&user_id=…&meeting_id=…&autostart=1[&audio=0][&video=0][&simulcast=0][&width=…&height=…]`
- * and drive the page through `window.huiyi` (the client) and `window.huiyiReady`. `&relay=1` (also
- * with the form) sends all media through the TURN server, as on a network that allows nothing else.
+ * (after joining the meeting over REST themselves) and drive the page through `window.huiyi` (the
+ * client) and `window.huiyiReady`, which settles once the room is joined and the publish answer
+ * applied, and rejects on the first error before that. `&relay=1` (also with the app) sends all
+ * media through the TURN server, as on a network that allows nothing else. An invite link
+ * `/?meeting=ID&code=CODE` opens that meeting's pre-join screen.
  */
+import { Api, api } from './api.js';
+import { $, h, mount } from './dom.js';
 import { HuiyiClient } from './huiyi.js';
+import { takeInviteFromAddress } from './invite.js';
+import { openRoom } from './meeting/room.js';
+import { armReady, markFailed, markReady } from './ready.js';
+import { go, otherwise, route, start } from './router.js';
+import { loginView, signupView } from './views/auth.js';
+import { homeView } from './views/home.js';
+import { meetingView } from './views/join.js';
+import { profileView } from './views/profile.js';
+import { scheduleView } from './views/schedule.js';
+import { shell } from './views/shell.js';
 
-const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const autostart = params.get('autostart') === '1';
-
-let resolveReady;
-let rejectReady;
-let readySettled = false;
-
-/**
- * `window.huiyiReady` settles once the room is joined and the publish answer applied, and rejects on
- * the first error before that. A settled one is replaced when the form is tried again; a pending one
- * is kept, since a test may already be awaiting it.
- */
-function armReady() {
-  if (window.huiyiReady && !readySettled) return;
-  readySettled = false;
-  window.huiyiReady = new Promise((resolve, reject) => {
-    resolveReady = (value) => {
-      readySettled = true;
-      resolve(value);
-    };
-    rejectReady = (error) => {
-      readySettled = true;
-      reject(error);
-    };
-  });
-  // Only tests await it; a failed interactive session is reported on the page, not as an unhandled rejection.
-  window.huiyiReady.catch(() => {});
-}
-
-armReady();
-
-const STATS_INTERVAL_MS = 1000;
 
 function flag(name, fallback) {
   const value = params.get(name);
@@ -52,240 +36,75 @@ function positiveNumber(name, fallback) {
   return value > 0 ? value : fallback;
 }
 
-function showStatus(text) {
-  $('status').textContent = text;
-}
-
-function fail(error) {
-  showStatus(`Error: ${error.message}`);
-  rejectReady(error);
-}
-
-/** Interactive sessions go back to the form so the user can sign in or join again. */
-function showLogin() {
-  if (autostart) return;
-  $('meeting').hidden = true;
-  $('login').hidden = false;
-  $('login').querySelector('button').disabled = false;
-}
-
-function participantLabel(client, userId) {
-  const participant = client.participants.get(userId);
-  const name = participant?.nickname || participant?.username;
-  return name ? `user ${userId} (${name})` : `user ${userId}`;
-}
-
-/**
- * @param {boolean} audible play remote audio. Only after a user gesture: without one the browser
- *   refuses to autoplay sound, which is why the video elements themselves always stay muted.
- */
-function createClient({ token, refreshToken, userId, meetingId, audible }) {
-  const iceTransportPolicy = flag('relay', false) ? 'relay' : 'all';
-  const client = new HuiyiClient({ token, refreshToken, userId, meetingId, iceTransportPolicy });
-  window.huiyi = client;
-  const tiles = new Map();
-
-  client.addEventListener('error', ({ detail }) => fail(new Error(`${detail.message} (${detail.code})`)));
-  client.addEventListener('close', ({ detail }) => {
-    rejectReady(new Error(`signaling closed (${detail.code}) ${detail.reason}`));
-    showStatus(`Disconnected${detail.reason ? `: ${detail.reason}` : ''}`);
-    stopStats();
-    $('recording').hidden = true;
-    for (const tile of tiles.values()) tile.remove();
-    tiles.clear();
-    showLogin();
-  });
-  client.addEventListener('joined', ({ detail }) => {
-    showStatus(`In meeting ${client.meetingId} as ${participantLabel(client, client.userId)}`);
-    $('local-tile').dataset.peerId = detail.session_id;
-  });
-
-  client.addEventListener('remotestream', ({ detail }) => {
-    const tile = document.createElement('figure');
-    tile.className = 'tile';
-    tile.dataset.streamId = detail.stream_id;
-    tile.dataset.userId = detail.user_id;
-    tile.dataset.peerId = detail.peer_id;
-    const video = document.createElement('video');
-    for (const attribute of ['autoplay', 'playsinline', 'muted']) video.setAttribute(attribute, '');
-    // The attribute alone does not mute an element created by script.
-    video.muted = true;
-    video.srcObject = detail.stream;
-    const caption = document.createElement('figcaption');
-    caption.textContent = participantLabel(client, detail.user_id);
-    tile.append(video, caption);
-    if (audible) {
-      const audio = document.createElement('audio');
-      audio.autoplay = true;
-      audio.srcObject = detail.stream;
-      tile.append(audio);
-    }
-    $('remotes').append(tile);
-    tiles.set(detail.stream_id, tile);
-  });
-  client.addEventListener('remotestreamended', ({ detail }) => {
-    tiles.get(detail.stream_id)?.remove();
-    tiles.delete(detail.stream_id);
-  });
-
-  client.addEventListener('activespeaker', ({ detail }) => {
-    for (const tile of document.querySelectorAll('.tile')) {
-      const speaking = detail.peer_id ? tile.dataset.peerId === detail.peer_id : tile.dataset.userId === String(detail.user_id);
-      tile.classList.toggle('speaking', speaking);
-    }
-  });
-
-  // The server says when the meeting is being recorded: everyone in it sees so.
-  client.addEventListener('mediastate', ({ detail }) => {
-    if ('recording' in detail) $('recording').hidden = !detail.recording;
-  });
-
-  client.addEventListener('chat', ({ detail }) => {
-    const line = document.createElement('li');
-    line.textContent = `${detail.username ?? `user ${detail.user_id}`}: ${detail.text}`;
-    $('chat-log').append(line);
-    line.scrollIntoView({ block: 'nearest' });
-  });
-
-  return client;
-}
-
-async function run(client, media) {
-  $('login').hidden = true;
-  $('meeting').hidden = false;
-  wireControls(client);
-  showStatus('Connecting…');
-  await client.connect();
-  if (media.audio || media.video) {
-    $('local-video').srcObject = await client.publish(media);
-  }
-  startStats(client);
-  resolveReady(client);
-}
-
-function wireControls(client) {
-  $('layer').onchange = (event) => client.setLayer(event.target.value);
-  for (const button of [$('mute-audio'), $('mute-video')]) {
-    button.onclick = () => {
-      const muted = button.getAttribute('aria-pressed') !== 'true';
-      client.setMuted(button.dataset.kind, muted);
-      button.setAttribute('aria-pressed', String(muted));
-      const labels = button.dataset.kind === 'audio' ? ['Mute mic', 'Unmute mic'] : ['Stop camera', 'Start camera'];
-      button.textContent = labels[Number(muted)];
-    };
-  }
-  $('leave').onclick = () => client.close();
-  $('chat-form').onsubmit = (event) => {
-    event.preventDefault();
-    const input = event.target.elements.text;
-    client.sendChat(input.value);
-    input.value = '';
-  };
-}
-
-let statsTimer = null;
-
-function stopStats() {
-  clearInterval(statsTimer);
-  statsTimer = null;
-}
-
-/** Bitrates and frame rates come from the difference between two samples one interval apart. */
-function startStats(client) {
-  let previous = new Map();
-  const rate = (key, value, now) => {
-    const before = previous.get(key);
-    now.set(key, value);
-    return before === undefined ? 0 : Math.max(0, value - before) / (STATS_INTERVAL_MS / 1000);
-  };
-  statsTimer = setInterval(async () => {
-    const { inbound, outbound } = await client.getStats().catch(() => ({ inbound: [], outbound: [] }));
-    const now = new Map();
-    const lines = [];
-    for (const s of outbound) {
-      const key = `out ${s.kind} ${s.rid ?? ''}`;
-      const kbps = Math.round((rate(`${key} bytes`, s.bytesSent ?? 0, now) * 8) / 1000);
-      const fps = Math.round(rate(`${key} frames`, s.framesSent ?? 0, now));
-      const size = s.kind === 'video' ? ` ${s.frameWidth ?? 0}x${s.frameHeight ?? 0} ${fps}fps` : '';
-      const limit = s.qualityLimitationReason && s.qualityLimitationReason !== 'none' ? ` (${s.qualityLimitationReason})` : '';
-      lines.push(`${key.padEnd(12)}${size} ${kbps} kbps${s.active === false ? ' inactive' : ''}${limit}`);
-    }
-    for (const s of inbound) {
-      const key = `in ${s.mid}`;
-      const kbps = Math.round((rate(key, s.bytesReceived ?? 0, now) * 8) / 1000);
-      const size = s.kind === 'video' ? ` ${s.frameWidth ?? 0}x${s.frameHeight ?? 0} ${Math.round(s.framesPerSecond ?? 0)}fps` : '';
-      lines.push(`in  user ${s.user_id} ${s.kind}${size} ${kbps} kbps lost ${s.packetsLost ?? 0}`);
-    }
-    previous = now;
-    $('stats').textContent = lines.join('\n');
-  }, STATS_INTERVAL_MS);
-}
-
-async function loginAndRun(form) {
-  const fields = new FormData(form);
-  const session = await HuiyiClient.login(location.origin, fields.get('username'), fields.get('password'));
-  const client = createClient({
-    token: session.access_token,
-    refreshToken: session.refresh_token,
-    userId: session.user.user_id,
-    meetingId: Number(fields.get('meeting_id')),
-    audible: true,
-  });
-  const joined = await client.joinMeeting(
-    client.meetingId,
-    fields.get('meeting_password') || undefined,
-    fields.get('invite_code') || undefined,
-  );
-  if (joined.participant?.status === 'waiting') showStatus('Waiting for a host to let you in…');
-  showInviteLink(joined.meeting);
-  await run(client, { audio: true, video: true, simulcast: true });
-}
-
-/** Members see the meeting's invite code (others get null): offer it as a link to pass on. */
-function showInviteLink(meeting) {
-  const code = meeting?.invite_code;
-  $('invite').hidden = !code;
-  if (!code) return;
-  const link = new URL('/', location.origin);
-  link.search = new URLSearchParams({ meeting: String(meeting.meeting_id), code }).toString();
-  $('invite-link').value = link.href;
-}
-
-/** An invite link's meeting and code go into the form; the user only has to sign in. */
-function fillFromInviteLink() {
-  const meeting = params.get('meeting');
-  if (meeting && /^[0-9]+$/.test(meeting)) $('login').elements.meeting_id.value = meeting;
-  const code = params.get('code');
-  if (code) $('login').elements.invite_code.value = code;
-  // The code lets anyone in: keep it out of the address bar and the history once it is read.
-  if (meeting || code) history.replaceState(null, '', location.pathname);
-}
-
-if (autostart) {
-  const client = createClient({
+/** Tests: a given token, user and meeting; no accounts screens, no sound (no user gesture). */
+function autostart() {
+  armReady();
+  const userId = Number(params.get('user_id'));
+  const client = new HuiyiClient({
     token: params.get('token'),
-    userId: Number(params.get('user_id')),
+    userId,
     meetingId: Number(params.get('meeting_id')),
+    iceTransportPolicy: flag('relay', false) ? 'relay' : 'all',
+  });
+  window.huiyi = client;
+  const fail = (error) => {
+    $('#status').textContent = `Error: ${error.message}`;
+    markFailed(error);
+  };
+  client.addEventListener('error', ({ detail }) => fail(new Error(`${detail.message} (${detail.code})`)));
+  client.addEventListener('close', ({ detail }) => fail(new Error(`signaling closed (${detail.code}) ${detail.reason}`)));
+  const connected = client.connect();
+  const media = { audio: flag('audio', true), video: flag('video', true) };
+  const room = openRoom({
+    root: $('#app'),
+    client,
+    api: new Api({ token: params.get('token') }),
+    meeting: null,
+    me: { user_id: userId },
+    connected,
     audible: false,
+    publish: (c) =>
+      media.audio || media.video
+        ? c.publish({ ...media, simulcast: flag('simulcast', true), width: positiveNumber('width', 1280), height: positiveNumber('height', 720) })
+        : null,
+    onClosed: ({ code, reason }) => {
+      $('#status').textContent = `Disconnected (${code}) ${reason ?? ''}`;
+    },
   });
-  run(client, {
-    audio: flag('audio', true),
-    video: flag('video', true),
-    simulcast: flag('simulcast', true),
-    width: positiveNumber('width', 1280),
-    height: positiveNumber('height', 720),
-  }).catch(fail);
-} else {
-  fillFromInviteLink();
-  $('login').addEventListener('submit', (event) => {
-    event.preventDefault();
-    armReady();
-    event.target.querySelector('button').disabled = true;
-    showStatus('Signing in…');
-    loginAndRun(event.target).catch((error) => {
-      window.huiyi?.close();
-      fail(error);
-      showLogin();
-    });
-  });
+  connected.then(() => {
+    // Names come with the join reply.
+    room.ready.then(() => markReady(client), fail);
+  }, fail);
 }
+
+function notFound() {
+  shell(h('main', { className: 'page narrow', id: 'main' }, h('section', { className: 'card' }, h('h1', {}, 'Page not found'), h('a', { href: '#/home' }, 'Back to meetings'))), { title: 'Not found' });
+}
+
+function main() {
+  if (params.get('autostart') === '1') {
+    autostart();
+    return;
+  }
+  armReady();
+  const invited = takeInviteFromAddress(params);
+  route('/', () => go(api.signedIn ? '/home' : '/login', { replace: true }));
+  route('/login', loginView);
+  route('/signup', signupView);
+  route('/home', () => (api.signedIn ? homeView() : go('/login', { replace: true })));
+  route('/new', () => (api.signedIn ? scheduleView() : go('/login', { replace: true })));
+  route('/profile', () => (api.signedIn ? profileView() : go('/login', { replace: true })));
+  route('/m/:id', meetingView);
+  otherwise(notFound);
+  api.addEventListener('signedout', () => {
+    if (!location.hash.startsWith('#/login') && !location.hash.startsWith('#/signup')) go('/login');
+  });
+  // Another tab signed out: this one follows.
+  addEventListener('storage', (event) => {
+    if (event.key === 'huiyi.session' && event.newValue === null && api.signedIn && !sessionStorage.getItem('huiyi.session')) api.signOut();
+  });
+  if (invited && !location.hash) go(`/m/${invited}`, { replace: true });
+  start().catch((error) => mount($('#app'), h('p', { className: 'form-error', role: 'alert' }, error.message)));
+}
+
+main();

@@ -1,6 +1,8 @@
 /**
  * Browser SDK for huiyi meetings: REST login and join, the signaling socket, and the two peer
- * connections the SFU expects (docs/sfu.md). Plain ES module, no dependencies.
+ * connections the SFU expects (docs/sfu.md). Plain ES module, no dependencies. A client that loses
+ * its socket or media connection builds them again by itself (REST join, socket, publishing), so an
+ * application only shows the `reconnecting` / `reconnected` events.
  */
 
 // The SFU bundles everything on one transport and muxes RTCP, so the browser need not gather
@@ -19,6 +21,16 @@ const SIMULCAST_ENCODINGS = [
 const ANSWER_TIMEOUT_MS = 15_000;
 
 const LAYERS = new Set(['low', 'medium', 'high']);
+
+// A shared screen: one layer, sharp text before smooth motion.
+const SCREEN_ENCODING = { maxBitrate: 2_000_000 };
+
+// Close codes after which reconnecting cannot help: left, meeting over, removed, refused.
+const FINAL_CLOSE_CODES = new Set([1000, 4000, 4003, 4400, 4403, 4404, 4429]);
+// A media connection that stays down this long (after an ICE restart was tried) is rebuilt whole.
+const MEDIA_LOST_MS = 12_000;
+const RECONNECT_FIRST_WAIT_MS = 500;
+const RECONNECT_MAX_WAIT_MS = 10_000;
 
 // The socket lives as long as its access token; it is renewed this long before the token expires.
 // TURN credentials handed out by the server are likewise fetched anew before an ICE restart that
@@ -95,6 +107,16 @@ function sectionDirections(sdp) {
   return directions;
 }
 
+/** The offer as the server should read it: the shared screen's m-section marked a=content:slides. */
+function markScreenSection(sdp, mid) {
+  if (mid === null || mid === undefined) return sdp;
+  return sdp.replace(new RegExp(`(\\r?\\n)a=mid:${mid}(\\r?\\n)`), `$1a=mid:${mid}$2a=content:slides$2`);
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 function remoteSends(direction) {
   return direction === 'sendonly' || direction === 'sendrecv';
 }
@@ -107,12 +129,22 @@ function iceServersExpiry(iceServers) {
   return expiries.length ? Math.min(...expiries) * 1000 : null;
 }
 
+/** A reconnect attempt the server refused for good (removed, meeting over, unknown meeting…). */
+function isFinal(error) {
+  const code = Number(error?.code);
+  // 2001 no such meeting, 2002 over; REST 403 (removed) and 404; the socket's final close codes.
+  // 401 and 1005: the token is dead and the application could not refresh it.
+  return [401, 1005, 2001, 2002, 403, 404].includes(code) || FINAL_CLOSE_CODES.has(code);
+}
+
 /**
  * One participant's connection to a huiyi meeting.
  *
  * Events (CustomEvent, payload in `event.detail`): `joined`, `participant-joined`,
  * `participant-left`, `remotestream`, `remotestreamended`, `remotetrack`, `remotetrackended`,
- * `activespeaker`, `mediastate`, `chat`, `relay`, `error`, `close`.
+ * `activespeaker`, `mediastate`, `chat`, `caption` (live captions), `relay`, `mutedby` (a host muted this client),
+ * `screenshare` (this client's own share started or stopped), `reconnecting`, `reconnected`,
+ * `tokens`, `error`, `close`.
  */
 export class HuiyiClient extends EventTarget {
   #socket = null;
@@ -132,6 +164,22 @@ export class HuiyiClient extends EventTarget {
   #trackInfo = new Map();
   // mid → {info, track, streamId} of tracks currently received.
   #liveTracks = new Map();
+  // What this client publishes, kept so a rebuilt publisher connection sends the same again:
+  // {track, init} per camera/microphone track, and the shared screen apart.
+  #published = [];
+  #screen = null;
+  // Kinds a host muted on the server: unmuting them asks the server too.
+  #serverMuted = new Set();
+  #reconnecting = false;
+  #mediaLostTimer = null;
+  #joinSecrets = {};
+  #rejoin;
+  #onOnline = () => this.#networkBack();
+  #onOffline = () => {
+    if (this.state === 'connected') this.#setState('reconnecting', 'network offline');
+  };
+  // Bumped whenever the peer connections are dropped, so late work for old ones is ignored.
+  #generation = 0;
 
   /**
    * @param {object} options
@@ -145,6 +193,9 @@ export class HuiyiClient extends EventTarget {
    * @param {RTCIceServer[]} [options.iceServers] STUN/TURN servers for the peer connections; by
    *   default those the server hands out on join (its own TURN server, with fresh credentials)
    * @param {'all'|'relay'} [options.iceTransportPolicy] 'relay' sends all media through TURN
+   * @param {() => Promise<void>} [options.rejoin] the REST join to repeat before reconnecting (an
+   *   application that refreshes tokens itself refreshes here too); by default `joinMeeting` with
+   *   the password and invite code it was last given
    */
   constructor({
     token,
@@ -155,6 +206,7 @@ export class HuiyiClient extends EventTarget {
     wsBase,
     iceServers,
     iceTransportPolicy = 'all',
+    rejoin,
   } = {}) {
     super();
     this.#iceServersGiven = iceServers !== undefined;
@@ -167,13 +219,20 @@ export class HuiyiClient extends EventTarget {
     this.meetingId = Number(meetingId);
     this.baseUrl = trimBase(baseUrl);
     this.wsBase = trimBase(wsBase ?? websocketBase(this.baseUrl));
+    this.#rejoin = rejoin ?? (() => this.joinMeeting(this.meetingId, this.#joinSecrets.password, this.#joinSecrets.inviteCode));
     this.sessionId = null;
     this.self = null;
+    /** `connecting`, `connected`, `reconnecting` or `closed`. */
+    this.state = 'connecting';
     /** user_id → participant, as the server last described them. */
     this.participants = new Map();
     this.localStream = null;
-    /** stream_id → {stream, stream_id, user_id, peer_id}: one entry per remote publisher. */
+    /** The shared screen's stream while this client shares one, else null. */
+    this.screenStream = null;
+    /** stream_id → {stream, stream_id, user_id, peer_id, source}: one entry per remote stream. */
     this.remoteStreams = new Map();
+    globalThis.addEventListener?.('online', this.#onOnline);
+    globalThis.addEventListener?.('offline', this.#onOffline);
   }
 
   /** @returns {Promise<{access_token, refresh_token, user}>} */
@@ -183,13 +242,15 @@ export class HuiyiClient extends EventTarget {
 
   /**
    * REST join, required before the socket is admitted. Someone the host did not add needs the
-   * meeting's `inviteCode` (from its invite link) or its `password`.
+   * meeting's `inviteCode` (from its invite link) or its `password`; both are kept (in memory) for
+   * joining again after a lost connection.
    * @returns {Promise<{meeting, participant, media_state, ice_servers}>}
    */
   joinMeeting(meetingId = this.meetingId, password, inviteCode) {
     const body = {};
     if (password) body.password = password;
     if (inviteCode) body.invite_code = inviteCode;
+    if (meetingId === this.meetingId) this.#joinSecrets = { password, inviteCode };
     return postJson(this.baseUrl, `/meetings/${meetingId}/join`, body, this.token);
   }
 
@@ -203,32 +264,47 @@ export class HuiyiClient extends EventTarget {
     return this.#subscriber;
   }
 
+  /** Kinds (`audio`, `video`) a host has muted on the server. */
+  get mutedByHost() {
+    return new Set(this.#serverMuted);
+  }
+
   /**
    * Opens the signaling socket and enters the room. Resolves with the `join` reply; for a user in
    * the waiting room that is only once a host admits them.
    */
   connect() {
     if (this.#socket) throw new Error('already connected');
+    return this.#openSocket();
+  }
+
+  #openSocket() {
     const query = `meeting_id=${this.meetingId}&user_id=${this.userId}&token=${encodeURIComponent(this.token)}`;
     const socket = new WebSocket(`${this.wsBase}/ws/signaling?${query}`);
     this.#socket = socket;
+    this.#lastError = null;
     const joined = new Promise((resolve, reject) => {
       this.#joinWaiter = { resolve, reject };
     });
     socket.addEventListener('open', () => {
+      if (socket !== this.#socket) return;
       this.#send('join', {});
       this.#scheduleRenewal();
     });
-    socket.addEventListener('message', (event) => this.#receive(event.data));
-    socket.addEventListener('close', (event) => this.#onSocketClosed(event));
+    socket.addEventListener('message', (event) => {
+      if (socket === this.#socket) this.#receive(event.data);
+    });
+    socket.addEventListener('close', (event) => {
+      if (socket === this.#socket) this.#onSocketClosed(event);
+    });
     return joined;
   }
 
   /**
-   * Publishes the camera and microphone (or every track of `stream`, e.g. a canvas capture, in
-   * which case `audio`, `video`, `width` and `height` are not used) on the publisher connection.
-   * Resolves with the local stream once the server's answer is applied. Calling it again adds the
-   * new tracks and renegotiates.
+   * Publishes the camera and microphone (or every track of `stream`, e.g. the tracks a pre-join
+   * screen previewed, in which case `audio`, `video`, `width` and `height` are not used) on the
+   * publisher connection. Resolves with the local stream once the server's answer is applied.
+   * Calling it again adds the new tracks and renegotiates.
    */
   async publish({ audio = true, video = true, simulcast = true, width = 1280, height = 720, stream } = {}) {
     if (this.#closed) throw new Error('the client is closed');
@@ -246,14 +322,82 @@ export class HuiyiClient extends EventTarget {
     for (const track of tracks) {
       this.localStream.addTrack(track);
       // The stream gives the offer an a=msid, so the SFU can tell which tracks belong together.
-      const init = { direction: 'sendonly', streams: [this.localStream] };
+      const init = { direction: 'sendonly' };
       if (track.kind === 'video') {
         init.sendEncodings = simulcast ? SIMULCAST_ENCODINGS : [{ maxBitrate: 1_500_000 }];
       }
-      pc.addTransceiver(track, init);
+      const published = { track, init, transceiver: null };
+      this.#published.push(published);
+      published.transceiver = pc.addTransceiver(track, { ...init, streams: [this.localStream] });
     }
     await this.#negotiatePublisher();
     return this.localStream;
+  }
+
+  /**
+   * Sends another camera or microphone (a device chosen in the meeting) in place of the current
+   * one of its kind, without renegotiating; the old track is stopped.
+   */
+  async replaceTrack(track) {
+    const published = this.#published.find((entry) => entry.track.kind === track.kind);
+    if (!published) throw new Error(`no ${track.kind} is published`);
+    track.enabled = published.track.enabled;
+    await published.transceiver?.sender.replaceTrack(track);
+    this.localStream.removeTrack(published.track);
+    published.track.stop();
+    published.track = track;
+    this.localStream.addTrack(track);
+  }
+
+  /**
+   * Shares a screen (the browser asks which) as a track of its own: the others receive it as a
+   * stream apart from the camera, with `source: 'screen'`. Resolves with the shared stream.
+   */
+  async startScreenShare() {
+    if (this.#closed) throw new Error('the client is closed');
+    if (this.#screen) return this.screenStream;
+    const stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+    const [track] = stream.getVideoTracks();
+    if ('contentHint' in track) track.contentHint = 'detail';
+    this.#screen = { track, stream, transceiver: null };
+    this.screenStream = stream;
+    // The browser's own "Stop sharing" button ends the track.
+    track.addEventListener('ended', () => this.stopScreenShare().catch((error) => this.#emitFailure(error)));
+    try {
+      await this.#addScreen();
+    } catch (error) {
+      this.#screen = null;
+      this.screenStream = null;
+      track.stop();
+      throw error;
+    }
+    this.#sendIfOpen('media-state', { screen_share: true });
+    this.#emit('screenshare', { active: true, stream });
+    return stream;
+  }
+
+  async stopScreenShare() {
+    const screen = this.#screen;
+    if (!screen) return;
+    this.#screen = null;
+    this.screenStream = null;
+    screen.track.stop();
+    if (screen.transceiver && this.#publisher && screen.transceiver.currentDirection !== 'stopped') {
+      screen.transceiver.stop();
+      await this.#negotiatePublisher().catch((error) => this.#emitFailure(error));
+    }
+    this.#sendIfOpen('media-state', { screen_share: false });
+    this.#emit('screenshare', { active: false, stream: screen.stream });
+  }
+
+  async #addScreen() {
+    const pc = this.#publisher ?? this.#createPublisher();
+    this.#screen.transceiver = pc.addTransceiver(this.#screen.track, {
+      direction: 'sendonly',
+      streams: [this.#screen.stream],
+      sendEncodings: [SCREEN_ENCODING],
+    });
+    await this.#negotiatePublisher();
   }
 
   /** New ICE credentials on both connections, e.g. after a network change. */
@@ -300,14 +444,20 @@ export class HuiyiClient extends EventTarget {
 
   /**
    * Disabling rather than stopping the track keeps the m-section and encoder alive, so unmuting
-   * needs no renegotiation.
+   * needs no renegotiation. Unmuting what a host muted on the server asks the server to forward it
+   * again (allowed to the peer itself).
    */
-  setMuted(kind, muted) {
+  async setMuted(kind, muted) {
     if (kind !== 'audio' && kind !== 'video') throw new RangeError(`kind must be audio or video, not ${kind}`);
     for (const track of this.localStream?.getTracks() ?? []) {
       if (track.kind === kind) track.enabled = !muted;
     }
-    this.#send('media-state', { [kind]: !muted });
+    if (!muted && this.#serverMuted.has(kind) && this.sessionId) {
+      this.#serverMuted.delete(kind);
+      await callJson('POST', this.baseUrl, `/webrtc/peer/${this.sessionId}/media`, { [kind]: true }, this.token);
+      return;
+    }
+    this.#sendIfOpen('media-state', { [kind]: !muted });
   }
 
   sendChat(text) {
@@ -315,13 +465,14 @@ export class HuiyiClient extends EventTarget {
   }
 
   /**
-   * Hands the socket a fresh access token of the same user (the socket would otherwise be closed
-   * with 4401 when the token it was opened with expires). Called by the client itself when it was
-   * given a refresh token; call it yourself when your application refreshes tokens.
+   * Hands the client a fresh access token of the same user: the socket is renewed with it (it would
+   * otherwise be closed with 4401 when the token it was opened with expires), and reconnects use
+   * it. Called by the client itself when it was given a refresh token; call it yourself when your
+   * application refreshes tokens.
    */
   renewToken(token) {
     this.token = token;
-    this.#send('auth', { token });
+    if (this.#socket?.readyState === WebSocket.OPEN) this.#send('auth', { token });
     this.#scheduleRenewal();
   }
 
@@ -350,8 +501,7 @@ export class HuiyiClient extends EventTarget {
     const pair = await postJson(this.baseUrl, '/auth/refresh', {}, this.refreshToken);
     this.refreshToken = pair.refresh_token;
     this.#emit('tokens', { access_token: pair.access_token, refresh_token: pair.refresh_token });
-    if (this.#socket?.readyState === WebSocket.OPEN) this.renewToken(pair.access_token);
-    else this.token = pair.access_token;
+    this.renewToken(pair.access_token);
   }
 
   /** Flattened inbound (subscriber) and outbound (publisher) RTP statistics. */
@@ -363,13 +513,20 @@ export class HuiyiClient extends EventTarget {
   /** Leaves the meeting: the room hears `user-left` at once instead of after a socket timeout. */
   close() {
     if (this.#socket?.readyState === WebSocket.OPEN) this.#send('leave', {});
-    this.#teardown();
-    this.#socket?.close(1000, 'left');
+    const socket = this.#socket;
+    this.#finish();
+    socket?.close(1000, 'left');
+    this.#emit('close', { code: 1000, reason: 'left' });
   }
 
   #send(type, data) {
     if (this.#socket?.readyState !== WebSocket.OPEN) throw new Error(`signaling socket is not open (sending ${type})`);
     this.#socket.send(JSON.stringify({ type, meeting_id: this.meetingId, data }));
+  }
+
+  /** For what the next join repeats anyway (media state): lost with a lost socket, no harm. */
+  #sendIfOpen(type, data) {
+    if (this.#socket?.readyState === WebSocket.OPEN) this.#send(type, data);
   }
 
   #emit(type, detail) {
@@ -378,6 +535,13 @@ export class HuiyiClient extends EventTarget {
 
   #emitFailure(error) {
     this.#emit('error', { code: error.code ?? null, message: error.message, cause: error });
+  }
+
+  #setState(state, reason) {
+    if (this.state === state || this.state === 'closed') return;
+    this.state = state;
+    if (state === 'reconnecting') this.#emit('reconnecting', { reason });
+    else if (state === 'connected') this.#emit('reconnected', { reason });
   }
 
   #receive(raw) {
@@ -405,6 +569,9 @@ export class HuiyiClient extends EventTarget {
       case 'chat':
         this.#emit('chat', data);
         break;
+      case 'caption':
+        this.#emit('caption', data);
+        break;
       case 'media-state':
         this.#onMediaState(data);
         break;
@@ -426,8 +593,11 @@ export class HuiyiClient extends EventTarget {
     this.sessionId = data.session_id;
     this.self = data.self;
     this.participants = new Map((data.participants ?? []).map((p) => [p.user_id, p]));
-    this.#joinWaiter?.resolve(data);
+    this.#serverMuted.clear();
+    const waiter = this.#joinWaiter;
     this.#joinWaiter = null;
+    if (this.state === 'connecting') this.state = 'connected';
+    waiter?.resolve(data);
     this.#emit('joined', data);
   }
 
@@ -438,6 +608,17 @@ export class HuiyiClient extends EventTarget {
     }
     const participant = this.participants.get(data.user_id);
     if (participant && data.media_state) participant.media_state = data.media_state;
+    if (data.user_id === this.userId && data.by !== undefined && data.by !== this.userId && data.media_state) {
+      // A host or moderator muted this client on the server: stop sending too, and say so.
+      for (const kind of ['audio', 'video']) {
+        if (data.media_state[kind] !== false) continue;
+        this.#serverMuted.add(kind);
+        for (const track of this.localStream?.getTracks() ?? []) {
+          if (track.kind === kind) track.enabled = false;
+        }
+        this.#emit('mutedby', { kind, by: data.by });
+      }
+    }
     this.#emit('mediastate', data);
   }
 
@@ -451,8 +632,9 @@ export class HuiyiClient extends EventTarget {
     } else if (type === 'offer' && data.target === 'subscriber') {
       // A second offer must not start before the first is answered: the subscriber connection
       // would be in the wrong signaling state, and the mid → track map would be overwritten early.
+      const generation = this.#generation;
       this.#subscriberChain = this.#subscriberChain
-        .then(() => this.#answerSubscriber(data))
+        .then(() => this.#answerSubscriber(data, generation))
         .catch((error) => this.#emitFailure(error));
     }
   }
@@ -460,24 +642,122 @@ export class HuiyiClient extends EventTarget {
   #onSocketClosed(event) {
     const waiter = this.#joinWaiter;
     this.#joinWaiter = null;
+    const code = this.#lastError?.code ?? event.code;
+    const reason = this.#lastError?.message ?? (event.reason || 'signaling socket closed');
+    this.#pendingAnswer?.reject(new Error('signaling socket closed'));
     if (waiter) {
       // A refused socket is told why in an `error` message just before the close.
-      const reason = this.#lastError?.message ?? (event.reason || 'signaling socket closed');
-      waiter.reject(new HuiyiError(reason, this.#lastError?.code ?? event.code));
+      waiter.reject(new HuiyiError(reason, code));
     }
-    this.#pendingAnswer?.reject(new Error('signaling socket closed'));
-    this.#teardown();
-    this.#emit('close', { code: event.code, reason: event.reason });
+    // Before the first join there is nothing to resume; after it, only a final close ends the client.
+    if (this.#closed) return;
+    if (this.state === 'connecting' || FINAL_CLOSE_CODES.has(event.code)) {
+      this.#finish();
+      this.#emit('close', { code: event.code, reason: event.reason });
+      return;
+    }
+    if (!this.#reconnecting) this.#reconnect(`signaling closed (${event.code})`);
   }
 
-  // Without signaling the SFU drops this peer anyway; closing locally makes that visible at once.
-  #teardown() {
+  /** Over for good: nothing is resumed, devices are released. */
+  #finish() {
     if (this.#closed) return;
     this.#closed = true;
+    this.state = 'closed';
     clearTimeout(this.#renewTimer);
+    clearTimeout(this.#mediaLostTimer);
+    globalThis.removeEventListener?.('online', this.#onOnline);
+    globalThis.removeEventListener?.('offline', this.#onOffline);
+    this.#dropMedia();
+    for (const track of this.localStream?.getTracks() ?? []) track.stop();
+    this.#screen?.track.stop();
+  }
+
+  /** The peer connections are closed and what they received is ended; what is published is kept. */
+  #dropMedia() {
+    this.#generation += 1;
+    clearTimeout(this.#mediaLostTimer);
+    this.#mediaLostTimer = null;
+    this.#pendingAnswer?.reject(new Error('connection dropped'));
     this.#publisher?.close();
     this.#subscriber?.close();
-    for (const track of this.localStream?.getTracks() ?? []) track.stop();
+    this.#publisher = null;
+    this.#subscriber = null;
+    this.#publisherChain = Promise.resolve();
+    this.#subscriberChain = Promise.resolve();
+    for (const mid of [...this.#liveTracks.keys()]) this.#endRemoteTrack(mid);
+    this.#trackInfo = new Map();
+  }
+
+  /**
+   * The socket or the media connection is lost: join again over REST, open a new socket (the old
+   * one, if it is still open, is closed only once the new one is in, so the room never sees this
+   * user leave), and publish the same tracks on new peer connections. Retries with backoff until
+   * it works or the server refuses for good.
+   */
+  async #reconnect(reason) {
+    if (this.#closed || this.#reconnecting) return;
+    this.#reconnecting = true;
+    this.#setState('reconnecting', reason);
+    const old = this.#socket;
+    this.#dropMedia();
+    let wait = RECONNECT_FIRST_WAIT_MS;
+    while (!this.#closed) {
+      try {
+        if (globalThis.navigator?.onLine === false) throw new Error('offline');
+        await this.#rejoin();
+        await this.#openSocket();
+        if (old && old !== this.#socket && old.readyState === WebSocket.OPEN) old.close(1000, 'reconnected');
+        await this.#republish();
+        this.#reconnecting = false;
+        this.#setState('connected', 'reconnected');
+        return;
+      } catch (error) {
+        if (this.#closed) return;
+        if (isFinal(error)) {
+          this.#reconnecting = false;
+          this.#finish();
+          this.#emit('close', { code: error.code, reason: error.message });
+          return;
+        }
+        this.#dropMedia();
+        await sleep(wait);
+        wait = Math.min(wait * 2, RECONNECT_MAX_WAIT_MS);
+      }
+    }
+  }
+
+  async #republish() {
+    const live = this.#published.filter((entry) => entry.track.readyState === 'live');
+    this.#published = live;
+    if (live.length === 0 && !this.#screen) return;
+    const pc = this.#createPublisher();
+    for (const entry of live) {
+      entry.transceiver = pc.addTransceiver(entry.track, { ...entry.init, streams: [this.localStream] });
+    }
+    if (this.#screen) await this.#addScreen();
+    else await this.#negotiatePublisher();
+    // The join set the stored media state to the meeting's defaults: say what is really sent.
+    const state = {};
+    for (const kind of ['audio', 'video']) {
+      const tracks = live.filter((entry) => entry.track.kind === kind);
+      if (tracks.length) state[kind] = tracks.some((entry) => entry.track.enabled);
+    }
+    if (this.#screen) state.screen_share = true;
+    if (Object.keys(state).length) this.#sendIfOpen('media-state', state);
+  }
+
+  /** The browser is online again: a socket that survived gets new ICE paths, a lost one a reconnect. */
+  #networkBack() {
+    if (this.#closed || this.state === 'connecting') return;
+    if (this.#socket?.readyState !== WebSocket.OPEN) {
+      if (!this.#reconnecting) this.#reconnect('network back');
+      return;
+    }
+    if (this.#reconnecting) return;
+    this.restartIce()
+      .then(() => this.#setState('connected', 'network back'))
+      .catch(() => this.#reconnect('network back'));
   }
 
   #createPeerConnection(target) {
@@ -487,6 +767,7 @@ export class HuiyiClient extends EventTarget {
       iceTransportPolicy: this.iceTransportPolicy,
     });
     pc.addEventListener('icecandidate', ({ candidate }) => {
+      if (pc !== this.#publisher && pc !== this.#subscriber) return;
       if (this.#socket?.readyState !== WebSocket.OPEN) return;
       this.#send('ice-candidate', {
         target,
@@ -496,16 +777,34 @@ export class HuiyiClient extends EventTarget {
       });
     });
     // Restart once per failure: a restart that fails again re-arms only after a recovery, so a
-    // dead network does not produce a stream of offers.
+    // dead network does not produce a stream of offers. A connection still down a while after
+    // that is rebuilt whole.
     let restarting = false;
     pc.addEventListener('iceconnectionstatechange', () => {
+      if (pc !== this.#publisher && pc !== this.#subscriber) return;
       const state = pc.iceConnectionState;
       if (state === 'connected' || state === 'completed') {
         restarting = false;
-      } else if (state === 'failed' && !restarting && !this.#closed) {
+        clearTimeout(this.#mediaLostTimer);
+        this.#mediaLostTimer = null;
+        if (this.state === 'reconnecting' && !this.#reconnecting && navigator.onLine !== false) {
+          this.#setState('connected', 'media back');
+        }
+        return;
+      }
+      if ((state === 'disconnected' || state === 'failed') && !this.#mediaLostTimer && !this.#closed) {
+        this.#mediaLostTimer = setTimeout(() => {
+          this.#mediaLostTimer = null;
+          const down = [this.#publisher, this.#subscriber].some(
+            (peer) => peer && ['disconnected', 'failed'].includes(peer.iceConnectionState),
+          );
+          if (down) this.#reconnect(`${target} media connection lost`);
+        }, MEDIA_LOST_MS);
+      }
+      if (state === 'failed' && !restarting && !this.#closed) {
         restarting = true;
         this.#renewIceServersIfExpiring().then(() => {
-          if (this.#closed) return;
+          if (this.#closed || pc !== (target === 'publisher' ? this.#publisher : this.#subscriber)) return;
           if (target === 'publisher') {
             this.#negotiatePublisher({ iceRestart: true }).catch((error) => this.#emitFailure(error));
           } else if (this.#socket?.readyState === WebSocket.OPEN) {
@@ -524,18 +823,22 @@ export class HuiyiClient extends EventTarget {
 
   #createSubscriber() {
     const pc = this.#createPeerConnection('subscriber');
-    pc.addEventListener('track', (event) => this.#onRemoteTrack(event));
+    pc.addEventListener('track', (event) => {
+      if (pc === this.#subscriber) this.#onRemoteTrack(event);
+    });
     this.#subscriber = pc;
     return pc;
   }
 
   /** Offers on the publisher connection; one negotiation at a time, each waiting for its answer. */
   #negotiatePublisher(offerOptions) {
+    const pc = this.#publisher;
     const run = this.#publisherChain.then(async () => {
-      const pc = this.#publisher;
+      if (pc !== this.#publisher) throw new Error('connection dropped');
       await pc.setLocalDescription(await pc.createOffer(offerOptions));
       const answer = this.#awaitPublisherAnswer();
-      this.#send('offer', { target: 'publisher', sdp: pc.localDescription.sdp });
+      const screenMid = this.#screen?.transceiver?.mid;
+      this.#send('offer', { target: 'publisher', sdp: markScreenSection(pc.localDescription.sdp, screenMid) });
       await pc.setRemoteDescription({ type: 'answer', sdp: await answer });
     });
     this.#publisherChain = run.catch(() => {});
@@ -554,7 +857,9 @@ export class HuiyiClient extends EventTarget {
     });
   }
 
-  async #answerSubscriber(data) {
+  async #answerSubscriber(data, generation) {
+    // An offer for a connection dropped meanwhile (a reconnect) is stale.
+    if (generation !== this.#generation) return;
     const pc = this.#subscriber ?? this.#createSubscriber();
     // An offer without a track list (e.g. an ICE restart) leaves what is carried unchanged.
     if (data.tracks) this.#trackInfo = new Map(data.tracks.map((track) => [String(track.mid), track]));
@@ -590,6 +895,7 @@ export class HuiyiClient extends EventTarget {
         stream_id: streamId,
         user_id: info.user_id,
         peer_id: info.peer_id,
+        source: info.source ?? 'camera',
       };
       this.remoteStreams.set(streamId, entry);
     }

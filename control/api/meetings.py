@@ -12,7 +12,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, NaiveDatet
 
 from control.api.schemas import Page, RequestModel
 from control.auth.passwords import hash_password, verify_password
-from control.context import HUB, STORE, current_user
+from control.context import HUB, STORE, WEBHOOKS, current_user
 from control.endpoints import Access, EndpointGroup, path_int
 from control.envelope import iso_utc, utc_now
 from control.errors import ApiError, BusinessCode, bad_request, forbidden, not_found, user_not_found
@@ -25,6 +25,8 @@ from control.rooms import (
     load_meeting,
     media_state,
     meeting_not_found,
+    participant_joined,
+    participant_left,
     participant_view,
     post_chat,
     require_host,
@@ -39,6 +41,7 @@ from control.store.meetings import (
     ParticipantRecord,
     new_invite_code,
 )
+from control.webhooks.events import MEETING_ENDED, MEETING_STARTED
 
 log = logging.getLogger("huiyi.meetings")
 group = EndpointGroup("/api/v1/meetings", "meetings")
@@ -169,6 +172,7 @@ class ParticipantOut(BaseModel):
     status: Literal["online", "offline", "waiting"]
     joined_at: str | None
     media_state: MediaState
+    avatar_url: str | None = Field(None, description="the user's avatar thumbnail, if they uploaded one")
 
     @classmethod
     def of(cls, participant: ParticipantRecord) -> ParticipantOut:
@@ -357,10 +361,28 @@ async def delete_meeting(request: web.Request) -> None:
     meeting = await _meeting(request)
     await require_host(request.app, meeting, current_user(request))
     if meeting.status == "ongoing":
-        await request.app[STORE].meetings.transition(meeting.id, ["ongoing"], status="ended", ended_at=utc_now())
+        online = await _online(request, meeting)
+        ended = await request.app[STORE].meetings.transition(
+            meeting.id, ["ongoing"], status="ended", ended_at=utc_now()
+        )
+        if ended is not None:
+            _tell_ended(request, meeting, online, "deleted")
     await close_room(request.app, meeting.id, "meeting deleted")
     await request.app[STORE].meetings.delete(meeting.id)
     log.info("meeting %s deleted by its host", meeting.id)
+
+
+async def _online(request: web.Request, meeting: MeetingRecord) -> list[int]:
+    """Who is online in the meeting: ending it takes them all offline at once."""
+    return [p.user_id for p in await request.app[STORE].participants.list(meeting.id) if p.status == "online"]
+
+
+def _tell_ended(request: web.Request, meeting: MeetingRecord, online: list[int], reason: str) -> None:
+    """Webhook receivers hear everyone online leave, then (for a meeting that ran) that it ended."""
+    for user_id in online:
+        participant_left(request.app, meeting.id, user_id, f"meeting {reason}")
+    if reason != "cancelled":
+        request.app[WEBHOOKS].emit(MEETING_ENDED, {"meeting_id": meeting.id, "reason": reason})
 
 
 @group.route(
@@ -380,6 +402,8 @@ async def start_meeting(request: web.Request) -> MeetingOut:
     )
     if started is None:
         raise bad_request(f"Only a scheduled meeting can start; this one is {meeting.status}")
+    data = {"meeting_id": started.id, "title": started.title, "creator_id": started.creator_id}
+    request.app[WEBHOOKS].emit(MEETING_STARTED, data)
     return MeetingOut.of(started, member=True)
 
 
@@ -398,11 +422,14 @@ async def end_meeting(request: web.Request) -> MeetingOut:
     target = {"ongoing": "ended", "scheduled": "cancelled"}.get(meeting.status)
     if target is None:
         raise bad_request(f"Meeting has already {meeting.status}")
-    ended = await request.app[STORE].meetings.transition(
-        meeting.id, [meeting.status], status=target, ended_at=utc_now()
-    )
+    online = await _online(request, meeting)
+    now = utc_now()
+    # A meeting that ran ends now, whatever end was planned; one cancelled keeps its planned times.
+    times = {"ended_at": now, "end_time": now} if target == "ended" else {"ended_at": now}
+    ended = await request.app[STORE].meetings.transition(meeting.id, [meeting.status], status=target, **times)
     if ended is None:
         raise bad_request("Meeting changed state meanwhile; fetch it again")
+    _tell_ended(request, meeting, online, target)
     await close_room(request.app, meeting.id, f"meeting {target}")
     return MeetingOut.of(ended, member=True)
 
@@ -437,6 +464,8 @@ async def join_meeting(request: web.Request, body: JoinIn) -> JoinOut:
         )
     except JoinRefused as refused:
         raise _join_refused(refused.reason) from None
+    if participant.status == "online" and (existing is None or existing.status != "online"):
+        participant_joined(app, participant)
     return JoinOut(
         meeting=MeetingOut.of(meeting, member=participant.is_member),
         participant=ParticipantOut.of(participant),
@@ -548,6 +577,8 @@ async def add_participant(request: web.Request, body: AddParticipantIn) -> Parti
         raise _join_refused(refused.reason) from None
     if admitted:
         await app[HUB].admit(meeting.id, target.id)
+        if participant is not None:
+            participant_joined(app, participant)
     if body.role == "host":
         return await _change_role(request, meeting, target.id, "host", participant)
     if body.role == "moderator" and participant is not None and participant.role == "participant":
@@ -583,6 +614,8 @@ async def remove_participant(request: web.Request) -> None:
     if not await app[STORE].participants.remove(meeting.id, user_id, by_user=caller.user_id):
         now = await app[STORE].participants.get(meeting.id, user_id)
         raise _not_a_participant() if now is None or now.removed else refusal
+    if target.status == "online":
+        participant_left(app, meeting.id, user_id, "removed")
     await app[HUB].broadcast(message("user-left", meeting.id, user_id, {"user_id": user_id, "reason": "removed"}))
     await app[HUB].close_user(meeting.id, user_id, CLOSE_REMOVED, "removed from the meeting")
 
@@ -619,6 +652,9 @@ async def _change_role(
         refusal = bad_request("Hand the host role to someone else instead; a meeting keeps exactly one host")
     if target.status == "waiting":
         await app[HUB].admit(meeting.id, user_id)  # seated above, whatever became of the role
+        seated = await app[STORE].participants.get(meeting.id, user_id)
+        if seated is not None and seated.status == "online":
+            participant_joined(app, seated)
     if refusal is not None:
         raise refusal
     updated = await app[STORE].participants.get(meeting.id, user_id)

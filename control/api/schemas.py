@@ -9,11 +9,11 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from control.avatars import avatar_url
 from control.envelope import iso_utc
 from control.store.users import UserRecord
 
 USERNAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{2,31}$"
-AVATAR_URL_PREFIX = "/api/v1/users/avatars/"
 
 
 def _strong_password(value: str) -> str:
@@ -58,7 +58,7 @@ class UserOut(BaseModel):
             username=user.username,
             email=user.email,
             nickname=user.nickname,
-            avatar_url=AVATAR_URL_PREFIX + user.avatar_file if user.avatar_file else None,
+            avatar_url=avatar_url(user.avatar_file),
             role=user.role,  # type: ignore[arg-type]
             status=user.status,  # type: ignore[arg-type]
             created_at=iso_utc(user.created_at),

@@ -44,6 +44,7 @@ class TrackOut(BaseModel):
     peer_id: str
     user_id: int
     kind: Literal["audio", "video"]
+    source: Literal["camera", "screen"] = Field(description="screen: a shared screen (a=content:slides)")
     codec: str
     muted: bool
     simulcast: bool
@@ -135,6 +136,7 @@ def _track_out(track: PublishedTrack) -> TrackOut:
         peer_id=track.publisher_id,
         user_id=track.user_id,
         kind=track.kind,  # type: ignore[arg-type]
+        source=track.source,  # type: ignore[arg-type]
         codec=track.codec.name,
         muted=track.muted,
         simulcast=track.simulcast,

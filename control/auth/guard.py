@@ -9,6 +9,7 @@ from control.auth.tokens import TokenClaims, TokenType
 from control.context import ACCOUNTS, CURRENT_USER, LIMITER, TOKENS
 from control.endpoints import Access, Endpoint
 from control.errors import ApiError, forbidden, unauthorized
+from control.logcontext import USER_ID
 from control.store.users import UserRecord
 
 TOKEN_CLAIMS = web.RequestKey("token_claims", TokenClaims)
@@ -54,6 +55,7 @@ async def guard(request: web.Request, endpoint: Endpoint) -> None:
             raise forbidden("Administrator role required")
         request[CURRENT_USER] = user
         request[TOKEN_CLAIMS] = claims
+        USER_ID.set(user.id)
         caller = f"user:{user.id}"
     else:
         caller = f"ip:{request.remote or 'unknown'}"

@@ -13,10 +13,12 @@ from aiohttp import WSMsgType, web
 
 from control.auth.guard import authenticate, bearer_token
 from control.auth.tokens import TokenClaims
+from control.captions import state_announcement
 from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_background
 from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.ice import ice_servers_for
+from control.logcontext import MEETING_ID, PEER_ID, USER_ID
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat, went_offline
 from control.signaling.hub import (
     CLOSE_BAD_REQUEST,
@@ -193,6 +195,13 @@ class Session:
         if recording is not None and recording.status == "recording":
             state = {"recording": True, "recording_id": recording.id}
             self.connection.send(message("media-state", self.meeting.id, SERVER, state))
+        streams = await store.streams.running(meeting_id=self.meeting.id)
+        if streams:
+            state = {"streaming": True, "stream_id": streams[0].id}
+            self.connection.send(message("media-state", self.meeting.id, SERVER, state))
+        captions = await store.captions.state(self.meeting.id)
+        if captions is not None and captions.enabled:
+            self.connection.send(message("media-state", self.meeting.id, SERVER, state_announcement(captions)))
         await self.app[HUB].broadcast(
             message("user-joined", self.meeting.id, me.user_id, participant_view(me)),
             skip_session=self.connection.session_id,
@@ -394,6 +403,10 @@ async def signaling_socket(request: web.Request) -> web.StreamResponse:
         await socket.close(code=refused.close_code, message=refused.text.encode()[:120])
         return socket
 
+    # Records of this socket, and of the media peer and tasks it starts, say whose they are.
+    MEETING_ID.set(meeting.id)
+    USER_ID.set(connection.user_id)
+    PEER_ID.set(connection.session_id)
     session = Session(request, connection, meeting, claims)
     store, hub = request.app[STORE], request.app[HUB]
     writer = asyncio.get_running_loop().create_task(connection.write())

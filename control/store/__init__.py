@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from control.store.captions import CaptionStore
 from control.store.chat import ChatStore
 from control.store.engine import migrate, open_engine
 from control.store.media import JobStore, MediaStore
@@ -11,8 +12,10 @@ from control.store.meetings import MeetingStore, ParticipantStore
 from control.store.recordings import RecordingStore
 from control.store.sessions import SessionStore
 from control.store.stats import StatsStore
+from control.store.streams import StreamStore
 from control.store.tokens import TokenStore
 from control.store.users import UserStore
+from control.store.webhooks import WebhookStore
 
 
 class Store:
@@ -30,6 +33,9 @@ class Store:
         self.media = MediaStore(engine)
         self.jobs = JobStore(engine)
         self.recordings = RecordingStore(engine)
+        self.webhooks = WebhookStore(engine)
+        self.streams = StreamStore(engine)
+        self.captions = CaptionStore(engine)
 
     @classmethod
     async def open(cls, url: str, schema: str = "", pool_size: int = 20) -> Store:

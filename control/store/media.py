@@ -163,6 +163,14 @@ class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    async def counts(self) -> list[tuple[str, str, int]]:
+        """How many jobs there are of each kind in each state: (kind, state, count)."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(jobs.c.kind, jobs.c.status, func.count()).group_by(jobs.c.kind, jobs.c.status)
+            )
+            return [(kind, status, int(count)) for kind, status, count in rows]
+
     async def add(
         self, *, job_id: str, user_id: int, kind: str, params: dict[str, Any], node_id: str, lease_until: datetime
     ) -> JobRecord:

@@ -57,6 +57,7 @@ class ParticipantRecord:
     video: bool
     screen: bool
     joined_at: datetime | None
+    avatar_file: str | None  # the user's, so pages in the meeting show faces, not only names
 
     @property
     def can_moderate(self) -> bool:
@@ -117,6 +118,7 @@ _PARTICIPANT_COLUMNS = (
     participants.c.video,
     participants.c.screen,
     participants.c.joined_at,
+    users.c.avatar_file,
 )
 
 

@@ -254,3 +254,121 @@ recording_tracks = Table(
     UniqueConstraint("recording_id", "node_id", "file_name", name="uq_recording_tracks_file"),
     **NEVER_REUSED,
 )
+
+# Receivers of event notifications (docs/operations.md#webhooks): registered through the admin API,
+# or configured in the nodes' settings (those carry a key, the hash of their URL, so nodes starting
+# together add each once).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("url", String(2048), nullable=False),
+    Column("secret", String(256), nullable=False),
+    # Event types delivered; empty: every type.
+    Column("events", JSON, nullable=False),
+    Column("description", String(200), nullable=False, server_default=""),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("settings_key", String(64), nullable=True, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    # The node delivering to this receiver, and until when unless renewed: one node at a time, so
+    # the receiver gets its events one after the other, in order.
+    Column("lease_node", String(64), nullable=True),
+    Column("lease_until", UtcDateTime(), nullable=True),
+    **NEVER_REUSED,
+)
+
+# One event for one receiver: pending until delivered, or dropped once retrying is over.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("webhook_id", IdType, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", String(40), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    # The JSON document sent, exactly as signed.
+    Column("body", Text, nullable=False),
+    # pending | delivered | dropped
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", String(500), nullable=True),
+    **NEVER_REUSED,
+)
+Index(
+    "ix_webhook_deliveries_queue",
+    webhook_deliveries.c.webhook_id,
+    webhook_deliveries.c.status,
+    webhook_deliveries.c.id,
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
+Index("ix_webhook_deliveries_finished", webhook_deliveries.c.finished_at)
+streams = Table(
+    "streams",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("started_by", IdType, ForeignKey("users.id"), nullable=False, index=True),
+    # starting | live | reconnecting | stopped | failed
+    Column("status", String(16), nullable=False, index=True),
+    Column("error", String(1000), nullable=True),
+    Column("layout", String(16), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("fps", Integer, nullable=False),
+    Column("video_bitrate", Integer, nullable=False),
+    Column("audio_bitrate", Integer, nullable=False),
+    # Each output as shown ({"type", "url" masked, "public"}); a push URL's stream key is never stored.
+    Column("outputs", JSON, nullable=False),
+    # The secret part of the public HLS address, when the host asked for a public stream.
+    Column("public_token", String(64), nullable=True, unique=True),
+    # The node whose compositor runs the stream.
+    Column("node_id", String(64), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("stopped_at", UtcDateTime(), nullable=True),
+    Column("stop_reason", String(200), nullable=True),
+    # The last figures the compositor reported (frames, drops, bit rate, each output's state).
+    Column("stats", JSON, nullable=False),
+    **NEVER_REUSED,
+)
+
+# The push destinations of the streams running now, by a digest of the URL (stream key included):
+# its primary key holds one stream per destination, across nodes, without storing the key.
+stream_targets = Table(
+    "stream_targets",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("stream_id", IdType, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False, index=True),
+)
+# Live captions: whether a meeting is captioned (one row once switched), and what was said.
+meeting_captions = Table(
+    "meeting_captions",
+    metadata,
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("language", String(35), nullable=False),
+    Column("model_id", String(64), nullable=False),
+    Column("changed_by", IdType, ForeignKey("users.id"), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False),
+)
+Index("ix_meeting_captions_enabled", meeting_captions.c.enabled)
+
+transcript_lines = Table(
+    "transcript_lines",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("meeting_id", IdType, ForeignKey("meetings.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", IdType, ForeignKey("users.id"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("language", String(35), nullable=False),
+    Column("model_id", String(64), nullable=False),
+    # Wall clock of capture: when the utterance began and when its speech ended.
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    **NEVER_REUSED,
+)
+Index("ix_transcript_lines_meeting_id", transcript_lines.c.meeting_id, transcript_lines.c.id)

@@ -1,14 +1,14 @@
 """what a job measured besides its files
 
 Revision ID: 0010_enhance
-Revises: 0006_recordings
+Revises: 0009_captions
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_enhance"
-down_revision = "0006_recordings"
+down_revision = "0009_captions"
 branch_labels = None
 depends_on = None
 
