@@ -37,7 +37,7 @@ class Denoise(RequestModel):
 class Sharpen(RequestModel):
     op: Literal["sharpen"]
     amount: float = Field(1.0, ge=-2, le=5, description="unsharp mask amount; negative blurs")
-    size: int = Field(5, ge=3, le=23, description="mask size in pixels, odd")
+    size: int = Field(5, ge=3, le=13, description="mask size in pixels, odd (FFmpeg takes up to 13)")
 
     @model_validator(mode="after")
     def _odd(self) -> Sharpen:
