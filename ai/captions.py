@@ -255,6 +255,9 @@ def worker_main(settings: Settings, inbox: Connection, outbox: Connection) -> No
     # Captions give way to the media they come from: on a busy machine the server's media loop gets
     # the CPU first, and captions fall behind (dropping their oldest speech) instead.
     os.nice(NICENESS)
+    # Moonshine on one thread: its runtime's thread pool spins between the short inferences of live
+    # speech, which on a small machine took twice the CPU for twice the time.
+    os.environ.setdefault("MOONSHINE_ORT_SINGLE_THREAD", "1")
     worker = _Worker(settings, outbox)
     threading.Thread(target=worker.recognise_forever, name="caption-recogniser", daemon=True).start()
     threading.Thread(target=worker.report_forever, name="caption-report", daemon=True).start()

@@ -25,6 +25,7 @@ PRE_ROLL_SECONDS = 0.2  # audio kept from before the first window of speech
 TAIL_SECONDS = 0.15  # silence kept after the last window of speech
 MIN_SPEECH_SECONDS = 0.25  # less speech than this (a click, a cough) is no utterance
 STAY_THRESHOLD = THRESHOLD - 0.15  # once speaking, a window this likely still counts as speech
+SILENT_PEAK = 1e-3  # a window whose loudest sample is under -60 dBFS is silence
 MAX_FILLED_GAP = 0.5  # a pause in the stream up to this long is silence; a longer one ends the utterance
 
 
@@ -127,7 +128,8 @@ class Utterances:
         return self._finish() if self._windows else []
 
     def _step(self, wall: float, window: np.ndarray) -> list[Utterance]:
-        probability = self.vad.probability(window)
+        # Digital silence (a muted microphone sends it) is no speech: the model is spared it.
+        probability = self.vad.probability(window) if np.abs(window).max() >= SILENT_PEAK else 0.0
         if not self._windows:
             if probability < THRESHOLD:
                 self._before.append((wall, window))

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import fractions
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -297,6 +298,7 @@ def stages(work: Path, partial_seconds: float) -> dict[str, Any]:
     from ai.registry import Registry
     from ai.utterances import OpusDecoder, Utterances
 
+    os.environ.setdefault("MOONSHINE_ORT_SINGLE_THREAD", "1")  # as the caption worker runs it
     speech = microphone(SENTENCES, work)
     registry = Registry(None, work / "cache")
     registry.load("moonshine-tiny-en")
