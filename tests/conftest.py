@@ -39,52 +39,6 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PASSWORD = "correct-horse-42"
 
 
-# Modules whose tests run media in real time (aiortc and browser peers, live compositors, captions,
-# TURN relays, servers on other nodes) or measure it. The suite runs on pytest-xdist workers
-# (`-n auto --dist loadgroup` in pyproject.toml): these all go to one worker, one test at a time as
-# when they were written, so no two of them compete for the machine and none is timed while another
-# one floods it. Every other module runs whole on one worker, its tests in order, sharing its
-# module-scoped servers.
-REALTIME_MODULES = frozenset(
-    {
-        "test_bench_smoke",
-        "test_caption_worker",
-        "test_captions",
-        "test_denoise_switch",
-        "test_live_compositor",
-        "test_live_denoise",
-        "test_metrics",
-        "test_reconnect",
-        "test_recording_aiortc",
-        "test_recording_e2e",
-        "test_revocation",
-        "test_server_process",
-        "test_sfu_adaptation",
-        "test_sfu_aiortc",
-        "test_sfu_browser",
-        "test_sfu_ice_tcp",
-        "test_sfu_network",
-        "test_sfu_single_port",
-        "test_sfu_udp_fuzz",
-        "test_streaming_e2e",
-        "test_turn_browser",
-        "test_turn_interop",
-        "test_two_nodes",
-        "test_two_nodes_revocation",
-        "test_webapp_browser",
-        "test_webapp_firefox",
-    }
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.module is None:
-            continue
-        module = item.module.__name__.rpartition(".")[2]
-        item.add_marker(pytest.mark.xdist_group("realtime" if module in REALTIME_MODULES else module))
-
-
 def unavailable(what: str, error: BaseException) -> None:
     """A server the suite needs is down: fatal under CI, a skip on a developer's machine."""
     message = f"{what} is not reachable ({type(error).__name__}: {error})"
