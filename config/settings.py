@@ -276,19 +276,12 @@ class AiSettings(_Section):
     @field_validator("url_allow_networks", mode="before")
     @classmethod
     def _network_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _comma_list(value)
 
     @field_validator("url_allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for text in value:
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
-        return value
+        return _network_strings(value)
 
 
 def _network_strings(value: list[str]) -> list[str]:
@@ -421,19 +414,12 @@ class StreamingSettings(_Section):
     @field_validator("allow_networks", mode="before")
     @classmethod
     def _network_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _comma_list(value)
 
     @field_validator("allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for text in value:
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
-        return value
+        return _network_strings(value)
 
 
 class Settings(_Section):
