@@ -189,7 +189,9 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
 
             # Started again: the job runs a second time, and is interrupted again.
             server = await asyncio.to_thread(start)
-            await until(lambda: sqlite_job(data_dir, twice)["attempts"] == 2, "second attempt started", JOB_DEADLINE)
+            await until(lambda: sqlite_job(data_dir, twice)["attempts"] == 2, "second attempt claimed", JOB_DEADLINE)
+            # Killed once its worker runs the job: a worker still starting up leaves only when it is ready.
+            await user.running(server, twice)
             workers = kill(server)
             await until(lambda: not any(alive(pid) for pid in workers), "workers gone after the server", 5)
 

@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.browser import needs_chromium, open_participant
+from tests.browser import needs_chromium, open_participant, page_stats
 from tests.recording_media import beeps, decode_file, drift, flashes
 from tests.rtc_clients import Cues, Participant
 from tests.server_process import (
@@ -459,6 +459,14 @@ async def test_browsers_recorded_through_a_simulcast_layer_switch(
         ivy = await open_participant(browser, server, meeting_id, token, user_id)
         joined = time.time()
 
+        async def sending() -> bool:
+            sent = {entry["kind"] for entry in (await page_stats(ivy))["outbound"] if entry.get("packetsSent")}
+            return sent == {"audio", "video"}
+
+        # Her media follow once her connection is up, which takes a while longer on a busy machine.
+        await until(sending, "ivy's browser sending audio and video", 30, interval=0.05)
+        flowing = time.time()
+
         async def recording_for(seconds: float) -> None:
             since = time.time()
             await until(lambda: time.time() > since + seconds, f"{seconds} s more of recording", 30, interval=0.1)
@@ -493,8 +501,8 @@ async def test_browsers_recorded_through_a_simulcast_layer_switch(
     ]
     for (user, kind), (first, last) in spans.items():
         begin, end = there[user]
-        # Ivy's page is ready once her publish is answered; her media follow once it has connected.
-        late = 1.5 if user == user_id else KEY_FRAME_WAIT if kind == "video" else 0.5
+        # Ivy's page is ready once her publish is answered; her media start once her browser sends them.
+        late = flowing - joined + 1.0 if user == user_id else KEY_FRAME_WAIT if kind == "video" else 0.5
         closing = left - leaving if user == user_id else 0.0
         assert begin - 0.5 < first < begin + late and end - 0.5 < last < end + closing + 0.5, report
     for user in (host_id, user_id):

@@ -119,7 +119,9 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
     ben_from_ann()
     rates = traced_rates[-1]
     cap = (rates["medium"] + rates["high"]) // 2
-    assert 100_000 < cap < 1_000_000, rates
+    # The layers must be far enough apart for a cap between them to tell them apart (a busy machine's
+    # encoder sends less than the 200 kbit/s above, but keeps the layers apart).
+    assert rates["high"] > 1.3 * rates["medium"] and cap < 1_000_000, rates
     await ben_page.evaluate(f"window.huiyi.setMaxBitrate({cap})")
 
     async def under_the_cap() -> bool:
