@@ -23,16 +23,27 @@ from urllib.parse import urlparse
 
 from bench import churn, metrics
 from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
-from bench.report import RECORDED, RELAYED, capacity_table, plot, recording_table, relay_table, run_table, series
+from bench.report import CAPACITY_LEGEND, LEGEND, plot, render, series
 
 TARGETS = ("sfu", "naive", "relay")
 RECORD_MODES = {"off": (False,), "on": (True,), "compare": (False, True)}
 ICE_MODES = {"host": ("host",), "relay": ("relay",), "compare": ("host", "relay")}
 
 
+JSON_NOTE = """\
+--json writes {series: [run, ...]} where series is a run table's target (sfu, naive, relay, sfu+rec, sfu+turn)
+and each run holds the table's figures under stable names: subscribers_total, join_ms {p50, p99},
+forwarded_packets_per_second, forwarded_mbit_per_second, server_cpu_percent, server_rss_mb, loss_percent,
+delivered_fps_ratio, latency_ms {p50, p99}, harness_cpu_percent, errors, and the scenario it ran.
+python -m bench.report A.json B.json prints saved runs together."""
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench",
+        description=__doc__,
+        epilog=f"{LEGEND}\n\n{CAPACITY_LEGEND}\n\n{JSON_NOTE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running huiyi server, e.g. http://127.0.0.1:8000")
@@ -103,14 +114,25 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
             for recording in modes:
                 for transport in transports:
                     scenario = replace(base, subscribers=count, recording=recording, ice_transport=transport)
-                    print(f"running {scenario.label} for {scenario.duration:.0f} s ...", file=sys.stderr, flush=True)
-                    figures = await run(scenario, url, pid, tag=f"{target[0]}{index}x{secrets.token_hex(3)}")
-                    print(run_table([figures]), file=sys.stderr, flush=True)
+                    tag = f"{target[0]}{index}x{secrets.token_hex(3)}"
+                    figures = await run(scenario, url, pid, tag, progress=_progress)
+                    verdict = "carried" if figures.passes() else "not carried: " + ", ".join(figures.failures())
+                    _progress(f"{scenario.label}: {verdict}", done=True)
                     results.append(figures)
     finally:
         if server is not None:
             server.stop()
     return results
+
+
+def _progress(message: str, done: bool = False) -> None:
+    """Live progress on stderr (the results go to stdout once, at the end): one line rewritten in
+    place on a terminal, a line every few seconds in a log."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[K{message}" + ("\n" if done else ""))
+    else:
+        sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 async def _churn(arguments: argparse.Namespace) -> int:
@@ -155,15 +177,7 @@ async def _main(arguments: argparse.Namespace) -> int:
     for target in targets:
         for figures in await _sweep(target, arguments, counts):
             everything.setdefault(series(figures.scenario), []).append(figures)
-    print(run_table([figures for runs in everything.values() for figures in runs]))
-    print()
-    print(capacity_table(everything))
-    if RECORDED in everything:
-        print()
-        print(recording_table(everything.get("sfu", []), everything[RECORDED]))
-    if RELAYED in everything:
-        print()
-        print(relay_table(everything.get("sfu", []), everything[RELAYED]))
+    print(render(everything))
     if arguments.json:
         arguments.json.write_text(
             json.dumps({t: [asdict(f) for f in runs] for t, runs in everything.items()}, indent=2)

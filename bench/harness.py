@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,21 @@ class Figures:
 
     def passes(self) -> bool:
         """The load is carried: under 1 % loss, p99 latency under 50 ms, 90 % of frames delivered."""
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        """Why the load was not carried, in the words of the run table's columns (none: it was)."""
+        reasons = []
+        if self.loss_percent >= 1.0:
+            reasons.append("loss")
         p99 = self.latency_ms.get("p99")
-        fps_ok = self.delivered_fps_ratio is None or self.delivered_fps_ratio >= 0.9
-        return self.loss_percent < 1.0 and (p99 is None or p99 < 50.0) and fps_ok and not self.errors
+        if p99 is not None and p99 >= 50.0:
+            reasons.append("latency")
+        if self.delivered_fps_ratio is not None and self.delivered_fps_ratio < 0.9:
+            reasons.append("fps")
+        if self.errors:
+            reasons.append("errors")
+        return reasons
 
 
 # accounts -------------------------------------------------------------------------------------------
@@ -283,8 +295,16 @@ async def _run_clients(
 # the run ------------------------------------------------------------------------------------------
 
 
-async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) -> Figures:
+Progress = Callable[[str], None]
+
+
+async def run(
+    scenario: Scenario, url: str, server_pid: int | None, tag: str, progress: Progress | None = None
+) -> Figures:
+    """One load, measured. ``progress`` hears where the run is, every few seconds, while it lasts."""
+    say = progress or (lambda _: None)
     rooms: list[Room] = []
+    say(f"{scenario.label}: preparing accounts and meetings")
     if scenario.target == "sfu":
         specs, rooms = await _prepare_sfu(url, scenario, tag)
     else:
@@ -304,6 +324,7 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
     ]
     for worker in workers:
         worker.start()
+    say(f"{scenario.label}: starting {len(specs)} clients in {len(workers)} processes")
     # The clock starts once every worker is ready, however long starting took on a busy machine.
     try:
         for _ in workers:
@@ -327,7 +348,14 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
         streamer = asyncio.get_running_loop().create_task(
             stream_rooms(url, rooms, scenario.stream, start_ns, (window_start, window_end), server_pid)
         )
-    cpu, rss, turn_cpu = await _sample_server(server_pid, window_start, window_end)
+    reporter = asyncio.get_running_loop().create_task(
+        _report_progress(say, scenario.label, server_pid, start_ns, window_start, end_ns)
+    )
+    try:
+        cpu, rss, turn_cpu = await _sample_server(server_pid, window_start, window_end)
+    finally:
+        reporter.cancel()
+    say(f"{scenario.label}: collecting the clients' counts")
     recorded: dict[str, Any] | None = None
     streamed: dict[str, Any] | None = None
     problems: list[str] = []
@@ -355,6 +383,28 @@ async def run(scenario: Scenario, url: str, server_pid: int | None, tag: str) ->
     figures.streaming = streamed
     figures.errors.extend(problems)
     return figures
+
+
+PROGRESS_SECONDS = 2.0
+
+
+async def _report_progress(
+    say: Progress, label: str, pid: int | None, start_ns: int, window_start: int, end_ns: int
+) -> None:
+    """Where the run is (joining, warming up, measuring) and the server's CPU over the last seconds."""
+    total = (end_ns - start_ns) / 1e9
+    before = (metrics.cpu_seconds(pid), time.monotonic()) if pid is not None else None
+    while True:
+        await asyncio.sleep(PROGRESS_SECONDS)
+        now = time.monotonic_ns()
+        phase = "joining and warming up" if now < window_start else "measuring"
+        cpu = ""
+        if before is not None and pid is not None:
+            with contextlib.suppress(OSError):
+                after = (metrics.cpu_seconds(pid), time.monotonic())
+                cpu = f", server CPU {(after[0] - before[0]) / (after[1] - before[1]) * 100:.0f} %"
+                before = after
+        say(f"{label}: {phase}, {min(total, (now - start_ns) / 1e9):.0f}/{total:.0f} s{cpu}")
 
 
 async def _sample_server(

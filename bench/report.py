@@ -35,8 +35,18 @@ COLUMNS = (
     ("fps", lambda f: _num(f.delivered_fps_ratio)),
     ("lat p50/p99 ms", lambda f: f"{_num(f.latency_ms['p50'])}/{_num(f.latency_ms['p99'])}"),
     ("harness CPU %", lambda f: f"{f.harness_cpu_percent:.0f} ({f.harness_processes}p)"),
-    ("ok", lambda f: "yes" if f.passes() else "NO"),
+    ("ok", lambda f: "yes" if f.passes() else "NO: " + ", ".join(f.failures())),
 )
+
+# What each column of the run table means; printed under the table and in ``--help``.
+LEGEND = """\
+Columns: target = what was loaded (sfu, naive, relay; +rec recorded, +turn through TURN); subs = subscribers in
+all rooms; layers = simulcast layers each publisher sent; join = a subscriber's socket opened -> its first media
+packet; pkt/s and Mbit/s = what all subscribers received in the measurement window; server CPU % = the server
+process (100 = one core; TURN CPU % is its TURN process, apart); RSS MB = the server's peak memory; loss % =
+sequence gaps seen by subscribers; fps = frames delivered / frames published (1.0 = every frame); lat = a payload
+sent by a publisher -> received by a subscriber; harness CPU % = the load clients' own CPU (Np = processes);
+ok = loss < 1 %, p99 latency < 50 ms and fps >= 0.9, or why not."""
 
 
 def _num(value: float | None) -> str:
@@ -60,6 +70,24 @@ def _capacity(runs: list[Figures]) -> Figures | None:
     """The heaviest run that still passes (loss < 1 %, p99 < 50 ms, frames delivered)."""
     passing = [f for f in runs if f.passes()]
     return max(passing, key=lambda f: f.subscribers_total) if passing else None
+
+
+def _limit(runs: list[Figures]) -> Figures | None:
+    """The lightest failing run heavier than every passing one: where a sweep found the limit."""
+    best = _capacity(runs)
+    floor = best.subscribers_total if best is not None else -1
+    failing = [f for f in runs if not f.passes() and f.subscribers_total > floor]
+    return min(failing, key=lambda f: f.subscribers_total) if failing else None
+
+
+def _carried(runs: list[Figures]) -> str:
+    """Capacity only when the runs found a limit; otherwise the most that was tried and carried."""
+    best, limit = _capacity(runs), _limit(runs)
+    if best is None:
+        return f"none passed (fails at {limit.subscribers_total})" if limit else "none passed"
+    if limit is None:
+        return f"{best.subscribers_total} carried, no limit reached"
+    return f"capacity {best.subscribers_total} (fails at {limit.subscribers_total})"
 
 
 def _mbit_per_core(figures: Figures | None) -> float | None:
@@ -93,7 +121,7 @@ def capacity_table(everything: dict[str, list[Figures]]) -> str:
         rows.append(
             [
                 target,
-                str(best.subscribers_total) if best else "none passed",
+                _carried(runs),
                 _num(round(per_core, 1) if per_core else None),
                 _num(best.cpu_percent_per_mbit if best else None),
                 _num(best.latency_ms["p99"] if best else None),
@@ -103,11 +131,11 @@ def capacity_table(everything: dict[str, list[Figures]]) -> str:
         )
     header = [
         "target",
-        "capacity (subs)",
+        "subscribers carried",
         "Mbit/s per core",
         "CPU % per Mbit/s",
         "p99 ms",
-        "sfu capacity / target's",
+        "sfu subs / target's",
         "target CPU per Mbit/s / sfu's",
     ]
     return _table(header, rows)
@@ -187,6 +215,24 @@ def relay_table(direct: list[Figures], relayed: list[Figures]) -> str:
     return _table(header, rows)
 
 
+def render(everything: dict[str, list[Figures]]) -> str:
+    """Every run once, what its columns mean, then what the runs add up to: carried loads (and
+    capacity where a sweep found the limit), and recording's and TURN's costs when they were run."""
+    parts = [run_table([figures for runs in everything.values() for figures in runs]), LEGEND]
+    parts.append(capacity_table(everything) + "\n" + CAPACITY_LEGEND)
+    if RECORDED in everything:
+        parts.append(recording_table(everything.get("sfu", []), everything[RECORDED]))
+    if RELAYED in everything:
+        parts.append(relay_table(everything.get("sfu", []), everything[RELAYED]))
+    return "\n\n".join(parts)
+
+
+CAPACITY_LEGEND = """\
+subscribers carried = the heaviest load that passed; "capacity" only where a heavier one failed (sweep with
+--subscribers 10,20,40). Mbit/s per core and CPU % per Mbit/s are of that load; the last two columns compare
+each target with the sfu (ratios of loads and of CPU per forwarded Mbit/s at the heaviest load both carried)."""
+
+
 def _latency(figures: Figures | None) -> str:
     return "-" if figures is None else f"{_num(figures.latency_ms['p50'])}/{_num(figures.latency_ms['p99'])}"
 
@@ -239,15 +285,7 @@ def main() -> None:
             everything.setdefault(target, []).extend(Figures(**figures) for figures in runs)
     for runs in everything.values():
         runs.sort(key=lambda figures: figures.subscribers_total)
-    print(run_table([figures for runs in everything.values() for figures in runs]))
-    print()
-    print(capacity_table(everything))
-    if RECORDED in everything:
-        print()
-        print(recording_table(everything.get("sfu", []), everything[RECORDED]))
-    if RELAYED in everything:
-        print()
-        print(relay_table(everything.get("sfu", []), everything[RELAYED]))
+    print(render(everything))
     if arguments.png:
         plot(everything, arguments.png)
 

@@ -41,7 +41,10 @@ def run_bench(tmp_path: Path, *arguments: str, url: str | None = None) -> dict:
         timeout=180,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "capacity (subs)" in completed.stdout
+    # The results once, on stdout, with what their columns mean; progress and verdicts on stderr.
+    assert len(re.findall(r"\| target +\| subs +\|", completed.stdout)) == 1, completed.stdout
+    assert "subscribers carried" in completed.stdout and "Columns:" in completed.stdout
+    assert re.search(r": (carried|not carried: \w+)", completed.stderr), completed.stderr[-3000:]
     if "--record" in arguments:
         assert "extra CPU %" in completed.stdout
     return json.loads(report.read_text())
