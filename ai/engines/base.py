@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("recognition", "emotion", "synthesis-detection", "denoising")
+TASKS = ("recognition", "emotion", "synthesis-detection", "denoising", "super-resolution")
 
 
 class ModelError(Exception):
