@@ -2,8 +2,9 @@
 microphone and screen: a host signs up, schedules a meeting with a waiting room and passes its
 invite link on; a guest (on a phone-sized screen) opens it, signs up, waits and is let in; they see
 and hear each other, chat, share a screen; the host mutes and removes the guest; a reload and a cut
-network both come back by themselves; ending the meeting ends it for everyone. Every screen is
-screenshot into test-artifacts/webapp/ and checked with axe-core."""
+network both come back by themselves; ending the meeting ends it for everyone; live noise
+suppression switched on one page shows on the other's. Every screen is screenshot into
+test-artifacts/webapp/ and checked with axe-core."""
 
 from __future__ import annotations
 
