@@ -4,7 +4,9 @@ filter graph run through PyAV; the picture is re-encoded, the sound copied untou
 Operations (parameters and ranges in docs/enhancement.md, checked by the API):
 denoise (nlmeans, atadenoise, fftdnoiz, and hqdn3d where the FFmpeg build has it: the wheels PyAV
 ships are LGPL builds without it), sharpen (unsharp), color (brightness, contrast, saturation),
-auto_levels (normalize), deinterlace (bwdif, yadif), upscale (lanczos)."""
+auto_levels (normalize), deinterlace (bwdif, yadif), upscale (lanczos, or ``superres``: a
+super-resolution model run on each frame between the filter graphs before and after it, its
+output scaled with lanczos to the size asked when that is not the model's own factor)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 
+from ai.engines import UpscaleEngine
 from media.jobs import JobFailed
 
 Progress = Callable[[int], None]
+Filters = list[tuple[str, str]]
 MAX_SIDE = 3840
 DENOISE_METHODS = ("nlmeans", "atadenoise", "fftdnoiz", "hqdn3d")
 
@@ -61,19 +66,25 @@ def filters_for(operation: dict[str, Any], width: int, height: int) -> tuple[lis
     if op == "deinterlace":
         return [(operation.get("method", "bwdif"), "mode=send_frame:parity=auto:deint=all")], width, height
     if op == "upscale":
-        factor = operation.get("factor")
-        new_width, new_height = operation.get("width"), operation.get("height")
-        if factor:
-            new_width, new_height = round(width * float(factor)), round(height * float(factor))
-        elif new_width and not new_height:
-            new_height = round(height * new_width / width)
-        elif new_height and not new_width:
-            new_width = round(width * new_height / height)
-        new_width, new_height = _even(int(new_width or width)), _even(int(new_height or height))
-        if max(new_width, new_height) > MAX_SIDE:
-            raise JobFailed(f"upscaling {width}x{height} so gives {new_width}x{new_height}, over {MAX_SIDE} on a side")
+        new_width, new_height = upscaled_size(operation, width, height)
         return [("scale", f"{new_width}:{new_height}:flags=lanczos")], new_width, new_height
     raise JobFailed(f"unknown operation {op}")
+
+
+def upscaled_size(operation: dict[str, Any], width: int, height: int) -> tuple[int, int]:
+    """The size an upscale operation asks for (a factor, or a width and/or height), made even."""
+    factor = operation.get("factor")
+    new_width, new_height = operation.get("width"), operation.get("height")
+    if factor:
+        new_width, new_height = round(width * float(factor)), round(height * float(factor))
+    elif new_width and not new_height:
+        new_height = round(height * new_width / width)
+    elif new_height and not new_width:
+        new_width = round(width * new_height / height)
+    new_width, new_height = _even(int(new_width or width)), _even(int(new_height or height))
+    if max(new_width, new_height) > MAX_SIDE:
+        raise JobFailed(f"upscaling {width}x{height} so gives {new_width}x{new_height}, over {MAX_SIDE} on a side")
+    return new_width, new_height
 
 
 def usable_denoisers() -> list[str]:
@@ -95,8 +106,14 @@ def _encoder(container: str) -> tuple[str, str, str, dict[str, str]]:
 
 
 def enhance_file(
-    source: Path, target_dir: Path, name: str, operations: list[dict[str, Any]], progress: Progress
+    source: Path,
+    target_dir: Path,
+    name: str,
+    operations: list[dict[str, Any]],
+    progress: Progress,
+    upscaler: UpscaleEngine | None = None,
 ) -> dict[str, Any]:
+    """``upscaler``: the loaded model that ``superres`` upscale operations run."""
     started = time.monotonic()
     try:
         container = av.open(str(source), metadata_errors="ignore")
@@ -111,13 +128,29 @@ def enhance_file(
         width, height = video.codec_context.width, video.codec_context.height
         if not width or not height:
             raise JobFailed("the video track has no picture size")
-        chain: list[tuple[str, str]] = []
+        # Filter graphs with a model step between each two: the graph before a step ends in RGB,
+        # the one after it starts by scaling the model's output to the size asked.
+        segments: list[Filters] = [[]]
+        steps: list[Callable[[av.VideoFrame], av.VideoFrame]] = []
         for operation in operations:
+            if operation["op"] == "upscale" and operation.get("method") == "superres":
+                if upscaler is None:
+                    raise JobFailed("super-resolution was asked for without a model")
+                new_width, new_height = upscaled_size(operation, width, height)
+                segments[-1].append(("format", "rgb24"))
+                steps.append(_model_step(upscaler))
+                scale = upscaler.scale
+                resize = (width * scale, height * scale) != (new_width, new_height)
+                segments.append([("scale", f"{new_width}:{new_height}:flags=lanczos")] if resize else [])
+                width, height = new_width, new_height
+                continue
             filters, width, height = filters_for(operation, width, height)
-            chain += filters
+            segments[-1] += filters
+        segments[-1].append(("format", "yuv420p"))
         kind, suffix, codec, codec_options = _encoder(container.format.name)
         target = target_dir / f"{Path(name).stem[:100] or 'video'}-enhanced{suffix}"
         total = container.duration / av.time_base if container.duration else 0.0
+        chain = _Chain([_Segment(filters) for filters in segments], steps)
         frames = _run(
             container, video, audio, chain, target, kind, codec, codec_options, (width, height), total, progress
         )
@@ -133,11 +166,75 @@ def enhance_file(
     }
 
 
+def _model_step(upscaler: UpscaleEngine) -> Callable[[av.VideoFrame], av.VideoFrame]:
+    def step(frame: av.VideoFrame) -> av.VideoFrame:
+        picture = upscaler.infer(frame.to_ndarray(format="rgb24"), None)
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+        out.pts, out.time_base = frame.pts, frame.time_base
+        return out
+
+    return step
+
+
+class _Segment:
+    """One filter graph, built for the frames of the first one pushed in (their size, format and
+    time base are only known then when a model step comes before it)."""
+
+    def __init__(self, filters: Filters) -> None:
+        self.filters = filters
+        self.graph: av.filter.Graph | None = None
+
+    def _build(self, frame: av.VideoFrame) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        nodes = [
+            graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=frame.time_base)
+        ]
+        for filter_name, arguments in self.filters:
+            try:
+                nodes.append(graph.add(filter_name, arguments))
+            except (av.FFmpegError, ValueError) as exc:
+                raise JobFailed(f"the {filter_name} filter refused its parameters ({exc})") from None
+        nodes.append(graph.add("buffersink"))
+        for before, after in itertools.pairwise(nodes):
+            before.link_to(after)
+        graph.configure()
+        return graph
+
+    def push(self, frame: av.VideoFrame | None) -> list[av.VideoFrame]:
+        """The frames the graph gives for ``frame`` (None: the end, the frames it still holds)."""
+        if self.graph is None:
+            if frame is None:
+                return []
+            self.graph = self._build(frame)
+        self.graph.vpush(frame)
+        out = []
+        while True:
+            try:
+                out.append(self.graph.vpull())
+            except (av.BlockingIOError, av.EOFError):
+                return out
+
+
+class _Chain:
+    def __init__(self, segments: list[_Segment], steps: list[Callable[[av.VideoFrame], av.VideoFrame]]) -> None:
+        self.segments, self.steps = segments, steps
+
+    def push(self, frame: av.VideoFrame | None) -> list[av.VideoFrame]:
+        """The frames ready for the encoder after ``frame`` (None: the end of the input)."""
+        pending: list[av.VideoFrame | None] = [frame]
+        for index, segment in enumerate(self.segments):
+            out = [result for item in pending for result in segment.push(item)]
+            if index < len(self.steps):
+                out = [self.steps[index](result) for result in out]
+            pending = [*out, None] if frame is None else list(out)
+        return [item for item in pending if item is not None]
+
+
 def _run(
     container: av.container.InputContainer,
     video: av.VideoStream,
     audio: av.AudioStream | None,
-    chain: list[tuple[str, str]],
+    chain: _Chain,
     target: Path,
     kind: str,
     codec: str,
@@ -146,17 +243,6 @@ def _run(
     total: float,
     progress: Progress,
 ) -> int:
-    graph = av.filter.Graph()
-    nodes = [graph.add_buffer(template=video)]
-    for filter_name, arguments in [*chain, ("format", "yuv420p")]:
-        try:
-            nodes.append(graph.add(filter_name, arguments))
-        except (av.FFmpegError, ValueError) as exc:
-            raise JobFailed(f"the {filter_name} filter refused its parameters ({exc})") from None
-    nodes.append(graph.add("buffersink"))
-    for before, after in itertools.pairwise(nodes):
-        before.link_to(after)
-    graph.configure()
     frames = 0
     with av.open(str(target), "w", format=kind) as output:
         rate = video.average_rate or video.guessed_rate or 25
@@ -165,13 +251,9 @@ def _run(
         encoder.time_base = video.time_base
         copied = output.add_stream_from_template(audio) if audio is not None else None
 
-        def drain() -> None:
+        def encode(ready: list[av.VideoFrame]) -> None:
             nonlocal frames
-            while True:
-                try:
-                    out = graph.vpull()
-                except (av.BlockingIOError, av.EOFError):
-                    return
+            for out in ready:
                 out.pict_type = av.video.frame.PictureType.NONE
                 output.mux(encoder.encode(out))
                 frames += 1
@@ -184,12 +266,10 @@ def _run(
                         output.mux(packet)
                     continue
                 for frame in packet.decode():
-                    graph.vpush(frame)
-                    drain()
+                    encode(chain.push(frame))
                     if total and frame.time is not None:
                         progress(min(99, int(100 * frame.time / total)))
-            graph.vpush(None)
-            drain()
+            encode(chain.push(None))
             output.mux(encoder.encode(None))
         except av.FFmpegError as exc:
             raise JobFailed(f"the file is damaged: decoding failed ({type(exc).__name__})") from None

@@ -21,7 +21,7 @@ import numpy as np
 from ai import audio, memory
 from ai.audio import SAMPLE_RATE, BadAudio
 from ai.denoising import denoise_file
-from ai.engines import DenoiseEngine, ModelError
+from ai.engines import DenoiseEngine, ModelError, UpscaleEngine
 from ai.enhance import enhance_file
 from ai.fetch import UrlRefused, fetch, parse_networks
 from ai.registry import Registry, Unavailable, UnknownModel, choose
@@ -149,6 +149,8 @@ class Node:
         """A real inference on one second of a test signal: the VAD always, and each loaded model."""
         t = np.arange(SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
         clip = (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)
+        # For picture models: a 32x32 gradient.
+        picture = np.broadcast_to((np.arange(32, dtype=np.uint8) * 8)[:, None, None], (32, 32, 3)).copy()
         checks = []
         started = time.perf_counter()
         self._vad().probabilities(clip)
@@ -157,7 +159,7 @@ class Node:
             began = time.perf_counter()
             try:
                 with self.registry.using(model_id) as engine:
-                    engine.infer(clip, None)
+                    engine.infer(picture if isinstance(engine, UpscaleEngine) else clip, None)
                 checks.append(
                     {"check": model_id, "ok": True, "latency_ms": round(1000 * (time.perf_counter() - began), 2)}
                 )
@@ -241,7 +243,12 @@ class Node:
         name = job["source"].get("file_name") or "input"
         options = job.get("options", {})
         try:
-            if job["kind"] == "enhancement":
+            if job["kind"] == "enhancement" and job.get("model_id"):
+                with self.registry.using(job["model_id"]) as engine:
+                    if not isinstance(engine, UpscaleEngine):
+                        raise Unavailable(f"model {job['model_id']} is not a super-resolution model")
+                    result = enhance_file(source, target_dir, name, options["operations"], progress, engine)
+            elif job["kind"] == "enhancement":
                 result = enhance_file(source, target_dir, name, options["operations"], progress)
             else:
                 with self.registry.using(job["model_id"]) as engine:

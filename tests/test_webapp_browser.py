@@ -2,8 +2,9 @@
 microphone and screen: a host signs up, schedules a meeting with a waiting room and passes its
 invite link on; a guest (on a phone-sized screen) opens it, signs up, waits and is let in; they see
 and hear each other, chat, share a screen; the host mutes and removes the guest; a reload and a cut
-network both come back by themselves; ending the meeting ends it for everyone. Every screen is
-screenshot into test-artifacts/webapp/ and checked with axe-core."""
+network both come back by themselves; ending the meeting ends it for everyone; live noise
+suppression switched on one page shows on the other's. Every screen is screenshot into
+test-artifacts/webapp/ and checked with axe-core."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.browser import launch, needs_chromium
+from tests.browser import launch, needs_chromium, open_participant
 from tests.server_process import ServerProcess, make_user, request, start_server
 from tests.support import image_bytes, until
 from tests.webapp import CuttableProxy, check_screen
@@ -327,3 +328,40 @@ async def test_a_meeting_password_is_asked_only_when_needed(server: ServerProces
     problems = {screen: found for screen, found in screens.items() if found}
     assert not problems, problems
     await cleo.context.close()
+
+
+async def test_noise_suppression_switched_on_one_page_shows_on_the_others(server: ServerProcess, chromium: Any) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    host_token, host_id = make_user(server.url, f"nora{suffix}")
+    guest_token, guest_id = make_user(server.url, f"gus{suffix}")
+    status, body = request("POST", f"{server.url}/api/v1/meetings", {"title": "Quiet please"}, host_token)
+    assert status == 201, body
+    meeting_id, code = body["data"]["meeting_id"], body["data"]["invite_code"]
+    for token, payload in ((host_token, {}), (guest_token, {"invite_code": code})):
+        status, body = request("POST", f"{server.url}/api/v1/meetings/{meeting_id}/join", payload, token)
+        assert status == 200, body
+    nora = await open_participant(chromium, server, meeting_id, host_token, host_id)
+    gus = await open_participant(chromium, server, meeting_id, guest_token, guest_id)
+    gus_on_nora = f"#stage [data-key='user:{guest_id}'] .badge.noise"
+    nora_on_gus = f"#stage [data-key='user:{host_id}'] .badge.noise"
+    await nora.wait_for_selector(gus_on_nora, state="hidden", timeout=15_000)
+
+    # Gus cleans his own microphone: Nora's page shows it on his tile, his toggle says it is on.
+    await gus.click("#noise-suppression")
+    await nora.wait_for_selector(gus_on_nora, state="visible", timeout=10_000)
+    await gus.wait_for_selector("#noise-suppression[aria-pressed=true]")
+    await nora.wait_for_selector(".notice:has-text('Noise suppression is on for')")
+    assert await nora.is_hidden("#local-tile .badge.noise")
+
+    # Nora switches it on for everyone, then off: Gus sees it on her tile, then nowhere.
+    await nora.click("#more")
+    await nora.click("#menu-noise:has-text('Noise suppression for everyone')")
+    await gus.wait_for_selector(nora_on_gus, state="visible", timeout=10_000)
+    await gus.wait_for_selector("#noise-suppression[aria-pressed=true][disabled]")
+    await nora.click("#more")
+    await nora.click("#menu-noise:has-text('Noise suppression off for everyone')")
+    await gus.wait_for_selector(nora_on_gus, state="hidden", timeout=10_000)
+    await gus.wait_for_selector("#noise-suppression[aria-pressed=false]:not([disabled])")
+    await nora.wait_for_selector(gus_on_nora, state="hidden")
+    for page in (nora, gus):
+        await page.context.close()

@@ -460,6 +460,14 @@ export class HuiyiClient extends EventTarget {
     this.#sendIfOpen('media-state', { [kind]: !muted });
   }
 
+  /**
+   * Asks the server to clean this client's microphone of noise (or to stop); the room, this
+   * client included, hears it as a server `media-state` `{noise_suppression, scope, user_id}`.
+   */
+  setNoiseSuppression(on) {
+    this.#send('media-state', { noise_suppression: Boolean(on) });
+  }
+
   sendChat(text) {
     this.#send('chat', { text });
   }

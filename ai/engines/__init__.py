@@ -10,6 +10,7 @@ from ai.engines.moonshine import MoonshineEngine
 from ai.engines.rnnoise import RnnoiseEngine
 from ai.engines.spectral import SpectralGatingEngine
 from ai.engines.speechbrain import SpeechbrainEngine
+from ai.engines.superres import RealEsrganEngine, UpscaleEngine
 from ai.engines.whisper import WhisperEngine
 
 ENGINES: dict[str, type[Engine]] = {
@@ -20,6 +21,17 @@ ENGINES: dict[str, type[Engine]] = {
     "deepfilternet": DeepFilterEngine,
     "rnnoise": RnnoiseEngine,
     "spectral-gating": SpectralGatingEngine,
+    "realesrgan": RealEsrganEngine,
 }
 
-__all__ = ["ENGINES", "DenoiseEngine", "DenoiseStream", "Engine", "ModelError", "ModelSpec", "RecognizedLine", "Scores"]
+__all__ = [
+    "ENGINES",
+    "DenoiseEngine",
+    "DenoiseStream",
+    "Engine",
+    "ModelError",
+    "ModelSpec",
+    "RecognizedLine",
+    "Scores",
+    "UpscaleEngine",
+]

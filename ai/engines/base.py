@@ -1,8 +1,8 @@
 """The interface every engine offers (load, unload, infer, describe) and what a model is.
 
 An engine knows how to run one kind of model on one clip of mono samples (16 kHz for speech,
-48 kHz for denoising); it knows nothing of jobs, queues or nodes, so it can be tried with a file in
-and a result out."""
+48 kHz for denoising), or on one RGB picture (super-resolution); it knows nothing of jobs,
+queues or nodes, so it can be tried with a file in and a result out."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("recognition", "emotion", "synthesis-detection", "denoising")
+TASKS = ("recognition", "emotion", "synthesis-detection", "denoising", "super-resolution")
 
 
 class ModelError(Exception):
@@ -78,7 +78,7 @@ class Engine(ABC):
     @abstractmethod
     def infer(self, clip: np.ndarray, language: str | None) -> list[RecognizedLine] | Scores | np.ndarray:
         """Recognition engines answer lines; classifiers answer scores over their labels;
-        denoisers the cleaned clip."""
+        denoisers the cleaned clip; upscalers the larger picture."""
 
     def memory_bytes(self) -> int | None:
         """What the loaded model holds, when the engine can tell; otherwise the registry measures

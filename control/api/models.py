@@ -31,7 +31,7 @@ class ModelOnNode(BaseModel):
 
 class ModelOut(BaseModel):
     model_id: str
-    task: Literal["recognition", "emotion", "synthesis-detection", "denoising", "unknown"]
+    task: Literal["recognition", "emotion", "synthesis-detection", "denoising", "super-resolution", "unknown"]
     engine: str
     languages: list[str] = Field(description="primary language tags, or ['*'] for any")
     labels: list[str] = Field(description="a classifier's classes")

@@ -1,11 +1,13 @@
 """/api/v1/video: enhancing a video file of the caller's with a list of operations (denoise,
 sharpen, color, auto levels, deinterlace, upscale), run in order as one FFmpeg filter graph on a
-worker node. The output is a new media file of the caller's (the picture re-encoded in the input's
+worker node; ``upscale`` with ``method: superres`` runs a super-resolution model of the registry on
+each frame instead of lanczos. The output is a new media file of the caller's (the picture re-encoded in the input's
 container family, the sound copied); polled at ``GET /video/job/:id/status`` (docs/enhancement.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from typing import Annotated, Literal
 
@@ -13,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
 from ai.enhance import MAX_SIDE, available, usable_denoisers
+from control.api.ai_common import answer, service
 from control.api.enhancement_jobs import EnhancementJobOut, owned_job, settled, succeeded_result
 from control.api.ffmpeg import readable_file
 from control.api.schemas import RequestModel
@@ -24,6 +27,7 @@ from control.store.media import JobRecord
 from media.probe import stream_kinds
 
 group = EndpointGroup("/api/v1/video", "video")
+SUPER_RESOLUTION = "super-resolution"
 
 
 class Denoise(RequestModel):
@@ -66,7 +70,14 @@ class Deinterlace(RequestModel):
 
 class Upscale(RequestModel):
     op: Literal["upscale"]
-    method: Literal["lanczos"] = "lanczos"
+    method: Literal["lanczos", "superres"] = Field(
+        "lanczos", description="superres: a super-resolution model on each frame (seconds a frame; for recordings)"
+    )
+    model: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="with superres: a super-resolution model of GET /models; default realesr-animevideov3-x<factor>",
+    )
     factor: float | None = Field(None, gt=1, le=4, description="scale both sides by this")
     width: int | None = Field(None, ge=16, le=MAX_SIDE, description="or a width (height follows unless given)")
     height: int | None = Field(None, ge=16, le=MAX_SIDE)
@@ -75,6 +86,8 @@ class Upscale(RequestModel):
     def _one_size(self) -> Upscale:
         if (self.factor is None) == (self.width is None and self.height is None):
             raise ValueError("give either factor, or width and/or height")
+        if self.model is not None and self.method != "superres":
+            raise ValueError("model goes with method superres")
         return self
 
 
@@ -133,6 +146,12 @@ async def enhancement(request: web.Request, body: EnhancementIn) -> VideoJobOut:
     if "video" not in await asyncio.to_thread(stream_kinds, path):
         raise bad_request(f"file {record.id} has no video track")
     operations = [operation.model_dump() for operation in body.operations]
+    superres = [op for op in operations if op["op"] == "upscale" and op["method"] == "superres"]
+    if len(superres) > 1:
+        raise bad_request("operations: super-resolution can be asked for once per job")
+    model = None
+    if superres:
+        model = superres[0]["model"] = await _upscaler(request, superres[0])
     job = await request.app[JOBS].enqueue(
         job_id=secrets.token_hex(16),
         user_id=current_user(request).id,
@@ -141,11 +160,26 @@ async def enhancement(request: web.Request, body: EnhancementIn) -> VideoJobOut:
             "inputs": [record.id],
             "meeting_id": record.meeting_id,
             "source": {"storage_key": record.storage_key, "file_id": record.id, "file_name": record.file_name},
-            "model": None,
+            "model": model,
             "options": {"operations": operations},
         },
     )
     return VideoJobOut.of(await settled(request, job))
+
+
+async def _upscaler(request: web.Request, operation: dict[str, object]) -> str:
+    """The model a superres upscale runs: the one asked for, else the packaged video model of the
+    factor asked (x4 for a size: its output is scaled to it), else any super-resolution model."""
+    ai = service(request)
+    if operation["model"] is not None:
+        return await answer(ai.model_for(SUPER_RESOLUTION, None, str(operation["model"])))
+    factor = operation["factor"]
+    native = min(4, max(2, math.ceil(float(factor)))) if isinstance(factor, int | float) else 4
+    default = f"realesr-animevideov3-x{native}"
+    models = await answer(ai.models())
+    if any(m["model_id"] == default and m["status"] != "error" for m in models):
+        return default
+    return await answer(ai.model_for(SUPER_RESOLUTION, None, None))
 
 
 @group.route(

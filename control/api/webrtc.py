@@ -12,6 +12,7 @@ from control.context import HUB, SETTINGS, SFU, STORE, current_user
 from control.endpoints import Access, EndpointGroup, path_int
 from control.errors import bad_request, not_found
 from control.ice import IceServersOut, ice_servers_for
+from control.noise_suppression import announce, participant_state, room_state
 from control.rooms import load_meeting, media_state, meeting_not_found, require_member, require_moderator
 from control.signaling.hub import message
 from sfu.denoise import live_models
@@ -309,6 +310,7 @@ async def peer_media(request: web.Request, body: PeerMediaIn) -> PeerOut:
         peer.set_max_bitrate(body.max_bitrate or None)
     if body.noise_suppression is not None:
         request.app[SFU].noise.set_peer(peer.id, body.noise_suppression)
+        await announce(request.app, peer.room.id, participant_state(peer.user_id, body.noise_suppression, user.id))
     changes = {kind: value for kind, value in (("audio", body.audio), ("video", body.video)) if value is not None}
     for kind, enabled in changes.items():
         peer.set_muted(kind, not enabled)
@@ -398,4 +400,6 @@ async def set_room_noise_suppression(request: web.Request, body: NoiseSuppressio
     ):
         raise bad_request(f"{body.model} is not a model that cleans live audio (rnnoise or deepfilternet3)")
     sfu.noise.set_room(meeting.id, body.enabled, body.model)
-    return _noise_out(request, meeting.id)
+    answer = _noise_out(request, meeting.id)
+    await announce(request.app, meeting.id, room_state(answer.enabled, answer.model, current_user(request).id))
+    return answer

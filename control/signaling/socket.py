@@ -19,6 +19,7 @@ from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.ice import ice_servers_for
 from control.logcontext import MEETING_ID, PEER_ID, USER_ID
+from control.noise_suppression import announce, current_states, participant_state
 from control.rooms import CHAT_MAX_LENGTH, leave, media_state, participant_view, post_chat, went_offline
 from control.signaling.hub import (
     CLOSE_BAD_REQUEST,
@@ -202,6 +203,8 @@ class Session:
         captions = await store.captions.state(self.meeting.id)
         if captions is not None and captions.enabled:
             self.connection.send(message("media-state", self.meeting.id, SERVER, state_announcement(captions)))
+        for state in current_states(self.app[SFU], self.meeting.id):
+            self.connection.send(message("media-state", self.meeting.id, SERVER, state))
         await self.app[HUB].broadcast(
             message("user-joined", self.meeting.id, me.user_id, participant_view(me)),
             skip_session=self.connection.session_id,
@@ -326,6 +329,11 @@ class Session:
             except SignalError as exc:
                 await self.error(exc.text, exc.code)
                 return
+            if "noise_suppression" in data:
+                user_id = self.connection.user_id
+                await announce(
+                    self.app, self.meeting.id, participant_state(user_id, data["noise_suppression"], user_id)
+                )
             if not any(key in data for key in MEDIA_KEYS):
                 return
         changes = {}

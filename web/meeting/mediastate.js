@@ -1,11 +1,16 @@
 /**
  * What the server itself says about the room in `media-state` messages (from 0): the one place
- * that turns them into indicators: recording (the header's "● Recording"), a live stream ("● Live")
- * and live captions (shown by the meeting screen's captions).
+ * that turns them into indicators: recording (the header's "● Recording"), a live stream ("● Live"),
+ * live captions (shown by the meeting screen's captions) and live noise suppression (the tiles'
+ * "NS" badges and the toggle, kept by noise.js).
  */
 import { $ } from '../dom.js';
 
-export function showServerState(detail, { notices, captions } = {}) {
+export function showServerState(detail, { notices, captions, noise, nameOf } = {}) {
+  if (noise?.apply(detail)) {
+    if (notices && detail.by !== null && detail.by !== undefined) notices.show(noiseNotice(detail, noise.myId, nameOf));
+    return;
+  }
   if ('recording' in detail) {
     indicate('#recording', detail.recording, notices, ['This meeting is being recorded.', 'Recording stopped.']);
   }
@@ -17,6 +22,13 @@ export function showServerState(detail, { notices, captions } = {}) {
     captions.show(Boolean(detail.captions));
     if (notices && was !== Boolean(detail.captions)) notices.show(detail.captions ? 'Live captions are on.' : 'Live captions are off.');
   }
+}
+
+function noiseNotice(detail, myId, nameOf) {
+  const state = detail.noise_suppression ? 'on' : 'off';
+  if (detail.scope === 'room') return `Noise suppression is ${state} for everyone.`;
+  if (detail.user_id === myId) return `Noise suppression is ${state} for your microphone.`;
+  return `Noise suppression is ${state} for ${nameOf ? nameOf(detail.user_id) : 'someone'}.`;
 }
 
 function indicate(selector, on, notices, [started, stopped]) {

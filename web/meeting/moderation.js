@@ -54,6 +54,11 @@ export class Moderation {
     return this.api.call('POST', `${this.base}/captions`, { enabled, language });
   }
 
+  /** Live noise suppression of every microphone on or off; the room hears it as `media-state`. */
+  setNoiseSuppression(enabled) {
+    return this.api.call('POST', `/webrtc/room/${this.meetingId}/noise-suppression`, { enabled });
+  }
+
   endForAll() {
     return this.api.call('POST', `${this.base}/end`);
   }

@@ -11,6 +11,7 @@ import { DebugPanel } from './debug.js';
 import { Captions } from './captions.js';
 import { clearServerState, showServerState } from './mediastate.js';
 import { Moderation } from './moderation.js';
+import { NoiseSuppression } from './noise.js';
 import { Notices } from './notices.js';
 import { People } from './people.js';
 import { QualityMonitor } from './quality.js';
@@ -63,6 +64,15 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   const names = new Map([[me.user_id, me]]);
   const nameOf = (userId, fallback) => displayName(names.get(userId) ?? client.participants.get(userId) ?? { username: fallback, user_id: userId });
   const captions = new Captions({ moderation, nameOf, onError: (error) => notices.show(describeError(error)) });
+  const noise = new NoiseSuppression({
+    client,
+    moderation,
+    myId: me.user_id,
+    onChange: () => {
+      for (const tile of stage.tiles.values()) tile.setNoiseSuppressed(noise.isOn(tile.local ? me.user_id : tile.person.user_id));
+    },
+    onError: (error) => notices.show(describeError(error)),
+  });
 
   document.body.classList.add('in-meeting');
   document.title = `${meeting?.title ?? `Meeting ${meetingId}`} · huiyi`;
@@ -80,7 +90,9 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
       tile.setPerson(person);
       return tile;
     }
-    return stage.add(new Tile(key, person));
+    const added = stage.add(new Tile(key, person));
+    added.setNoiseSuppressed(noise.isOn(person.user_id));
+    return added;
   }
 
   function syncParticipants() {
@@ -100,6 +112,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     captions.allowSwitch(['host', 'moderator'].includes(detail.self?.role));
     ownTile.element.dataset.peerId = detail.session_id;
     syncParticipants();
+    noise.joined();
   });
   client.addEventListener('participant-joined', ({ detail }) => {
     if (detail.user_id === me.user_id) return;
@@ -114,6 +127,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     stage.remove(`user:${detail.user_id}`);
     stage.remove(`screen:${detail.user_id}`);
     captions.drop(detail.user_id);
+    noise.drop(detail.user_id);
   });
   client.addEventListener('caption', ({ detail }) => captions.add(detail));
   client.addEventListener('remotestream', ({ detail }) => {
@@ -146,7 +160,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   });
   client.addEventListener('mediastate', ({ detail }) => {
     if (detail.user_id === undefined || !detail.media_state) {
-      showServerState(detail, { notices, captions });
+      showServerState(detail, { notices, captions, noise, nameOf });
       return;
     }
     if (detail.user_id === me.user_id) {
@@ -328,6 +342,8 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
         item('menu-record', recording ? 'Stop recording' : 'Start recording', () =>
           recording ? moderation.stopRecording() : moderation.startRecording(meeting ?? { settings }),
         ),
+      moderator &&
+        item('menu-noise', noise.room ? 'Noise suppression off for everyone' : 'Noise suppression for everyone', () => noise.setForEveryone(!noise.room)),
       host &&
         item('menu-end', 'End meeting for all', async () => {
           if (confirm('End the meeting for everyone?')) await moderation.endForAll();
@@ -339,6 +355,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
     const micOn = isOn('audio');
     const camOn = isOn('video');
     micButton.hidden = tracksOf('audio').length === 0;
+    noise.toggle.hidden = micButton.hidden;
     camButton.hidden = tracksOf('video').length === 0;
     micButton.setAttribute('aria-pressed', String(!micOn));
     camButton.setAttribute('aria-pressed', String(!camOn));
@@ -367,7 +384,7 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
   const toolbar = h(
     'div',
     { className: 'toolbar', role: 'toolbar', 'aria-label': 'Meeting controls' },
-    h('div', { className: 'tool-group' }, micButton, camButton, shareButton),
+    h('div', { className: 'tool-group' }, micButton, noise.toggle, camButton, shareButton),
     h('div', { className: 'tool-group' }, chatButton, peopleButton, captions.toggle, layoutButton, h('div', { className: 'menu-anchor' }, moreButton, menu)),
     h('div', { className: 'tool-group' }, leaveButton),
   );

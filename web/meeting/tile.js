@@ -1,5 +1,6 @@
 /** One tile of the meeting's stage: someone's video (or their avatar when there is none), their
- * name, and what to know at a glance: microphone off, speaking, connection quality, role. */
+ * name, and what to know at a glance: microphone off, speaking, connection quality, role, and
+ * whether the server cleans their microphone's noise. */
 import { avatar, displayName, h } from '../dom.js';
 
 const QUALITY_LABELS = { good: 'good', fair: 'fair', poor: 'poor', unknown: 'measuring' };
@@ -23,12 +24,13 @@ export class Tile {
     this.micIcon = h('span', { className: 'icon mic-off', role: 'img', 'aria-label': 'Microphone off', hidden: true });
     this.quality = h('span', { className: 'quality', role: 'img', dataset: { level: 'unknown' } }, h('i'), h('i'), h('i'));
     this.role = h('span', { className: 'badge role', hidden: true });
+    this.noise = h('span', { className: 'badge noise', role: 'img', 'aria-label': 'Noise suppression on', title: 'Noise suppression on', hidden: true }, 'NS');
     this.element = h(
       'figure',
       { className: `tile${local ? ' local' : ''}${screen ? ' screen' : ''}`, dataset: { key, userId: person.user_id } },
       this.video,
       this.avatarBox,
-      h('figcaption', {}, this.micIcon, this.name, this.role, this.quality),
+      h('figcaption', {}, this.micIcon, this.name, this.role, this.noise, this.quality),
     );
     this.audio = null;
     this.setPerson(person);
@@ -74,6 +76,10 @@ export class Tile {
   setAudioOn(on) {
     this.micIcon.hidden = on;
     if (!on) this.setSpeaking(false);
+  }
+
+  setNoiseSuppressed(on) {
+    this.noise.hidden = this.screen || !on;
   }
 
   setSpeaking(speaking) {
