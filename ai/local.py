@@ -18,7 +18,7 @@ from typing import Any
 from ai.jobs import FINISHED, apply_finished, apply_started
 from ai.node import MAX_ATTEMPTS, Node
 from config import Settings
-from config.logformat import configure_logging
+from config.logformat import capture_native_output, configure_logging
 
 log = logging.getLogger("huiyi.ai.local")
 
@@ -42,7 +42,7 @@ class _PipeReport:
 def node_main(settings: Settings, node_id: str, inbox: Any, outbox: Any) -> None:
     """The child process: jobs on a pool of ``node_concurrency`` threads, commands on their own
     thread so a long job never holds up a health check, a heartbeat every few seconds."""
-    configure_logging(settings.server.log_level, settings.server.log_format)
+    capture_native_output(configure_logging(settings.server.log_level, settings.server.log_format))
     node = Node(settings, node_id)
     jobs = ThreadPoolExecutor(settings.ai.node_concurrency, thread_name_prefix="ai-job")
     commands = ThreadPoolExecutor(4, thread_name_prefix="ai-command")

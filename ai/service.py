@@ -41,9 +41,9 @@ def worker_node_id(settings: Settings) -> str:
 
 def _redis_node_main(settings: Settings, node_id: str) -> None:
     from ai.redis_queue import RedisNode
-    from config.logformat import configure_logging
+    from config.logformat import capture_native_output, configure_logging
 
-    configure_logging(settings.server.log_level, settings.server.log_format)
+    capture_native_output(configure_logging(settings.server.log_level, settings.server.log_format))
     RedisNode(settings, node_id).run()
 
 

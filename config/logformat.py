@@ -9,10 +9,13 @@ exception message would carry."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 
@@ -81,3 +84,39 @@ def configure_logging(level: str, fmt: str = "text", filters: Iterable[logging.F
     # Python's warnings too, so that every line written is in the format asked for.
     logging.captureWarnings(True)
     return handler
+
+
+_PROGRESS = re.compile(r"^\s*\d+(\.\d+)?\s*%\s*$")
+
+
+def capture_native_output(handler: logging.Handler) -> None:
+    """Route what native libraries write straight to file descriptor 2 (a model runtime's
+    per-tile progress, say) through the log, so that every line the process writes stays in the
+    format asked for: progress lines at DEBUG, anything else at WARNING. The process's own
+    records, and Python's ``sys.stderr``, keep the original standard error."""
+    if not isinstance(handler, logging.StreamHandler):
+        return
+    original = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    handler.setStream(original)
+    sys.stderr = original
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    native = logging.getLogger("huiyi.native")
+
+    def relay() -> None:
+        with os.fdopen(read_end, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                text = line.rstrip()
+                if text:
+                    native.log(logging.DEBUG if _PROGRESS.match(text) else logging.WARNING, "%s", text)
+
+    thread = threading.Thread(target=relay, name="native-output", daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        """At exit: give fd 2 back (closing the pipe) and let the last lines through."""
+        os.dup2(original.fileno(), 2)
+        thread.join(timeout=2)
+
+    atexit.register(drain)

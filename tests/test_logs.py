@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -88,3 +90,34 @@ def test_scrubbing_masks_values_that_grant_access() -> None:
     record.meeting_id = 7
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "failed with password=***" and entry["meeting_id"] == 7 and entry["level"] == "ERROR"
+
+
+NATIVE_WRITER = """
+import logging, os
+from config.logformat import capture_native_output, configure_logging
+capture_native_output(configure_logging("{level}", "json"))
+os.write(2, b"0.00%\\n12.50%\\nncnn: model file is damaged\\n")  # as a model runtime's C code does
+logging.getLogger("huiyi.ai.node").info("job done")
+"""
+
+
+def native_lines(level: str) -> list[dict]:
+    completed = subprocess.run(
+        [sys.executable, "-c", NATIVE_WRITER.format(level=level)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return [json.loads(line) for line in completed.stderr.splitlines()]  # every line is JSON
+
+
+def test_what_native_code_writes_to_standard_error_becomes_json_records() -> None:
+    records = native_lines("INFO")
+    assert {(r["logger"], r["level"], r["message"]) for r in records} == {
+        ("huiyi.native", "WARNING", "ncnn: model file is damaged"),
+        ("huiyi.ai.node", "INFO", "job done"),
+    }, records
+    progress = [r for r in native_lines("DEBUG") if r["logger"] == "huiyi.native" and r["level"] == "DEBUG"]
+    assert [r["message"] for r in progress] == ["0.00%", "12.50%"]
