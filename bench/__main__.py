@@ -25,13 +25,13 @@ from bench import churn, metrics
 from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
 from bench.report import CAPACITY_LEGEND, LEGEND, plot, render, series
 
-TARGETS = ("sfu", "naive", "relay")
+TARGETS = ("sfu", "janus", "naive", "relay")
 RECORD_MODES = {"off": (False,), "on": (True,), "compare": (False, True)}
 ICE_MODES = {"host": ("host",), "relay": ("relay",), "compare": ("host", "relay")}
 
 
 JSON_NOTE = """\
---json writes {series: [run, ...]} where series is a run table's target (sfu, naive, relay, sfu+rec, sfu+turn)
+--json writes {series: [run, ...]} where series is a run table's target (sfu, janus, naive, relay, sfu+rec, sfu+turn)
 and each run holds the table's figures under stable names: subscribers_total, join_ms {p50, p99},
 forwarded_packets_per_second, forwarded_mbit_per_second, server_cpu_percent, server_rss_mb, loss_percent,
 delivered_fps_ratio, latency_ms {p50, p99}, harness_cpu_percent, errors, and the scenario it ran.
@@ -49,7 +49,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--url", help="a running huiyi server, e.g. http://127.0.0.1:8000")
     where.add_argument("--spawn", action="store_true", help="start the server(s) for the run and stop them after")
     parser.add_argument("--target", choices=TARGETS, default="sfu", help="what to load (with --spawn): default sfu")
-    parser.add_argument("--compare", action="store_true", help="run the same scenarios on sfu, naive and relay")
+    parser.add_argument(
+        "--compare", action="store_true", help="run the same scenarios on sfu, janus, naive and relay, one by one"
+    )
     parser.add_argument("--server-pid", type=int, help="pid of the --url server, when /proc cannot show it")
     parser.add_argument("--rooms", type=int, default=1)
     parser.add_argument("--publishers", type=int, default=1, help="per room")
@@ -87,7 +89,7 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
         target=target,
         rooms=arguments.rooms,
         publishers=arguments.publishers,
-        layers=arguments.layers if target == "sfu" else 1,
+        layers=arguments.layers if target in ("sfu", "janus") else 1,
         duration=arguments.duration,
         ramp_up=arguments.ramp_up,
         processes=arguments.processes,

@@ -183,8 +183,7 @@ class SyntheticClient:
         connection = await self._gather(controlling=True)
         self.publisher = MediaTransport(connection, self.certificate, self._ignore, self._on_publisher_rtcp)
         local = self.publisher.local_description("actpass")
-        video_rids = ["l", "m", "h"] if self.simulcast else ["h"]
-        self.layers = [_Layer(rid if self.simulcast else "", self.clip.layers[rid], "1") for rid in video_rids]
+        self.layers = self._video_layers()
         offer = _publisher_offer(local, self.layers, self.simulcast, audio_ssrc := random.getrandbits(32) or 3)
         await self._send("offer", {"target": "publisher", "sdp": offer})
         answer = sdp.parse((await asyncio.wait_for(self.answers.get(), 20))["sdp"])
@@ -194,6 +193,12 @@ class SyntheticClient:
         self._settled(self.publisher)
         self.send_media = self.publisher.send_rtp
         self.tasks.append(asyncio.get_running_loop().create_task(self._replay(audio_ssrc)))
+
+    def _video_layers(self) -> list[_Layer]:
+        """The clip's encodings this publisher sends: three simulcast layers, or the top one alone."""
+        assert self.clip is not None
+        rids = ["l", "m", "h"] if self.simulcast else ["h"]
+        return [_Layer(rid if self.simulcast else "", self.clip.layers[rid], "1") for rid in rids]
 
     async def _replay(self, audio_ssrc: int) -> None:
         """Send 20 ms of audio and every video frame that is due, on a steady clock."""

@@ -26,6 +26,7 @@ import aiohttp
 
 from bench import metrics
 from bench.client import ClientResult
+from bench.janus import janus_command
 from bench.live import stream_rooms
 from bench.recording import Room, record_rooms, start_meeting
 
@@ -47,7 +48,7 @@ LOOPBACK_TURN = {
 
 @dataclass
 class Scenario:
-    target: str = "sfu"  # sfu, naive (aiortc fan-out) or relay (bare UDP)
+    target: str = "sfu"  # sfu, janus (Janus's VideoRoom), naive (aiortc fan-out) or relay (bare UDP)
     rooms: int = 1
     publishers: int = 1
     subscribers: int = 10
@@ -254,6 +255,7 @@ async def _run_clients(
     url: str, specs: list[ClientSpec], scenario: Scenario, clip: Any, certificate: Any, start_ns: int, end_ns: int
 ) -> list[ClientResult]:
     from bench.client import SyntheticClient
+    from bench.janus import JanusClient
     from bench.relay import RelayClient
 
     clients: list[Any] = []
@@ -261,20 +263,16 @@ async def _run_clients(
     async def start(spec: ClientSpec) -> None:
         await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9 + spec.start_offset))
         publisher = spec.role == "publisher"
+        options = {"simulcast": scenario.layers > 1, "record": scenario.record_latency}
+        media = clip if publisher else None
         if scenario.target == "relay":
-            client: Any = RelayClient(url, spec.room, clip if publisher else None, scenario.record_latency)
+            client: Any = RelayClient(url, spec.room, media, scenario.record_latency)
+        elif scenario.target == "janus":
+            identity = (url, spec.token, spec.user_id, spec.meeting_id, media, certificate)
+            client = JanusClient(*identity, publishers=scenario.publishers, **options)
         else:
-            client = SyntheticClient(
-                url,
-                spec.token,
-                spec.user_id,
-                spec.meeting_id,
-                clip if publisher else None,
-                certificate,
-                simulcast=scenario.layers > 1,
-                record=scenario.record_latency,
-                ice_transport=scenario.ice_transport,
-            )
+            identity = (url, spec.token, spec.user_id, spec.meeting_id, media, certificate)
+            client = SyntheticClient(*identity, ice_transport=scenario.ice_transport, **options)
         clients.append(client)
         try:
             await client.connect()
@@ -537,8 +535,8 @@ def free_port() -> int:
 
 
 class SpawnedServer:
-    """A server this harness starts for the run: huiyi (``sfu``), the naive aiortc baseline, the
-    UDP relay, or the bare aiohttp handler (``bare``); ``args`` and ``env`` add to huiyi's own."""
+    """A server this harness starts for the run: huiyi (``sfu``), Janus, the naive aiortc baseline,
+    the UDP relay, or the bare aiohttp handler (``bare``); ``args`` and ``env`` add to huiyi's own."""
 
     def __init__(
         self, target: str, port: int, *, args: Sequence[str] = (), env: Mapping[str, str] | None = None
@@ -547,12 +545,13 @@ class SpawnedServer:
         self.port = port
         self.data_dir = tempfile.mkdtemp(prefix="huiyi-bench-")
         self.log = Path(self.data_dir) / "server.log"
-        command = {
+        commands = {
             "sfu": [sys.executable, str(ROOT / "run_server.py"), "--host", "127.0.0.1", "--port", str(port)],
             "naive": [sys.executable, "-m", "bench.naive_server", "--host", "127.0.0.1"],
             "relay": [sys.executable, "-m", "bench.relay", "--port", str(port)],
             "bare": [sys.executable, "-m", "bench.bare_http", "--port", str(port)],
-        }[target]
+        }
+        command = janus_command(port, Path(self.data_dir) / "janus") if target == "janus" else commands[target]
         if target == "sfu":
             command += ["--data-dir", self.data_dir, *args]
         if target == "naive":
@@ -583,8 +582,9 @@ class SpawnedServer:
                 if "relaying" in self.log.read_text():
                     return
             else:
+                alive = "/janus/info" if self.target == "janus" else "/api/v1/health"
                 try:
-                    async with aiohttp.ClientSession() as http, http.get(f"{self.url}/api/v1/health") as response:
+                    async with aiohttp.ClientSession() as http, http.get(f"{self.url}{alive}") as response:
                         if response.status == 200:
                             return
                 except aiohttp.ClientError:
