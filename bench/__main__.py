@@ -8,6 +8,12 @@ Examples::
     python -m bench --spawn --churn-minutes 10 --churn-peers 6                   # leak soak
     python -m bench --spawn --rooms 2 --publishers 2 --subscribers 2 --record compare   # recording's cost
     python -m bench --spawn --subscribers 10,20 --ice-transport compare        # direct, then all via TURN
+    python -m bench --spawn --target janus --layers 3 --subscribers 10,20      # Janus's VideoRoom
+
+Janus (apt-get install janus) runs with its VideoRoom plugin and the same clients. It never offers a
+loopback interface's address, so a run that includes it re-executes itself in a network namespace of
+its own (root, or unprivileged user namespaces), where Janus's media is on 127.0.0.2 and everything
+else on 127.0.0.1 as usual; the namespace goes when the run ends (see bench/netns.py).
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import argparse
 import asyncio
 import json
 import secrets
+import shutil
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench import churn, metrics
+from bench import churn, metrics, netns
 from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
 from bench.report import CAPACITY_LEGEND, LEGEND, plot, render, series
 
@@ -50,7 +57,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--spawn", action="store_true", help="start the server(s) for the run and stop them after")
     parser.add_argument("--target", choices=TARGETS, default="sfu", help="what to load (with --spawn): default sfu")
     parser.add_argument(
-        "--compare", action="store_true", help="run the same scenarios on sfu, janus, naive and relay, one by one"
+        "--compare",
+        action="store_true",
+        help="run the same scenarios on sfu, janus (when installed), naive and relay, one by one",
     )
     parser.add_argument("--server-pid", type=int, help="pid of the --url server, when /proc cannot show it")
     parser.add_argument("--rooms", type=int, default=1)
@@ -171,7 +180,9 @@ async def _main(arguments: argparse.Namespace) -> int:
     if arguments.churn_minutes is not None:
         return await _churn(arguments)
     counts = [int(value) for value in arguments.subscribers.split(",") if value.strip()]
-    targets = list(TARGETS) if arguments.compare else [arguments.target]
+    targets = _targets(arguments)
+    if arguments.compare and "janus" not in targets:
+        print("janus is not installed (apt-get install janus): comparing without it", file=sys.stderr)
     if not arguments.spawn and targets != ["sfu"]:
         print("--compare and baseline targets need --spawn", file=sys.stderr)
         return 2
@@ -192,8 +203,21 @@ async def _main(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(arguments: argparse.Namespace) -> list[str]:
+    if not arguments.compare:
+        return [arguments.target]
+    return [target for target in TARGETS if target != "janus" or shutil.which("janus")]
+
+
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(_main(_arguments(argv)))
+    arguments = _arguments(argv)
+    if arguments.spawn and arguments.churn_minutes is None and "janus" in _targets(arguments):
+        try:
+            netns.enter(sys.argv[1:] if argv is None else argv)
+        except netns.NamespaceError as error:
+            print(error, file=sys.stderr)
+            return 2
+    return asyncio.run(_main(arguments))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ synthetic clients, the same clip and the same measurements as huiyi, so every ta
 beside ours.
 
 ``janus_command`` writes a configuration of its own (the HTTP transport and the VideoRoom plugin
-only, ICE on the loopback interface only) and gives the command that runs Janus on it.
+only, ICE on the harness namespace's JANUS_LINK only, whose address is 127.0.0.2: see
+``bench.netns`` for why Janus needs that namespace) and gives the command that runs Janus on it.
 ``JanusClient`` is ``SyntheticClient`` speaking Janus's HTTP API instead of huiyi's signaling: a
 publisher joins its room as a feed and publishes the clip (three simulcast layers, by RID, like a
 browser); a subscriber waits for the room's publishers and subscribes to each of them, on the top
@@ -23,12 +24,12 @@ from typing import Any
 
 import aiohttp
 
+from bench import netns
 from bench.client import SyntheticClient, _publisher_offer, _subscriber_answer
 from sfu import sdp
 from sfu.transport import MediaTransport
 
 JOIN_TIMEOUT = 20.0
-import os; JANUS_EXTRA = os.environ.get("JX", "").split()
 ROOM_BASE = 1000  # room numbers of the harness's rooms: ROOM_BASE + the bench room's number
 TOP_SUBSTREAM = 2  # VideoRoom's simulcast substreams: 0 low, 1 medium, 2 high
 DISABLED_TRANSPORTS = ("libjanus_websockets.so", "libjanus_pfunix.so", "libjanus_mqtt.so")
@@ -37,10 +38,12 @@ DISABLED_TRANSPORTS += ("libjanus_rabbitmq.so", "libjanus_nanomsg.so")
 
 def janus_command(port: int, folder: Path, debug_level: int = 3) -> list[str]:
     """Write Janus's configuration into ``folder`` and return the command that starts it: its HTTP
-    API on 127.0.0.1:``port`` and media on loopback, nothing else loaded."""
+    API on 127.0.0.1:``port`` and media on 127.0.0.2, nothing else loaded."""
     program = shutil.which("janus")
     if program is None:
         raise RuntimeError("janus is not installed (apt-get install janus)")
+    if not netns.ready():
+        raise RuntimeError("Janus runs only in the harness's network namespace (see bench/netns.py)")
     libraries = sorted(glob.glob("/usr/lib/*/janus/plugins"))
     if not libraries:
         raise RuntimeError("janus's plugins folder is not under /usr/lib/*/janus/")
@@ -62,7 +65,10 @@ transports: {{ disable = "{",".join(DISABLED_TRANSPORTS)}" }}
 events: {{ broadcast = false }}
 loggers: {{ disable = "libjanus_jsonlog.so" }}
 media: {{ rtp_port_range = "20000-60000" }}
-nat: {{ ignore_mdns = true }}
+nat: {{
+    ignore_mdns = true
+    ice_enforce_list = "{netns.JANUS_LINK}"
+}}
 """
     )
     (folder / "janus.transport.http.jcfg").write_text(
@@ -78,7 +84,7 @@ admin: {{ admin_http = false }}
 """
     )
     (folder / "janus.plugin.videoroom.jcfg").write_text("general: { }\n")
-    return [program, *JANUS_EXTRA, "--configs-folder", str(folder), "--config", str(folder / "janus.jcfg"), "--disable-colors"]
+    return [program, "--configs-folder", str(folder), "--config", str(folder / "janus.jcfg"), "--disable-colors"]
 
 
 class JanusError(ConnectionError):
@@ -174,7 +180,9 @@ class JanusClient(SyntheticClient):
         local = self.publisher.local_description("actpass")
         self.layers = self._video_layers()
         offer = _publisher_offer(local, self.layers, self.simulcast, audio_ssrc := random.getrandbits(32) or 3)
-        await self._request({"request": "publish", "audio": True, "video": True}, {"type": "offer", "sdp": offer})
+        # Janus takes the first RID listed for the top layer unless told the order; ours lists l, m, h.
+        jsep = {"type": "offer", "sdp": offer, "rid_order": "lmh"}
+        await self._request({"request": "publish", "audio": True, "video": True}, jsep)
         await self._candidates_done()
         _, jsep = await self._event("event")
         if jsep is None:
