@@ -76,6 +76,8 @@ def enter(argv: list[str]) -> None:
 
 def _set_up() -> None:
     """Bring ``lo`` up and make the veth pair described in the module's docstring."""
+    if [name for _, name in socket.if_nameindex()] != ["lo"]:  # never the machine's own network
+        raise NamespaceError(f"{INSIDE} is set outside a fresh network namespace")
     ip = shutil.which("ip")
     if ip is None:
         raise NamespaceError("the ip program (iproute2) is needed to set up the namespace for Janus")

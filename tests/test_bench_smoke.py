@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench import netns
 from bench.harness import LOOPBACK_TURN
 from bench.tap_cost import measure
+from tests.conftest import IN_CI
 from tests.server_process import ROOT, server_environment, start_server
 from tests.support import until
 
@@ -50,7 +55,16 @@ def run_bench(tmp_path: Path, *arguments: str, url: str | None = None) -> dict:
     return json.loads(report.read_text())
 
 
-def test_sfu_and_relay_runs_report_the_figures(tmp_path: Path) -> None:
+def janus_installed() -> bool:
+    """Whether Janus is here for the comparison; on CI (CI=true) it must be."""
+    if shutil.which("janus") is not None:
+        return True
+    if IN_CI:
+        pytest.fail("janus is not installed (apt-get install janus); CI requires it", pytrace=False)
+    return False
+
+
+def test_a_comparison_reports_the_figures_of_every_target(tmp_path: Path) -> None:
     figures = run_bench(tmp_path, "--compare", "--subscribers", "2", "--layers", "3", "--processes", "1")
     sfu = figures["sfu"][0]
     assert sfu["errors"] == [] and sfu["subscribers_total"] == 2
@@ -62,6 +76,14 @@ def test_sfu_and_relay_runs_report_the_figures(tmp_path: Path) -> None:
     assert relay["errors"] == [] and relay["latency_ms"]["p50"] is not None
     naive = figures["naive"][0]
     assert naive["errors"] == [] and naive["forwarded_packets_per_second"] > 10
+    if janus_installed():
+        janus = figures["janus"][0]
+        assert janus["errors"] == [] and janus["subscribers_total"] == 2 and janus["loss_percent"] < 1, janus
+        assert janus["server_cpu_percent"] is not None and janus["latency_ms"]["p50"] is not None, janus
+        # Janus's subscribers get the publisher's top layer, as huiyi's do: the same Mbit/s, give or take.
+        assert 0.8 < janus["forwarded_mbit_per_second"] / sfu["forwarded_mbit_per_second"] < 1.25, (janus, sfu)
+        # It ran in a network namespace of the run's own, gone with the run.
+        assert not netns.ready()
 
 
 async def test_a_run_with_every_client_behind_turn_goes_through_the_server_s_turn_server(tmp_path: Path) -> None:
