@@ -84,7 +84,18 @@ admin: {{ admin_http = false }}
 """
     )
     (folder / "janus.plugin.videoroom.jcfg").write_text("general: { }\n")
-    return [program, "--configs-folder", str(folder), "--config", str(folder / "janus.jcfg"), "--disable-colors"]
+    # Janus keeps the harness's namespace alive: it ends with the harness, however the harness ends.
+    setpriv = shutil.which("setpriv")
+    guard = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    return [
+        *guard,
+        program,
+        "--configs-folder",
+        str(folder),
+        "--config",
+        str(folder / "janus.jcfg"),
+        "--disable-colors",
+    ]
 
 
 class JanusError(ConnectionError):
