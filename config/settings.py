@@ -364,6 +364,24 @@ class WebhookSettings(_Section):
         return self
 
 
+class ClusterSettings(_Section):
+    """Rooms across nodes (docs/operations.md#scale-out); only used with Redis configured. Defaulted
+    here as in default.toml."""
+
+    # A node writes its presence (load, SFU address, draining) this often...
+    heartbeat_seconds: float = Field(1.0, gt=0, le=60)
+    # ...and is taken for dead, its rooms placed again, when none came for this long.
+    node_timeout_seconds: float = Field(4.0, gt=0, le=600)
+    # SIGTERM: the node takes no new rooms and exits once its rooms ended, or after this long.
+    drain_seconds: float = Field(0.0, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _timeout_spans_beats(self) -> ClusterSettings:
+        if self.node_timeout_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError("node_timeout_seconds must be at least twice heartbeat_seconds")
+        return self
+
+
 class CaptionSettings(_Section):
     """Live captions (docs/ai.md#live-captions). Defaulted here as in default.toml."""
 
@@ -440,6 +458,7 @@ class Settings(_Section):
     health: HealthSettings = Field(default_factory=HealthSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     captions: CaptionSettings = Field(default_factory=CaptionSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     rate_limits: RateLimitSettings
 
     @property

@@ -33,6 +33,7 @@ from control.context import (
     JOBS,
     LIMITER,
     MAILER,
+    MEDIA,
     METRICS,
     OPENAPI,
     PASSWORD_THROTTLE,
@@ -52,13 +53,16 @@ from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
 from control.media_events import MediaListener
+from control.media_router import MediaRouter
 from control.metrics.http import metrics_middleware
 from control.metrics.instruments import Metrics
 from control.metrics.serve import metrics_context, public_metrics
 from control.middleware import error_middleware, request_id_middleware
 from control.openapi import build_openapi
+from control.placement import Placement
 from control.readiness import DATABASE_PROBE, DatabaseProbe, redis_context
 from control.recordings import Recorder
+from control.remote_sfu import RemoteSfu
 from control.rooms import close_node_sessions
 from control.signaling.hub import Hub
 from control.signaling.socket import signaling_socket
@@ -134,6 +138,21 @@ async def _sfu_context(app: web.Application) -> AsyncIterator[None]:
     await app[SFU].start()
     yield
     await app[SFU].close()
+
+
+async def _media_router_context(app: web.Application) -> AsyncIterator[None]:
+    """With Redis, each meeting's media runs on one node, reached from the others over the bus."""
+    settings = app[SETTINGS]
+    placement = remote = None
+    if settings.redis.url:
+        placement = Placement(
+            settings.redis.url, settings.redis.key_prefix, settings.node_id, settings.cluster.node_timeout_seconds
+        )
+        remote = RemoteSfu(app[HUB], app[SFU], settings.node_id)
+    app[MEDIA] = MediaRouter(app[SFU], remote, placement, settings.node_id, settings.cluster)
+    await app[MEDIA].start()
+    yield
+    await app[MEDIA].close()
 
 
 async def _turn_context(app: web.Application) -> AsyncIterator[None]:
@@ -292,6 +311,7 @@ def create_app(settings: Settings) -> web.Application:
             redis_context,
             _signaling_context,
             _sfu_context,
+            _media_router_context,
             _turn_context,
             # Before the jobs: denoising and enhancement jobs run on the AI worker nodes.
             _ai_context,

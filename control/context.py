@@ -18,6 +18,7 @@ from control.captions import Captioner
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
 from control.mail import Mailer
+from control.media_router import MediaRouter
 from control.metrics.instruments import Metrics
 from control.recordings import Recorder
 from control.signaling.hub import Hub
@@ -42,6 +43,8 @@ HUB = web.AppKey("hub", Hub)
 STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
 SFU = web.AppKey("sfu", Sfu)
+# The signaling socket's way to a session's media, on this node's SFU or the room's node's.
+MEDIA = web.AppKey("media", MediaRouter)
 RECORDINGS = web.AppKey("recordings", Recorder)
 STREAMS = web.AppKey("streams", Streamer)
 # The TURN server's process; not started (no endpoints) when turn.enabled is false.

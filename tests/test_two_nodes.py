@@ -131,7 +131,8 @@ async def test_a_recording_started_on_one_node_is_heard_and_stopped_on_the_other
 async def test_captions_switched_on_one_node_caption_a_speaker_on_the_other(
     nodes: tuple[ServerProcess, ServerProcess], people: list[Participant], tmp_path: Path
 ) -> None:
-    """The switch reaches every node; the speaker's node transcribes, the listener's node delivers."""
+    """The switch reaches every node; the room's node (where its first participant came in) gets the
+    speaker's audio from across the nodes and transcribes it, wherever the speaker's socket is."""
     a, b = nodes
     clip = microphone_samples(speak(SENTENCES[0], tmp_path / "said.wav"))
     host = await connect_user(a.url, "carla", people=people)  # hosts, listens through node a
@@ -145,11 +146,11 @@ async def test_captions_switched_on_one_node_caption_a_speaker_on_the_other(
 
     path = f"/api/v1/meetings/{host.meeting_id}/captions"
     assert request("POST", a.url + path, {"enabled": True}, token=host.token)[0] == 200
-    await until(lambda: _caption_worker(b) is not None, "node b to start its caption worker", 30)
+    await until(lambda: _caption_worker(a) is not None, "node a, the room's, to start its caption worker", 30)
     await microphone.say(clip)
     captions = await until(
         lambda: [m["data"] for m in host.messages if m["type"] == "caption" and m["data"]["final"]],
-        "the caption to reach node a",
+        "the caption to reach the host",
         30,
     )
     assert captions[0]["user_id"] == speaker_id and wer(SENTENCES[0], captions[0]["text"]) <= 0.2, captions
@@ -157,7 +158,8 @@ async def test_captions_switched_on_one_node_caption_a_speaker_on_the_other(
     assert status == 200 and [line["text"] for line in transcript["data"]["lines"]] == [captions[0]["text"]]
 
     assert request("POST", a.url + path, {"enabled": False}, token=host.token)[0] == 200
-    await until(lambda: _caption_worker(b) is None, "node b to stop its caption worker", 30)
+    assert _caption_worker(b) is None
+    await until(lambda: _caption_worker(a) is None, "node a to stop its caption worker", 30)
 
 
 def _caption_worker(node: ServerProcess) -> int | None:

@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from control.auth.guard import authenticate, bearer_token
 from control.auth.tokens import TokenClaims
 from control.captions import state_announcement
-from control.context import ACCOUNTS, HUB, SETTINGS, SFU, STORE, run_in_background
+from control.context import ACCOUNTS, HUB, MEDIA, SETTINGS, STORE, run_in_background
 from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.ice import ice_servers_for
@@ -33,7 +33,6 @@ from control.signaling.hub import (
     message,
 )
 from control.store.meetings import MeetingRecord
-from sfu.peer import Peer
 from sfu.server import SignalError
 
 log = logging.getLogger("huiyi.signaling")
@@ -135,6 +134,12 @@ class Session:
         self.connection = connection
         self.meeting = meeting
         self.gate = FloodGate()
+
+        def signal(kind: str, data: dict[str, Any]) -> None:
+            connection.send(message(kind, meeting.id, SERVER, data))
+
+        # This socket's media, on whichever node runs the meeting's room; joined with the room.
+        self.media = request.app[MEDIA].session(meeting.id, connection.session_id, connection.user_id, signal)
         self.expiry: asyncio.TimerHandle | None = None
         connection.on_admit = self.enter_room
         connection.on_close = self.drop_media
@@ -164,7 +169,7 @@ class Session:
             self.connection.close(CLOSE_UNAUTHORIZED, "token revoked; log in again")
 
     async def drop_media(self) -> None:
-        await self.app[SFU].remove_peer(self.connection.session_id)
+        await self.media.leave()
 
     async def error(self, text: str, code: int = 400) -> None:
         self.connection.send(message("error", self.meeting.id, SERVER, {"code": code, "message": text}))
@@ -178,7 +183,7 @@ class Session:
             await self.error("you are no longer in this meeting; join it again", 403)
             return
         self.connection.joined_room = True
-        self.media_peer()  # subscribes to what the room already publishes
+        await self.media.join()  # subscribes to what the room already publishes
         self.connection.send(
             message(
                 "join",
@@ -274,23 +279,14 @@ class Session:
 
     async def on_leave(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
         self.connection.joined_room = False
-        await self.app[SFU].remove_peer(self.connection.session_id)
+        await self.media.leave()
         await leave(self.app, self.meeting.id, self.connection.user_id, "left the meeting")
-
-    def media_peer(self) -> Peer:
-        """This socket's peer on the media server, made on its first media message."""
-        connection, meeting_id = self.connection, self.meeting.id
-
-        def signal(kind: str, data: dict[str, Any]) -> None:
-            connection.send(message(kind, meeting_id, SERVER, data))
-
-        return self.app[SFU].peer(meeting_id, connection.session_id, connection.user_id, signal)
 
     async def relay(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
         target = incoming.get("to")
         if target is None:
             try:
-                await self.app[SFU].handle(self.media_peer(), incoming["type"], data)
+                await self.media.handle(incoming["type"], data)
             except SignalError as exc:
                 await self.error(exc.text, exc.code)
             return
@@ -325,7 +321,7 @@ class Session:
     async def on_media_state(self, incoming: dict[str, Any], data: dict[str, Any]) -> None:
         if any(key in data for key in RECEIVE_KEYS):
             try:
-                self.app[SFU].set_preferences(self.media_peer(), data)
+                await self.media.set_preferences(data)
             except SignalError as exc:
                 await self.error(exc.text, exc.code)
                 return
@@ -373,7 +369,7 @@ class Session:
         await writer
         log.info("socket %s closed: %s", connection.session_id, connection.close_reason)
         try:
-            await app[SFU].remove_peer(connection.session_id)
+            await self.media.leave()
             await app[HUB].remove(connection)
         finally:
             app[HUB].release(connection.user_id)  # the user's slot comes back whatever failed above

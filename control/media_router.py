@@ -1,0 +1,182 @@
+"""Which media server a signaling session talks to, and keeping that true while nodes come and go.
+
+On the embedded defaults (no Redis) every session's media runs in this process, as on one node it
+always has. With Redis, each meeting's media runs on one node (``control.placement``): a session
+whose room runs here talks to the local media server, any other to the owner's through
+``control.remote_sfu``. Every heartbeat the node writes its presence and renews its rooms' leases,
+and checks that the owners its sessions depend on still live. When one is gone, each of its
+sessions is told ``reconnect`` (docs/sfu.md) and joined again wherever the room is placed now, so
+the client only has to build its two connections anew. SIGTERM drains the node (``drain``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from config.settings import ClusterSettings
+from control.placement import NodeLoad, Placement
+from control.remote_sfu import RemoteSfu, Route
+from sfu.peer import Signal
+from sfu.server import Sfu
+
+log = logging.getLogger("huiyi.media_router")
+
+
+class MediaSession:
+    """One signaling socket's media, wherever it runs."""
+
+    def __init__(self, router: MediaRouter, route: Route) -> None:
+        self.router = router
+        self.route = route
+
+    async def join(self) -> None:
+        """Join the room's media (subscribing to what it already publishes); placed if need be."""
+        await self.router.ensure(self.route)
+
+    async def handle(self, kind: str, data: dict[str, Any]) -> None:
+        """An ``offer``, ``answer`` or ``ice-candidate`` for the server; raises SignalError here,
+        a remote owner answers with an ``error`` message."""
+        router, route = self.router, self.route
+        if await router.ensure(route):
+            await router.sfu.handle(router.local_peer(route), kind, data)
+        else:
+            await router.remote.handle(route, kind, data)
+
+    async def set_preferences(self, data: dict[str, Any]) -> None:
+        router, route = self.router, self.route
+        if await router.ensure(route):
+            router.sfu.set_preferences(router.local_peer(route), data)
+        else:
+            await router.remote.set_preferences(route, data)
+
+    async def leave(self) -> None:
+        await self.router.leave(self.route)
+
+
+class MediaRouter:
+    def __init__(
+        self, sfu: Sfu, remote: RemoteSfu | None, placement: Placement | None, node_id: str, settings: ClusterSettings
+    ) -> None:
+        self.sfu = sfu
+        self.remote = remote
+        self.placement = placement
+        self.node_id = node_id
+        self.settings = settings
+        self.draining = False
+        self.sessions: dict[str, Route] = {}
+        self._beat: asyncio.Task[None] | None = None
+        self._counted = (time.monotonic(), 0)  # (when, packets forwarded by then) at the last beat
+
+    @property
+    def clustered(self) -> bool:
+        return self.placement is not None
+
+    async def start(self) -> None:
+        if self.placement is None or self.remote is None:
+            return
+        await self.remote.start()
+        await self.placement.beat(self._load())
+        self._beat = asyncio.get_running_loop().create_task(self._beat_forever())
+
+    async def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+        if self.placement is not None:
+            with contextlib.suppress(Exception):
+                await self.placement.leave(list(self.sfu.rooms))
+            await self.placement.close()
+        if self.remote is not None:
+            await self.remote.close()
+
+    def session(self, meeting_id: int, session_id: str, user_id: int, signal: Signal) -> MediaSession:
+        return MediaSession(self, Route(session_id, meeting_id, user_id, signal))
+
+    async def ensure(self, route: Route) -> bool:
+        """Place the session's room and join its media if not done yet; whether it runs here."""
+        if route.owner is None:
+            if self.placement is None:
+                route.owner = self.node_id
+            else:
+                route.owner = await self.placement.place(route.meeting_id, self.node_id)
+            self.sessions[route.session_id] = route
+            if route.owner != self.node_id:
+                assert self.remote is not None
+                await self.remote.join(route)
+        if route.owner == self.node_id:
+            self.local_peer(route)
+            return True
+        return False
+
+    def local_peer(self, route: Route) -> Any:
+        return self.sfu.peer(route.meeting_id, route.session_id, route.user_id, route.signal)
+
+    async def leave(self, route: Route) -> None:
+        self.sessions.pop(route.session_id, None)
+        owner, route.owner = route.owner, None
+        if owner is None or owner == self.node_id:
+            await self.sfu.remove_peer(route.session_id)
+        elif self.remote is not None:
+            await self.remote.remove(route)
+
+    # heartbeat ----------------------------------------------------------------------------------
+
+    def _load(self) -> NodeLoad:
+        now, forwarded = time.monotonic(), self.sfu.totals().forwarded_packets
+        then, before = self._counted
+        self._counted = (now, forwarded)
+        rate = (forwarded - before) / (now - then) if now > then else 0.0
+        addresses = list(self.sfu.settings.announce_addresses or self.sfu.settings.bind_addresses)
+        return NodeLoad(self.node_id, addresses, len(self.sfu.peers), round(rate, 1), self.draining)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                await self._beat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cluster heartbeat failed")
+
+    async def _beat_once(self) -> None:
+        assert self.placement is not None and self.remote is not None
+        await self.placement.beat(self._load())
+        await self.placement.renew(list(self.sfu.rooms))
+        others = {r.owner for r in self.sessions.values() if r.owner not in (None, self.node_id)}
+        others |= set(self.remote.served.values())
+        gone = {node for node in others if node is not None and not await self.placement.alive(node)}
+        if not gone:
+            return
+        log.warning("node(s) %s stopped answering; their rooms are placed again", ", ".join(sorted(gone)))
+        await self.remote.drop_origins(gone)
+        for route in [r for r in self.sessions.values() if r.owner in gone]:
+            await self.move(route, "media server lost")
+
+    async def move(self, route: Route, reason: str) -> None:
+        """The session's media server is gone: the client is told to build its connections anew,
+        and the session joins the room wherever it is placed now."""
+        assert self.remote is not None
+        self.remote.forget(route.session_id)
+        route.owner = None
+        route.signal("reconnect", {"reason": reason})
+        await self.ensure(route)
+
+    # draining -----------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """No new rooms come here; returns once the rooms running here have ended, or after
+        ``cluster.drain_seconds``."""
+        self.draining = True
+        if self.placement is not None:
+            await self.placement.beat(self._load())
+        deadline = time.monotonic() + self.settings.drain_seconds
+        rooms, seconds = len(self.sfu.rooms), self.settings.drain_seconds
+        log.info("draining: %d rooms run here; stopping within %.0f s", rooms, seconds)
+        while self.sfu.rooms and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        log.info("drained: %d rooms still running", len(self.sfu.rooms))
