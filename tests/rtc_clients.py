@@ -253,9 +253,21 @@ class Participant:
         self._reader: asyncio.Task[None] | None = None
         self._consumers: list[asyncio.Task[None]] = []
         self._offers: asyncio.Lock = asyncio.Lock()
+        # Where the socket comes back through when its node goes away (none: it stays closed).
+        self.fallback_urls: list[str] = []
+        self.published: list[tuple[MediaStreamTrack, str | None]] = []  # (track, only video codec)
+        self.rebuilds = 0  # times both connections were built anew (told ``reconnect``, or a new socket)
+        self._rebuilding: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def connect(self) -> None:
         self.http = aiohttp.ClientSession()
+        await self._open_socket()
+        self.publisher = RTCPeerConnection(self.configuration())
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _open_socket(self) -> None:
+        assert self.http is not None
         url = self.base_url.replace("http", "ws", 1) + "/ws/signaling"
         params = {"meeting_id": str(self.meeting_id), "user_id": str(self.user_id), "token": self.token}
         self.socket = await self.http.ws_connect(url, params=params)
@@ -267,8 +279,6 @@ class Participant:
                 if self.ice_servers is None:
                     self.ice_servers = message["data"]["ice_servers"]
                 break
-        self.publisher = RTCPeerConnection(self.configuration())
-        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     def configuration(self) -> RTCConfiguration:
         servers = [
@@ -296,6 +306,50 @@ class Participant:
                 await self.answers.put(data)
             elif message["type"] == "offer" and message["from"] == 0 and data.get("target") == "subscriber":
                 await self._on_subscriber_offer(data)
+            elif message["type"] == "reconnect" and message["from"] == 0:
+                self._rebuild()
+        if not self._closed and self.fallback_urls:
+            self._rebuilding = asyncio.get_running_loop().create_task(self._come_back())
+
+    def _rebuild(self) -> None:
+        """Both connections anew, as docs/sfu.md asks on ``reconnect``: the subscriber connection
+        is made on the server's next offer, the publisher one here, offering what was published."""
+        self.rebuilds += 1
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()  # an earlier rebuild's offer would take this one's answer
+        loop = asyncio.get_running_loop()
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                self._consumers.append(loop.create_task(pc.close()))
+        for remote in self.remote.values():
+            remote.track.stop()
+        self.remote, self.subscriber = {}, None
+        while not self.answers.empty():
+            self.answers.get_nowait()  # for the old publisher connection
+        self.publisher = RTCPeerConnection(self.configuration())
+        self._rebuilding = loop.create_task(self._republish())
+
+    async def _republish(self) -> None:
+        if self.published:
+            for track, codec in self.published:
+                self._add_track(track, codec)
+            await self._offer()
+
+    async def _come_back(self) -> None:
+        """The socket's node went away: a new socket through the next node, then new connections."""
+        self.fallback_urls.append(self.base_url)
+        self.base_url = self.fallback_urls.pop(0)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await self._open_socket()
+                break
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._rebuild()
 
     async def publish(
         self,
@@ -308,20 +362,26 @@ class Participant:
         when given); ``video_codec``
         (a MIME type, e.g. "video/H264") is the only video codec offered (with RTX), otherwise
         aiortc's preference (VP8 first) stands."""
+        added: list[tuple[MediaStreamTrack, str | None]] = []
         if isinstance(audio, MediaStreamTrack):
-            self.publisher.addTransceiver(audio, direction="sendonly")
+            added.append((audio, None))
         elif audio:
-            self.publisher.addTransceiver(
-                ToneAudioTrack() if cues is None else CueAudioTrack(cues), direction="sendonly"
-            )
+            added.append((ToneAudioTrack() if cues is None else CueAudioTrack(cues), None))
         if video:
             camera = PatternVideoTrack(*video) if cues is None else CueVideoTrack(*video, cues)
-            transceiver = self.publisher.addTransceiver(camera, direction="sendonly")
-            if video_codec is not None:
-                capabilities = RTCRtpSender.getCapabilities("video")
-                transceiver.setCodecPreferences(
-                    [c for c in capabilities.codecs if c.mimeType in (video_codec, "video/rtx")]
-                )
+            added.append((camera, video_codec))
+        for track, codec in added:
+            self._add_track(track, codec)
+        self.published += added
+        await self._offer()
+
+    def _add_track(self, track: MediaStreamTrack, codec: str | None) -> None:
+        transceiver = self.publisher.addTransceiver(track, direction="sendonly")
+        if codec is not None:
+            capabilities = RTCRtpSender.getCapabilities("video")
+            transceiver.setCodecPreferences([c for c in capabilities.codecs if c.mimeType in (codec, "video/rtx")])
+
+    async def _offer(self) -> None:
         await self.publisher.setLocalDescription(await self.publisher.createOffer())
         await self.send("offer", {"target": "publisher", "sdp": self.publisher.localDescription.sdp})
         answer = await asyncio.wait_for(self.answers.get(), 10)
@@ -376,8 +436,13 @@ class Participant:
         return None
 
     async def close(self) -> None:
+        self._closed = True
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
+            await asyncio.gather(self._rebuilding, return_exceptions=True)
         for task in self._consumers:
             task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
         if self.publisher is not None:
             await self.publisher.close()
         if self.subscriber is not None:

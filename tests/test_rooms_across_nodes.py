@@ -1,0 +1,53 @@
+"""A meeting whose participants come in through different nodes (PostgreSQL + Redis, two server
+processes on loopback) has its media on one node, and moves to the other when that node dies."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.rtc_clients import Participant, connect_user
+from tests.server_process import ServerProcess, invite_code_of, join_meeting, make_user, room_stats
+from tests.support import until
+
+LOOPBACK = {"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
+RECOVERY_SECONDS = 10.0
+
+
+def _receiving(person: Participant, other: Participant, frames: int) -> bool:
+    remote = person.video_from(other.user_id)
+    return remote is not None and remote.frames >= frames
+
+
+@pytest.mark.parametrize("nodes", [LOOPBACK], indirect=True)
+async def test_participants_on_two_nodes_see_each_other_and_survive_the_media_node_dying(
+    nodes: tuple[ServerProcess, ServerProcess], people: list[Participant]
+) -> None:
+    a, b = nodes
+    alice = await connect_user(a.url, "alice", people=people)  # the first in: the room goes to node a
+    token, user_id = make_user(b.url, "bob")
+    join_meeting(b.url, token, alice.meeting_id, invite_code_of(a.url, alice.token, alice.meeting_id))
+    bob = Participant(b.url, token, user_id, alice.meeting_id)
+    people.append(bob)
+    await bob.connect()
+    await alice.publish()
+    await bob.publish()
+    await until(lambda: _receiving(alice, bob, 10) and _receiving(bob, alice, 10), "both to decode video", 20)
+    assert {size for size in bob.video_from(alice.user_id).sizes} == {(320, 240)}  # type: ignore[union-attr]
+
+    # Both peers are on node a's media server; bob's SDP answer named node a's candidates.
+    assert room_stats(a.url, alice.meeting_id, alice.token)["peers"] == 2
+    assert room_stats(b.url, alice.meeting_id, bob.token)["peers"] == 0
+
+    alice.fallback_urls = [b.url]  # her socket comes back through node b, as through a load balancer
+    a.process.kill()
+    killed = time.monotonic()
+    await until(
+        lambda: _receiving(alice, bob, 5) and _receiving(bob, alice, 5) and alice.rebuilds and bob.rebuilds,
+        "both to receive video again through node b",
+        RECOVERY_SECONDS,
+    )
+    print(f"media back on node b {time.monotonic() - killed:.1f} s after node a was killed")
+    assert any(m["type"] == "reconnect" for m in bob.messages)  # told by node b, his socket's node
+    assert room_stats(b.url, alice.meeting_id, bob.token)["peers"] == 2
