@@ -92,6 +92,29 @@ async def _status_on_sigusr1(app: web.Application) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_status)
 
 
+async def _drain_on_sigterm(app: web.Application) -> None:
+    """With ``cluster.drain_seconds`` set, SIGTERM drains the node (docs/operations.md#draining a
+    node): no new rooms are placed on it, and it stops once the rooms it runs have ended or the time
+    is up. A second SIGTERM, or SIGINT, stops it at once. Without it, SIGTERM stops at once."""
+    from control.context import MEDIA, SETTINGS
+
+    if app[SETTINGS].cluster.drain_seconds <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    draining: set[asyncio.Task[None]] = set()
+
+    def stop_now() -> None:
+        raise web.GracefulExit()  # as aiohttp's own handler does: the server shuts down cleanly
+
+    def drain() -> None:
+        loop.add_signal_handler(signal.SIGTERM, stop_now)
+        task = loop.create_task(app[MEDIA].drain())
+        draining.add(task)
+        task.add_done_callback(lambda _: loop.call_soon(stop_now))
+
+    loop.add_signal_handler(signal.SIGTERM, drain)
+
+
 def serve(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="run_server.py", description="Start the huiyi server.")
     _common_flags(parser)
@@ -126,6 +149,7 @@ def serve(argv: Sequence[str]) -> int:
     )
     app = create_app(settings)
     app.on_startup.append(_status_on_sigusr1)
+    app.on_startup.append(_drain_on_sigterm)
     web.run_app(
         app,
         host=settings.server.host,

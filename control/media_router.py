@@ -117,11 +117,11 @@ class MediaRouter:
 
     async def leave(self, route: Route) -> None:
         self.sessions.pop(route.session_id, None)
-        owner, route.owner = route.owner, None
-        if owner is None or owner == self.node_id:
+        if route.owner is None or route.owner == self.node_id:
             await self.sfu.remove_peer(route.session_id)
         elif self.remote is not None:
             await self.remote.remove(route)
+        route.owner = None
 
     # heartbeat ----------------------------------------------------------------------------------
 

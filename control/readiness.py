@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from control.context import AI, SETTINGS, SFU
+from control.context import AI, MEDIA, SETTINGS, SFU
 
 CHECK_SECONDS = 2.0  # a check that has not answered by then has failed
 SFU_STALL_SECONDS = 2.0  # the media clock ticks four times a second
@@ -103,6 +103,8 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
 
 def _sfu_problem(app: web.Application) -> str | None:
     sfu = app[SFU]
+    if MEDIA in app and app[MEDIA].draining:
+        return "draining: the node takes no new meetings and stops once its own have ended"
     if not sfu.ticking:
         return "the media clock is not running"
     late = time.monotonic() - sfu.last_tick

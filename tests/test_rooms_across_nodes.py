@@ -3,12 +3,14 @@ processes on loopback) has its media on one node, and moves to the other when th
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 
 import pytest
 
 from tests.rtc_clients import Participant, connect_user
-from tests.server_process import ServerProcess, invite_code_of, join_meeting, make_user, room_stats
+from tests.server_process import ServerProcess, invite_code_of, join_meeting, make_user, request, room_stats
 from tests.support import until
 
 LOOPBACK = {"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
@@ -51,3 +53,33 @@ async def test_participants_on_two_nodes_see_each_other_and_survive_the_media_no
     print(f"media back on node b {time.monotonic() - killed:.1f} s after node a was killed")
     assert any(m["type"] == "reconnect" for m in bob.messages)  # told by node b, his socket's node
     assert room_stats(b.url, alice.meeting_id, bob.token)["peers"] == 2
+
+
+@pytest.mark.parametrize("nodes", [{**LOOPBACK, "HUIYI_CLUSTER_DRAIN_SECONDS": "60"}], indirect=True)
+async def test_sigterm_drains_a_node_its_meetings_run_to_their_end(
+    nodes: tuple[ServerProcess, ServerProcess], people: list[Participant]
+) -> None:
+    a, b = nodes
+    alice = await connect_user(a.url, "alice", people=people)  # her meeting runs on node a
+    token, user_id = make_user(b.url, "bob")
+    join_meeting(b.url, token, alice.meeting_id, invite_code_of(a.url, alice.token, alice.meeting_id))
+    bob = Participant(b.url, token, user_id, alice.meeting_id)
+    people.append(bob)
+    await bob.connect()
+    await alice.publish()
+    await until(lambda: _receiving(bob, alice, 5), "bob to decode alice's video", 20)
+
+    a.process.send_signal(signal.SIGTERM)
+    await until(lambda: request("GET", a.url + "/api/v1/health/ready")[0] == 503, "node a to say it drains")
+    # A meeting that starts now is placed on node b, though its host came in through node a.
+    carol = await connect_user(a.url, "carol", people=people)
+    assert room_stats(b.url, carol.meeting_id, carol.token)["peers"] == 1
+    assert room_stats(a.url, carol.meeting_id, carol.token)["peers"] == 0
+    # The running one goes on where it is.
+    seen = bob.video_from(alice.user_id).frames  # type: ignore[union-attr]
+    await until(lambda: _receiving(bob, alice, seen + 15), "alice's video to keep coming while node a drains", 10)
+    assert a.process.poll() is None and not bob.rebuilds
+
+    # Once it has ended, node a stops by itself.
+    assert request("POST", f"{a.url}/api/v1/meetings/{alice.meeting_id}/end", token=alice.token)[0] == 200
+    assert await asyncio.to_thread(a.process.wait, 15) == 0
