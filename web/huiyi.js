@@ -583,6 +583,9 @@ export class HuiyiClient extends EventTarget {
       case 'media-state':
         this.#onMediaState(data);
         break;
+      case 'reconnect':
+        if (fromServer) this.#mediaMoved(data.reason ?? 'media server changed');
+        break;
       case 'error':
         this.#lastError = data;
         this.#emit('error', { code: data.code ?? null, message: data.message ?? 'error' });
@@ -753,6 +756,22 @@ export class HuiyiClient extends EventTarget {
     }
     if (this.#screen) state.screen_share = true;
     if (Object.keys(state).length) this.#sendIfOpen('media-state', state);
+  }
+
+  /**
+   * The server moved this client's media to another media server (the one it had went away): both
+   * connections are built anew on the same socket, the subscriber one on the server's next offer.
+   * Should that fail, the whole reconnect (REST join, new socket) takes over.
+   */
+  #mediaMoved(reason) {
+    if (this.#closed || this.#reconnecting) return;
+    this.#setState('reconnecting', reason);
+    this.#dropMedia();
+    this.#republish()
+      .then(() => {
+        if (!this.#reconnecting && !this.#closed) this.#setState('connected', 'media moved');
+      })
+      .catch(() => this.#reconnect(reason));
   }
 
   /** The browser is online again: a socket that survived gets new ICE paths, a lost one a reconnect. */
