@@ -62,6 +62,7 @@ class ClientResult:
     streams: dict[int, StreamCount] = field(default_factory=dict)
     candidate_types: list[str] = field(default_factory=list)  # of the pair each connection settled on
     errors: list[str] = field(default_factory=list)
+    reconnects: int = 0  # times the server moved the media (``reconnect``) and both connections were rebuilt
 
 
 class _Layer:
@@ -115,6 +116,7 @@ class SyntheticClient:
         self.subscriber: MediaTransport | None = None
         self.answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
+        self.media_tasks: list[asyncio.Task[None]] = []  # of the current connections: replay, reports
         self.ssrc_mids: dict[int, str] = {}
         self.layers: list[_Layer] = []
         self.send_media: Any = None  # bytes -> None: the publisher's way out (SRTP, or plain UDP)
@@ -164,6 +166,29 @@ class SyntheticClient:
                     self.result.errors.append(f"subscriber negotiation: {exc!r}")
             elif message["type"] == "error":
                 self.result.errors.append(str(data.get("message")))
+            elif message["type"] == "reconnect":
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        """The server moved this client's media to another node (docs/sfu.md, ``reconnect``): both
+        connections anew, the subscriber one on the server's next offer; what was counted so far stays."""
+        self.result.reconnects += 1
+        for task in self.media_tasks:
+            task.cancel()
+        old = [transport for transport in (self.publisher, self.subscriber) if transport is not None]
+        self.publisher = self.subscriber = None
+        while not self.answers.empty():
+            self.answers.get_nowait()
+        loop = asyncio.get_running_loop()
+        self.media_tasks = [loop.create_task(transport.close()) for transport in old]
+        if self.clip is not None:
+            self.media_tasks.append(loop.create_task(self._publish_again()))
+
+    async def _publish_again(self) -> None:
+        try:
+            await self.publish()
+        except Exception as exc:  # reported with the run, as any broken client is
+            self.result.errors.append(f"publishing again: {exc!r}")
 
     # connections --------------------------------------------------------------------------------
 
@@ -192,7 +217,7 @@ class SyntheticClient:
         await self.publisher.establish(ufrag, password, answer.all_candidates(), answer.dtls_fingerprints(), role)
         self._settled(self.publisher)
         self.send_media = self.publisher.send_rtp
-        self.tasks.append(asyncio.get_running_loop().create_task(self._replay(audio_ssrc)))
+        self.media_tasks.append(asyncio.get_running_loop().create_task(self._replay(audio_ssrc)))
 
     def _video_layers(self) -> list[_Layer]:
         """The clip's encodings this publisher sends: three simulcast layers, or the top one alone."""
@@ -278,7 +303,7 @@ class SyntheticClient:
                 ufrag, password, offer.all_candidates(), offer.dtls_fingerprints(), "client"
             )
             self._settled(self.subscriber)
-            self.tasks.append(asyncio.get_running_loop().create_task(self._report()))
+            self.media_tasks.append(asyncio.get_running_loop().create_task(self._report()))
 
     def _on_media(self, data: bytes) -> None:
         packet = rtp.Packet(data)
@@ -313,9 +338,9 @@ class SyntheticClient:
                 self.subscriber.send_rtcp(rtcp.receiver_report(self.rtcp_ssrc, []))
 
     async def close(self) -> None:
-        for task in self.tasks:
+        for task in [*self.tasks, *self.media_tasks]:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, *self.media_tasks, return_exceptions=True)
         for transport in (self.publisher, self.subscriber):
             if transport is not None:
                 await transport.close()

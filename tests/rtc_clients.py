@@ -429,6 +429,11 @@ class Participant:
                 return int((groups or ssrcs)[0])
         raise AssertionError(f"no m-section for mid {remote.info['mid']}")
 
+    def receives_video(self, user_id: int, frames: int) -> bool:
+        """Whether at least ``frames`` of ``user_id``'s video were decoded on the current connection."""
+        remote = self.video_from(user_id)
+        return remote is not None and remote.frames >= frames
+
     def video_from(self, user_id: int) -> RemoteTrack | None:
         for remote in self.remote.values():
             if remote.info.get("user_id") == user_id and remote.track.kind == "video":
