@@ -93,8 +93,8 @@ async def _status_on_sigusr1(app: web.Application) -> None:
 
 
 async def _drain_on_sigterm(app: web.Application) -> None:
-    """With ``cluster.drain_seconds`` set, SIGTERM drains the node (docs/operations.md#draining a
-    node): no new rooms are placed on it, and it stops once the rooms it runs have ended or the time
+    """With ``cluster.drain_seconds`` set, SIGTERM drains the node (docs/operations.md#draining-a-node):
+    no new rooms are placed on it, and it stops once the rooms it runs have ended or the time
     is up. A second SIGTERM, or SIGINT, stops it at once. Without it, SIGTERM stops at once."""
     from control.context import MEDIA, SETTINGS
 
