@@ -24,6 +24,8 @@ from sfu.server import Sfu
 
 log = logging.getLogger("huiyi.media_router")
 
+CLUSTER_CHANNEL = "sfu-cluster"  # every node listens: nodes (re)starting
+
 
 class MediaSession:
     """One signaling socket's media, wherever it runs."""
@@ -79,7 +81,19 @@ class MediaRouter:
             return
         await self.remote.start()
         await self.placement.beat(self._load())
+        # Peers this node ran before a restart, and peers others ran for its sockets, are gone:
+        # nodes that counted on them hear it now, not only if the restart outlasted the timeout.
+        await self.remote.hub.listen(CLUSTER_CHANNEL, self._on_cluster)
+        await self.remote.hub.bus.publish(CLUSTER_CHANNEL, {"event": "started", "node": self.node_id})
         self._beat = asyncio.get_running_loop().create_task(self._beat_forever())
+
+    async def _on_cluster(self, event: dict[str, Any]) -> None:
+        node = event.get("node")
+        if event.get("event") != "started" or node == self.node_id or self.remote is None:
+            return
+        await self.remote.drop_origins({node})
+        for route in [r for r in self.sessions.values() if r.owner == node]:
+            await self.move(route, "media server restarted")
 
     async def close(self) -> None:
         if self._beat is not None:
@@ -150,18 +164,26 @@ class MediaRouter:
         others = {r.owner for r in self.sessions.values() if r.owner not in (None, self.node_id)}
         others |= set(self.remote.served.values())
         gone = {node for node in others if node is not None and not await self.placement.alive(node)}
-        if not gone:
-            return
-        log.warning("node(s) %s stopped answering; their rooms are placed again", ", ".join(sorted(gone)))
-        await self.remote.drop_origins(gone)
-        for route in [r for r in self.sessions.values() if r.owner in gone]:
-            await self.move(route, "media server lost")
+        if gone:
+            log.warning("node(s) %s stopped answering; their rooms are placed again", ", ".join(sorted(gone)))
+            await self.remote.drop_origins(gone)
+        # A session whose room is placed elsewhere now (its node died, or this node was taken for
+        # dead while Redis was out of its reach) follows the room.
+        placed = await self.placement.owners(sorted({r.meeting_id for r in self.sessions.values()}))
+        for route in list(self.sessions.values()):
+            if route.owner in gone:
+                await self.move(route, "media server lost")
+            elif route.owner is not None and placed.get(route.meeting_id) not in (None, route.owner):
+                await self.move(route, "meeting moved to another media server")
 
     async def move(self, route: Route, reason: str) -> None:
-        """The session's media server is gone: the client is told to build its connections anew,
-        and the session joins the room wherever it is placed now."""
+        """The session's media server is gone, or no longer runs its room: the client is told to
+        build its connections anew, and the session joins the room wherever it is placed now."""
         assert self.remote is not None
-        self.remote.forget(route.session_id)
+        if route.owner == self.node_id:
+            await self.sfu.remove_peer(route.session_id)
+        else:
+            await self.remote.remove(route)  # in case that node still runs a peer for it
         route.owner = None
         route.signal("reconnect", {"reason": reason})
         await self.ensure(route)

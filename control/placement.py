@@ -29,11 +29,14 @@ if current == false or current == ARGV[1] then
 end
 return current
 """
-# Extends the lease of rooms still placed on this node (ARGV[1]); a room placed elsewhere meanwhile
-# (this node was taken for dead) is left to its new owner.
+# Extends the lease of rooms still placed on this node (ARGV[1]), and places again here those whose
+# lease ran out meanwhile (Redis was out of reach); a room placed elsewhere meanwhile (this node was
+# taken for dead) is left to its new owner, whose node the sessions move to.
 _RENEW = """
 for _, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'node') == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
+  local current = redis.call('HGET', key, 'node')
+  if current == false then redis.call('HSET', key, 'node', ARGV[1], 'address', ARGV[3]) end
+  if current == false or current == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
 end
 return 0
 """
@@ -137,9 +140,20 @@ class Placement:
             log.info("meeting %s placed on node %s (was %s)", meeting_id, owner, current or "nowhere")
         return owner
 
+    async def owners(self, meeting_ids: list[int]) -> dict[int, str | None]:
+        """Where each meeting is placed now (None: nowhere)."""
+        if not meeting_ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for meeting_id in meeting_ids:
+                pipe.hget(self._room_key(meeting_id), "node")
+            found = await pipe.execute()
+        return {m: raw.decode() if raw is not None else None for m, raw in zip(meeting_ids, found, strict=True)}
+
     async def renew(self, meeting_ids: list[int]) -> None:
         if meeting_ids:
-            await self._renew(keys=[self._room_key(m) for m in meeting_ids], args=[self.node_id, self.lease_ms])
+            keys = [self._room_key(m) for m in meeting_ids]
+            await self._renew(keys=keys, args=[self.node_id, self.lease_ms, ",".join(self.addresses)])
 
     async def leave(self, meeting_ids: list[int]) -> None:
         """Going away: the presence goes at once, and so do the rooms placed here, so the other

@@ -90,10 +90,6 @@ class RemoteSfu:
         if self.routes.pop(route.session_id, None) is not None:
             await self._request(route, "leave")
 
-    def forget(self, session_id: str) -> None:
-        """The session's owner is gone: nothing is sent to it any more."""
-        self.routes.pop(session_id, None)
-
     # the room's node ----------------------------------------------------------------------------
 
     async def _on_event(self, event: dict[str, Any]) -> None:

@@ -6,13 +6,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from bench.client import SyntheticClient
+from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.rtc_clients import Participant, connect_user
-from tests.server_process import ServerProcess, invite_code_of, join_meeting, make_user, request, room_stats
+from tests.server_process import (
+    ServerProcess,
+    invite_code_of,
+    join_meeting,
+    make_user,
+    request,
+    room_stats,
+    start_server,
+)
 from tests.support import until
 
 LOOPBACK = {"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
@@ -112,3 +122,28 @@ async def test_sigterm_drains_a_node_its_meetings_run_to_their_end(
     # Once it has ended, node a stops by itself.
     assert request("POST", f"{a.url}/api/v1/meetings/{alice.meeting_id}/end", token=alice.token)[0] == 200
     assert await asyncio.to_thread(a.process.wait, 15) == 0
+
+
+@pytest.mark.parametrize("nodes", [{**LOOPBACK, "HUIYI_CLUSTER_NODE_TIMEOUT_SECONDS": "60"}], indirect=True)
+async def test_a_node_that_restarts_at_once_takes_its_sockets_media_with_it(
+    nodes: tuple[ServerProcess, ServerProcess], people: list[Participant], tmp_path: Path
+) -> None:
+    """Node b dies and is back (same node id) long before its presence would lapse: node a, which ran
+    the media of b's sockets, drops those peers when b announces its start."""
+    a, b = nodes
+    alice = await connect_user(a.url, "alice", people=people)
+    token, user_id = make_user(b.url, "bob")
+    join_meeting(b.url, token, alice.meeting_id, invite_code_of(a.url, alice.token, alice.meeting_id))
+    bob = Participant(b.url, token, user_id, alice.meeting_id)
+    people.append(bob)
+    await bob.connect()
+    assert room_stats(a.url, alice.meeting_id, alice.token)["peers"] == 2
+
+    b.process.kill()
+    b.process.wait()
+    settings = ["--database-url", POSTGRES_URL, "--redis-url", REDIS_URL, "--data-dir", str(tmp_path / "b")]
+    again = await asyncio.to_thread(start_server, *settings, log=b.log, env=b.env)
+    try:
+        await until(lambda: room_stats(a.url, alice.meeting_id, alice.token)["peers"] == 1, "bob's peer to go", 10)
+    finally:
+        again.stop()
