@@ -19,7 +19,7 @@ from typing import Any
 from config.settings import ClusterSettings
 from control.placement import NodeLoad, Placement
 from control.remote_sfu import RemoteSfu, Route
-from sfu.peer import Signal
+from sfu.peer import Peer, Signal
 from sfu.server import Sfu
 
 log = logging.getLogger("huiyi.media_router")
@@ -44,14 +44,14 @@ class MediaSession:
         router, route = self.router, self.route
         if await router.ensure(route):
             await router.sfu.handle(router.local_peer(route), kind, data)
-        else:
+        elif router.remote is not None and route.owner is not None:
             await router.remote.handle(route, kind, data)
 
     async def set_preferences(self, data: dict[str, Any]) -> None:
         router, route = self.router, self.route
         if await router.ensure(route):
             router.sfu.set_preferences(router.local_peer(route), data)
-        else:
+        elif router.remote is not None and route.owner is not None:
             await router.remote.set_preferences(route, data)
 
     async def leave(self) -> None:
@@ -71,10 +71,6 @@ class MediaRouter:
         self.sessions: dict[str, Route] = {}
         self._beat: asyncio.Task[None] | None = None
         self._counted = (time.monotonic(), 0)  # (when, packets forwarded by then) at the last beat
-
-    @property
-    def clustered(self) -> bool:
-        return self.placement is not None
 
     async def start(self) -> None:
         if self.placement is None or self.remote is None:
@@ -111,12 +107,18 @@ class MediaRouter:
         return MediaSession(self, Route(session_id, meeting_id, user_id, signal))
 
     async def ensure(self, route: Route) -> bool:
-        """Place the session's room and join its media if not done yet; whether it runs here."""
+        """Place the session's room and join its media if not done yet; whether it runs here.
+        A session that left (its socket closed) joins nothing, even if it left while being placed."""
+        if route.left:
+            return False
         if route.owner is None:
             if self.placement is None:
                 route.owner = self.node_id
             else:
-                route.owner = await self.placement.place(route.meeting_id, self.node_id)
+                owner = await self.placement.place(route.meeting_id, self.node_id)
+                if route.left:
+                    return False
+                route.owner = owner
             self.sessions[route.session_id] = route
             if route.owner != self.node_id:
                 assert self.remote is not None
@@ -126,10 +128,11 @@ class MediaRouter:
             return True
         return False
 
-    def local_peer(self, route: Route) -> Any:
+    def local_peer(self, route: Route) -> Peer:
         return self.sfu.peer(route.meeting_id, route.session_id, route.user_id, route.signal)
 
     async def leave(self, route: Route) -> None:
+        route.left = True
         self.sessions.pop(route.session_id, None)
         if route.owner is None or route.owner == self.node_id:
             await self.sfu.remove_peer(route.session_id)

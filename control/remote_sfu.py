@@ -37,6 +37,7 @@ class Route:
     user_id: int
     signal: Signal
     owner: str | None = None
+    left: bool = False  # the socket is gone: the session joins no media any more
 
 
 class RemoteSfu:
@@ -66,7 +67,8 @@ class RemoteSfu:
 
     async def _request(self, route: Route, op: str, **fields: Any) -> None:
         assert route.owner is not None
-        self.routes[route.session_id] = route
+        if op != "leave":
+            self.routes[route.session_id] = route  # the owner's signals for it are let through
         event = {
             "op": op,
             "session": route.session_id,
