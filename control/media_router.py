@@ -20,7 +20,7 @@ from config.settings import ClusterSettings
 from control.placement import NodeLoad, Placement
 from control.remote_sfu import RemoteSfu, Route
 from sfu.peer import Peer, Signal
-from sfu.server import Sfu
+from sfu.server import Sfu, check_preferences
 
 log = logging.getLogger("huiyi.media_router")
 
@@ -48,7 +48,9 @@ class MediaSession:
             await router.remote.handle(route, kind, data)
 
     async def set_preferences(self, data: dict[str, Any]) -> None:
+        """What the client wants to receive; raises SignalError for values no media server takes."""
         router, route = self.router, self.route
+        check_preferences(data)
         if await router.ensure(route):
             router.sfu.set_preferences(router.local_peer(route), data)
         elif router.remote is not None and route.owner is not None:

@@ -279,22 +279,16 @@ class Sfu:
     def set_preferences(self, peer: Peer, data: dict[str, Any]) -> None:
         """``media-state`` from a peer about what it wants to receive, or to have its own
         microphone's noise suppressed."""
+        check_preferences(data)
         if "noise_suppression" in data:
-            if not isinstance(data["noise_suppression"], bool):
-                raise SignalError(400, "data.noise_suppression must be true or false")
             self.noise.set_peer(peer.id, data["noise_suppression"])
         if "layer" in data:
             layer, track_id = data["layer"], data.get("track_id")
-            if layer not in LAYER_NAMES:
-                raise SignalError(400, "data.layer must be low, medium or high")
             if track_id is not None and (not isinstance(track_id, str) or track_id not in peer.room.tracks):
                 raise SignalError(404, "data.track_id is not a track in this room")
             peer.set_layer(layer, track_id)
         if "max_bitrate" in data:
-            bitrate = data["max_bitrate"]
-            if bitrate is not None and (not isinstance(bitrate, int) or isinstance(bitrate, bool) or bitrate < 0):
-                raise SignalError(400, "data.max_bitrate must be a number of bit/s, or null for no cap")
-            peer.set_max_bitrate(bitrate or None)
+            peer.set_max_bitrate(data["max_bitrate"] or None)
 
     # clock --------------------------------------------------------------------------------------
 
@@ -326,6 +320,19 @@ class Sfu:
             if speaker is not None:
                 for peer in room.peers.values():
                     peer.signal("media-state", {"active_speaker": speaker})
+
+
+def check_preferences(data: dict[str, Any]) -> None:
+    """The checks of ``set_preferences`` that need no room, so that a node handing them to another
+    node's media server (``control.remote_sfu``) refuses what that server would refuse, and says so
+    before the room is told of a change."""
+    if "noise_suppression" in data and not isinstance(data["noise_suppression"], bool):
+        raise SignalError(400, "data.noise_suppression must be true or false")
+    if "layer" in data and data["layer"] not in LAYER_NAMES:
+        raise SignalError(400, "data.layer must be low, medium or high")
+    bitrate = data.get("max_bitrate")
+    if bitrate is not None and (not isinstance(bitrate, int) or isinstance(bitrate, bool) or bitrate < 0):
+        raise SignalError(400, "data.max_bitrate must be a number of bit/s, or null for no cap")
 
 
 def _sdp(data: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from control.auth.guard import authenticate, bearer_token
 from control.auth.tokens import TokenClaims
 from control.captions import state_announcement
-from control.context import ACCOUNTS, HUB, MEDIA, SETTINGS, STORE, run_in_background
+from control.context import ACCOUNTS, HUB, MEDIA, SETTINGS, SFU, STORE, run_in_background
 from control.endpoints import NotJson, load_json, unstorable_text
 from control.errors import ApiError, BusinessCode
 from control.ice import ice_servers_for
