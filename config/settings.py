@@ -374,6 +374,9 @@ class ClusterSettings(_Section):
     node_timeout_seconds: float = Field(4.0, gt=0, le=600)
     # SIGTERM: the node takes no new rooms and exits once its rooms ended, or after this long.
     drain_seconds: float = Field(0.0, ge=0, le=86400)
+    # How the other nodes reach this node's API, to hand it requests about the rooms it runs;
+    # empty: http://<server.host, or the host name when that is a wildcard>:<server.port>.
+    internal_url: str = Field("", max_length=300, pattern=r"^(https?://\S+)?$")
 
     @model_validator(mode="after")
     def _timeout_spans_beats(self) -> ClusterSettings:
@@ -470,6 +473,13 @@ class Settings(_Section):
     @property
     def node_id(self) -> str:
         return self.server.node_id or f"{socket.gethostname()}:{self.server.port}"
+
+    @property
+    def internal_url(self) -> str:
+        if self.cluster.internal_url:
+            return self.cluster.internal_url.rstrip("/")
+        host = socket.gethostname() if self.server.host in {"0.0.0.0", "::", ""} else self.server.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.server.port}"
 
     @property
     def base_url(self) -> str:

@@ -149,7 +149,7 @@ async def _media_router_context(app: web.Application) -> AsyncIterator[None]:
             settings.redis.url, settings.redis.key_prefix, settings.node_id, settings.cluster.node_timeout_seconds
         )
         remote = RemoteSfu(app[HUB], app[SFU], settings.node_id)
-    app[MEDIA] = MediaRouter(app[SFU], remote, placement, settings.node_id, settings.cluster)
+    app[MEDIA] = MediaRouter(app[SFU], remote, placement, settings.node_id, settings.cluster, settings.internal_url)
     await app[MEDIA].start()
     yield
     await app[MEDIA].close()

@@ -62,9 +62,16 @@ class MediaSession:
 
 class MediaRouter:
     def __init__(
-        self, sfu: Sfu, remote: RemoteSfu | None, placement: Placement | None, node_id: str, settings: ClusterSettings
+        self,
+        sfu: Sfu,
+        remote: RemoteSfu | None,
+        placement: Placement | None,
+        node_id: str,
+        settings: ClusterSettings,
+        url: str = "",
     ) -> None:
         self.sfu = sfu
+        self.url = url  # this node's API, as the other nodes reach it
         self.remote = remote
         self.placement = placement
         self.node_id = node_id
@@ -130,6 +137,16 @@ class MediaRouter:
             return True
         return False
 
+    async def meeting_node_url(self, meeting_id: int) -> str | None:
+        """The API of the node that runs the meeting's media, when that is another live node."""
+        if self.placement is None:
+            return None
+        owner = await self.placement.owner(meeting_id)
+        if owner is None or owner == self.node_id:
+            return None
+        presence = await self.placement.presence(owner)
+        return presence.url if presence is not None and presence.url else None
+
     def local_peer(self, route: Route) -> Peer:
         return self.sfu.peer(route.meeting_id, route.session_id, route.user_id, route.signal)
 
@@ -150,7 +167,7 @@ class MediaRouter:
         self._counted = (now, forwarded)
         rate = (forwarded - before) / (now - then) if now > then else 0.0
         addresses = list(self.sfu.settings.announce_addresses or self.sfu.settings.bind_addresses)
-        return NodeLoad(self.node_id, addresses, len(self.sfu.peers), round(rate, 1), self.draining)
+        return NodeLoad(self.node_id, addresses, len(self.sfu.peers), round(rate, 1), self.draining, self.url)
 
     async def _beat_forever(self) -> None:
         while True:

@@ -57,11 +57,14 @@ class NodeLoad:
     peers: int
     packets_per_second: float
     draining: bool
+    url: str = ""  # its API, for the other nodes
 
     @classmethod
     def parse(cls, raw: bytes) -> NodeLoad:
         data: dict[str, Any] = json.loads(raw)
-        return cls(data["node"], data["addresses"], data["peers"], data["packets_per_second"], data["draining"])
+        return cls(
+            data["node"], data["addresses"], data["peers"], data["packets_per_second"], data["draining"], data["url"]
+        )
 
 
 class Placement:
@@ -91,6 +94,7 @@ class Placement:
                 "peers": load.peers,
                 "packets_per_second": load.packets_per_second,
                 "draining": load.draining,
+                "url": load.url,
             }
         )
         async with self.client.pipeline(transaction=False) as pipe:
@@ -100,6 +104,10 @@ class Placement:
 
     async def alive(self, node_id: str) -> bool:
         return bool(await self.client.exists(self._node_key(node_id)))
+
+    async def presence(self, node_id: str) -> NodeLoad | None:
+        raw = await self.client.get(self._node_key(node_id))
+        return NodeLoad.parse(raw) if raw is not None else None
 
     async def nodes(self) -> list[NodeLoad]:
         """The live nodes; those whose presence lapsed are forgotten."""

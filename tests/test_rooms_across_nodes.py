@@ -4,14 +4,17 @@ processes on loopback) has its media on one node, and moves to the other when th
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from bench.client import SyntheticClient
+from control.forwarding import FORWARDED_HEADER
 from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.rtc_clients import Participant, connect_user
 from tests.server_process import (
@@ -27,6 +30,15 @@ from tests.support import until
 
 LOOPBACK = {"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
 RECOVERY_SECONDS = 10.0
+
+
+def _local_peers(node: ServerProcess, meeting_id: int, token: str) -> int:
+    """The peers the node's own media server holds in the meeting (a request marked as handed on
+    is answered where it lands)."""
+    url = f"{node.url}/api/v1/webrtc/room/{meeting_id}/stats"
+    headers = {"Authorization": f"Bearer {token}", FORWARDED_HEADER: "test"}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as answer:
+        return int(json.load(answer)["data"]["peers"])
 
 
 @pytest.mark.parametrize("nodes", [LOOPBACK], indirect=True)
@@ -67,7 +79,12 @@ async def _meet_then_lose_node_a(
 
     # Both peers are on node a's media server; bob's SDP answer named node a's candidates.
     assert room_stats(a.url, alice.meeting_id, alice.token)["peers"] == 3
-    assert room_stats(b.url, alice.meeting_id, bob.token)["peers"] == 0
+    assert _local_peers(b, alice.meeting_id, bob.token) == 0
+    # Asked through node b, node a answers about its room, and mutes bob there for his host.
+    assert room_stats(b.url, alice.meeting_id, bob.token)["peers"] == 3
+    status, muted = request("POST", f"{b.url}/api/v1/webrtc/peer/{bob.peer_id}/media", {"audio": False}, alice.token)
+    assert status == 200 and muted["data"]["peer_id"] == bob.peer_id, muted
+    assert [track["muted"] for track in muted["data"]["published"] if track["kind"] == "audio"] == [True]
 
     alice.fallback_urls = [b.url]  # her socket comes back through node b, as through a load balancer
     a.process.kill()
@@ -110,8 +127,8 @@ async def test_sigterm_drains_a_node_its_meetings_run_to_their_end(
     await until(lambda: request("GET", a.url + "/api/v1/health/ready")[0] == 503, "node a to say it drains")
     # A meeting that starts now is placed on node b, though its host came in through node a.
     carol = await connect_user(a.url, "carol", people=people)
-    assert room_stats(b.url, carol.meeting_id, carol.token)["peers"] == 1
-    assert room_stats(a.url, carol.meeting_id, carol.token)["peers"] == 0
+    assert _local_peers(b, carol.meeting_id, carol.token) == 1
+    assert _local_peers(a, carol.meeting_id, carol.token) == 0
     # The running one goes on where it is.
     seen = bob.video_from(alice.user_id).frames  # type: ignore[union-attr]
     await until(

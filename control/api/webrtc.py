@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 from control.context import HUB, SETTINGS, SFU, STORE, current_user
 from control.endpoints import Access, EndpointGroup, path_int
 from control.errors import bad_request, not_found
+from control.forwarding import on_meeting_node
 from control.ice import IceServersOut, ice_servers_for
 from control.noise_suppression import announce, participant_state, room_state
 from control.rooms import load_meeting, media_state, meeting_not_found, require_member, require_moderator
@@ -239,7 +240,10 @@ async def ice_servers(request: web.Request) -> IceServersOut:
     limit="100/minute",
     response=list[PeerOut],
 )
-async def room_peers(request: web.Request) -> list[PeerOut]:
+async def room_peers(request: web.Request) -> list[PeerOut] | web.StreamResponse:
+    forwarded = await on_meeting_node(request, path_int(request, "room_id", meeting_not_found()))
+    if forwarded is not None:
+        return forwarded
     return [_peer_out(peer) for peer in await _room_peers(request)]
 
 
@@ -252,7 +256,10 @@ async def room_peers(request: web.Request) -> list[PeerOut]:
     limit="50/minute",
     response=RoomStatsOut,
 )
-async def room_stats(request: web.Request) -> RoomStatsOut:
+async def room_stats(request: web.Request) -> RoomStatsOut | web.StreamResponse:
+    forwarded = await on_meeting_node(request, path_int(request, "room_id", meeting_not_found()))
+    if forwarded is not None:
+        return forwarded
     peers = await _room_peers(request)
     subscriptions = []
     for peer in peers:
@@ -296,9 +303,14 @@ async def room_stats(request: web.Request) -> RoomStatsOut:
     body=PeerMediaIn,
     response=PeerOut,
 )
-async def peer_media(request: web.Request, body: PeerMediaIn) -> PeerOut:
+async def peer_media(request: web.Request, body: PeerMediaIn) -> PeerOut | web.StreamResponse:
     peer = request.app[SFU].peers.get(request.match_info["peer_id"])
     if peer is None:
+        # A peer of a meeting whose media runs on another node is that node's to change.
+        session = await request.app[STORE].sessions.get(request.match_info["peer_id"])
+        forwarded = await on_meeting_node(request, session.meeting_id) if session is not None else None
+        if forwarded is not None:
+            return forwarded
         raise not_found("Peer not found")
     user = current_user(request)
     if peer.user_id != user.id:
@@ -375,7 +387,10 @@ def _noise_out(request: web.Request, room_id: int) -> NoiseSuppressionOut:
     limit="50/minute",
     response=NoiseSuppressionOut,
 )
-async def room_noise_suppression(request: web.Request) -> NoiseSuppressionOut:
+async def room_noise_suppression(request: web.Request) -> NoiseSuppressionOut | web.StreamResponse:
+    forwarded = await on_meeting_node(request, path_int(request, "room_id", meeting_not_found()))
+    if forwarded is not None:
+        return forwarded
     meeting = await load_meeting(request.app, path_int(request, "room_id", meeting_not_found()))
     await require_member(request.app, meeting, current_user(request))
     return _noise_out(request, meeting.id)
@@ -391,7 +406,12 @@ async def room_noise_suppression(request: web.Request) -> NoiseSuppressionOut:
     body=NoiseSuppressionIn,
     response=NoiseSuppressionOut,
 )
-async def set_room_noise_suppression(request: web.Request, body: NoiseSuppressionIn) -> NoiseSuppressionOut:
+async def set_room_noise_suppression(
+    request: web.Request, body: NoiseSuppressionIn
+) -> NoiseSuppressionOut | web.StreamResponse:
+    forwarded = await on_meeting_node(request, path_int(request, "room_id", meeting_not_found()))
+    if forwarded is not None:
+        return forwarded
     meeting = await load_meeting(request.app, path_int(request, "room_id", meeting_not_found()))
     await require_moderator(request.app, meeting, current_user(request))
     sfu = request.app[SFU]
