@@ -190,8 +190,11 @@ class MediaRouter:
             log.warning("node(s) %s stopped answering; their rooms are placed again", ", ".join(sorted(gone)))
             await self.remote.drop_origins(gone)
         # A session whose room is placed elsewhere now (its node died, or this node was taken for
-        # dead while Redis was out of its reach) follows the room.
-        placed = await self.placement.owners(sorted({r.meeting_id for r in self.sessions.values()}))
+        # dead while Redis was out of its reach) follows the room; peers run here for such a room
+        # are left over from before, their sessions gone elsewhere.
+        rooms = {r.meeting_id for r in self.sessions.values()} | set(self.sfu.rooms)
+        placed = await self.placement.owners(sorted(rooms))
+        await self.remote.drop_rooms({m for m, owner in placed.items() if owner not in (None, self.node_id)})
         for route in list(self.sessions.values()):
             if route.owner in gone:
                 await self.move(route, "media server lost")

@@ -146,6 +146,14 @@ class RemoteSfu:
                 self.served.pop(session, None)
                 await self.sfu.remove_peer(session)
 
+    async def drop_rooms(self, meeting_ids: set[int]) -> None:
+        """Peers run here for other nodes in rooms that now run elsewhere are gone."""
+        for session in list(self.served):
+            peer = self.sfu.peers.get(session)
+            if peer is None or peer.room.id in meeting_ids:
+                self.served.pop(session, None)
+                await self.sfu.remove_peer(session)
+
     async def _send_forever(self) -> None:
         """One sender, so a peer's signals reach its client in the order the peer gave them."""
         while True:
