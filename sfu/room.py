@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 SPEAKING_LEVEL = 60  # -dBov: quieter than this is not speech worth announcing
 SPEAKER_HOLD_TICKS = 2  # a new loudest speaker must stay loudest this many ticks to be announced
+# How much of a track's loudness carries over to the next tick: speech has gaps between syllables
+# and words (and a test tone may beep for 20 ms every 500 ms); its peaks must hold across them.
+LOUDNESS_CARRY = 0.85
 
 
 class TrackFeed(Protocol):
@@ -35,8 +38,10 @@ class Room:
         self.tracks: dict[str, PublishedTrack] = {}
         self.feeds: list[TrackFeed] = []  # recordings and streams running here; they outlive the room if it empties
         self.active_speaker: str | None = None  # peer id
+        self.speaker_announcement: dict[str, Any] | None = None  # as last sent, while that speaker is here
         self._candidate: str | None = None
         self._candidate_ticks = 0
+        self._loudness: dict[str, float] = {}  # audio track id → recent loudness (127 - dBov, decaying)
 
     def add_peer(self, peer: Peer) -> None:
         self.peers[peer.id] = peer
@@ -47,7 +52,7 @@ class Room:
     def remove_peer(self, peer: Peer) -> None:
         self.peers.pop(peer.id, None)
         if self.active_speaker == peer.id:
-            self.active_speaker = None
+            self.active_speaker = self.speaker_announcement = None
 
     def add_track(self, track: PublishedTrack) -> None:
         self.tracks[track.id] = track
@@ -82,12 +87,19 @@ class Room:
             self.feeds.remove(feed)
 
     def detect_speaker(self) -> dict[str, Any] | None:
-        """The loudest audio since the last tick; an announcement when the speaker changes."""
+        """The loudest audio of the last ticks (peaks held, fading); an announcement when the
+        speaker changes."""
         loudest: PublishedTrack | None = None
+        top = 127.0 - SPEAKING_LEVEL  # the least loudness announced
+        loudness = {}
         for track in self.tracks.values():
-            audible = track.kind == "audio" and not track.muted and track.audio_level <= SPEAKING_LEVEL
-            if audible and (loudest is None or track.audio_level < loudest.audio_level):
-                loudest = track
+            if track.kind != "audio":
+                continue
+            now = 0.0 if track.muted else 127.0 - track.audio_level
+            loudness[track.id] = level = max(now, self._loudness.get(track.id, 0.0) * LOUDNESS_CARRY)
+            if not track.muted and level >= top:
+                loudest, top = track, level
+        self._loudness = loudness
         announcement = None
         candidate = loudest.publisher_id if loudest is not None else None
         if candidate == self._candidate:
@@ -97,7 +109,8 @@ class Room:
         if candidate is not None and candidate != self.active_speaker and self._candidate_ticks >= SPEAKER_HOLD_TICKS:
             self.active_speaker = candidate
             assert loudest is not None
-            announcement = {"user_id": loudest.user_id, "peer_id": candidate, "level": loudest.audio_level}
+            announcement = {"user_id": loudest.user_id, "peer_id": candidate, "level": round(127 - top)}
+            self.speaker_announcement = announcement
         for track in self.tracks.values():
             track.audio_level = 127
         return announcement

@@ -146,6 +146,11 @@ class Sfu:
             self.peers[peer_id] = peer
             room.add_peer(peer)
             log.info("peer %s (user %s) joined media of meeting %s", peer_id, user_id, meeting_id)
+            if room.speaker_announcement is not None:
+                # Who speaks now, not only at the next change; sent once the join this peer is made
+                # for has been answered (the answer goes out in the same turn of the loop).
+                speaking = {"active_speaker": room.speaker_announcement}
+                asyncio.get_running_loop().call_soon(peer.signal, "media-state", speaking)
         return peer
 
     async def remove_peer(self, peer_id: str) -> None:

@@ -114,6 +114,10 @@ async def test_active_speaker_server_side_mute_and_media_rest_rules(room) -> Non
     await until(lambda: speaker_announcements(bob), "bob to hear who is speaking", 10)
     assert speaker_announcements(bob)[-1]["user_id"] == alice.user_id
     assert speaker_announcements(bob)[-1]["peer_id"] == alice.peer_id
+    # Someone who comes in while alice talks is told so at once, not only when the speaker changes.
+    carla = await connect_user(server.url, "carla", host, people)
+    await until(lambda: speaker_announcements(carla), "carla to hear who is speaking", 10)
+    assert speaker_announcements(carla)[0]["user_id"] == alice.user_id
 
     def alice_audio_at_bob():
         return next((r for r in bob.remote.values() if r.info.get("user_id") == alice.user_id), None)

@@ -226,6 +226,8 @@ export class HuiyiClient extends EventTarget {
     this.state = 'connecting';
     /** user_id → participant, as the server last described them. */
     this.participants = new Map();
+    /** The server's last `active_speaker` ({user_id, peer_id, level}), or null before it named one. */
+    this.activeSpeaker = null;
     this.localStream = null;
     /** The shared screen's stream while this client shares one, else null. */
     this.screenStream = null;
@@ -614,6 +616,7 @@ export class HuiyiClient extends EventTarget {
 
   #onMediaState(data) {
     if (data.active_speaker) {
+      this.activeSpeaker = data.active_speaker;
       this.#emit('activespeaker', data.active_speaker);
       return;
     }

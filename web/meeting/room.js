@@ -153,11 +153,13 @@ export function openRoom({ root, client, api, meeting, me, connected, publish, s
       stage.get(`${detail.source === 'screen' ? 'screen' : 'user'}:${detail.user_id}`)?.refreshVideo();
     });
   }
-  client.addEventListener('activespeaker', ({ detail }) => {
-    const key = detail.user_id === me.user_id ? 'me' : `user:${detail.user_id}`;
+  const showSpeaker = (speaker) => {
+    const key = speaker.user_id === me.user_id ? 'me' : `user:${speaker.user_id}`;
     for (const tile of stage.tiles.values()) tile.setSpeaking(tile.key === key);
     stage.setSpeaker(key);
-  });
+  };
+  client.addEventListener('activespeaker', ({ detail }) => showSpeaker(detail));
+  if (client.activeSpeaker) showSpeaker(client.activeSpeaker); // named before this view was listening
   client.addEventListener('mediastate', ({ detail }) => {
     if (detail.user_id === undefined || !detail.media_state) {
       showServerState(detail, { notices, captions, noise, nameOf });

@@ -33,6 +33,7 @@ export class Stage {
 
   add(tile) {
     this.tiles.set(tile.key, tile);
+    tile.setSpeaking(tile.key === this.speaker); // a tile added after the server named the speaker
     // The user's own tile leads; screens come right after it.
     if (tile.local) this.element.prepend(tile.element);
     else this.element.append(tile.element);

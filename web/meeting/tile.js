@@ -6,6 +6,8 @@ import { avatar, displayName, h } from '../dom.js';
 const QUALITY_LABELS = { good: 'good', fair: 'fair', poor: 'poor', unknown: 'measuring' };
 
 export class Tile {
+  #speaking = false;
+
   /**
    * @param {string} key `me`, `user:<id>` or `screen:<id>`
    * @param {object} person the participant (user_id, username, nickname, avatar_url, role)
@@ -75,15 +77,21 @@ export class Tile {
 
   setAudioOn(on) {
     this.micIcon.hidden = on;
-    if (!on) this.setSpeaking(false);
+    this.#showSpeaking();
   }
 
   setNoiseSuppressed(on) {
     this.noise.hidden = this.screen || !on;
   }
 
+  /** Whether the server names this tile's person as the active speaker; shown while the microphone is on. */
   setSpeaking(speaking) {
-    this.element.classList.toggle('speaking', speaking && this.micIcon.hidden);
+    this.#speaking = speaking;
+    this.#showSpeaking();
+  }
+
+  #showSpeaking() {
+    this.element.classList.toggle('speaking', this.#speaking && this.micIcon.hidden);
   }
 
   setQuality(level) {
