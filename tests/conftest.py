@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from xdist.scheduler import LoadScopeScheduling
 
 from config import Settings, load_settings
 from control.app import create_app
@@ -275,3 +276,45 @@ async def browser() -> AsyncIterator[Any]:
 
     async with launch() as launched:
         yield launched
+
+
+# Modules whose tests measure media as it flows (browsers, aiortc peers, live pipelines, timings).
+# Two of them side by side on a two-core machine starve each other's encoders and clocks, so the
+# test workers run them one after another, on one worker, while the other workers take the rest.
+REAL_TIME_MODULES = frozenset(
+    f"tests/{name}.py"
+    for name in (
+        "test_captions",
+        "test_constrained_links",
+        "test_live_denoise",
+        "test_recording_aiortc",
+        "test_recording_e2e",
+        "test_recording_media",
+        "test_rooms_across_nodes",
+        "test_rooms_across_nodes_browser",
+        "test_sfu_adaptation",
+        "test_sfu_aiortc",
+        "test_sfu_browser",
+        "test_sfu_ice_tcp",
+        "test_sfu_network",
+        "test_sfu_single_port",
+        "test_streaming_e2e",
+        "test_turn_browser",
+        "test_two_nodes",
+        "test_webapp_browser",
+        "test_webapp_firefox",
+    )
+)
+
+
+class RealTimeApartScheduling(LoadScopeScheduling):
+    """``--dist loadscope`` (each module whole on one worker, its tests in order), with every
+    real-time module in one unit of work."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return "real-time media modules" if module in REAL_TIME_MODULES else super()._split_scope(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
+    return RealTimeApartScheduling(config, log) if config.getoption("dist") == "loadscope" else None
