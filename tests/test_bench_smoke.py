@@ -80,8 +80,10 @@ def test_a_comparison_reports_the_figures_of_every_target(tmp_path: Path) -> Non
         janus = figures["janus"][0]
         assert janus["errors"] == [] and janus["subscribers_total"] == 2 and janus["loss_percent"] < 1, janus
         assert janus["server_cpu_percent"] is not None and janus["latency_ms"]["p50"] is not None, janus
-        # Janus's subscribers get the publisher's top layer, as huiyi's do: the same Mbit/s, give or take.
-        assert 0.8 < janus["forwarded_mbit_per_second"] / sfu["forwarded_mbit_per_second"] < 1.25, (janus, sfu)
+        # Janus's subscribers get the publisher's top layer, as huiyi's do: about 1.1 Mbit/s each, well
+        # above the medium layer's 0.32 (a 3 s window of the clip varies with its key frames).
+        for target in (sfu, janus):
+            assert target["forwarded_mbit_per_second"] / target["subscribers_total"] > 0.5, (janus, sfu)
         # It ran in a network namespace of the run's own, gone with the run.
         assert not netns.ready()
 
