@@ -948,6 +948,10 @@ export class HuiyiClient extends EventTarget {
         pliCount: stats.pliCount,
         firCount: stats.firCount,
         jitter: stats.jitter,
+        freezeCount: stats.freezeCount,
+        totalFreezesDuration: stats.totalFreezesDuration,
+        totalSamplesReceived: stats.totalSamplesReceived,
+        concealedSamples: stats.concealedSamples,
       });
     }
     return inbound;
