@@ -19,6 +19,10 @@ SWITCH_GUARD_PACKETS = 256  # after a switch, packets older than the switch poin
 NO_LAYER = -1
 HEAVY_LOSS = 0.1  # a sustained fraction lost, per receiver reports, that makes the layer step down
 LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not move the layer
+# A packet is sent again at most once per this long (or per round trip, if longer): a receiver repeats
+# its NACKs while the retransmission is still on its way, and on a congested link every duplicate
+# adds to the queue that lost the packet.
+RETRANSMIT_MIN_GAP = 0.1
 
 
 class DownTrack:
@@ -51,6 +55,7 @@ class DownTrack:
         "payload_type",
         "plis",
         "preferred_layer",
+        "resent_at",
         "retransmits",
         "rtt",
         "rtx_payload_type",
@@ -101,6 +106,7 @@ class DownTrack:
         self.switch_seq = 0
         self.guard = 0
         self.history: list[tuple[bytes, int] | None] | None = [None] * HISTORY_SIZE if track.kind == "video" else None
+        self.resent_at: list[float] | None = [0.0] * HISTORY_SIZE if track.kind == "video" else None
         self.rtx_seq = random.getrandbits(16)
         self.packets = self.bytes = self.dropped_by_simulation = 0
         self.nacks = self.retransmits = self.plis = self.firs = 0
@@ -208,11 +214,16 @@ class DownTrack:
         """Only the estimate keeps this down-track below the layer it would otherwise get."""
         return self.target_layer < self.ceiling
 
+    def next_layer_up(self) -> int | None:
+        """The layer a climb would try: the next active one above the target, within the ceiling."""
+        above = [index for index in self.track.active_layers() if self.target_layer < index <= self.ceiling]
+        return above[0] if above else None
+
     def climb(self) -> None:
         """Try the next layer up despite the estimate (the allocator decides when)."""
-        above = [index for index in self.track.active_layers() if self.target_layer < index <= self.ceiling]
-        if above:
-            self.climbed = above[0]
+        above = self.next_layer_up()
+        if above is not None:
+            self.climbed = above
             self.choose_layer()
 
     def set_paused(self, paused: bool) -> None:
@@ -223,12 +234,17 @@ class DownTrack:
 
     def on_nack(self, lost: list[int], send_rtp: Callable[[bytes], None]) -> None:
         self.nacks += 1
-        if self.history is None:
+        if self.history is None or self.resent_at is None:
             return
+        now = time.monotonic()
+        gap = max(RETRANSMIT_MIN_GAP, self.rtt or 0.0)
         for seq in lost:
             entry = self.history[seq % HISTORY_SIZE]
             if entry is None or (entry[0][2] << 8 | entry[0][3]) != seq:
                 continue
+            if now - self.resent_at[seq % HISTORY_SIZE] < gap:
+                continue
+            self.resent_at[seq % HISTORY_SIZE] = now
             data, payload_offset = entry
             if self.rtx_payload_type is not None:
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
@@ -244,6 +260,16 @@ class DownTrack:
                 )
             self.retransmits += 1
             send_rtp(data)
+
+    def padding_packet(self, size: int) -> bytes | None:
+        """A padding-only packet on the RTX stream (``size`` bytes of padding, at most 255), stamped
+        with the send time; ``None`` when the subscriber did not accept RTX."""
+        if self.rtx_payload_type is None:
+            return None
+        self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+        header = rtp.FIXED_HEADER.pack(0xB0, self.rtx_payload_type, self.rtx_seq, self.last_ts, self.rtx_ssrc)
+        extension = rtp.extension_block([(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())])
+        return header + extension + bytes(size - 1) + bytes((size,))
 
     def on_keyframe_request(self, full: bool) -> None:
         if full:

@@ -232,6 +232,8 @@ class SubscriberSide:
     def _send_rtp(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.send_rtp(data)
+            if self.allocator.probe is not None:
+                self.allocator.probe.pad(time.monotonic(), self.transport.send_rtp)
 
     def _on_rtp(self, data: bytes) -> None:
         """A subscriber connection carries nothing towards the server; stray RTP is counted."""
@@ -244,8 +246,12 @@ class SubscriberSide:
             if isinstance(feedback, rtcp.ReceiverReport | rtcp.SenderReport):
                 for block in feedback.reports:
                     down = self.by_ssrc.get(block.ssrc)
-                    if down is not None:
+                    if down is None:
+                        continue
+                    if block.ssrc == down.ssrc:
                         down.on_report(block, now_middle)
+                    elif block.fraction_lost:  # the RTX stream, which carries padding probes
+                        self.allocator.on_probe_loss(down, time.monotonic())
             elif isinstance(feedback, rtcp.Nack):
                 down = self.by_ssrc.get(feedback.media_ssrc)
                 if down is not None:

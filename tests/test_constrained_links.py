@@ -1,0 +1,245 @@
+"""Subscribers behind a link capped with ``tc tbf`` (tests/links.py): the server steps a subscriber
+down to a simulcast layer the link carries, without loss or freezes, keeps its audio flowing, and
+brings the high layer back soon after the cap is lifted. One Chromium and one aiortc subscriber, each
+in the link's namespace, watching a Chromium publisher on the host side of the link."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import CHROMIUM, launch, needs_chromium, page_stats, video_from
+from tests.links import Link, NamespaceLoop, constrained_link
+from tests.rtc_clients import Participant, RemoteTrack, invite_code_of, join_meeting, make_meeting, make_user
+from tests.server_process import ServerProcess, request, start_server
+from tests.support import until
+
+pytestmark = needs_chromium
+
+CAP = 300_000  # bit/s towards the subscriber
+MAX_LOSS = 0.02  # of the video packets sent while capped
+MAX_FREEZES = 1.0  # seconds of frozen video, in all, while capped
+HELD_SECONDS = 12.0  # how long the cap is held once the subscriber is under it
+CLIMB_SECONDS = 10.0  # from lifting the cap to receiving the high layer again
+STEP_DOWN_SECONDS = 10.0
+FREEZE_GAP = 0.25
+
+
+@pytest.fixture(scope="module")
+def link() -> Iterator[Link]:
+    with constrained_link() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def server(link: Link, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp("links")
+    env = {"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": f"127.0.0.1,{link.host_address}"}
+    process = start_server("--data-dir", str(base / "data"), log=base / "server.log", env=env, host=link.host_address)
+    yield process
+    process.stop()
+
+
+class Meeting:
+    """A meeting with a Chromium publisher on the host side; ``viewer`` is another account."""
+
+    def __init__(self, server: ServerProcess, name: str) -> None:
+        self.server = server
+        self.host_token, self.host_id = make_user(server.url, f"{name}-host")
+        self.id = make_meeting(server.url, self.host_token)
+        join_meeting(server.url, self.host_token, self.id)
+        self.viewer_token, self.viewer_id = make_user(server.url, f"{name}-viewer")
+        join_meeting(server.url, self.viewer_token, self.id, invite_code_of(server.url, self.host_token, self.id))
+        self.trace: list[str] = []
+
+    def subscription(self, kind: str = "video") -> dict[str, Any] | None:
+        """What the server forwards of the publisher's ``kind`` to the viewer, and the layers' rates."""
+        status, body = request("GET", f"{self.server.url}/api/v1/webrtc/room/{self.id}/stats", token=self.host_token)
+        assert status == 200, body
+        found = next(
+            (
+                sub
+                for sub in body["data"]["subscriptions"]
+                if sub["subscriber_user_id"] == self.viewer_id and sub["kind"] == kind
+            ),
+            None,
+        )
+        if found is not None and kind == "video":
+            track = next(t for t in body["data"]["tracks"] if t["user_id"] == self.host_id and t["kind"] == "video")
+            rates = {layer["name"]: layer["bitrate"] for layer in track["layers"]}
+            self.trace.append(
+                f"{time.monotonic():.1f} {found['current_layer']} sent={found['bitrate']} "
+                f"bandwidth={found['bandwidth']} layers={rates}"
+            )
+        return found
+
+    def layer(self) -> str | None:
+        found = self.subscription()
+        return found["current_layer"] if found else None
+
+    def explain(self) -> str:
+        return "server trace: " + "; ".join(self.trace[-16:])
+
+
+async def publisher_page(browser: Any, server: ServerProcess, meeting: Meeting) -> Any:
+    """The publisher's page, its camera at 1280x720: its high layer needs more than the cap carries."""
+    page = await (await browser.new_context()).new_page()
+    query = f"token={meeting.host_token}&user_id={meeting.host_id}&meeting_id={meeting.id}"
+    await page.goto(f"{server.url}/?{query}&autostart=1&width=1280&height=720")
+    await page.evaluate("window.huiyiReady")
+    return page
+
+
+def insecure_origin_flag(server: ServerProcess) -> str:
+    """The link's address is not loopback: let the publisher's page use its camera there anyway."""
+    return f"--unsafely-treat-insecure-origin-as-secure={server.url}"
+
+
+async def step_down_and_back(link: Link, meeting: Meeting, sample) -> dict[str, float]:
+    """Cap the link, check what the viewer gets while capped (``sample`` returns cumulative video
+    packets received and lost, frozen seconds, audio frames or samples received), lift the cap and
+    time the climb. Returns the numbers measured."""
+    await until(lambda: meeting.layer() == "high", "the viewer to receive the high layer uncapped", 30, interval=0.5)
+    capped_at = time.monotonic()
+    link.cap(CAP)
+    try:
+        await until(
+            lambda: (s := meeting.subscription()) is not None and s["current_layer"] != "high" and s["bitrate"] < CAP,
+            f"the server to step the viewer down under the {CAP} bit/s cap",
+            STEP_DOWN_SECONDS + 20,
+            interval=0.5,
+        )
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}; {meeting.explain()}") from None
+    stepped_down = time.monotonic() - capped_at
+    before = await sample()
+    layers: set[str | None] = set()
+    held_until = time.monotonic() + HELD_SECONDS
+
+    async def held() -> bool:
+        layers.add(meeting.layer())
+        return time.monotonic() >= held_until
+
+    await until(held, "the cap to be held", HELD_SECONDS + 10, interval=0.5)
+    after = await sample()
+    received = after["packets"] - before["packets"]
+    lost = after["lost"] - before["lost"]
+    numbers = {
+        "step_down_s": round(stepped_down, 1),
+        "loss": round(lost / max(1, received + lost), 4),
+        "frozen_s": round(after["frozen"] - before["frozen"], 2),
+        "audio": after["audio"] - before["audio"],
+    }
+    link.lift()
+    lifted_at = time.monotonic()
+    try:
+        await until(lambda: meeting.layer() == "high", "the high layer again after the cap is lifted", 30, interval=0.5)
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}; {meeting.explain()}") from None
+    numbers["climb_s"] = round(time.monotonic() - lifted_at, 1)
+    print(f"constrained link {CAP} bit/s: {numbers}, layers while capped {layers}; {meeting.explain()}")
+    assert "high" not in layers, f"the high layer was forwarded over the capped link: {meeting.explain()}"
+    assert numbers["step_down_s"] <= STEP_DOWN_SECONDS, numbers
+    assert received > 0 and numbers["loss"] < MAX_LOSS, f"{numbers}; {meeting.explain()}"
+    assert numbers["frozen_s"] < MAX_FREEZES, f"{numbers}; {meeting.explain()}"
+    assert numbers["climb_s"] <= CLIMB_SECONDS, f"{numbers}; {meeting.explain()}"
+    return numbers
+
+
+async def test_a_chromium_subscriber_behind_a_capped_link(link: Link, server: ServerProcess, tmp_path: Path) -> None:
+    meeting = Meeting(server, "chromium")
+    async with launch(insecure_origin_flag(server)) as here, launch_in(link, tmp_path) as there:
+        publisher = await publisher_page(here, server, meeting)
+        viewer = await (await there.new_context()).new_page()
+        query = f"token={meeting.viewer_token}&user_id={meeting.viewer_id}&meeting_id={meeting.id}"
+        await viewer.goto(f"{server.url}/?{query}&autostart=1&audio=0&video=0")
+        await viewer.evaluate("window.huiyiReady")
+
+        async def sample() -> dict[str, float]:
+            video = await video_from(viewer, meeting.host_id)
+            audio = next(e for e in (await page_stats(viewer))["inbound"] if e["kind"] == "audio")
+            assert video is not None
+            return {
+                "packets": video["packetsReceived"],
+                "lost": video["packetsLost"],
+                "frozen": video.get("totalFreezesDuration") or 0.0,
+                "audio": (audio.get("totalSamplesReceived") or 0) - (audio.get("concealedSamples") or 0),
+            }
+
+        numbers = await step_down_and_back(link, meeting, sample)
+        # Audio kept playing: at least 90 % of the held time's samples were real, not concealment.
+        assert numbers["audio"] >= 0.9 * 48_000 * HELD_SECONDS, numbers
+        assert (await page_stats(publisher))["outbound"]
+
+
+async def test_an_aiortc_subscriber_behind_a_capped_link(link: Link, server: ServerProcess) -> None:
+    meeting = Meeting(server, "aiortc")
+    inside = NamespaceLoop(link)
+    viewer = Participant(server.url, meeting.viewer_token, meeting.viewer_id, meeting.id)
+    watches: list[FreezeWatch] = []
+    try:
+        async with launch(insecure_origin_flag(server)) as here:
+            await publisher_page(here, server, meeting)
+            await inside.run(viewer.connect())
+
+            async def sample() -> dict[str, float]:
+                """Loss as the viewer reports it to the server (aiortc's own statistics keep one
+                inbound stream per receiver, which may be the RTX one)."""
+                subscription = meeting.subscription()
+                assert subscription is not None
+                lost = subscription["packets_lost"]
+                seen = await inside.run(aiortc_sample(viewer, meeting.host_id, watches))
+                return {"packets": subscription["packets"] - lost, "lost": lost, **seen}
+
+            numbers = await step_down_and_back(link, meeting, sample)
+            # Audio kept coming: 50 frames of 20 ms a second, 90 % of them at least.
+            assert numbers["audio"] >= 0.9 * 50 * HELD_SECONDS, numbers
+    finally:
+        for watch in watches:
+            inside.loop.call_soon_threadsafe(watch.stop)
+        await inside.run(viewer.close())
+        inside.close()
+
+
+class FreezeWatch:
+    """Seconds of frozen video at an aiortc viewer: gaps between decoded frames longer than
+    ``FREEZE_GAP`` (Chromium counts a freeze at about three frame intervals of 15 fps video)."""
+
+    def __init__(self, video: RemoteTrack) -> None:
+        self.video = video
+        self.frozen = 0.0
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        count, since = self.video.frames, time.monotonic()
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            if self.video.frames != count:
+                if now - since > FREEZE_GAP:
+                    self.frozen += now - since
+                count, since = self.video.frames, now
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def aiortc_sample(viewer: Participant, publisher_id: int, watches: list[FreezeWatch]) -> dict[str, float]:
+    """Frozen time and audio frames, read on the viewer's own loop."""
+    video = viewer.video_from(publisher_id)
+    audio = next((r for r in viewer.remote.values() if r.track.kind == "audio"), None)
+    assert video is not None and audio is not None
+    if not watches:
+        watches.append(FreezeWatch(video))
+    return {"frozen": watches[0].frozen, "audio": audio.frames}
+
+
+def launch_in(link: Link, directory: Path):
+    """A headless Chromium running inside the link's namespace."""
+    assert CHROMIUM is not None
+    return launch(executable=link.wrapper(CHROMIUM, directory))
