@@ -15,12 +15,15 @@ from sfu.sdp import PROTO_RTP, Codec, LocalTransport, MediaSection, SdpError, Se
 VIDEO_PREFERENCE = ("vp8", "h264")
 AUDIO_PREFERENCE = ("opus",)
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
+# Publishers also get transport-wide feedback (sfu/twcc.py), for their own send-side estimator.
+TRANSPORT_CC = "transport-cc"
 ACCEPTED_EXTENSIONS = (
     rtp.URI_MID,
     rtp.URI_RID,
     rtp.URI_REPAIRED_RID,
     rtp.URI_AUDIO_LEVEL,
     rtp.URI_ABS_SEND_TIME,
+    rtp.URI_TRANSPORT_CC,
 )
 # Payload types on subscriber connections: (media, rtx).
 OUTGOING_PAYLOAD_TYPES = {"vp8": (96, 97), "h264": (102, 103), "opus": (111, None)}
@@ -146,8 +149,10 @@ def publisher_answer(
         codec.fmtp = taken.codec.fmtp
         formats = [str(codec.payload_type)]
         if taken.kind == "video":
-            codec.feedback = [fb for fb in VIDEO_FEEDBACK if fb in taken.codec.feedback]
+            codec.feedback = [fb for fb in (*VIDEO_FEEDBACK, TRANSPORT_CC) if fb in taken.codec.feedback]
             codec.fmtp = ";".join(filter(None, [codec.fmtp, f"x-google-start-bitrate={VIDEO_START_BITRATE_KBPS}"]))
+        elif TRANSPORT_CC in taken.codec.feedback:
+            codec.feedback = [TRANSPORT_CC]
         if taken.rtx_payload_type is not None:
             formats.append(str(taken.rtx_payload_type))
         lines.append(f"m={taken.kind} 9 {PROTO_RTP} {' '.join(formats)}")

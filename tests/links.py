@@ -72,7 +72,7 @@ class Link:
         self.namespace = f"hq{tag}"
         self.host_interface, self.peer_interface = f"hqh{tag}", f"hqp{tag}"
         self.host_address, self.peer_address = f"10.213.{octet}.1", f"10.213.{octet}.2"
-        self.rate: int | None = None
+        self.rates: dict[bool, int | None] = {}  # by direction: uplink (peer to host) or not
 
     def open(self) -> None:
         _run("ip", "netns", "add", self.namespace)
@@ -85,19 +85,25 @@ class Link:
         _run(*inside, "ip", "link", "set", self.peer_interface, "up")
         _run(*inside, "ip", "link", "set", "lo", "up")
 
-    def cap(self, rate: int) -> None:
-        """Limit the host-to-peer direction to ``rate`` bit/s (a token bucket with a shallow queue)."""
-        verb = "change" if self.rate is not None else "add"
+    def cap(self, rate: int, uplink: bool = False) -> None:
+        """Limit the host-to-peer direction (or, with ``uplink``, peer-to-host) to ``rate`` bit/s: a
+        token bucket whose queue holds QUEUE_LATENCY_MS of traffic."""
         _run(
-            "tc", "qdisc", verb, "dev", self.host_interface, "root", "tbf",
-            "rate", f"{rate}bit", "burst", str(BURST_BYTES), "latency", f"{QUEUE_LATENCY_MS}ms",
+            *self._device(uplink), "root", "tbf", "rate", f"{rate}bit", "burst", str(BURST_BYTES),
+            "latency", f"{QUEUE_LATENCY_MS}ms",
         )  # fmt: skip
-        self.rate = rate
+        self.rates[uplink] = rate
 
-    def lift(self) -> None:
-        if self.rate is not None:
-            _run("tc", "qdisc", "del", "dev", self.host_interface, "root")
-            self.rate = None
+    def lift(self, uplink: bool = False) -> None:
+        if self.rates.get(uplink) is not None:
+            _run(*self._device(uplink, "del"), "root")
+            self.rates[uplink] = None
+
+    def _device(self, uplink: bool, verb: str = "") -> tuple[str, ...]:
+        verb = verb or ("change" if self.rates.get(uplink) is not None else "add")
+        if uplink:
+            return ("ip", "netns", "exec", self.namespace, "tc", "qdisc", verb, "dev", self.peer_interface)
+        return ("tc", "qdisc", verb, "dev", self.host_interface)
 
     def close(self) -> None:
         """Delete the pair (both ends go with either) and the namespace; what is already gone is fine."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sfu.rtp import URI_TRANSPORT_CC
 from tests.browser import CHROMIUM, launch, needs_chromium, page_stats, video_from
 from tests.links import Link, NamespaceLoop, constrained_link
 from tests.rtc_clients import Participant, RemoteTrack, invite_code_of, join_meeting, make_meeting, make_user
@@ -243,3 +244,71 @@ def launch_in(link: Link, directory: Path):
     """A headless Chromium running inside the link's namespace."""
     assert CHROMIUM is not None
     return launch(executable=link.wrapper(CHROMIUM, directory))
+
+
+UPLINK_CAP = 600_000
+OUTGOING_ESTIMATE = """(async () => {
+    for (const entry of (await window.huiyi.publisher.getStats()).values()) {
+        if (entry.type === 'candidate-pair' && entry.nominated && entry.availableOutgoingBitrate) {
+            return entry.availableOutgoingBitrate;
+        }
+    }
+    return 0;
+})()"""
+
+
+async def test_a_chromium_publisher_measures_its_capped_uplink_from_transport_feedback(
+    link: Link, server: ServerProcess, tmp_path: Path
+) -> None:
+    """The server reports every packet's arrival (transport-cc): the publisher's own estimator sees
+    the queue build on a capped uplink and sends what the link carries before it drops packets,
+    where loss-based adaptation alone would need sustained loss first."""
+    meeting = Meeting(server, "uplink")
+    async with launch(insecure_origin_flag(server), executable=link.wrapper(CHROMIUM, tmp_path)) as there:
+        publisher = await publisher_page(there, server, meeting)
+        answer = await publisher.evaluate("window.huiyi.publisher.remoteDescription.sdp")
+        assert URI_TRANSPORT_CC in answer and "transport-cc" in answer
+
+        async def estimate() -> int:
+            return int(await publisher.evaluate(OUTGOING_ESTIMATE))
+
+        async def above_the_cap() -> bool:
+            return await estimate() > 1.5 * UPLINK_CAP
+
+        await until(above_the_cap, "the publisher's estimate to grow on the open link", 30, interval=0.5)
+        link.cap(UPLINK_CAP, uplink=True)
+        capped_at = time.monotonic()
+        try:
+
+            async def under_the_cap() -> bool:
+                return await estimate() <= UPLINK_CAP
+
+            await until(under_the_cap, "the publisher's estimate to follow the capped uplink", 20, interval=0.5)
+            adapted = time.monotonic() - capped_at
+            before = uplink_counts(meeting)
+            estimates = []
+            held_until = time.monotonic() + 8
+
+            async def held() -> bool:
+                estimates.append(await estimate())
+                return time.monotonic() >= held_until
+
+            await until(held, "the uplink cap to be held", 20, interval=0.5)
+            after = uplink_counts(meeting)
+        finally:
+            link.lift(uplink=True)
+        lost = after[1] - before[1]
+        loss = lost / max(1, after[0] - before[0] + lost)
+        print(f"uplink capped at {UPLINK_CAP}: estimate under the cap after {adapted:.1f} s, {estimates}, loss {loss}")
+        assert loss < MAX_LOSS, (loss, estimates)
+        assert all(0.3 * UPLINK_CAP < value <= 1.2 * UPLINK_CAP for value in estimates), estimates
+
+
+def uplink_counts(meeting: Meeting) -> tuple[int, int]:
+    """Packets received and lost (not repaired) of the publisher's video, as the server counts them."""
+    status, body = request(
+        "GET", f"{meeting.server.url}/api/v1/webrtc/room/{meeting.id}/stats", token=meeting.host_token
+    )
+    assert status == 200, body
+    track = next(t for t in body["data"]["tracks"] if t["user_id"] == meeting.host_id and t["kind"] == "video")
+    return sum(layer["packets"] for layer in track["layers"]), sum(layer["packets_lost"] for layer in track["layers"])
