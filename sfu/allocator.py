@@ -31,7 +31,7 @@ CLIMB_BACKOFF_MAX = 32.0
 CALM_RESET_SECONDS = 30.0  # this long without congestion forgets earlier failed climbs
 ESTIMATE_DROP = 0.9  # an estimate below this fraction of the previous one is a decrease, not noise
 PROBE_BACKOFF_MAX = 4.0  # a failed probe cost little: try again at least this often
-PROBE_MARGIN = 1.25  # probe for this much more than the layer's rate: encoders overshoot, key frames burst
+PROBE_MARGIN = 1.5  # probe for this much more than the layer's rate: encoders overshoot, key frames burst
 PROBE_SUCCESS_INTERVAL = 0.5  # after a probe let a layer through, the next one may start this soon
 
 
@@ -103,17 +103,28 @@ class BandwidthAllocator:
         assert probe is not None
         if probe.down not in video or not probe.down.held_back:
             self.probe = None
-        elif probe.done(now):
+        elif probe.expired(now) or probe.failed():
+            self._probe_failed(now)
+        elif probe.passed(now):
             self.probe = None
             probe.down.climb()
             self.verified = True
             self.last_climb = now
             self.next_climb = now + PROBE_SUCCESS_INTERVAL
 
-    def on_probe_loss(self, down: DownTrack, now: float) -> None:
-        """The receiver reports losses on the stream the probe pads: the link did not carry it."""
-        if self.probe is not None and self.probe.down is down:
+    def on_loss_report(self, now: float) -> None:
+        """A receiver reports loss on a media stream while a probe runs: the probe overfilled the link."""
+        if self.probe is not None:
             self._probe_failed(now)
+
+    def on_rtx_report(self, down: DownTrack, fraction_lost: int, now: float) -> None:
+        """The receiver reports on the stream probes pad: losses fail a probe, a clean report vouches."""
+        if self.probe is None or self.probe.down is not down:
+            return
+        if fraction_lost:
+            self._probe_failed(now)
+        else:
+            self.probe.on_clean_report(now)
 
     def _probe_failed(self, now: float) -> None:
         self.probe = None

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from sfu import rtcp, rtp
+from sfu.gcc import SendSideEstimator
 from sfu.track import Layer, PublishedTrack
 
 HISTORY_SIZE = 512  # packets kept per video down-track to answer NACKs (~2 s of 1.5 Mbit/s video)
@@ -23,6 +24,7 @@ LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not mov
 # its NACKs while the retransmission is still on its way, and on a congested link every duplicate
 # adds to the queue that lost the packet.
 RETRANSMIT_MIN_GAP = 0.1
+PADDING_EXTENSION_WITH_NUMBER = 12  # block header, transport number (3) and abs-send-time (4), padded
 
 
 class DownTrack:
@@ -36,6 +38,7 @@ class DownTrack:
         "climbed",
         "current_layer",
         "dropped_by_simulation",
+        "estimator",
         "firs",
         "first_sent_at",
         "fraction_lost",
@@ -55,6 +58,7 @@ class DownTrack:
         "payload_type",
         "plis",
         "preferred_layer",
+        "reports_rtx",
         "resent_at",
         "retransmits",
         "rtt",
@@ -89,6 +93,10 @@ class DownTrack:
         self.rtx_ssrc = random.getrandbits(32) or 2
         self.payload_type = track.out_payload_type
         self.rtx_payload_type: int | None = None  # set once the subscriber's answer accepts RTX
+        self.reports_rtx = False  # the receiver sends reports on the RTX stream (aiortc does)
+        # The subscriber's send-side estimator, when it agreed to transport-wide feedback: every packet
+        # sent to it then carries that connection's transport sequence number (sfu/gcc.py).
+        self.estimator: SendSideEstimator | None = None
         self.send_rtp = send_rtp
         self.current_layer = self.target_layer = NO_LAYER
         self.preferred_layer = len(track.layers) - 1
@@ -134,13 +142,19 @@ class DownTrack:
                 return
         seq = (packet.seq + self.seq_offset) & 0xFFFF
         timestamp = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
-        data = rtp.FIXED_HEADER.pack(first, second, seq, timestamp, self.ssrc) + tail
+        header = rtp.FIXED_HEADER.pack(first, second, seq, timestamp, self.ssrc)
+        now = time.monotonic()
+        if self.estimator is None:
+            data = header + tail
+        else:  # ``tail`` is the block after the transport sequence number, which is this receiver's own
+            number = self.estimator.stamp(12 + rtp.STAMP_END + len(tail), now)
+            data = header + rtp.stamp_prefix((extension_length - 4) // 4, number) + tail
         if self.history is not None:
             self.history[seq % HISTORY_SIZE] = (data, 12 + extension_length)
         if rtp.seq_newer(seq, self.last_seq):
             self.last_seq = seq
             self.last_ts = timestamp
-            self.last_sent_at = time.monotonic()
+            self.last_sent_at = now
         self.packets += 1
         self.bytes += len(data)
         self._bitrate_bytes += len(data)
@@ -246,6 +260,12 @@ class DownTrack:
                 continue
             self.resent_at[seq % HISTORY_SIZE] = now
             data, payload_offset = entry
+            extension = data[12:payload_offset]
+            if self.estimator is not None and rtp.is_stamped(extension):
+                # A retransmission is a new packet on the transport: it gets a number of its own.
+                size = len(data) + (2 if self.rtx_payload_type is not None else 0)
+                number = self.estimator.stamp(size, now)
+                extension = extension[: rtp.STAMP_START] + number.to_bytes(2, "big") + extension[rtp.STAMP_END :]
             if self.rtx_payload_type is not None:
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
                 header = bytes((data[0] & 0xDF, (data[1] & 0x80) | self.rtx_payload_type))
@@ -254,10 +274,12 @@ class DownTrack:
                     + self.rtx_seq.to_bytes(2, "big")
                     + data[4:8]
                     + self.rtx_ssrc.to_bytes(4, "big")
-                    + data[12:payload_offset]
+                    + extension
                     + data[2:4]
                     + data[payload_offset:]
                 )
+            else:
+                data = data[:12] + extension + data[payload_offset:]
             self.retransmits += 1
             send_rtp(data)
 
@@ -268,8 +290,11 @@ class DownTrack:
             return None
         self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
         header = rtp.FIXED_HEADER.pack(0xB0, self.rtx_payload_type, self.rtx_seq, self.last_ts, self.rtx_ssrc)
-        extension = rtp.extension_block([(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())])
-        return header + extension + bytes(size - 1) + bytes((size,))
+        elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
+        if self.estimator is not None:
+            number = self.estimator.stamp(12 + PADDING_EXTENSION_WITH_NUMBER + size, time.monotonic())
+            elements.insert(0, (rtp.OUT_ID_TRANSPORT_CC, number.to_bytes(2, "big")))
+        return header + rtp.extension_block(elements) + bytes(size - 1) + bytes((size,))
 
     def on_keyframe_request(self, full: bool) -> None:
         if full:

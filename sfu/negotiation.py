@@ -15,7 +15,8 @@ from sfu.sdp import PROTO_RTP, Codec, LocalTransport, MediaSection, SdpError, Se
 VIDEO_PREFERENCE = ("vp8", "h264")
 AUDIO_PREFERENCE = ("opus",)
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
-# Publishers also get transport-wide feedback (sfu/twcc.py), for their own send-side estimator.
+# Transport-wide feedback (sfu/twcc.py): the server sends it to publishers, for their own send-side
+# estimator, and asks it of subscribers, for its own (sfu/gcc.py); REMB stays for those without it.
 TRANSPORT_CC = "transport-cc"
 ACCEPTED_EXTENSIONS = (
     rtp.URI_MID,
@@ -185,7 +186,7 @@ class OfferSlot:
 def outgoing_codec(source: Codec) -> Codec:
     """The codec a subscriber is offered for a publisher's track: same format, the server's payload type."""
     payload_type, _ = OUTGOING_PAYLOAD_TYPES[source.name]
-    feedback = list(VIDEO_FEEDBACK) if source.name != "opus" else []
+    feedback = [*VIDEO_FEEDBACK, TRANSPORT_CC] if source.name != "opus" else [TRANSPORT_CC]
     fmtp = re.sub(r";?x-google-[a-z-]+=\d+", "", source.fmtp).strip(";")
     return Codec(payload_type, source.name, source.clock_rate, source.channels, fmtp, feedback)
 
@@ -212,6 +213,7 @@ def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: 
         if slot.kind == "audio":
             lines.append(f"a=extmap:{rtp.OUT_ID_AUDIO_LEVEL} {rtp.URI_AUDIO_LEVEL}")
         lines.append(f"a=extmap:{rtp.OUT_ID_ABS_SEND_TIME} {rtp.URI_ABS_SEND_TIME}")
+        lines.append(f"a=extmap:{rtp.OUT_ID_TRANSPORT_CC} {rtp.URI_TRANSPORT_CC}")
         lines += codec_lines(codec)
         cname = f"a=ssrc:{{}} cname:{slot.stream_id}"
         if rtx_pt:

@@ -7,21 +7,66 @@ Every packet the publisher sends carries a transport-wide sequence number in a h
 ``ArrivalLog`` notes each one's arrival (two list appends per packet, no objects made) and, about
 ten times a second, ``feedback`` turns what arrived since the last report into one RTCP RTPFB
 packet (FMT 15): a base sequence number, a reference time, two-bit status chunks (not received,
-small delta, large delta) and the arrival deltas in 250 µs ticks.
+small delta, large delta) and the arrival deltas in 250 µs ticks. ``parse_feedback`` reads what a
+subscriber sends back about the packets the server sent it (sfu/gcc.py estimates from it).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
-from sfu import rtcp
-
+RTPFB = 205  # RTCP transport-layer feedback (RFC 4585)
 FMT_TRANSPORT_CC = 15
 FEEDBACK_INTERVAL = 0.1  # seconds between two feedback packets while packets arrive
 MAX_PACKETS = 1000  # sequence numbers one feedback packet covers at most; a larger gap starts over
 TICK = 0.00025  # delta unit, seconds
 REFERENCE_UNIT = 0.064  # reference time unit, seconds
 SYMBOL_LOST, SYMBOL_SMALL, SYMBOL_LARGE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class TransportFeedback:
+    """What a receiver said of a run of transport sequence numbers: ``arrivals[i]`` is when the packet
+    numbered ``base + i`` arrived (seconds on the receiver's clock, only differences mean anything),
+    or ``None`` if it did not."""
+
+    media_ssrc: int
+    base: int
+    count: int  # the feedback packet's own counter
+    arrivals: list[float | None]
+
+
+def parse_feedback(body: bytes) -> TransportFeedback:
+    """The FCI of an RTPFB FMT 15 packet (``body``: from the sender SSRC on, padding removed).
+    Raises ``struct.error`` or ``IndexError`` when it is cut short."""
+    _, media, base, count, times = struct.unpack_from("!IIHHI", body)
+    symbols: list[int] = []
+    offset = 16
+    while len(symbols) < count:
+        (chunk,) = struct.unpack_from("!H", body, offset)
+        offset += 2
+        if not chunk & 0x8000:  # run length: one symbol, repeated
+            symbols.extend([(chunk >> 13) & 3] * (chunk & 0x1FFF))
+        elif chunk & 0x4000:  # seven two-bit symbols
+            symbols.extend((chunk >> shift) & 3 for shift in (12, 10, 8, 6, 4, 2, 0))
+        else:  # fourteen one-bit symbols
+            symbols.extend((chunk >> shift) & 1 for shift in range(13, -1, -1))
+    moment = (times >> 8) * REFERENCE_UNIT
+    arrivals: list[float | None] = []
+    for symbol in symbols[:count]:
+        if symbol == SYMBOL_LOST:
+            arrivals.append(None)
+            continue
+        if symbol == SYMBOL_SMALL:
+            ticks = body[offset]
+            offset += 1
+        else:
+            (ticks,) = struct.unpack_from("!h", body, offset)
+            offset += 2
+        moment += ticks * TICK
+        arrivals.append(moment)
+    return TransportFeedback(media, base, times & 0xFF, arrivals)
 
 
 class ArrivalLog:
@@ -101,5 +146,5 @@ class ArrivalLog:
         padding = -len(body) % 4
         if padding:
             body += bytes(padding - 1) + bytes((padding,))
-        header = struct.pack("!BBH", 0x80 | (0x20 if padding else 0) | FMT_TRANSPORT_CC, rtcp.RTPFB, len(body) // 4)
+        header = struct.pack("!BBH", 0x80 | (0x20 if padding else 0) | FMT_TRANSPORT_CC, RTPFB, len(body) // 4)
         return header + body
