@@ -193,6 +193,8 @@ async def test_a_chromium_subscriber_behind_a_capped_link(link: Link, server: Se
             }
 
         numbers = await step_down_and_back(link, meeting, sample)
+        answer = await viewer.evaluate("window.huiyi.subscriber.localDescription.sdp")
+        assert URI_TRANSPORT_CC in answer, "the browser took transport-wide feedback: the server estimated"
         # Audio kept playing: at least 90 % of the held time's samples were real, not concealment.
         assert numbers["audio"] >= 0.9 * 48_000 * HELD_SECONDS, numbers
         assert (await page_stats(publisher))["outbound"]
