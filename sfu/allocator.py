@@ -30,6 +30,7 @@ CLIMB_BACKOFF_MIN = 2.0
 CLIMB_BACKOFF_MAX = 32.0
 CALM_RESET_SECONDS = 30.0  # this long without congestion forgets earlier failed climbs
 ESTIMATE_DROP = 0.9  # an estimate below this fraction of the previous one is a decrease, not noise
+STARVED_FRACTION = 0.5  # a congested share below half the lowest layer's rate leaves audio only
 PROBE_BACKOFF_MAX = 4.0  # a failed probe cost little: try again at least this often
 PROBE_MARGIN = 1.5  # probe for this much more than the layer's rate: encoders overshoot, key frames burst
 PROBE_SUCCESS_INTERVAL = 0.5  # after a probe let a layer through, the next one may start this soon
@@ -74,8 +75,12 @@ class BandwidthAllocator:
         if self.estimate is not None:
             audio = sum(down.bitrate for down in downs if down.track.kind == "audio")
             share = max(0, self.estimate - audio) // len(video)
+        # Only an estimate that congestion brought down says the link cannot carry the lowest layer.
+        congested = self.calm_since > 0 and now - self.calm_since < CALM_RESET_SECONDS
         for down in video:
             down.bandwidth = share
+            lowest = down.track.layers[0].bitrate
+            down.starved = congested and share is not None and share < lowest * STARVED_FRACTION
             down.choose_layer()
         if self.probe is not None:
             self._end_probe(video, now)
@@ -86,9 +91,10 @@ class BandwidthAllocator:
             return
         lowest = min(held_back, key=lambda down: down.target_layer)
         above = lowest.next_layer_up()
-        if lowest.rtx_payload_type is not None and above is not None and lowest.current_layer >= 0:
+        if lowest.rtx_payload_type is not None and above is not None:
             layers = lowest.track.layers
-            rate = int(layers[above].bitrate * PROBE_MARGIN) - layers[lowest.current_layer].bitrate
+            sent = layers[lowest.current_layer].bitrate if lowest.current_layer >= 0 else 0
+            rate = int(layers[above].bitrate * PROBE_MARGIN) - sent
             if rate > 0:
                 self.probe = Probe(lowest, above, rate, now)
                 return

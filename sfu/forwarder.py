@@ -24,6 +24,7 @@ LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not mov
 # its NACKs while the retransmission is still on its way, and on a congested link every duplicate
 # adds to the queue that lost the packet.
 RETRANSMIT_MIN_GAP = 0.1
+RETRANSMIT_MAX_GAP = 0.5  # a round trip measured through a full queue must not silence repairs for long
 PADDING_EXTENSION_WITH_NUMBER = 12  # block header, transport number (3) and abs-send-time (4), padded
 
 
@@ -70,6 +71,7 @@ class DownTrack:
         "seq_offset",
         "smoothed_loss",
         "ssrc",
+        "starved",
         "subscriber_id",
         "switch_seq",
         "switches",
@@ -104,6 +106,7 @@ class DownTrack:
         self.bandwidth: int | None = None  # this track's share of the subscriber's estimate, bit/s
         self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
         self.ceiling = NO_LAYER  # the best layer the preference, the publisher and hard caps allow
+        self.starved = False  # the congested estimate is far below the lowest layer: no video at all
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
         self.last_seq = random.getrandbits(16)
@@ -219,6 +222,10 @@ class DownTrack:
             if self.bandwidth is None or rate <= self.bandwidth or index <= self.climbed:
                 choice = index
         self.ceiling = ceiling
+        if self.starved and choice == (active[0] if active else 0) and self.climbed < choice:
+            # Not even the lowest layer fits: audio only, until a probe shows the lowest layer fits.
+            self.target_layer = self.current_layer = NO_LAYER
+            return
         self.target_layer = choice
         if self.target_layer != self.current_layer:
             self.track.request_keyframe(self.target_layer)
@@ -251,7 +258,7 @@ class DownTrack:
         if self.history is None or self.resent_at is None:
             return
         now = time.monotonic()
-        gap = max(RETRANSMIT_MIN_GAP, self.rtt or 0.0)
+        gap = min(max(RETRANSMIT_MIN_GAP, self.rtt or 0.0), RETRANSMIT_MAX_GAP)
         for seq in lost:
             entry = self.history[seq % HISTORY_SIZE]
             if entry is None or (entry[0][2] << 8 | entry[0][3]) != seq:

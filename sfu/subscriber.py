@@ -47,6 +47,7 @@ class SubscriberSide:
         self.offered_ice: Connection | None = None
         self.allocator = BandwidthAllocator()
         self.estimator: SendSideEstimator | None = None  # with transport-wide feedback; else REMB
+        self.video_paused = False  # all video held back: the estimate cannot carry the lowest layer
         self.rtcp_ssrc = random.getrandbits(32) or 1
         self._establishing: asyncio.Task[None] | None = None
         self._offering = False
@@ -296,6 +297,11 @@ class SubscriberSide:
         for down in self.downtracks.values():
             if down.track.kind != "video" and down.current_layer == NO_LAYER and not down.paused:
                 down.choose_layer()
+        starved = any(down.starved and down.target_layer == NO_LAYER for down in self.downtracks.values())
+        if starved != self.video_paused:
+            # Tell the client why its video stopped (and that it is back), so it can say so.
+            self.video_paused = starved
+            self.peer.signal("media-state", {"video_paused": starved, "reason": "bandwidth"})
 
     def detach(self) -> None:
         """Stop forwarding to this subscriber: its connection is gone."""

@@ -602,6 +602,12 @@ export class HuiyiClient extends EventTarget {
   }
 
   #onMediaState(data) {
+    if (data.video_paused !== undefined) {
+      // The server holds back all video: this client's link cannot carry even the lowest layer.
+      this.videoPaused = data.video_paused;
+      this.#emit('videopaused', { paused: data.video_paused, reason: data.reason });
+      return;
+    }
     if (data.active_speaker) {
       this.#emit('activespeaker', data.active_speaker);
       return;
