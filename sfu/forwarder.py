@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from sfu import rtcp, rtp
+from sfu.gcc import SendSideEstimator
 from sfu.track import Layer, PublishedTrack
 
 HISTORY_SIZE = 512  # packets kept per video down-track to answer NACKs (~2 s of 1.5 Mbit/s video)
@@ -19,6 +20,12 @@ SWITCH_GUARD_PACKETS = 256  # after a switch, packets older than the switch poin
 NO_LAYER = -1
 HEAVY_LOSS = 0.1  # a sustained fraction lost, per receiver reports, that makes the layer step down
 LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not move the layer
+# A packet is sent again at most once per this long (or per round trip, if longer): a receiver repeats
+# its NACKs while the retransmission is still on its way, and on a congested link every duplicate
+# adds to the queue that lost the packet.
+RETRANSMIT_MIN_GAP = 0.1
+RETRANSMIT_MAX_GAP = 0.5  # a round trip measured through a full queue must not silence repairs for long
+PADDING_EXTENSION_WITH_NUMBER = 12  # block header, transport number (3) and abs-send-time (4), padded
 
 
 class DownTrack:
@@ -32,6 +39,7 @@ class DownTrack:
         "climbed",
         "current_layer",
         "dropped_by_simulation",
+        "estimator",
         "firs",
         "first_sent_at",
         "fraction_lost",
@@ -51,6 +59,8 @@ class DownTrack:
         "payload_type",
         "plis",
         "preferred_layer",
+        "reports_rtx",
+        "resent_at",
         "retransmits",
         "rtt",
         "rtx_payload_type",
@@ -61,6 +71,7 @@ class DownTrack:
         "seq_offset",
         "smoothed_loss",
         "ssrc",
+        "starved",
         "subscriber_id",
         "switch_seq",
         "switches",
@@ -84,6 +95,10 @@ class DownTrack:
         self.rtx_ssrc = random.getrandbits(32) or 2
         self.payload_type = track.out_payload_type
         self.rtx_payload_type: int | None = None  # set once the subscriber's answer accepts RTX
+        self.reports_rtx = False  # the receiver sends reports on the RTX stream (aiortc does)
+        # The subscriber's send-side estimator, when it agreed to transport-wide feedback: every packet
+        # sent to it then carries that connection's transport sequence number (sfu/gcc.py).
+        self.estimator: SendSideEstimator | None = None
         self.send_rtp = send_rtp
         self.current_layer = self.target_layer = NO_LAYER
         self.preferred_layer = len(track.layers) - 1
@@ -91,6 +106,7 @@ class DownTrack:
         self.bandwidth: int | None = None  # this track's share of the subscriber's estimate, bit/s
         self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
         self.ceiling = NO_LAYER  # the best layer the preference, the publisher and hard caps allow
+        self.starved = False  # the congested estimate is far below the lowest layer: no video at all
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
         self.last_seq = random.getrandbits(16)
@@ -101,6 +117,7 @@ class DownTrack:
         self.switch_seq = 0
         self.guard = 0
         self.history: list[tuple[bytes, int] | None] | None = [None] * HISTORY_SIZE if track.kind == "video" else None
+        self.resent_at: list[float] | None = [0.0] * HISTORY_SIZE if track.kind == "video" else None
         self.rtx_seq = random.getrandbits(16)
         self.packets = self.bytes = self.dropped_by_simulation = 0
         self.nacks = self.retransmits = self.plis = self.firs = 0
@@ -128,13 +145,19 @@ class DownTrack:
                 return
         seq = (packet.seq + self.seq_offset) & 0xFFFF
         timestamp = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
-        data = rtp.FIXED_HEADER.pack(first, second, seq, timestamp, self.ssrc) + tail
+        header = rtp.FIXED_HEADER.pack(first, second, seq, timestamp, self.ssrc)
+        now = time.monotonic()
+        if self.estimator is None:
+            data = header + tail
+        else:  # ``tail`` is the block after the transport sequence number, which is this receiver's own
+            number = self.estimator.stamp(12 + rtp.STAMP_END + len(tail), now)
+            data = header + rtp.stamp_prefix((extension_length - 4) // 4, number) + tail
         if self.history is not None:
             self.history[seq % HISTORY_SIZE] = (data, 12 + extension_length)
         if rtp.seq_newer(seq, self.last_seq):
             self.last_seq = seq
             self.last_ts = timestamp
-            self.last_sent_at = time.monotonic()
+            self.last_sent_at = now
         self.packets += 1
         self.bytes += len(data)
         self._bitrate_bytes += len(data)
@@ -199,6 +222,10 @@ class DownTrack:
             if self.bandwidth is None or rate <= self.bandwidth or index <= self.climbed:
                 choice = index
         self.ceiling = ceiling
+        if self.starved and choice == (active[0] if active else 0) and self.climbed < choice:
+            # Not even the lowest layer fits: audio only, until a probe shows the lowest layer fits.
+            self.target_layer = self.current_layer = NO_LAYER
+            return
         self.target_layer = choice
         if self.target_layer != self.current_layer:
             self.track.request_keyframe(self.target_layer)
@@ -208,11 +235,16 @@ class DownTrack:
         """Only the estimate keeps this down-track below the layer it would otherwise get."""
         return self.target_layer < self.ceiling
 
+    def next_layer_up(self) -> int | None:
+        """The layer a climb would try: the next active one above the target, within the ceiling."""
+        above = [index for index in self.track.active_layers() if self.target_layer < index <= self.ceiling]
+        return above[0] if above else None
+
     def climb(self) -> None:
         """Try the next layer up despite the estimate (the allocator decides when)."""
-        above = [index for index in self.track.active_layers() if self.target_layer < index <= self.ceiling]
-        if above:
-            self.climbed = above[0]
+        above = self.next_layer_up()
+        if above is not None:
+            self.climbed = above
             self.choose_layer()
 
     def set_paused(self, paused: bool) -> None:
@@ -223,13 +255,24 @@ class DownTrack:
 
     def on_nack(self, lost: list[int], send_rtp: Callable[[bytes], None]) -> None:
         self.nacks += 1
-        if self.history is None:
+        if self.history is None or self.resent_at is None:
             return
+        now = time.monotonic()
+        gap = min(max(RETRANSMIT_MIN_GAP, self.rtt or 0.0), RETRANSMIT_MAX_GAP)
         for seq in lost:
             entry = self.history[seq % HISTORY_SIZE]
             if entry is None or (entry[0][2] << 8 | entry[0][3]) != seq:
                 continue
+            if now - self.resent_at[seq % HISTORY_SIZE] < gap:
+                continue
+            self.resent_at[seq % HISTORY_SIZE] = now
             data, payload_offset = entry
+            extension = data[12:payload_offset]
+            if self.estimator is not None and rtp.is_stamped(extension):
+                # A retransmission is a new packet on the transport: it gets a number of its own.
+                size = len(data) + (2 if self.rtx_payload_type is not None else 0)
+                number = self.estimator.stamp(size, now)
+                extension = extension[: rtp.STAMP_START] + number.to_bytes(2, "big") + extension[rtp.STAMP_END :]
             if self.rtx_payload_type is not None:
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
                 header = bytes((data[0] & 0xDF, (data[1] & 0x80) | self.rtx_payload_type))
@@ -238,12 +281,27 @@ class DownTrack:
                     + self.rtx_seq.to_bytes(2, "big")
                     + data[4:8]
                     + self.rtx_ssrc.to_bytes(4, "big")
-                    + data[12:payload_offset]
+                    + extension
                     + data[2:4]
                     + data[payload_offset:]
                 )
+            else:
+                data = data[:12] + extension + data[payload_offset:]
             self.retransmits += 1
             send_rtp(data)
+
+    def padding_packet(self, size: int) -> bytes | None:
+        """A padding-only packet on the RTX stream (``size`` bytes of padding, at most 255), stamped
+        with the send time; ``None`` when the subscriber did not accept RTX."""
+        if self.rtx_payload_type is None:
+            return None
+        self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+        header = rtp.FIXED_HEADER.pack(0xB0, self.rtx_payload_type, self.rtx_seq, self.last_ts, self.rtx_ssrc)
+        elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
+        if self.estimator is not None:
+            number = self.estimator.stamp(12 + PADDING_EXTENSION_WITH_NUMBER + size, time.monotonic())
+            elements.insert(0, (rtp.OUT_ID_TRANSPORT_CC, number.to_bytes(2, "big")))
+        return header + rtp.extension_block(elements) + bytes(size - 1) + bytes((size,))
 
     def on_keyframe_request(self, full: bool) -> None:
         if full:

@@ -15,12 +15,16 @@ from sfu.sdp import PROTO_RTP, Codec, LocalTransport, MediaSection, SdpError, Se
 VIDEO_PREFERENCE = ("vp8", "h264")
 AUDIO_PREFERENCE = ("opus",)
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
+# Transport-wide feedback (sfu/twcc.py): the server sends it to publishers, for their own send-side
+# estimator, and asks it of subscribers, for its own (sfu/gcc.py); REMB stays for those without it.
+TRANSPORT_CC = "transport-cc"
 ACCEPTED_EXTENSIONS = (
     rtp.URI_MID,
     rtp.URI_RID,
     rtp.URI_REPAIRED_RID,
     rtp.URI_AUDIO_LEVEL,
     rtp.URI_ABS_SEND_TIME,
+    rtp.URI_TRANSPORT_CC,
 )
 # Payload types on subscriber connections: (media, rtx).
 OUTGOING_PAYLOAD_TYPES = {"vp8": (96, 97), "h264": (102, 103), "opus": (111, None)}
@@ -146,8 +150,10 @@ def publisher_answer(
         codec.fmtp = taken.codec.fmtp
         formats = [str(codec.payload_type)]
         if taken.kind == "video":
-            codec.feedback = [fb for fb in VIDEO_FEEDBACK if fb in taken.codec.feedback]
+            codec.feedback = [fb for fb in (*VIDEO_FEEDBACK, TRANSPORT_CC) if fb in taken.codec.feedback]
             codec.fmtp = ";".join(filter(None, [codec.fmtp, f"x-google-start-bitrate={VIDEO_START_BITRATE_KBPS}"]))
+        elif TRANSPORT_CC in taken.codec.feedback:
+            codec.feedback = [TRANSPORT_CC]
         if taken.rtx_payload_type is not None:
             formats.append(str(taken.rtx_payload_type))
         lines.append(f"m={taken.kind} 9 {PROTO_RTP} {' '.join(formats)}")
@@ -180,7 +186,7 @@ class OfferSlot:
 def outgoing_codec(source: Codec) -> Codec:
     """The codec a subscriber is offered for a publisher's track: same format, the server's payload type."""
     payload_type, _ = OUTGOING_PAYLOAD_TYPES[source.name]
-    feedback = list(VIDEO_FEEDBACK) if source.name != "opus" else []
+    feedback = [*VIDEO_FEEDBACK, TRANSPORT_CC] if source.name != "opus" else [TRANSPORT_CC]
     fmtp = re.sub(r";?x-google-[a-z-]+=\d+", "", source.fmtp).strip(";")
     return Codec(payload_type, source.name, source.clock_rate, source.channels, fmtp, feedback)
 
@@ -207,6 +213,7 @@ def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: 
         if slot.kind == "audio":
             lines.append(f"a=extmap:{rtp.OUT_ID_AUDIO_LEVEL} {rtp.URI_AUDIO_LEVEL}")
         lines.append(f"a=extmap:{rtp.OUT_ID_ABS_SEND_TIME} {rtp.URI_ABS_SEND_TIME}")
+        lines.append(f"a=extmap:{rtp.OUT_ID_TRANSPORT_CC} {rtp.URI_TRANSPORT_CC}")
         lines += codec_lines(codec)
         cname = f"a=ssrc:{{}} cname:{slot.stream_id}"
         if rtx_pt:

@@ -16,6 +16,7 @@ from sfu.negotiation import PublishedSection, accept_publisher_offer, publisher_
 from sfu.network import gather
 from sfu.track import Layer, PublishedTrack
 from sfu.transport import MediaTransport, add_candidate
+from sfu.twcc import ArrivalLog
 
 if TYPE_CHECKING:
     from sfu.peer import Peer
@@ -35,6 +36,8 @@ class PublisherSide:
         self.sections: dict[str, PublishedSection] = {}
         self.routes: dict[int, Route] = {}
         self.extension_ids: dict[str, int] = {}
+        self.transport_cc_id = 0  # the transport-wide sequence number's extension id, 0 if not agreed
+        self.arrivals = ArrivalLog()
         self.rtcp_ssrc = random.getrandbits(32) or 1
         self.unrouted = 0
         self.bitrate_cap = peer.sfu.settings.publish_bitrate
@@ -126,6 +129,7 @@ class PublisherSide:
                 room.remove_track(track)
         for mid, section in wanted.items():
             self.extension_ids.update(section.extension_ids)
+            self.transport_cc_id = self.extension_ids.get(rtp.URI_TRANSPORT_CC, 0)
             self.sections[mid] = section
             track = self.tracks.get(mid)
             if track is None:
@@ -213,6 +217,8 @@ class PublisherSide:
 
     def on_rtp(self, data: bytes) -> None:
         packet = rtp.Packet(data)
+        if self.transport_cc_id:
+            self._note_arrival(packet)
         route = self.routes.get(packet.ssrc) or self._learn(packet)
         if route is None:
             self.unrouted += 1
@@ -236,6 +242,18 @@ class PublisherSide:
             layer.nacks_sent += 1
             self.transport.send_rtcp(rtcp.nack(self.rtcp_ssrc, layer.ssrc, missing))
         track.forward(layer, packet)
+
+    def _note_arrival(self, packet: rtp.Packet) -> None:
+        """Every packet counts for the publisher's estimator, padding and retransmissions too."""
+        value = packet.extensions.get(self.transport_cc_id)
+        if value is None or len(value) != 2:
+            return
+        now = time.monotonic()
+        self.arrivals.note(value[0] << 8 | value[1], now)
+        if self.arrivals.due(now) and self.transport is not None:
+            feedback = self.arrivals.feedback(self.rtcp_ssrc, packet.ssrc, now)
+            if feedback is not None:
+                self.transport.send_rtcp(feedback)
 
     def on_rtcp(self, data: bytes) -> None:
         now = time.monotonic()

@@ -1,10 +1,13 @@
 """RTCP on bytes: parse the feedback the SFU acts on and build what it sends (RFC 3550, 4585, 5104,
-draft-alvestrand-rmcat-remb). Unknown packet types are skipped, malformed ones end the parse."""
+draft-alvestrand-rmcat-remb; transport-wide feedback is in sfu/twcc.py). Unknown packet types are
+skipped, malformed ones end the parse."""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+
+from sfu.twcc import FMT_TRANSPORT_CC, TransportFeedback, parse_feedback
 
 SR, RR, SDES, BYE, RTPFB, PSFB = 200, 201, 202, 203, 205, 206
 FMT_NACK, FMT_PLI, FMT_FIR, FMT_AFB = 1, 1, 4, 15
@@ -63,7 +66,7 @@ class Remb:
     ssrcs: list[int]
 
 
-Feedback = SenderReport | ReceiverReport | Nack | KeyFrameRequest | Remb
+Feedback = SenderReport | ReceiverReport | Nack | KeyFrameRequest | Remb | TransportFeedback
 
 
 def parse(data: bytes) -> list[Feedback]:
@@ -99,6 +102,8 @@ def _parse_one(packet_type: int, count: int, body: bytes) -> list[Feedback]:
                 lost.append(pid)
                 lost.extend((pid + bit + 1) & 0xFFFF for bit in range(16) if bitmask >> bit & 1)
             return [Nack(media, lost)]
+        if packet_type == RTPFB and count == FMT_TRANSPORT_CC:
+            return [parse_feedback(body)]
         if packet_type == PSFB and count == FMT_PLI:
             _, media = struct.unpack_from("!II", body)
             return [KeyFrameRequest(media, full=False)]

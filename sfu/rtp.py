@@ -11,6 +11,7 @@ import struct
 import time
 
 FIXED_HEADER = struct.Struct("!BBHII")
+STAMP_PREFIX = struct.Struct("!HHBH")
 RTP_VERSION_BITS = 0x80
 
 # Extension URIs the server understands on publishers' packets.
@@ -19,10 +20,14 @@ URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 URI_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 # The ids the server uses on what it sends; every subscriber offer declares exactly these.
 OUT_ID_AUDIO_LEVEL = 1
 OUT_ID_ABS_SEND_TIME = 2
+OUT_ID_TRANSPORT_CC = 3  # offered to subscribers; first in the block, so it can be stamped per receiver
+# A block that opens with the transport sequence number: profile, length, element header, two bytes.
+STAMP_START, STAMP_END = 5, 7
 
 
 class MalformedPacket(ValueError):
@@ -113,6 +118,17 @@ def abs_send_time(now: float | None = None) -> bytes:
     """24-bit 6.18 fixed-point seconds: what a receiver's delay-based estimator reads."""
     moment = time.time() if now is None else now
     return (int(moment * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
+
+
+def stamp_prefix(words: int, seq: int) -> bytes:
+    """The opening of an extension block of ``words`` 32-bit words whose first element is the
+    transport-wide sequence number ``seq`` (the rest of the block follows it unchanged)."""
+    return STAMP_PREFIX.pack(0xBEDE, words, (OUT_ID_TRANSPORT_CC << 4) | 1, seq)
+
+
+def is_stamped(block: bytes) -> bool:
+    """Whether an extension block opens with the transport sequence number (see ``stamp_prefix``)."""
+    return len(block) >= STAMP_END and block[:2] == b"\xbe\xde" and block[4] == (OUT_ID_TRANSPORT_CC << 4) | 1
 
 
 def extension_block(elements: list[tuple[int, bytes]]) -> bytes:

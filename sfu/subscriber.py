@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from aioice import Connection
 
-from sfu import rtcp, sdp
+from sfu import rtcp, rtp, sdp
 from sfu.allocator import BandwidthAllocator
 from sfu.forwarder import NO_LAYER, DownTrack
+from sfu.gcc import SendSideEstimator
 from sfu.negotiation import OfferSlot, accepted_in_answer, outgoing_codec, subscriber_offer
 from sfu.network import NO_MEDIA_PORT, NoMediaPort, gather
 from sfu.track import PublishedTrack
 from sfu.transport import MediaTransport, add_candidate
+from sfu.twcc import TransportFeedback
 
 if TYPE_CHECKING:
     from sfu.peer import Peer
@@ -44,6 +46,8 @@ class SubscriberSide:
         self.fresh_ice: Connection | None = None  # gathered for a requested ICE restart
         self.offered_ice: Connection | None = None
         self.allocator = BandwidthAllocator()
+        self.estimator: SendSideEstimator | None = None  # with transport-wide feedback; else REMB
+        self.video_paused = False  # all video held back: the estimate cannot carry the lowest layer
         self.rtcp_ssrc = random.getrandbits(32) or 1
         self._establishing: asyncio.Task[None] | None = None
         self._offering = False
@@ -158,6 +162,10 @@ class SubscriberSide:
         role = "client" if answer.dtls_setup() == "passive" else "server"
         accepted = accepted_in_answer(answer)
         self.awaiting_answer = False
+        if self.estimator is None and any(rtp.URI_TRANSPORT_CC in section.extmap for section in accepted.values()):
+            # The subscriber sends transport-wide feedback from now on (and no REMB): the server's
+            # own estimate drives its layers. Set once, so a connection keeps one numbering.
+            self.estimator = SendSideEstimator()
         if self.state == "new":
             self.state = "connecting"
             self._establishing = self.peer.spawn(
@@ -179,6 +187,7 @@ class SubscriberSide:
                 continue
             rtx = next((c.payload_type for c in section.codecs.values() if c.name == "rtx"), None)
             down.rtx_payload_type = rtx
+            down.estimator = self.estimator
             if down not in down.track.downtracks:
                 down.track.downtracks.append(down)
             if down.paused:
@@ -232,6 +241,8 @@ class SubscriberSide:
     def _send_rtp(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.send_rtp(data)
+            if self.allocator.probe is not None:
+                self.allocator.probe.pad(time.monotonic(), self.transport.send_rtp)
 
     def _on_rtp(self, data: bytes) -> None:
         """A subscriber connection carries nothing towards the server; stray RTP is counted."""
@@ -244,8 +255,15 @@ class SubscriberSide:
             if isinstance(feedback, rtcp.ReceiverReport | rtcp.SenderReport):
                 for block in feedback.reports:
                     down = self.by_ssrc.get(block.ssrc)
-                    if down is not None:
+                    if down is None:
+                        continue
+                    if block.ssrc == down.ssrc:
                         down.on_report(block, now_middle)
+                        if block.fraction_lost and self.estimator is None:  # the estimator sees loss itself
+                            self.allocator.on_loss_report(time.monotonic())
+                    else:  # the RTX stream, which carries padding probes
+                        down.reports_rtx = True
+                        self.allocator.on_rtx_report(down, block.fraction_lost, time.monotonic())
             elif isinstance(feedback, rtcp.Nack):
                 down = self.by_ssrc.get(feedback.media_ssrc)
                 if down is not None:
@@ -255,7 +273,11 @@ class SubscriberSide:
                 if down is not None:
                     down.on_keyframe_request(feedback.full)
             elif isinstance(feedback, rtcp.Remb):
-                self.allocator.on_estimate(feedback.bitrate, self.downtracks.values(), time.monotonic())
+                if self.estimator is None:
+                    self.allocator.on_estimate(feedback.bitrate, self.downtracks.values(), time.monotonic())
+            elif isinstance(feedback, TransportFeedback) and self.estimator is not None:
+                now = time.monotonic()
+                self.allocator.on_estimate(self.estimator.on_feedback(feedback, now), self.downtracks.values(), now)
 
     # periodic -----------------------------------------------------------------------------------
 
@@ -275,6 +297,11 @@ class SubscriberSide:
         for down in self.downtracks.values():
             if down.track.kind != "video" and down.current_layer == NO_LAYER and not down.paused:
                 down.choose_layer()
+        starved = any(down.starved and down.target_layer == NO_LAYER for down in self.downtracks.values())
+        if starved != self.video_paused:
+            # Tell the client why its video stopped (and that it is back), so it can say so.
+            self.video_paused = starved
+            self.peer.signal("media-state", {"video_paused": starved, "reason": "bandwidth"})
 
     def detach(self) -> None:
         """Stop forwarding to this subscriber: its connection is gone."""

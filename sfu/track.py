@@ -273,7 +273,10 @@ class PublishedTrack:
             elements.insert(0, (rtp.OUT_ID_AUDIO_LEVEL, level))
             self.audio_level = min(self.audio_level, level[0] & 0x7F)
         extension = rtp.extension_block(elements)
-        tail = extension + packet.data[packet.payload_start : packet.payload_end]
+        payload = packet.data[packet.payload_start : packet.payload_end]
+        tail = extension + payload
+        stamped_tail = b""  # for receivers with transport-wide feedback: the block after their number
+        stamped_length = 0
         first = 0x90
         second = (0x80 if packet.marker else 0) | self.out_payload_type
         keyframe = None
@@ -285,4 +288,10 @@ class PublishedTrack:
                     keyframe = self.is_keyframe(packet)
                 if not keyframe:
                     continue
-            down.send(layer, packet, first, second, tail, len(extension))
+            if down.estimator is None:
+                down.send(layer, packet, first, second, tail, len(extension))
+                continue
+            if not stamped_length:
+                stamped = rtp.extension_block([(rtp.OUT_ID_TRANSPORT_CC, b"\0\0"), *elements])
+                stamped_tail, stamped_length = stamped[rtp.STAMP_END :] + payload, len(stamped)
+            down.send(layer, packet, first, second, stamped_tail, stamped_length)

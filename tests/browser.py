@@ -42,11 +42,12 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not in
 
 
 @asynccontextmanager
-async def launch(*extra_flags: str) -> AsyncIterator[Any]:
-    """A headless Chromium with a fake camera and microphone, closed on leaving."""
+async def launch(*extra_flags: str, executable: str | None = None) -> AsyncIterator[Any]:
+    """A headless Chromium with a fake camera and microphone, closed on leaving; ``executable`` runs
+    it some other way (inside a test link's namespace: tests/links.py)."""
     async with playwright_api.async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*FLAGS, *extra_flags]
+            executable_path=executable or CHROMIUM, headless=True, args=[*FLAGS, *extra_flags]
         )
         try:
             yield launched

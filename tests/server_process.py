@@ -143,13 +143,18 @@ class ServerProcess:
 
 
 def start_server(
-    *args: str, log: Path, env: dict[str, str] | None = None, script: Path = ROOT / "run_server.py"
+    *args: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    script: Path = ROOT / "run_server.py",
+    host: str = "127.0.0.1",
 ) -> ServerProcess:
-    """Start the server and return once it answers its health check (or fail with its log)."""
+    """Start the server on ``host`` (loopback, or a test link's address: tests/links.py) and return
+    once it answers its health check (or fail with its log)."""
     port = free_port()
     handle = log.open("a")
     process = subprocess.Popen(
-        [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, str(script), "--host", host, "--port", str(port), *args],
         env=server_environment(env),
         stdin=subprocess.DEVNULL,
         stdout=handle,
@@ -158,7 +163,7 @@ def start_server(
         cwd=ROOT,
     )
     handle.close()
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log, dict(env or {}))
+    server = ServerProcess(process, f"http://{host}:{port}", log, dict(env or {}))
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -98,3 +98,18 @@ def test_sustained_loss_is_congestion_even_when_the_estimate_holds() -> None:
     down.smoothed_loss = 0.3
     allocator.allocate([down], CLIMB_INTERVAL + 0.5)
     assert down.target_layer == 0
+
+
+def test_a_congested_estimate_far_below_the_lowest_layer_leaves_audio_only_until_a_climb() -> None:
+    down, allocator = _video_down(), BandwidthAllocator()
+    allocator.on_estimate(150_000, [down], 0.0)
+    _sending(down)
+    assert down.target_layer == 0 and not down.starved, "an estimate with no congestion behind it pauses nothing"
+    allocator.on_estimate(40_000, [down], 1.0)  # congestion: the estimate fell below what is sent
+    assert down.starved and down.target_layer == down.current_layer == -1
+    now = 1.0
+    while down.target_layer == -1:  # no RTX: the lowest layer is tried again, without a probe
+        now += 0.25
+        allocator.allocate([down], now)
+        assert now < 40, "video is tried again"
+    assert down.target_layer == 0

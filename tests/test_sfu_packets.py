@@ -213,13 +213,14 @@ def test_a_chromium_simulcast_offer_is_accepted_as_two_tracks_with_three_layers(
     assert data is None
     assert audio.codec.name == "opus" and audio.codec.payload_type == 111 and audio.rids == []
     assert video.codec.name == "vp8" and video.rtx_payload_type == 97 and video.rids == ["l", "m", "h"]
-    assert "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01" not in video.extension_ids
+    assert video.extension_ids[rtp.URI_TRANSPORT_CC] == 3  # transport-wide feedback for its estimator
     assert video.extension_ids[rtp.URI_RID] == 10 and video.stream_id == "stream"
     answer = publisher_answer(
         offer, [audio, video, data], LocalTransport("u", "p" * 22, [("sha-256", "AA")], [], "passive"), 1
     )
     assert "a=group:BUNDLE 0 1\r\n" in answer and "a=ice-lite" in answer and "a=setup:passive" in answer
-    assert "a=rid:l recv" in answer and "a=simulcast:recv l;m;h" in answer and "transport-cc" not in answer
+    assert "a=rid:l recv" in answer and "a=simulcast:recv l;m;h" in answer
+    assert "a=rtcp-fb:96 transport-cc" in answer and f"a=extmap:3 {rtp.URI_TRANSPORT_CC}" in answer
     assert "m=application 0 " in answer and "a=mid:2" in answer
     # every section has a connection line, the rejected one too
     assert answer.count("\r\nc=IN IP4 0.0.0.0\r\n") == answer.count("\r\nm=")
@@ -331,11 +332,13 @@ def test_a_layer_switch_keeps_the_receivers_stream_continuous() -> None:
     resent: list[bytes] = []
     down.on_nack([packets[7].seq], resent.append)
     assert resent == [sent[7]]
-    down.rtx_payload_type = 97
     down.on_nack([packets[7].seq], resent.append)
+    assert resent == [sent[7]], "a repeated NACK within the round trip is not answered twice"
+    down.rtx_payload_type = 97
+    down.on_nack([packets[8].seq], resent.append)
     rtx = rtp.Packet(resent[1])
     assert rtx.payload_type == 97 and rtx.ssrc == down.rtx_ssrc
-    assert rtx.payload[:2] == packets[7].seq.to_bytes(2, "big") and rtx.payload[2:] == packets[7].payload
+    assert rtx.payload[:2] == packets[8].seq.to_bytes(2, "big") and rtx.payload[2:] == packets[8].payload
 
 
 def test_sustained_loss_steps_the_layer_down_but_one_bad_report_does_not() -> None:

@@ -615,6 +615,12 @@ export class HuiyiClient extends EventTarget {
   }
 
   #onMediaState(data) {
+    if (data.video_paused !== undefined) {
+      // The server holds back all video: this client's link cannot carry even the lowest layer.
+      this.videoPaused = data.video_paused;
+      this.#emit('videopaused', { paused: data.video_paused, reason: data.reason });
+      return;
+    }
     if (data.active_speaker) {
       this.activeSpeaker = data.active_speaker;
       this.#emit('activespeaker', data.active_speaker);
@@ -978,6 +984,10 @@ export class HuiyiClient extends EventTarget {
         pliCount: stats.pliCount,
         firCount: stats.firCount,
         jitter: stats.jitter,
+        freezeCount: stats.freezeCount,
+        totalFreezesDuration: stats.totalFreezesDuration,
+        totalSamplesReceived: stats.totalSamplesReceived,
+        concealedSamples: stats.concealedSamples,
       });
     }
     return inbound;
