@@ -32,6 +32,9 @@ CALM_RESET_SECONDS = 30.0  # this long without congestion forgets earlier failed
 ESTIMATE_DROP = 0.9  # an estimate below this fraction of the previous one is a decrease, not noise
 STARVED_FRACTION = 0.5  # a congested share below half the lowest layer's rate leaves audio only
 PROBE_BACKOFF_MAX = 4.0  # a failed probe cost little: try again at least this often
+# ... except on a link too narrow for any video, where every probe overfills it at the expense of the
+# audio that is all the viewer gets: probed at most every 8 s there.
+STARVED_PROBE_BACKOFF_MAX = 8.0
 PROBE_MARGIN = 1.5  # probe for this much more than the layer's rate: encoders overshoot, key frames burst
 PROBE_SUCCESS_INTERVAL = 0.5  # after a probe let a layer through, the next one may start this soon
 
@@ -133,8 +136,9 @@ class BandwidthAllocator:
             self.probe.on_clean_report(now)
 
     def _probe_failed(self, now: float) -> None:
+        starved = self.probe is not None and self.probe.down.starved
         self.probe = None
-        self.backoff = min(self.backoff * 2, PROBE_BACKOFF_MAX)
+        self.backoff = min(self.backoff * 2, STARVED_PROBE_BACKOFF_MAX if starved else PROBE_BACKOFF_MAX)
         self.next_climb = now + self.backoff
 
     def _congestion(self, downs: list[DownTrack], now: float) -> None:

@@ -372,9 +372,11 @@ async def test_a_subscriber_below_the_lowest_layer_keeps_its_audio_and_is_told_w
         async def paused() -> bool | None:
             return await viewer.evaluate("window.huiyi.videoPaused ?? null")
 
-        async def audio_samples() -> int:
-            audio = next(e for e in (await page_stats(viewer))["inbound"] if e["kind"] == "audio")
-            return (audio.get("totalSamplesReceived") or 0) - (audio.get("concealedSamples") or 0)
+        async def audio() -> tuple[int, int, int]:
+            """Samples played (not concealed), packets received and packets lost, so far."""
+            entry = next(e for e in (await page_stats(viewer))["inbound"] if e["kind"] == "audio")
+            played = (entry.get("totalSamplesReceived") or 0) - (entry.get("concealedSamples") or 0)
+            return played, entry.get("packetsReceived") or 0, entry.get("packetsLost") or 0
 
         await until(lambda: meeting.layer() is not None, "the viewer to receive video", 30, interval=0.5)
         link.cap(STARVED_CAP)
@@ -383,10 +385,21 @@ async def test_a_subscriber_below_the_lowest_layer_keeps_its_audio_and_is_told_w
             # The link's queue still holds video sent before the pause: audio is judged after it drained.
             drained = time.monotonic() + 1.5
             await until(lambda: time.monotonic() > drained, "the queue to drain", 5, interval=0.25)
-            heard, since = await audio_samples(), time.monotonic()
+            before, since = await audio(), time.monotonic()
             await until(lambda: time.monotonic() - since > 5, "audio to be heard", 10, interval=0.5)
             assert meeting.layer() is None, f"no video at the cap: {meeting.explain()}"
-            assert await audio_samples() - heard >= 0.9 * 48_000 * 5, "the audio went on at the cap"
+            after = await audio()
+            played = (after[0] - before[0]) / 48_000 / (time.monotonic() - since)
+            received, lost = after[1] - before[1], after[2] - before[2]
+            print(
+                f"starved link {STARVED_CAP} bit/s: audio played {played:.0%} of the time, {lost} of",
+                received + lost,
+                "lost",
+            )
+            # The link carries the audio: (almost) no packet lost on it. What the browser then plays
+            # also depends on the CPU it gets, which a test machine shares.
+            assert lost <= 0.03 * (received + lost), f"audio packets lost at the cap: {lost} of {received + lost}"
+            assert played >= 0.7, f"the audio went on at the cap: {played:.0%} of the time"
         finally:
             link.lift()
         await until(lambda: paused_is(paused, False), "the server to say video is back", 20, interval=0.5)
