@@ -247,6 +247,15 @@ async def test_video_denoising_brings_the_picture_closer_to_the_clean_clip(world
         assert psnr > before[0] + 3 and ssim > before[1] + 0.1 and frames == before[2]
 
 
+def assert_sized_with_its_sound(output: bytes, size: tuple[int, int], source: Path) -> None:
+    """The enhanced file's picture is ``size``, and its audio packets are the source's, untouched."""
+    with av.open(io.BytesIO(output)) as container:
+        assert (container.streams.video[0].width, container.streams.video[0].height) == size
+        audio = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+    with av.open(str(source)) as container:
+        assert audio == [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+
 async def test_a_chain_of_operations_upscales_and_keeps_the_sound(world: World) -> None:
     clip = noisy_clip(world.work / "small.mp4", frames=10, sigma=2)
     record = await uploaded(world.api, world.user, clip.read_bytes(), "small.mp4")
@@ -262,11 +271,7 @@ async def test_a_chain_of_operations_upscales_and_keeps_the_sound(world: World) 
     result = body["data"]["result"]
     assert (result["width"], result["height"]) == (640, 480)
     output = await world.download(result["file_id"])
-    with av.open(io.BytesIO(output)) as container:
-        assert (container.streams.video[0].width, container.streams.video[0].height) == (640, 480)
-        audio = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
-    with av.open(str(clip)) as container:
-        assert audio == [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+    assert_sized_with_its_sound(output, (640, 480), clip)
 
 
 async def test_super_resolution_doubles_a_small_clip_with_a_packaged_model_and_keeps_the_sound(world: World) -> None:
@@ -287,11 +292,7 @@ async def test_super_resolution_doubles_a_small_clip_with_a_packaged_model_and_k
     result = job["result"]
     assert (result["width"], result["height"], result["frames"]) == (320, 240, 5) and result["audio_copied"]
     output = await world.download(result["file_id"])
-    with av.open(io.BytesIO(output)) as container:
-        assert (container.streams.video[0].width, container.streams.video[0].height) == (320, 240)
-        audio = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
-    with av.open(str(clip)) as container:
-        assert audio == [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+    assert_sized_with_its_sound(output, (320, 240), clip)
     upscaled, small = quality.frames_of(io.BytesIO(output)), quality.frames_of(clip)
     nearest = [np.repeat(np.repeat(frame, 2, 0), 2, 1) for frame in small]
     scores = [quality.psnr(quality.clean_picture(i), frame) for i, frame in enumerate(upscaled)]
