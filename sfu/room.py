@@ -106,7 +106,11 @@ class Room:
             self._candidate_ticks += 1
         else:
             self._candidate, self._candidate_ticks = candidate, 1
-        if candidate is not None and candidate != self.active_speaker and self._candidate_ticks >= SPEAKER_HOLD_TICKS:
+        # Holding guards a change of speaker; with nobody named (the room's first sound, or the last
+        # speaker gone), the loudest is named at once: two people beeping or talking in turn would
+        # otherwise never stay loudest two ticks running, and nobody would be shown speaking.
+        hold = SPEAKER_HOLD_TICKS if self.active_speaker is not None else 1
+        if candidate is not None and candidate != self.active_speaker and self._candidate_ticks >= hold:
             self.active_speaker = candidate
             assert loudest is not None
             announcement = {"user_id": loudest.user_id, "peer_id": candidate, "level": round(127 - top)}

@@ -20,6 +20,11 @@ class Audio:
     audio_level: int = 127  # -dBov of the loudest packet since the last tick; 127 is silence
 
 
+@dataclass
+class Leaving:
+    id: str
+
+
 def room_with(*tracks: Audio) -> Room:
     room = Room(1, events=None, retired=None)  # type: ignore[arg-type]
     room.tracks = {track.id: track for track in tracks}
@@ -42,6 +47,7 @@ def test_a_beeping_microphone_is_announced_though_it_is_loud_only_every_other_ti
     room = room_with(beeper)
     announced = ticks(room, {beeper: [30, 127]}, 6)
     assert [said["user_id"] for said in announced] == [1]
+    assert announced[0] == room.speaker_announcement
     assert 30 <= announced[0]["level"] < 60  # -dBov, as loud as the beep has recently been
 
 
@@ -54,3 +60,15 @@ def test_the_louder_speaker_takes_over_and_quiet_or_muted_ones_never_do() -> Non
     then = ticks(room, {soft: [40], loud: [20, 127], muted: [5], hiss: [90]}, 8)
     assert [said["user_id"] for said in then] == [2]
     assert room.active_speaker == "p-l" and room.speaker_announcement == then[0]
+
+
+def test_two_people_loud_in_turn_get_one_of_them_named_and_kept() -> None:
+    """With nobody named yet, the loudest is named at once; after that, the lead changing every
+    tick never moves the name back and forth."""
+    ann, ben = Audio("a", "p-a", 1), Audio("b", "p-b", 2)
+    room = room_with(ann, ben)
+    announced = ticks(room, {ann: [20, 127], ben: [127, 20]}, 10)
+    assert [said["user_id"] for said in announced] == [1]
+    room.remove_peer(Leaving("p-a"))  # the named speaker leaves
+    again = ticks(room, {ann: [20, 127], ben: [127, 20]}, 10)
+    assert len(again) == 1

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser import launch, needs_chromium, open_participant
 from tests.server_process import ServerProcess, make_user, request, start_server
@@ -25,6 +26,12 @@ PASSWORD = "meeting-pass-42"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
 # A fake screen to share: Chromium's fake capture UI picks it without asking.
+# What a page shows of the active speaker: the server's last word, and each tile's state.
+SPEAKER_STATE = """JSON.stringify({
+  speaker: window.huiyi.activeSpeaker,
+  tiles: [...document.querySelectorAll('#stage .tile')].map(
+    (t) => [t.dataset.key, t.className, t.querySelector('.mic-off').hidden]),
+})"""
 SCREEN_FLAGS = ("--auto-select-desktop-capture-source=Entire screen",)
 
 
@@ -169,7 +176,11 @@ async def test_host_and_guest_meet_through_an_invite_link(
     )
     assert await ann.locator("#stage .tile").count() == 2
     # The server names the loudest speaker (both fake microphones beep): a tile shows it.
-    await ann.wait_for_selector("#stage .tile.speaking", timeout=20_000)
+    try:
+        await ann.wait_for_selector("#stage .tile.speaking", timeout=20_000)
+    except PlaywrightTimeout:
+        seen = await ann.evaluate(SPEAKER_STATE)
+        raise AssertionError(f"no tile shows a speaker; what ann's page holds: {seen}") from None
     await check_screen(ann, "09 meeting", screens)
     await check_screen(ben, "10 meeting (phone)", screens)
     width = await ben.evaluate("[document.documentElement.scrollWidth, innerWidth]")
