@@ -372,6 +372,8 @@ class ClusterSettings(_Section):
     heartbeat_seconds: float = Field(1.0, gt=0, le=60)
     # ...and is taken for dead, its rooms placed again, when none came for this long.
     node_timeout_seconds: float = Field(4.0, gt=0, le=600)
+    # A node dead this long without coming back has its sockets closed for it (control/lost_nodes.py).
+    lost_seconds: float = Field(30.0, gt=0, le=86400)
     # SIGTERM: the node takes no new rooms and exits once its rooms ended, or after this long.
     drain_seconds: float = Field(0.0, ge=0, le=86400)
     # How the other nodes reach this node's API, to hand it requests about the rooms it runs;

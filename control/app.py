@@ -51,6 +51,7 @@ from control.endpoints import Endpoint, bind
 from control.enhancement import executors as enhancement_executors
 from control.jobs.runner import JobRunner
 from control.limits import RateLimiter
+from control.lost_nodes import lost_nodes_context
 from control.mail import Mailer
 from control.media_events import MediaListener
 from control.media_router import MediaRouter
@@ -312,6 +313,7 @@ def create_app(settings: Settings) -> web.Application:
             _signaling_context,
             _sfu_context,
             _media_router_context,
+            lost_nodes_context,
             _turn_context,
             # Before the jobs: denoising and enhancement jobs run on the AI worker nodes.
             _ai_context,

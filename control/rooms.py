@@ -137,8 +137,9 @@ async def went_offline(
     return True
 
 
-async def close_node_sessions(app: web.Application, node_id: str) -> None:
-    """This node starts again after it stopped or crashed: the sockets it held are gone. Their
-    sessions close, and users left with no socket on any node turn offline and their rooms hear it."""
-    for meeting_id, user_id in await app[STORE].sessions.close_node(node_id, "node restarted"):
+async def close_node_sessions(app: web.Application, node_id: str, reason: str = "node restarted") -> None:
+    """A node starts again after it stopped or crashed, or is gone for good (``control.lost_nodes``):
+    the sockets it held are gone. Their sessions close, and users left with no socket on any node
+    turn offline and their rooms hear it."""
+    for meeting_id, user_id in await app[STORE].sessions.close_node(node_id, reason):
         await went_offline(app, meeting_id, user_id, "connection lost")

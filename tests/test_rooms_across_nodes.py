@@ -15,6 +15,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 
 from bench.client import SyntheticClient
 from control.forwarding import FORWARDED_HEADER
+from control.lost_nodes import REAP_SECONDS
 from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.rtc_clients import Participant, connect_user
 from tests.server_process import (
@@ -30,6 +31,10 @@ from tests.support import until
 
 LOOPBACK = {"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
 RECOVERY_SECONDS = 10.0
+# A node is taken for dead after [cluster] node_timeout_seconds (4 s); dead for LOST_SECONDS, its
+# sockets are closed for it by a node that looks every REAP_SECONDS.
+LOST_SECONDS = 3
+LOST_NODE_SECONDS = 4 + LOST_SECONDS + 2 * REAP_SECONDS
 
 
 def _local_peers(node: ServerProcess, meeting_id: int, token: str) -> int:
@@ -41,7 +46,7 @@ def _local_peers(node: ServerProcess, meeting_id: int, token: str) -> int:
         return int(json.load(answer)["data"]["peers"])
 
 
-@pytest.mark.parametrize("nodes", [LOOPBACK], indirect=True)
+@pytest.mark.parametrize("nodes", [{**LOOPBACK, "HUIYI_CLUSTER_LOST_SECONDS": str(LOST_SECONDS)}], indirect=True)
 async def test_participants_on_two_nodes_see_each_other_and_survive_the_media_node_dying(
     nodes: tuple[ServerProcess, ServerProcess], people: list[Participant]
 ) -> None:
@@ -59,10 +64,31 @@ async def test_participants_on_two_nodes_see_each_other_and_survive_the_media_no
         b.url, token, user_id, alice.meeting_id, None, RTCCertificate.generateCertificate(), record=False
     )
     await counter.connect()
+    # Dana is in through node a alone: when it dies, nothing brings her back.
+    token, user_id = make_user(a.url, "dana")
+    join_meeting(a.url, token, alice.meeting_id, invite_code_of(a.url, alice.token, alice.meeting_id))
+    dana = Participant(a.url, token, user_id, alice.meeting_id)
+    people.append(dana)
+    await dana.connect()
     try:
         await _meet_then_lose_node_a(a, b, alice, bob, counter)
+        # Node a does not come back: the nodes left close its sockets for it, so dana is offline
+        # and the room hears that she left (node a would have done it on its return).
+        await until(
+            lambda: _status(b, alice, dana.user_id) == "offline", "dana to be offline", LOST_NODE_SECONDS, interval=0.5
+        )
+        left = [m for m in bob.messages if m["type"] == "user-left" and m["data"]["user_id"] == dana.user_id]
+        assert len(left) == 1, left
+        assert "node-a has been gone" in b.log.read_text()  # and the operator reads why
+        assert _status(b, alice, bob.user_id) == "online"
     finally:
         await counter.close()
+
+
+def _status(node: ServerProcess, host: Participant, user_id: int) -> str:
+    status, body = request("GET", f"{node.url}/api/v1/meetings/{host.meeting_id}/participants", token=host.token)
+    assert status == 200, body
+    return next(p["status"] for p in body["data"] if p["user_id"] == user_id)
 
 
 async def _meet_then_lose_node_a(
@@ -77,11 +103,11 @@ async def _meet_then_lose_node_a(
     )
     assert {size for size in bob.video_from(alice.user_id).sizes} == {(320, 240)}  # type: ignore[union-attr]
 
-    # Both peers are on node a's media server; bob's SDP answer named node a's candidates.
-    assert room_stats(a.url, alice.meeting_id, alice.token)["peers"] == 3
+    # Every peer (dana's too) is on node a's media server; bob's SDP answer named node a's candidates.
+    assert room_stats(a.url, alice.meeting_id, alice.token)["peers"] == 4
     assert _local_peers(b, alice.meeting_id, bob.token) == 0
     # Asked through node b, node a answers about its room, and mutes bob there for his host.
-    assert room_stats(b.url, alice.meeting_id, bob.token)["peers"] == 3
+    assert room_stats(b.url, alice.meeting_id, bob.token)["peers"] == 4
     status, muted = request("POST", f"{b.url}/api/v1/webrtc/peer/{bob.peer_id}/media", {"audio": False}, alice.token)
     assert status == 200 and muted["data"]["peer_id"] == bob.peer_id, muted
     assert [track["muted"] for track in muted["data"]["published"] if track["kind"] == "audio"] == [True]

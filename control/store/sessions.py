@@ -104,6 +104,12 @@ class SessionStore:
             }
         return sorted(pairs - elsewhere)
 
+    async def open_nodes(self) -> set[str]:
+        """The nodes that hold open sessions."""
+        query = select(signaling_sessions.c.node_id).where(signaling_sessions.c.disconnected_at.is_(None)).distinct()
+        async with self._engine.connect() as connection:
+            return set((await connection.scalars(query)).all())
+
     async def get(self, session_id: str) -> SessionRecord | None:
         async with self._engine.connect() as connection:
             row = (
