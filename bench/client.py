@@ -336,7 +336,7 @@ class SyntheticClient:
         trace = self.result.video
         if trace is not None:
             trace.on_bytes(len(data), now)
-            if packet.payload_type in self.vp8_types and packet.has_payload:
+            if packet.payload_type in self.vp8_types:
                 trace.on_video(packet, now)
         stream = self.result.streams.get(packet.ssrc)
         if stream is None:

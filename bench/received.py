@@ -6,7 +6,11 @@ A frame is complete when every packet from the one that starts it (VP8 descripto
 frame (a new RTP timestamp), kept only when nothing of it is missing. A key frame's size is read from
 its VP8 payload header (RFC 6386 9.1): the 3-byte frame tag, the start code 9d 01 2a, then 14-bit
 width and height, little-endian; delta frames keep the last key frame's size, since a layer switch
-(on huiyi and on Janus) happens only at a key frame."""
+(on huiyi and on Janus) happens only at a key frame.
+
+A complete frame is not always one a decoder could show: a delta frame needs the frame before it. So
+a frame is also counted decodable when it is complete and is a key frame, or follows the last
+decodable frame with no packet missing in between (padding on the video stream included)."""
 
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ class VideoTrace:
     """One subscriber's video over time (monotonic nanoseconds, comparable across the run's processes)."""
 
     complete: list[int] = field(default_factory=list)  # when each complete frame's last packet arrived
+    decodable: list[int] = field(default_factory=list)  # when each decodable frame's last packet arrived
     sizes: list[tuple[int, int, int]] = field(default_factory=list)  # (ns, width, height) of each complete key frame
     bins: dict[int, int] = field(default_factory=dict)  # BIN_NS bin -> bytes received (all RTP: video, audio, padding)
     video_expected: int = 0  # video packets from the first to the highest sequence number, per SSRC
@@ -46,6 +51,7 @@ class VideoTrace:
     _first: int | None = None
     _count: int = 0
     _size: tuple[int, int] | None = None
+    _chain: int | None = None  # the sequence number right after the last decodable frame (and its padding)
     _highest: dict[int, tuple[int, int]] = field(default_factory=dict)  # ssrc -> (first, highest) extended
 
     def on_bytes(self, size: int, now: int) -> None:
@@ -53,9 +59,13 @@ class VideoTrace:
         self.bins[key] = self.bins.get(key, 0) + size
 
     def on_video(self, packet: rtp.Packet, now: int) -> None:
-        """A video packet carrying media (padding-only probes are counted by ``on_bytes`` only)."""
+        """A packet of the video stream (a padding-only one extends the decodable chain, nothing more)."""
         seq = self._extend(packet.ssrc, packet.seq)
         self.video_received += 1
+        if not packet.has_payload:
+            if seq == self._chain:
+                self._chain = seq + 1
+            return
         if packet.timestamp != self._ts:
             self._ts, self._first, self._count, self._size = packet.timestamp, None, 0, None
         self._count += 1
@@ -67,6 +77,9 @@ class VideoTrace:
             self.complete.append(now)
             if self._size is not None:
                 self.sizes.append((now, *self._size))
+            if self._size is not None or self._first == self._chain:
+                self.decodable.append(now)
+                self._chain = seq + 1
 
     def _extend(self, ssrc: int, seq: int) -> int:
         first, highest = self._highest.get(ssrc, (seq, seq))

@@ -147,6 +147,14 @@ def _kbit(bins: dict[int, int], start: int, end: int) -> float | None:
     return round(total * 8 / ((end - start) / 1e9) / 1000, 1)
 
 
+def _freezes(frames: list[int], end: int) -> list[int]:
+    """The gaps longer than FREEZE_NS between these frames, and from the last one to the end."""
+    if not frames:
+        return []
+    gaps = [b - a for a, b in itertools.pairwise(frames)] + [end - frames[-1]]
+    return [gap for gap in gaps if gap > FREEZE_NS]
+
+
 def _subscriber(trace: Any, moments: dict[str, int], fit_height: int | None, top: tuple[int, int]) -> dict[str, Any]:
     start, end = moments["start"], moments["end"]
     capped, lifted = moments.get("capped", end), moments.get("lifted", end)
@@ -160,11 +168,9 @@ def _subscriber(trace: Any, moments: dict[str, int], fit_height: int | None, top
     )
     left_top = any(capped <= when < lifted and (width, height) != top for when, width, height in trace.sizes)
     up = next((when - lifted for when, width, height in trace.sizes if when >= lifted and (width, height) == top), None)
-    gaps = []
     frames = trace.complete
-    if frames:
-        gaps = [b - a for a, b in itertools.pairwise(frames)] + [end - frames[-1]]
-    freezes = [gap for gap in gaps if gap > FREEZE_NS]
+    freezes = _freezes(frames, end)
+    shown = _freezes(trace.decodable, end)
     timeline = []
     for second in range(int((end - start) / 1e9)):
         left, right = start + second * 1_000_000_000, start + (second + 1) * 1_000_000_000
@@ -175,6 +181,7 @@ def _subscriber(trace: Any, moments: dict[str, int], fit_height: int | None, top
                 "capped": capped < right and left < lifted,
                 "kbit_per_second": _kbit(trace.bins, left, right),
                 "frames": sum(1 for when in frames if left <= when < right),
+                "decodable_frames": sum(1 for when in trace.decodable if left <= when < right),
                 "size": f"{size[0]}x{size[1]}" if size else None,
             }
         )
@@ -187,6 +194,9 @@ def _subscriber(trace: Any, moments: dict[str, int], fit_height: int | None, top
         "freeze_total_s": _seconds(sum(freezes)),
         "freezes": len(freezes),
         "complete_frames": len(frames),
+        "decodable_longest_freeze_s": _seconds(max(shown, default=0)),
+        "decodable_freeze_total_s": _seconds(sum(shown)),
+        "decodable_frames": len(trace.decodable),
         "video_packets_expected": trace.video_expected,
         "video_packets_lost": max(0, trace.video_expected - trace.video_received),
         "kbit_per_second": {name: _kbit(trace.bins, *window) for name, window in phases.items()},
@@ -230,6 +240,8 @@ def figures(scenario: Scenario, results: list[ClientResult], moments: dict[str, 
         "longest_freeze_s": max((one["longest_freeze_s"] for one in each), default=None),
         "freeze_total_s": mean("freeze_total_s"),
         "freezes": mean("freezes"),
+        "decodable_longest_freeze_s": max((one["decodable_longest_freeze_s"] for one in each), default=None),
+        "decodable_freeze_total_s": mean("decodable_freeze_total_s"),
         "video_loss_percent": round(100 * lost / expected, 2) if expected else None,
         "kbit_per_second": first.get("kbit_per_second"),
         "size_at_end": first.get("size_at_end"),
@@ -247,7 +259,9 @@ subscribers behind it, for free/capped/lifted seconds; down s = cap set -> the f
 layer whose target bitrate fits the cap ("never": none within the capped phase); up s = cap lifted -> the first
 complete key frame of the top layer ("n/a": it never left the top layer); freezes = gaps of more than 200 ms
 between complete frames (every packet of the frame arrived), counted from the first frame to the end: their
-number, the longest, and their total; loss % = video packets never received, of those the server sent (the
+number, the longest, and their total; undecodable = the same for decodable frames (a complete key frame, or a
+complete frame with nothing missing since the last decodable one): the time a decoder would have shown a
+frozen picture; loss % = video packets never received, of those the server sent (the
 sequence numbers from the first to the highest; the synthetic subscribers send no NACK, so nothing is
 retransmitted); kbit/s = everything received on the link (video, audio, probes) in each phase; size = the
 resolution of the last complete key frame at each phase's end (read from the VP8 payload header).
@@ -256,8 +270,8 @@ With several subscribers behind the link: the slowest adaptation, the longest fr
 
 TIMELINE_NOTE = """\
 Timeline: per second since the run started, the link's state (cap in kbit/s, or free), then for each target
-what its (first) subscriber behind the link received: kbit/s, complete frames, the resolution of its last
-complete key frame."""
+what its (first) subscriber behind the link received: kbit/s, complete / decodable frames, the resolution of
+its last complete key frame. A second is capped if the cap held for any part of it."""
 
 
 def _num(value: Any, never: str = "-") -> str:
@@ -287,6 +301,7 @@ def render(runs: dict[str, list[Figures]]) -> str:
                 _num(shaped["adapt_down_s"], "never"),
                 _num(shaped["adapt_up_s"], "n/a" if not shaped["left_top_layer"] else "never"),
                 f"{_num(shaped['freezes'])} / {_num(shaped['longest_freeze_s'])} / {_num(shaped['freeze_total_s'])}",
+                f"{_num(shaped['decodable_longest_freeze_s'])} / {_num(shaped['decodable_freeze_total_s'])}",
                 _num(shaped["video_loss_percent"]),
                 " / ".join(_num(kbit.get(phase)) for phase in phases),
                 " / ".join(sizes.get(phase) or "-" for phase in phases),
@@ -299,6 +314,7 @@ def render(runs: dict[str, list[Figures]]) -> str:
         "down s",
         "up s",
         "freezes n / longest s / total s",
+        "undecodable longest / total s",
         "loss %",
         "kbit/s free / capped / lifted",
         "size free / capped / lifted",
@@ -316,10 +332,11 @@ def render(runs: dict[str, list[Figures]]) -> str:
                 if index < len(timeline):
                     second = timeline[index]
                     link = str(figures.shaped["cap_kbit"]) if second["capped"] else "free"  # type: ignore[index]
-                    cells += [_num(second["kbit_per_second"]), str(second["frames"]), second["size"] or "-"]
+                    frames = f"{second['frames']} / {second['decodable_frames']}"
+                    cells += [_num(second["kbit_per_second"]), frames, second["size"] or "-"]
                 else:
                     cells += ["", "", ""]
             lines.append([str(index + 1), link, *cells])
-        header = ["t s", "link"] + [f"{t} {c}" for t, _ in done for c in ("kbit/s", "frames", "size")]
+        header = ["t s", "link"] + [f"{t} {c}" for t, _ in done for c in ("kbit/s", "frames / decodable", "size")]
         parts += [_table(header, lines), TIMELINE_NOTE]
     return "\n\n".join(parts)
