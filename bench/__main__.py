@@ -48,7 +48,7 @@ JSON_NOTE = """\
 and each run holds the table's figures under stable names: subscribers_total, join_ms {p50, p99},
 forwarded_packets_per_second, forwarded_mbit_per_second, server_cpu_percent, server_rss_mb, loss_percent,
 delivered_fps_ratio, latency_ms {p50, p99}, harness_cpu_percent, errors, and the scenario it ran.
-With --link-cap, each run also holds ``shaped``: cap_kbit, schedule_s, adapt_down_s, adapt_up_s,
+With --link-cap, each run also holds ``shaped``: cap_kbit, schedule_s, feedback, adapt_down_s, adapt_up_s,
 left_top_layer, freezes, longest_freeze_s, freeze_total_s, video_loss_percent, kbit_per_second and size_at_end
 {free, capped, lifted}, timeline [{t, capped, kbit_per_second, frames, size}], and each subscriber's apart.
 python -m bench.report A.json B.json prints saved runs together."""

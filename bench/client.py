@@ -66,6 +66,7 @@ class ClientResult:
     errors: list[str] = field(default_factory=list)
     reconnects: int = 0  # times the server moved the media (``reconnect``) and both connections were rebuilt
     video: VideoTrace | None = None  # a subscriber's video over time, when it traces it (shaped-link runs)
+    feedback: str = "none"  # what a subscriber tells the server of its downlink: "transport-cc", or nothing
 
 
 class _Layer:
@@ -326,6 +327,7 @@ class SyntheticClient:
         ident = transport_cc_id(offer) if self.feedback else None
         if ident is not None and self.subscriber is not None and self.transport_feedback is None:
             self.transport_feedback = TransportFeedback(ident, self.subscriber.send_rtcp)
+            self.result.feedback = "transport-cc"
         return _subscriber_answer(offer, local, ident)
 
     def _on_media(self, data: bytes) -> None:

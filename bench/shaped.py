@@ -155,7 +155,11 @@ def _freezes(frames: list[int], end: int) -> list[int]:
     return [gap for gap in gaps if gap > FREEZE_NS]
 
 
-def _subscriber(trace: Any, moments: dict[str, int], fit_height: int | None, top: tuple[int, int]) -> dict[str, Any]:
+def _subscriber(
+    result: ClientResult, moments: dict[str, int], fit_height: int | None, top: tuple[int, int]
+) -> dict[str, Any]:
+    trace = result.video
+    assert trace is not None
     start, end = moments["start"], moments["end"]
     capped, lifted = moments.get("capped", end), moments.get("lifted", end)
     down = next(
@@ -187,6 +191,7 @@ def _subscriber(trace: Any, moments: dict[str, int], fit_height: int | None, top
         )
     phases = {"free": (start + 1_000_000_000, capped), "capped": (capped, lifted), "lifted": (lifted, end)}
     return {
+        "feedback": result.feedback,
         "adapt_down_s": _seconds(down),
         "adapt_up_s": _seconds(up) if left_top else None,
         "left_top_layer": left_top,
@@ -217,7 +222,7 @@ def figures(scenario: Scenario, results: list[ClientResult], moments: dict[str, 
     top = max(((w, h) for w, h, _ in sizes.values()), key=lambda size: size[1])
     fitting = [height for _, height, bitrate in sizes.values() if bitrate <= cap]
     fit_height = max(fitting) if fitting and max(fitting) < top[1] else None
-    each = [_subscriber(result.video, moments, fit_height, top) for result in results if result.video is not None]
+    each = [_subscriber(result, moments, fit_height, top) for result in results if result.video is not None]
 
     def slowest(name: str) -> float | None:
         values = [one[name] for one in each]
@@ -234,6 +239,7 @@ def figures(scenario: Scenario, results: list[ClientResult], moments: dict[str, 
         "schedule_s": list(scenario.link_schedule or DEFAULT_SCHEDULE),
         "fitting_layer_height": fit_height,
         "subscribers": len(each),
+        "feedback": sorted({one["feedback"] for one in each}),
         "adapt_down_s": slowest("adapt_down_s"),
         "adapt_up_s": slowest("adapt_up_s"),
         "left_top_layer": all(one["left_top_layer"] for one in each) if each else False,
@@ -254,19 +260,20 @@ def figures(scenario: Scenario, results: list[ClientResult], moments: dict[str, 
 
 
 LEGEND = """\
-Columns: target = the server; cap = the link's rate while capped (tc tbf, 400 ms queue) in front of the
-subscribers behind it, for free/capped/lifted seconds; down s = cap set -> the first complete key frame of a
-layer whose target bitrate fits the cap ("never": none within the capped phase); up s = cap lifted -> the first
-complete key frame of the top layer ("n/a": it never left the top layer); freezes = gaps of more than 200 ms
-between complete frames (every packet of the frame arrived), counted from the first frame to the end: their
-number, the longest, and their total; undecodable = the same for decodable frames (a complete key frame, or a
-complete frame with nothing missing since the last decodable one): the time a decoder would have shown a
-frozen picture; loss % = video packets never received, of those the server sent (the
-sequence numbers from the first to the highest; the synthetic subscribers send no NACK, so nothing is
-retransmitted); kbit/s = everything received on the link (video, audio, probes) in each phase; size = the
-resolution of the last complete key frame at each phase's end (read from the VP8 payload header).
-Subscribers send transport-wide feedback (transport-cc) where the server offers it, as Chromium does.
-With several subscribers behind the link: the slowest adaptation, the longest freeze, the mean of the rest."""
+Columns: target = the server; feedback = what the subscribers behind the link told the server of it:
+transport-cc (transport-wide feedback, as Chromium sends when the server offers it) or none; cap = the link's
+rate while capped (tc tbf, 400 ms queue) in front of the subscribers behind it, for free/capped/lifted seconds;
+down s = cap set -> the first complete key frame of a layer whose target bitrate fits the cap ("never": none
+within the capped phase); up s = cap lifted -> the first complete key frame of the top layer ("n/a": it never
+left the top layer); freezes = gaps of more than 200 ms between complete frames (every packet of the frame
+arrived), counted from the first frame to the end: their number, the longest, and their total; undecodable =
+the same for decodable frames (a complete key frame, or a complete frame with nothing missing since the last
+decodable one): the time a decoder would have shown a frozen picture; loss % = video packets never received,
+of those the server sent (the sequence numbers from the first to the highest; the synthetic subscribers send
+no NACK, so nothing is retransmitted); kbit/s = everything received on the link (video, audio, probes) in each
+phase; size = the resolution of the last complete key frame at each phase's end (read from the VP8 payload
+header). With several subscribers behind the link: the slowest adaptation, the longest freeze, the mean of
+the rest."""
 
 TIMELINE_NOTE = """\
 Timeline: per second since the run started, the link's state (cap in kbit/s, or free), then for each target
@@ -297,6 +304,7 @@ def render(runs: dict[str, list[Figures]]) -> str:
         rows.append(
             [
                 target,
+                ", ".join(shaped["feedback"]) or "-",
                 f"{shaped['cap_kbit']} ({'/'.join(f'{s:g}' for s in shaped['schedule_s'])} s)",
                 _num(shaped["adapt_down_s"], "never"),
                 _num(shaped["adapt_up_s"], "n/a" if not shaped["left_top_layer"] else "never"),
@@ -310,6 +318,7 @@ def render(runs: dict[str, list[Figures]]) -> str:
         )
     header = [
         "target",
+        "feedback",
         "cap kbit/s (free/capped/lifted s)",
         "down s",
         "up s",
