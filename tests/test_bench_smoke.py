@@ -208,7 +208,7 @@ def test_a_shaped_link_run_reports_how_the_server_adapted(tmp_path: Path) -> Non
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     # One table of the targets, what its columns mean, and the timeline.
-    assert len(re.findall(r"\| target +\| cap kbit/s", completed.stdout)) == 1, completed.stdout
+    assert len(re.findall(r"\| target +\| feedback +\| cap kbit/s", completed.stdout)) == 1, completed.stdout
     assert "down s = cap set" in completed.stdout and "| t s | link |" in completed.stdout, completed.stdout
     [run] = json.loads(report.read_text())["sfu"]
     shaped = run["shaped"]
