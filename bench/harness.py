@@ -10,6 +10,7 @@ import contextlib
 import multiprocessing
 import os
 import queue as queue_module
+import shutil
 import socket
 import statistics
 import subprocess
@@ -242,6 +243,8 @@ def _worker_entry(url: str, specs: list[ClientSpec], scenario: Scenario, ready, 
     starts its clients on the clock the run sets (``start``) once ``go`` is set. The worker of the
     subscribers behind a shaped link first moves into a network namespace of its own, which the run
     joins to its own by the link (bench/shaped.py)."""
+    if scenario.link_cap_kbit:
+        shaped.end_with_parent()
     if any(spec.linked for spec in specs):
         shaped.enter_own_namespace()
         url = shaped.far_url(url)
@@ -618,6 +621,10 @@ class SpawnedServer:
             command += ["--data-dir", self.data_dir, *args]
         if target == "naive":
             command += ["--port", str(port)]
+        setpriv = shutil.which("setpriv")
+        if shaped_link and target == "sfu" and setpriv:
+            # It ends with the harness, however the harness ends, and the run's namespace with them.
+            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
         environment = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
         environment.update(
             {

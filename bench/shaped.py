@@ -22,6 +22,7 @@ import asyncio
 import ctypes
 import itertools
 import shutil
+import signal
 import statistics
 import subprocess
 import time
@@ -43,6 +44,7 @@ QUEUE_LATENCY_MS = 400  # what tbf queues before it drops: a slow access link's 
 DEFAULT_SCHEDULE = (5.0, 15.0, 15.0)  # seconds at full speed, capped, lifted again
 FREEZE_NS = 200_000_000  # longer than this without a complete frame (30 fps: 6 frames) is a freeze
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 
 
 class LinkError(RuntimeError):
@@ -55,8 +57,15 @@ def _run(command: list[str], stdin: str | None = None) -> None:
         raise LinkError(f"{' '.join(command)} failed: {done.stderr.strip()}")
 
 
+def end_with_parent() -> None:
+    """Have this process (a client worker of a shaped-link run) end when the harness does, however
+    the harness ends: the run's namespaces and link go only once every process in them has."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def enter_own_namespace() -> None:
-    """Move this process (a client worker, still single-threaded) into a new network namespace."""
+    """Move this process (a client worker, still single-threaded) into a new network namespace, which
+    ends with it."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) for the shaped link failed")
