@@ -88,7 +88,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compare",
         action="store_true",
-        help="run the same scenarios on sfu, janus (when installed), naive and relay, one by one",
+        help="run the same scenarios on sfu, janus (when installed), naive and relay, one by one (with --link-cap: sfu "
+        "and janus)",
     )
     parser.add_argument("--server-pid", type=int, help="pid of the --url server, when /proc cannot show it")
     parser.add_argument("--rooms", type=int, default=1)
