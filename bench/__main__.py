@@ -9,11 +9,17 @@ Examples::
     python -m bench --spawn --rooms 2 --publishers 2 --subscribers 2 --record compare   # recording's cost
     python -m bench --spawn --subscribers 10,20 --ice-transport compare        # direct, then all via TURN
     python -m bench --spawn --target janus --layers 3 --subscribers 10,20      # Janus's VideoRoom
+    python -m bench --spawn --target sfu,janus --subscribers 1 --link-cap 300   # adapting to a shaped link
 
 Janus (apt-get install janus) runs with its VideoRoom plugin and the same clients. It never offers a
 loopback interface's address, so a run that includes it re-executes itself in a network namespace of
 its own (root, or unprivileged user namespaces), where Janus's media is on 127.0.0.2 and everything
 else on 127.0.0.1 as usual; the namespace goes when the run ends (see bench/netns.py).
+
+With --link-cap, the subscribers (or the first --linked of each room) reach the server through a link of
+the run's own, capped with tc tbf after --link-schedule's first seconds and lifted again after its second
+(root, like the Janus run; see bench/shaped.py): the tables say how fast each target adapted what it sent,
+down and back up, and what the subscribers saw meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench import churn, metrics, netns
+from bench import churn, metrics, netns, shaped
 from bench.harness import Figures, Scenario, SpawnedServer, free_port, run
 from bench.report import CAPACITY_LEGEND, LEGEND, plot, render, series
 
@@ -42,24 +48,48 @@ JSON_NOTE = """\
 and each run holds the table's figures under stable names: subscribers_total, join_ms {p50, p99},
 forwarded_packets_per_second, forwarded_mbit_per_second, server_cpu_percent, server_rss_mb, loss_percent,
 delivered_fps_ratio, latency_ms {p50, p99}, harness_cpu_percent, errors, and the scenario it ran.
+With --link-cap, each run also holds ``shaped``: cap_kbit, schedule_s, feedback, adapt_down_s, adapt_up_s,
+left_top_layer, freezes, longest_freeze_s, freeze_total_s, video_loss_percent, kbit_per_second and size_at_end
+{free, capped, lifted}, timeline [{t, capped, kbit_per_second, frames, size}], and each subscriber's apart.
 python -m bench.report A.json B.json prints saved runs together."""
+
+
+def _target_list(text: str) -> list[str]:
+    targets = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [target for target in targets if target not in TARGETS]
+    if unknown or not targets:
+        raise argparse.ArgumentTypeError(f"targets are {', '.join(TARGETS)}; not {', '.join(unknown) or 'none'}")
+    return targets
+
+
+def _schedule(text: str) -> tuple[float, float, float]:
+    parts = [float(part) for part in text.split(",")]
+    if len(parts) != 3 or min(parts) < 0 or parts[1] <= 0:
+        raise argparse.ArgumentTypeError("three seconds: at full speed, capped (> 0), lifted again")
+    return parts[0], parts[1], parts[2]
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
-        epilog=f"{LEGEND}\n\n{CAPACITY_LEGEND}\n\n{JSON_NOTE}",
+        epilog=f"{LEGEND}\n\n{CAPACITY_LEGEND}\n\nWith --link-cap: {shaped.LEGEND}\n\n{JSON_NOTE}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running huiyi server, e.g. http://127.0.0.1:8000")
     where.add_argument("--spawn", action="store_true", help="start the server(s) for the run and stop them after")
-    parser.add_argument("--target", choices=TARGETS, default="sfu", help="what to load (with --spawn): default sfu")
+    parser.add_argument(
+        "--target",
+        type=_target_list,
+        default=["sfu"],
+        help=f"what to load (with --spawn), one or a comma list run one by one ({', '.join(TARGETS)}): default sfu",
+    )
     parser.add_argument(
         "--compare",
         action="store_true",
-        help="run the same scenarios on sfu, janus (when installed), naive and relay, one by one",
+        help="run the same scenarios on sfu, janus (when installed), naive and relay, one by one (with --link-cap: sfu "
+        "and janus)",
     )
     parser.add_argument("--server-pid", type=int, help="pid of the --url server, when /proc cannot show it")
     parser.add_argument("--rooms", type=int, default=1)
@@ -86,6 +116,17 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     parser.add_argument("--png", type=Path, help="plot CPU and latency against subscribers here")
+    link = parser.add_argument_group("shaped link (sfu and janus; root)")
+    link.add_argument("--link-cap", type=int, metavar="KBIT", help="cap the subscribers' link to KBIT kbit/s")
+    link.add_argument(
+        "--link-schedule",
+        type=_schedule,
+        default=shaped.DEFAULT_SCHEDULE,
+        metavar="FREE,CAPPED,LIFTED",
+        help="seconds at full speed (after --ramp-up), capped, then lifted again: default 5,15,15 "
+        "(replaces --duration)",
+    )
+    link.add_argument("--linked", type=int, help="subscribers per room behind the link (default: all)")
     soak = parser.add_argument_group("churn soak (instead of a load run)")
     soak.add_argument("--churn-minutes", type=float, help="peers join and leave for this long; sample for leaks")
     soak.add_argument("--churn-peers", type=int, default=4, help="peers churning at once")
@@ -104,13 +145,25 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
         processes=arguments.processes,
         record_latency=not arguments.no_latency and target != "naive",
     )
+    link = None
+    if arguments.link_cap:
+        base = replace(
+            base,
+            duration=sum(arguments.link_schedule),
+            link_cap_kbit=arguments.link_cap,
+            link_schedule=arguments.link_schedule,
+            linked=arguments.linked,
+        )
+        link = shaped.Link(arguments.link_cap)
     server = None
     if arguments.spawn:
-        server = SpawnedServer(target, free_port())
+        server = SpawnedServer(target, free_port(), shaped_link=link is not None)
         try:
             await server.wait_ready()
         except RuntimeError:
             server.stop()
+            if link is not None:
+                link.close()
             raise
         url, pid = server.url, server.process.pid
     else:
@@ -126,13 +179,15 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
                 for transport in transports:
                     scenario = replace(base, subscribers=count, recording=recording, ice_transport=transport)
                     tag = f"{target[0]}{index}x{secrets.token_hex(3)}"
-                    figures = await run(scenario, url, pid, tag, progress=_progress)
+                    figures = await run(scenario, url, pid, tag, progress=_progress, link=link)
                     verdict = "carried" if figures.passes() else "not carried: " + ", ".join(figures.failures())
                     _progress(f"{scenario.label}: {verdict}", done=True)
                     results.append(figures)
     finally:
         if server is not None:
             server.stop()
+        if link is not None:
+            link.close()
     return results
 
 
@@ -186,11 +241,14 @@ async def _main(arguments: argparse.Namespace) -> int:
     if not arguments.spawn and targets != ["sfu"]:
         print("--compare and baseline targets need --spawn", file=sys.stderr)
         return 2
+    if arguments.link_cap and (not arguments.spawn or len(counts) != 1 or set(targets) - {"sfu", "janus"}):
+        print("--link-cap needs --spawn, one --subscribers count and targets sfu and/or janus", file=sys.stderr)
+        return 2
     everything: dict[str, list[Figures]] = {}
     for target in targets:
         for figures in await _sweep(target, arguments, counts):
             everything.setdefault(series(figures.scenario), []).append(figures)
-    print(render(everything))
+    print(shaped.render(everything) if arguments.link_cap else render(everything))
     if arguments.json:
         arguments.json.write_text(
             json.dumps({t: [asdict(f) for f in runs] for t, runs in everything.items()}, indent=2)
@@ -205,13 +263,15 @@ async def _main(arguments: argparse.Namespace) -> int:
 
 def _targets(arguments: argparse.Namespace) -> list[str]:
     if not arguments.compare:
-        return [arguments.target]
-    return [target for target in TARGETS if target != "janus" or shutil.which("janus")]
+        return list(arguments.target)
+    # A shaped link compares the servers that adapt to it (the baselines forward one layer as it comes).
+    compared = ("sfu", "janus") if arguments.link_cap else TARGETS
+    return [target for target in compared if target != "janus" or shutil.which("janus")]
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = _arguments(argv)
-    if arguments.spawn and arguments.churn_minutes is None and "janus" in _targets(arguments):
+    if arguments.spawn and arguments.churn_minutes is None and ("janus" in _targets(arguments) or arguments.link_cap):
         try:
             netns.enter(sys.argv[1:] if argv is None else argv)
         except netns.NamespaceError as error:

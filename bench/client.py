@@ -24,9 +24,11 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcicetransport import connection_kwargs
 
 from bench.clip import FPS, Clip
+from bench.feedback import TransportFeedback, transport_cc_id
+from bench.received import VideoTrace
 from sfu import rtcp, rtp, sdp
 from sfu.negotiation import transport_lines
-from sfu.network import LOOPBACK, gather
+from sfu.network import LOOPBACK, Network, gather
 from sfu.transport import MediaTransport
 
 MID_ID, RID_ID = 1, 2
@@ -63,6 +65,8 @@ class ClientResult:
     candidate_types: list[str] = field(default_factory=list)  # of the pair each connection settled on
     errors: list[str] = field(default_factory=list)
     reconnects: int = 0  # times the server moved the media (``reconnect``) and both connections were rebuilt
+    video: VideoTrace | None = None  # a subscriber's video over time, when it traces it (shaped-link runs)
+    feedback: str = "none"  # what a subscriber tells the server of its downlink: "transport-cc", or nothing
 
 
 class _Layer:
@@ -101,6 +105,8 @@ class SyntheticClient:
         simulcast: bool = True,
         record: bool = True,
         ice_transport: str = "host",
+        network: Network = LOOPBACK,
+        feedback: bool = False,
     ) -> None:
         self.base_url, self.token, self.user_id, self.meeting_id = base_url, token, user_id, meeting_id
         self.clip = clip
@@ -108,8 +114,16 @@ class SyntheticClient:
         self.simulcast = simulcast
         self.record = record
         self.ice_transport = ice_transport
+        self.network = network  # where a subscriber's media sockets are (a shaped link's far end, or loopback)
+        # A subscriber that answers as a browser does: transport-wide feedback where the server asks for
+        # it (bench/feedback.py), and its video traced over time (bench/received.py).
+        self.feedback = feedback
+        self.transport_feedback: TransportFeedback | None = None
+        self.vp8_types: set[int] = set()  # payload types of VP8 in the subscriber offers
         self.ice_servers: list[dict[str, Any]] = []  # from the join reply
         self.result = ClientResult(user_id, "publisher" if clip is not None else "subscriber")
+        if feedback and clip is None:
+            self.result.video = VideoTrace()
         self.http: aiohttp.ClientSession | None = None
         self.socket: aiohttp.ClientWebSocketResponse | None = None
         self.publisher: MediaTransport | None = None
@@ -195,7 +209,7 @@ class SyntheticClient:
     async def _gather(self, controlling: bool) -> Connection:
         if self.ice_transport == "relay":
             return await relayed_connection(self.ice_servers, controlling)
-        return await gather(LOOPBACK, controlling=controlling)
+        return await gather(self.network if self.clip is None else LOOPBACK, controlling=controlling)
 
     def _settled(self, transport: MediaTransport) -> None:
         pair = transport.link.connection._nominated.get(1)
@@ -296,7 +310,7 @@ class SyntheticClient:
             self.subscriber = MediaTransport(connection, self.certificate, self._on_media, self._ignore)
         assert self.subscriber is not None
         local = self.subscriber.local_description("active")
-        await self._send("answer", {"target": "subscriber", "sdp": _subscriber_answer(offer, local)})
+        await self._send("answer", {"target": "subscriber", "sdp": self._answer(offer, local)})
         if first:
             ufrag, password = offer.ice_credentials()
             await self.subscriber.establish(
@@ -305,9 +319,27 @@ class SyntheticClient:
             self._settled(self.subscriber)
             self.media_tasks.append(asyncio.get_running_loop().create_task(self._report()))
 
+    def _answer(self, offer: sdp.SessionDescription, local: sdp.LocalTransport) -> str:
+        """The answer to a subscriber offer; with ``feedback``, it takes transport-cc when offered."""
+        self.vp8_types |= {
+            codec.payload_type for section in offer.sections for codec in section.codecs.values() if codec.name == "vp8"
+        }
+        ident = transport_cc_id(offer) if self.feedback else None
+        if ident is not None and self.subscriber is not None and self.transport_feedback is None:
+            self.transport_feedback = TransportFeedback(ident, self.subscriber.send_rtcp)
+            self.result.feedback = "transport-cc"
+        return _subscriber_answer(offer, local, ident)
+
     def _on_media(self, data: bytes) -> None:
         packet = rtp.Packet(data)
         now = time.monotonic_ns()
+        if self.transport_feedback is not None:
+            self.transport_feedback.on_packet(packet, now / 1e9)
+        trace = self.result.video
+        if trace is not None:
+            trace.on_bytes(len(data), now)
+            if packet.payload_type in self.vp8_types:
+                trace.on_video(packet, now)
         stream = self.result.streams.get(packet.ssrc)
         if stream is None:
             stream = self.result.streams[packet.ssrc] = StreamCount(self.ssrc_mids.get(packet.ssrc, "?"))
@@ -384,7 +416,11 @@ def _publisher_offer(local: sdp.LocalTransport, layers: list[_Layer], simulcast:
     return "\r\n".join(lines) + "\r\n"
 
 
-def _subscriber_answer(offer: sdp.SessionDescription, local: sdp.LocalTransport) -> str:
+def _subscriber_answer(
+    offer: sdp.SessionDescription, local: sdp.LocalTransport, transport_cc: int | None = None
+) -> str:
+    """What the synthetic subscriber answers: every offered codec, received; with ``transport_cc``
+    (the offer's extension id), transport-wide sequence numbers and their feedback as well."""
     mids = [section.mid for section in offer.sections if not section.rejected]
     lines = ["v=0", f"o=- {random.getrandbits(40)} 1 IN IP4 0.0.0.0", "s=bench", "t=0 0"]
     lines.append("a=group:BUNDLE " + " ".join(mids))
@@ -392,6 +428,8 @@ def _subscriber_answer(offer: sdp.SessionDescription, local: sdp.LocalTransport)
         lines.append(f"m={section.kind} 9 {section.proto} {' '.join(section.formats)}")
         lines += [*transport_lines(local), f"a=mid:{section.mid}"]
         lines.append("a=recvonly" if section.direction in ("sendonly", "sendrecv") else "a=inactive")
+        if transport_cc is not None and rtp.URI_TRANSPORT_CC in section.extmap:
+            lines.append(f"a=extmap:{transport_cc} {rtp.URI_TRANSPORT_CC}")
         for codec in section.codecs.values():
             lines += sdp.codec_lines(codec)
     return "\r\n".join(lines) + "\r\n"

@@ -93,15 +93,21 @@ def _encode_audio() -> list[bytes]:
     return packets
 
 
-def load_clip(cache_dir: Path, width: int = 640, height: int = 360) -> Clip:
+WIDTH, HEIGHT = 640, 360  # the top layer's size, unless a clip of another size is asked for
+
+
+def layer_sizes(width: int = WIDTH, height: int = HEIGHT) -> dict[str, tuple[int, int, int]]:
+    """Each simulcast layer's width, height and target bitrate (bit/s), by RID."""
+    return {rid: (width // scale // 2 * 2, height // scale // 2 * 2, bitrate) for rid, scale, bitrate in LAYERS}
+
+
+def load_clip(cache_dir: Path, width: int = WIDTH, height: int = HEIGHT) -> Clip:
     """The clip for this size, encoded on first use and read from ``cache_dir`` after that."""
     path = cache_dir / f"clip-v{CACHE_VERSION}-{width}x{height}.pickle"
     if path.exists():
         with path.open("rb") as handle:
             return pickle.load(handle)
-    layers = {
-        rid: _encode_video(width // scale // 2 * 2, height // scale // 2 * 2, bitrate) for rid, scale, bitrate in LAYERS
-    }
+    layers = {rid: _encode_video(*size) for rid, size in layer_sizes(width, height).items()}
     clip = Clip(width, height, layers, _encode_audio())
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")

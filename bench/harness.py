@@ -10,6 +10,7 @@ import contextlib
 import multiprocessing
 import os
 import queue as queue_module
+import shutil
 import socket
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import metrics
+from bench import metrics, shaped
 from bench.client import ClientResult
 from bench.janus import janus_command
 from bench.live import stream_rooms
@@ -60,6 +61,11 @@ class Scenario:
     recording: bool = False  # every room recorded on the server through the measurement window
     stream: tuple[int, int] | None = None  # every room streamed live at this size through the window
     ice_transport: str = "host"  # sfu: "relay" sends every client's media through the server's TURN server
+    # A shaped link (bench/shaped.py): the first ``linked`` subscribers of each room (all: None) behind a
+    # link capped to ``link_cap_kbit`` kbit/s, on the ``link_schedule`` (free, capped, lifted seconds).
+    link_cap_kbit: int | None = None
+    link_schedule: tuple[float, float, float] | None = None
+    linked: int | None = None
 
     @property
     def label(self) -> str:
@@ -67,7 +73,8 @@ class Scenario:
         streamed = f" streamed {self.stream[1]}p" if self.stream else ""
         relayed = " via TURN" if self.ice_transport == "relay" else ""
         shape = f"{self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L"
-        return f"{self.target} {shape}{recorded}{streamed}{relayed}"
+        capped = f" link capped {self.link_cap_kbit} kbit/s" if self.link_cap_kbit else ""
+        return f"{self.target} {shape}{recorded}{streamed}{relayed}{capped}"
 
 
 @dataclass
@@ -78,6 +85,7 @@ class ClientSpec:
     meeting_id: int
     start_offset: float
     room: int
+    linked: bool = False  # a subscriber behind the shaped link (bench/shaped.py)
 
 
 @dataclass
@@ -100,6 +108,7 @@ class Figures:
     errors: list[str] = field(default_factory=list)
     recording: dict[str, Any] | None = None  # what the server recorded (bench.recording), when it did
     streaming: dict[str, Any] | None = None  # what the live streams cost and did (bench.live), when run
+    shaped: dict[str, Any] | None = None  # what the subscribers behind a shaped link got (bench.shaped)
 
     def passes(self) -> bool:
         """The load is carried: under 1 % loss, p99 latency under 50 ms, 90 % of frames delivered."""
@@ -218,9 +227,11 @@ def _prepare_anonymous(scenario: Scenario) -> list[ClientSpec]:
 def _specs(people, accounts, meeting_id: int, room: int, scenario: Scenario) -> list[ClientSpec]:
     specs = []
     count = max(1, scenario.subscribers)
+    linked = scenario.subscribers if scenario.linked is None else scenario.linked
     for index, ((role, _), (token, user_id)) in enumerate(zip(people, accounts, strict=True)):
         offset = 0.0 if role == "publisher" else scenario.ramp_up * (index - scenario.publishers) / count
-        specs.append(ClientSpec(role, user_id, token, meeting_id, offset, room))
+        behind = bool(scenario.link_cap_kbit) and role == "subscriber" and index - scenario.publishers < linked
+        specs.append(ClientSpec(role, user_id, token, meeting_id, offset, room, behind))
     return specs
 
 
@@ -229,7 +240,14 @@ def _specs(people, accounts, meeting_id: int, room: int, scenario: Scenario) -> 
 
 def _worker_entry(url: str, specs: list[ClientSpec], scenario: Scenario, ready, go, start, queue) -> None:
     """A client worker: it gets ready (imports, the clip, a certificate), says so on ``ready``, and
-    starts its clients on the clock the run sets (``start``) once ``go`` is set."""
+    starts its clients on the clock the run sets (``start``) once ``go`` is set. The worker of the
+    subscribers behind a shaped link first moves into a network namespace of its own, which the run
+    joins to its own by the link (bench/shaped.py)."""
+    if scenario.link_cap_kbit:
+        shaped.end_with_parent()
+    if any(spec.linked for spec in specs):
+        shaped.enter_own_namespace()
+        url = shaped.far_url(url)
     try:
         import uvloop
 
@@ -257,13 +275,17 @@ async def _run_clients(
     from bench.client import SyntheticClient
     from bench.janus import JanusClient
     from bench.relay import RelayClient
+    from sfu.network import LOOPBACK
 
     clients: list[Any] = []
 
     async def start(spec: ClientSpec) -> None:
         await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9 + spec.start_offset))
         publisher = spec.role == "publisher"
-        options = {"simulcast": scenario.layers > 1, "record": scenario.record_latency}
+        options: dict[str, Any] = {"simulcast": scenario.layers > 1, "record": scenario.record_latency}
+        if scenario.link_cap_kbit and scenario.target != "relay":
+            # Subscribers answer as browsers do, so the server can estimate their links.
+            options |= {"feedback": True, "network": shaped.FAR_NETWORK if spec.linked else LOOPBACK}
         media = clip if publisher else None
         if scenario.target == "relay":
             client: Any = RelayClient(url, spec.room, media, scenario.record_latency)
@@ -297,9 +319,15 @@ Progress = Callable[[str], None]
 
 
 async def run(
-    scenario: Scenario, url: str, server_pid: int | None, tag: str, progress: Progress | None = None
+    scenario: Scenario,
+    url: str,
+    server_pid: int | None,
+    tag: str,
+    progress: Progress | None = None,
+    link: shaped.Link | None = None,
 ) -> Figures:
-    """One load, measured. ``progress`` hears where the run is, every few seconds, while it lasts."""
+    """One load, measured. ``progress`` hears where the run is, every few seconds, while it lasts.
+    With a shaped link, its subscribers are put behind ``link``, capped and lifted on its schedule."""
     say = progress or (lambda _: None)
     rooms: list[Room] = []
     say(f"{scenario.label}: preparing accounts and meetings")
@@ -307,11 +335,14 @@ async def run(
         specs, rooms = await _prepare_sfu(url, scenario, tag)
     else:
         specs = _prepare_anonymous(scenario)
-    processes = max(1, min(scenario.processes, len(specs)))
+    behind = [spec for spec in specs if spec.linked]
+    specs_here = [spec for spec in specs if not spec.linked]
+    processes = max(1, min(scenario.processes, len(specs_here)))
     shares: list[list[ClientSpec]] = [[] for _ in range(processes)]
-    publishers = [spec for spec in specs if spec.role == "publisher"]
-    for index, spec in enumerate(publishers + [spec for spec in specs if spec.role != "publisher"]):
+    publishers = [spec for spec in specs_here if spec.role == "publisher"]
+    for index, spec in enumerate(publishers + [spec for spec in specs_here if spec.role != "publisher"]):
         shares[index % processes].append(spec)
+    shares.append(behind)  # the subscribers behind the shaped link: a worker in a namespace of its own
 
     context = multiprocessing.get_context("spawn")
     queue, ready, go, start = context.Queue(), context.Queue(), context.Event(), context.Value("q", 0)
@@ -331,10 +362,22 @@ async def run(
         for worker in workers:
             worker.kill()
         raise RuntimeError(f"a client worker was not ready within {WORKER_START_TIMEOUT:.0f} s") from None
+    if behind:
+        if link is None:
+            raise ValueError("subscribers behind a shaped link need the link (bench.shaped.Link)")
+        try:
+            link.attach(workers[-1].pid or 0)
+        except shaped.LinkError:
+            for worker in workers:
+                worker.kill()
+            raise
     start_ns = time.monotonic_ns() + int(0.2e9)
     end_ns = start_ns + int((scenario.ramp_up + scenario.duration) * 1e9)
     start.value = start_ns
     go.set()
+    shaping = None
+    if behind and link is not None:
+        shaping = asyncio.get_running_loop().create_task(link.follow(scenario, start_ns))
 
     window_start = start_ns + int((scenario.ramp_up + WARMUP_SECONDS) * 1e9)
     window_end = end_ns - int(0.5e9)
@@ -369,6 +412,10 @@ async def run(
             problems.append(f"streaming: {exc!r}")
     own_before = metrics.own_cpu_seconds()
     collected = [await asyncio.get_running_loop().run_in_executor(None, queue.get) for _ in workers]
+    if shaping is not None and link is not None:
+        shaping.cancel()
+        await asyncio.gather(shaping, return_exceptions=True)
+        link.lift()
     for worker in workers:
         worker.join(timeout=10)
     results = [result for batch, _ in collected for result in batch]
@@ -379,6 +426,9 @@ async def run(
     )
     figures.recording = recorded
     figures.streaming = streamed
+    if behind and link is not None:
+        linked_ids = {spec.user_id for spec in behind}
+        figures.shaped = shaped.figures(scenario, [r for r in results if r.user_id in linked_ids], link.moments)
     figures.errors.extend(problems)
     return figures
 
@@ -539,29 +589,48 @@ class SpawnedServer:
     the UDP relay, or the bare aiohttp handler (``bare``); ``args`` and ``env`` add to huiyi's own."""
 
     def __init__(
-        self, target: str, port: int, *, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+        self,
+        target: str,
+        port: int,
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        shaped_link: bool = False,
     ) -> None:
         self.target = target
         self.port = port
         self.data_dir = tempfile.mkdtemp(prefix="huiyi-bench-")
         self.log = Path(self.data_dir) / "server.log"
+        # With a shaped link (bench/shaped.py), in the run's own namespace: reachable from the link's
+        # far end too, and offering media there.
+        host = "0.0.0.0" if shaped_link else "127.0.0.1"
+        media = "127.0.0.1" + (f",{shaped.NEAR_ADDRESS}" if shaped_link else "")
         commands = {
-            "sfu": [sys.executable, str(ROOT / "run_server.py"), "--host", "127.0.0.1", "--port", str(port)],
+            "sfu": [sys.executable, str(ROOT / "run_server.py"), "--host", host, "--port", str(port)],
             "naive": [sys.executable, "-m", "bench.naive_server", "--host", "127.0.0.1"],
             "relay": [sys.executable, "-m", "bench.relay", "--port", str(port)],
             "bare": [sys.executable, "-m", "bench.bare_http", "--port", str(port)],
         }
-        command = janus_command(port, Path(self.data_dir) / "janus") if target == "janus" else commands[target]
+        janus_folder = Path(self.data_dir) / "janus"
+        command = (
+            janus_command(port, janus_folder, shaped_link=shaped.NEAR_LINK if shaped_link else None)
+            if target == "janus"
+            else commands[target]
+        )
         if target == "sfu":
             command += ["--data-dir", self.data_dir, *args]
         if target == "naive":
             command += ["--port", str(port)]
+        setpriv = shutil.which("setpriv")
+        if shaped_link and target == "sfu" and setpriv:
+            # It ends with the harness, however the harness ends, and the run's namespace with them.
+            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
         environment = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
         environment.update(
             {
                 "HUIYI_RATE_LIMITS": "off",
                 "HUIYI_SERVER_LOG_LEVEL": "WARNING",
-                "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1",
+                "HUIYI_SFU_BIND_ADDRESSES": media,
                 **LOOPBACK_TURN,
                 **(env or {}),
             }

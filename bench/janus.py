@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from bench import netns
-from bench.client import SyntheticClient, _publisher_offer, _subscriber_answer
+from bench.client import SyntheticClient, _publisher_offer
 from sfu import sdp
 from sfu.transport import MediaTransport
 
@@ -36,9 +36,11 @@ DISABLED_TRANSPORTS = ("libjanus_websockets.so", "libjanus_pfunix.so", "libjanus
 DISABLED_TRANSPORTS += ("libjanus_rabbitmq.so", "libjanus_nanomsg.so")
 
 
-def janus_command(port: int, folder: Path, debug_level: int = 3) -> list[str]:
+def janus_command(port: int, folder: Path, debug_level: int = 3, shaped_link: str | None = None) -> list[str]:
     """Write Janus's configuration into ``folder`` and return the command that starts it: its HTTP
-    API on 127.0.0.1:``port`` and media on 127.0.0.2, nothing else loaded."""
+    API on 127.0.0.1:``port`` and media on 127.0.0.2, nothing else loaded. With ``shaped_link`` (the
+    near end of the harness's shaped link, bench/shaped.py) its HTTP API listens on every address of
+    the namespace and its media is offered on that link too, for the subscribers behind it."""
     program = shutil.which("janus")
     if program is None:
         raise RuntimeError("janus is not installed (apt-get install janus)")
@@ -67,7 +69,7 @@ loggers: {{ disable = "libjanus_jsonlog.so" }}
 media: {{ rtp_port_range = "20000-60000" }}
 nat: {{
     ignore_mdns = true
-    ice_enforce_list = "{netns.JANUS_LINK}"
+    ice_enforce_list = "{",".join([netns.JANUS_LINK, *([shaped_link] if shaped_link else [])])}"
 }}
 """
     )
@@ -77,7 +79,7 @@ nat: {{
     base_path = "/janus"
     http = true
     port = {port}
-    ip = "127.0.0.1"
+    ip = "{"0.0.0.0" if shaped_link else "127.0.0.1"}"
     https = false
 }}
 admin: {{ admin_http = false }}
@@ -238,7 +240,7 @@ class JanusClient(SyntheticClient):
         connection = await self._gather(controlling=False)
         self.subscriber = MediaTransport(connection, self.certificate, self._on_media, self._ignore)
         local = self.subscriber.local_description("active")
-        answer = {"type": "answer", "sdp": _subscriber_answer(offer, local)}
+        answer = {"type": "answer", "sdp": self._answer(offer, local)}
         await self._request({"request": "start"}, answer)
         await self._candidates_done()
         ufrag, password = offer.ice_credentials()

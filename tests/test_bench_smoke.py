@@ -18,6 +18,7 @@ from bench import netns
 from bench.harness import LOOPBACK_TURN
 from bench.tap_cost import measure
 from tests.conftest import IN_CI
+from tests.links import require_links
 from tests.server_process import ROOT, server_environment, start_server
 from tests.support import until
 
@@ -190,3 +191,34 @@ def test_a_short_captions_run_reports_their_delay_and_cost(tmp_path: Path) -> No
     assert row["sentences"] >= 1 and row["captioned"] >= 1 and row["wer"] <= 0.2, row
     assert row["latency_p50_s"] > 0 and row["worker_core_percent_per_stream"] > 0, row
     assert "| worker % core / stream |" in completed.stdout
+
+
+def test_a_shaped_link_run_reports_how_the_server_adapted(tmp_path: Path) -> None:
+    require_links()
+    report = tmp_path / "shaped.json"
+    arguments = ["--spawn", "--target", "sfu", "--subscribers", "1", "--processes", "1", "--ramp-up", "0.5"]
+    arguments += ["--link-cap", "300", "--link-schedule", "5,6,4", "--json", str(report)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", *arguments],
+        cwd=ROOT,
+        env=server_environment(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # One table of the targets, what its columns mean, and the timeline.
+    assert len(re.findall(r"\| target +\| feedback +\| cap kbit/s", completed.stdout)) == 1, completed.stdout
+    assert "down s = cap set" in completed.stdout and "| t s | link |" in completed.stdout, completed.stdout
+    [run] = json.loads(report.read_text())["sfu"]
+    shaped = run["shaped"]
+    assert run["errors"] == [] and shaped["subscribers"] == 1, run
+    # Behind 300 kbit/s the subscriber was held on the layer that fits (the low one, 160x90 at 150
+    # kbit/s) within the 6 s the cap held; the server climbs from that layer as a subscriber joins, so
+    # on a busy machine it may not have reached the top one in the 5 s before the cap.
+    assert shaped["left_top_layer"] and shaped["adapt_down_s"] is not None and shaped["adapt_down_s"] < 6, shaped
+    assert shaped["size_at_end"]["capped"] == "160x90", shaped
+    assert shaped["kbit_per_second"]["capped"] < 330 < shaped["kbit_per_second"]["free"], shaped
+    timeline = shaped["timeline"]
+    assert len(timeline) >= 12 and any(second["capped"] for second in timeline), timeline
+    assert set(shaped) >= {"adapt_up_s", "longest_freeze_s", "freeze_total_s", "video_loss_percent"}, shaped
