@@ -63,7 +63,7 @@ class Peer:
 
     def preferred_layer(self, track: PublishedTrack) -> int:
         wanted = self.layer_preference.get(track.id, self.default_layer)
-        return len(track.layers) - 1 if wanted is None else self._index_for(track, wanted)
+        return track.rung_count - 1 if wanted is None else self._index_for(track, wanted)
 
     def set_layer(self, layer_name: str, track_id: str | None) -> None:
         if track_id is None:
@@ -79,10 +79,10 @@ class Peer:
     @staticmethod
     def _index_for(track: PublishedTrack, layer_name: str) -> int:
         """A name's layer on this track; a two-layer track's "medium" is its low one."""
-        named = track.layer_named(layer_name)
+        named = track.rung_named(layer_name)
         if named is not None:
             return named
-        return {"low": 0, "medium": 0}.get(layer_name, len(track.layers) - 1)
+        return {"low": 0, "medium": 0}.get(layer_name, track.rung_count - 1)
 
     def set_max_bitrate(self, bitrate: int | None) -> None:
         self.max_bitrate = bitrate

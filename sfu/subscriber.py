@@ -17,6 +17,7 @@ from sfu.forwarder import NO_LAYER, DownTrack
 from sfu.gcc import SendSideEstimator
 from sfu.negotiation import OfferSlot, accepted_in_answer, outgoing_codec, subscriber_offer
 from sfu.network import NO_MEDIA_PORT, NoMediaPort, gather
+from sfu.svc import SPATIAL_NAMES
 from sfu.track import PublishedTrack
 from sfu.transport import MediaTransport, add_candidate
 from sfu.twcc import TransportFeedback
@@ -148,7 +149,7 @@ class SubscriberSide:
                     "user_id": track.user_id,
                     "stream_id": track.stream_id,
                     "source": track.source,
-                    "layers": [layer.name for layer in track.layers],
+                    "layers": [layer.name for layer in track.layers] if track.svc is None else list(SPATIAL_NAMES),
                 }
             )
         return described

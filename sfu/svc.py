@@ -1,0 +1,210 @@
+"""Scalable video (VP9 SVC): one stream carrying every layer, thinned per receiver.
+
+A publisher sending VP9 with a scalability mode such as ``L3T3_KEY`` puts three spatial and three
+temporal layers on one SSRC. ``SvcLayers`` (one per published track) reads each packet's payload
+descriptor (sfu/vp9.py) and measures every layer's rate; ``SvcSelector`` (one per down-track) drops
+the packets above the receiver's spatial and temporal target, marks the end of each picture it
+forwards and numbers what it forwards without holes.
+
+The layers are offered to the same layer choice as simulcast (``DownTrack.choose_layer`` and
+sfu/allocator.py) as a ladder of rungs, each a (spatial, temporal) target with the measured rate of
+everything it forwards: ``low-t0`` and ``low-t1`` (the smallest picture at a quarter and half the
+frame rate), then ``low``, ``medium``, ``high`` (each spatial layer at the full frame rate). So a
+subscriber whose share of the estimate cannot carry the smallest picture at full rate gets fewer
+frames before it gets audio only, and the names a subscriber asks for (low, medium, high) mean what
+they mean for simulcast.
+
+When a layer may change:
+- down (spatial or temporal): at the start of any picture; lower layers never depend on higher ones.
+- spatial up: only at a key picture. With ``L3T3_KEY`` an upper spatial layer is predicted from the
+  one below only in key pictures and otherwise from its own earlier frames, which a receiver that
+  was not getting it never had; the selector asks for a key picture when it wants to go up.
+- temporal up: at a picture of the base temporal layer, or one marked as a switching-up point (U)
+  whose layer is already forwarded.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sfu import rtp, vp9
+from sfu.vp9 import Descriptor
+
+SPATIAL_LAYERS = 3  # the most WebRTC's VP9 scalability modes send (L3Tx)
+TEMPORAL_LAYERS = 3
+TOP_TID = TEMPORAL_LAYERS - 1
+# (spatial, temporal) targets, lowest first; see the module docstring.
+RUNGS: tuple[tuple[int, int], ...] = (
+    *((0, tid) for tid in range(TOP_TID)),
+    *((sid, TOP_TID) for sid in range(SPATIAL_LAYERS)),
+)
+RUNG_NAMES = ("low-t0", "low-t1", "low", "medium", "high")
+SPATIAL_NAMES = RUNG_NAMES[TOP_TID:]  # the spatial layers at full frame rate, which receivers ask for
+LAYER_IDLE_SECONDS = 1.0  # a spatial or temporal layer not seen for this long is paused
+MARKER = 0x80
+RING = 1024  # incoming sequence numbers remembered, to place late packets (upstream repairs)
+DROPPED = -1
+
+
+class SvcLayers:
+    """What one SVC track sends: each packet's descriptor, each layer's rate and whether it is live."""
+
+    __slots__ = ("_window_bytes", "_window_start", "descriptor", "malformed", "rates", "seen", "structure")
+
+    def __init__(self) -> None:
+        self.descriptor: Descriptor | None = None  # the packet being handed down
+        self.structure: vp9.ScalabilityStructure | None = None  # from the latest key picture
+        self.malformed = 0
+        self.rates = [[0] * TEMPORAL_LAYERS for _ in range(SPATIAL_LAYERS)]  # bit/s
+        self.seen = [0.0] * (SPATIAL_LAYERS + TEMPORAL_LAYERS)  # last arrival of each spatial, then temporal layer
+        self._window_bytes = [[0] * TEMPORAL_LAYERS for _ in range(SPATIAL_LAYERS)]
+        self._window_start = time.monotonic()
+
+    def note(self, packet: rtp.Packet, now: float) -> Descriptor | None:
+        """Read the packet's descriptor and count it; ``None`` for a payload too short to read."""
+        try:
+            descriptor = vp9.parse(packet.data, packet.payload_start, packet.payload_end)
+        except vp9.Vp9Error:
+            self.malformed += 1
+            self.descriptor = None
+            return None
+        sid, tid = descriptor.sid, descriptor.tid
+        if descriptor.structure is not None:
+            self.structure = descriptor.structure
+        if sid < SPATIAL_LAYERS and tid < TEMPORAL_LAYERS:
+            self._window_bytes[sid][tid] += packet.payload_end - packet.payload_start
+            self.seen[sid] = self.seen[SPATIAL_LAYERS + tid] = now
+        self.descriptor = descriptor
+        return descriptor
+
+    def roll_window(self, now: float) -> None:
+        elapsed = now - self._window_start
+        if elapsed <= 0:
+            return
+        for sid in range(SPATIAL_LAYERS):
+            for tid in range(TEMPORAL_LAYERS):
+                self.rates[sid][tid] = int(self._window_bytes[sid][tid] * 8 / elapsed)
+                self._window_bytes[sid][tid] = 0
+        self._window_start = now
+
+    def rung_rate(self, index: int) -> int:
+        """What forwarding rung ``index`` costs: every layer at or below its spatial and temporal target."""
+        top_sid, top_tid = RUNGS[index]
+        return sum(self.rates[sid][tid] for sid in range(top_sid + 1) for tid in range(top_tid + 1))
+
+    def active_rungs(self, now: float | None = None) -> list[int]:
+        """Rungs whose spatial layer is being sent (a temporal sub-rung also needs its temporal layer)."""
+        now = time.monotonic() if now is None else now
+        live = [now - seen < LAYER_IDLE_SECONDS for seen in self.seen]
+        return [
+            index
+            for index, (sid, tid) in enumerate(RUNGS)
+            if live[sid] and (tid == TOP_TID or live[SPATIAL_LAYERS + tid])
+        ]
+
+    def layer_rates(self) -> list[list[int]]:
+        return [list(row) for row in self.rates]
+
+
+class SvcSelector:
+    """One receiver's cut of an SVC stream: which packets it gets, and their new sequence numbers.
+
+    Dropped packets leave no gap: each forwarded packet's number moves down by the packets dropped
+    before it (``shift``). Upstream losses do leave their gap, so a repair arriving late is placed in
+    it; what was dropped is remembered for the last ``RING`` numbers, so a late packet lands where
+    its neighbours put it.
+    """
+
+    __slots__ = (
+        "_highest",
+        "_ring_seq",
+        "_ring_shift",
+        "current_sid",
+        "current_tid",
+        "dropped",
+        "picture",
+        "rung",
+        "shift",
+        "target_sid",
+        "target_tid",
+    )
+
+    def __init__(self) -> None:
+        self.target_sid, self.target_tid = RUNGS[-1]
+        self.current_sid = self.current_tid = -1
+        self.rung = -1  # the rung being forwarded now
+        self.picture = -1  # RTP timestamp of the picture being forwarded
+        self.shift = 0  # packets dropped so far; the current packet's number moves down by this much
+        self.dropped = 0
+        self._highest = -1
+        self._ring_seq = [-1] * RING
+        self._ring_shift = [0] * RING
+
+    def aim(self, rung: int) -> None:
+        self.target_sid, self.target_tid = RUNGS[rung]
+
+    @property
+    def needs_keyframe(self) -> bool:
+        """Going up a spatial layer waits for a key picture."""
+        return self.target_sid > self.current_sid
+
+    def start(self, packet: rtp.Packet) -> None:
+        """Forwarding starts (again) at this packet, the first of a key picture: numbering starts over."""
+        self.current_sid = self.current_tid = self.rung = -1
+        self.picture = -1
+        self.shift = 0
+        self._highest = (packet.seq - 1) & 0xFFFF
+        self._ring_seq = [-1] * RING
+
+    def admit(self, packet: rtp.Packet, descriptor: Descriptor, second: int) -> int:
+        """The packet's second header byte (marker, payload type) if it is forwarded, else -1; its
+        number moves down by ``shift``."""
+        seq = packet.seq
+        slot = seq % RING
+        if not rtp.seq_newer(seq, self._highest):
+            # Late (an upstream repair): only into a gap left for it, and only if its layer is forwarded.
+            if self._ring_seq[slot] != seq or self._ring_shift[slot] == DROPPED:
+                return -1
+            if descriptor.sid > self.current_sid or descriptor.tid > self.current_tid:
+                return -1
+            self.shift = self._ring_shift[slot]
+            return self._marked(descriptor, second)
+        gap = (seq - self._highest) & 0xFFFF
+        if gap <= RING // 2:
+            for missing in range(self._highest + 1, self._highest + gap):
+                self._ring_seq[missing % RING] = missing & 0xFFFF
+                self._ring_shift[missing % RING] = self.shift
+        self._highest = seq
+        if packet.timestamp != self.picture:
+            self._new_picture(packet.timestamp, descriptor)
+        self._ring_seq[slot] = seq
+        if descriptor.sid > self.current_sid or descriptor.tid > self.current_tid:
+            self._ring_shift[slot] = DROPPED
+            self.shift += 1
+            self.dropped += 1
+            return -1
+        self._ring_shift[slot] = self.shift
+        return self._marked(descriptor, second)
+
+    def _new_picture(self, timestamp: int, descriptor: Descriptor) -> None:
+        self.picture = timestamp
+        if descriptor.keyframe:
+            self.current_sid, self.current_tid = self.target_sid, self.target_tid
+        else:
+            self.current_sid = min(self.current_sid, self.target_sid)
+            if self.target_tid < self.current_tid:
+                self.current_tid = self.target_tid
+            elif self.target_tid > self.current_tid and (
+                descriptor.tid == 0 or (descriptor.switch_up and descriptor.tid <= self.current_tid)
+            ):
+                self.current_tid = self.target_tid
+        if self.current_sid > 0 or self.current_tid >= TOP_TID:
+            self.rung = RUNGS.index((self.current_sid, TOP_TID))
+        else:
+            self.rung = RUNGS.index((0, self.current_tid))
+
+    def _marked(self, descriptor: Descriptor, second: int) -> int:
+        """The end of the highest forwarded spatial layer's frame ends the picture for this receiver."""
+        if descriptor.end and descriptor.sid == self.current_sid:
+            return second | MARKER
+        return second
