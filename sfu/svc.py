@@ -192,11 +192,9 @@ class SvcSelector:
             self.current_sid, self.current_tid = self.target_sid, self.target_tid
         else:
             self.current_sid = min(self.current_sid, self.target_sid)
-            if self.target_tid < self.current_tid:
-                self.current_tid = self.target_tid
-            elif self.target_tid > self.current_tid and (
-                descriptor.tid == 0 or (descriptor.switch_up and descriptor.tid <= self.current_tid)
-            ):
+            # Down at once; up where the pictures that follow need nothing that was not forwarded.
+            up_point = descriptor.tid == 0 or (descriptor.switch_up and descriptor.tid <= self.current_tid)
+            if self.target_tid < self.current_tid or up_point:
                 self.current_tid = self.target_tid
         if self.current_sid > 0 or self.current_tid >= TOP_TID:
             self.rung = RUNGS.index((self.current_sid, TOP_TID))

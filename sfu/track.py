@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sfu import rtcp, rtp, svc, vp9
+from sfu import rtcp, rtp, svc
 from sfu.negotiation import OUTGOING_PAYLOAD_TYPES
 from sfu.sdp import Codec
 

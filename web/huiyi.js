@@ -1044,6 +1044,7 @@ export class HuiyiClient extends EventTarget {
         nackCount: stats.nackCount,
         pliCount: stats.pliCount,
         qualityLimitationReason: stats.qualityLimitationReason,
+        scalabilityMode: stats.scalabilityMode ?? null,
         active: stats.active,
       });
     }
