@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from sfu import rtcp, rtp
 from sfu.gcc import SendSideEstimator
-from sfu.svc import SvcSelector
+from sfu.svc import FILL, SvcSelector
 from sfu.track import Layer, PublishedTrack
 
 HISTORY_SIZE = 512  # packets kept per video down-track to answer NACKs (~2 s of 1.5 Mbit/s video)
@@ -148,9 +148,13 @@ class DownTrack:
                 svc.start(packet)
             second = svc.admit(packet, self.track.svc.descriptor, second)
             if second < 0:
-                return
+                if second != FILL:
+                    return
+                # A late repair of a layer this receiver does not get: padding in the gap left for it.
+                first, second = first | 0x20, self.payload_type
+                tail = tail[: len(tail) - (packet.payload_end - packet.payload_start)] + b"\x01"
             self.current_layer = svc.rung
-            seq = (packet.seq + self.seq_offset - svc.shift) & 0xFFFF
+            seq = (packet.seq + self.seq_offset - svc.moved) & 0xFFFF
         else:
             if layer.index != self.current_layer:
                 self._switch_to(layer, packet)

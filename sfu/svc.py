@@ -42,6 +42,8 @@ RUNG_NAMES = ("low-t0", "low-t1", "low", "medium", "high")
 SPATIAL_NAMES = RUNG_NAMES[TOP_TID:]  # the spatial layers at full frame rate, which receivers ask for
 LAYER_IDLE_SECONDS = 1.0  # a spatial or temporal layer not seen for this long is paused
 MARKER = 0x80
+DROP = -1  # ``SvcSelector.admit``: the packet is not forwarded
+FILL = -2  # ... nor is this late packet, but the number left for it is filled with padding
 RING = 1024  # incoming sequence numbers remembered, to place late packets (upstream repairs)
 DROPPED = -1
 
@@ -112,7 +114,8 @@ class SvcSelector:
     Dropped packets leave no gap: each forwarded packet's number moves down by the packets dropped
     before it (``shift``). Upstream losses do leave their gap, so a repair arriving late is placed in
     it; what was dropped is remembered for the last ``RING`` numbers, so a late packet lands where
-    its neighbours put it.
+    its neighbours put it. A repair of a layer this receiver does not get becomes padding in its
+    gap, so the receiver stops asking for it (a receiver fills sequence gaps with padding packets).
     """
 
     __slots__ = (
@@ -122,6 +125,7 @@ class SvcSelector:
         "current_sid",
         "current_tid",
         "dropped",
+        "moved",
         "picture",
         "rung",
         "shift",
@@ -134,7 +138,8 @@ class SvcSelector:
         self.current_sid = self.current_tid = -1
         self.rung = -1  # the rung being forwarded now
         self.picture = -1  # RTP timestamp of the picture being forwarded
-        self.shift = 0  # packets dropped so far; the current packet's number moves down by this much
+        self.shift = 0  # packets dropped so far: the next packet's number moves down by this much
+        self.moved = 0  # how far the packet just admitted moves down (less than ``shift`` if it is late)
         self.dropped = 0
         self._highest = -1
         self._ring_seq = [-1] * RING
@@ -152,22 +157,23 @@ class SvcSelector:
         """Forwarding starts (again) at this packet, the first of a key picture: numbering starts over."""
         self.current_sid = self.current_tid = self.rung = -1
         self.picture = -1
-        self.shift = 0
+        self.shift = self.moved = 0
         self._highest = (packet.seq - 1) & 0xFFFF
         self._ring_seq = [-1] * RING
 
     def admit(self, packet: rtp.Packet, descriptor: Descriptor, second: int) -> int:
-        """The packet's second header byte (marker, payload type) if it is forwarded, else -1; its
-        number moves down by ``shift``."""
+        """The packet's second header byte (marker, payload type) if it is forwarded, else DROP or
+        FILL; its number moves down by ``moved``."""
         seq = packet.seq
         slot = seq % RING
         if not rtp.seq_newer(seq, self._highest):
             # Late (an upstream repair): only into a gap left for it, and only if its layer is forwarded.
             if self._ring_seq[slot] != seq or self._ring_shift[slot] == DROPPED:
-                return -1
+                return DROP
+            self.moved = self._ring_shift[slot]
+            self._ring_shift[slot] = DROPPED  # a second copy is not sent again
             if descriptor.sid > self.current_sid or descriptor.tid > self.current_tid:
-                return -1
-            self.shift = self._ring_shift[slot]
+                return FILL
             return self._marked(descriptor, second)
         gap = (seq - self._highest) & 0xFFFF
         if gap <= RING // 2:
@@ -182,8 +188,8 @@ class SvcSelector:
             self._ring_shift[slot] = DROPPED
             self.shift += 1
             self.dropped += 1
-            return -1
-        self._ring_shift[slot] = self.shift
+            return DROP
+        self._ring_shift[slot] = self.moved = self.shift
         return self._marked(descriptor, second)
 
     def _new_picture(self, timestamp: int, descriptor: Descriptor) -> None:

@@ -64,13 +64,15 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
             if sub["subscriber_user_id"] == user_id and sub["publisher_user_id"] == ann_id and sub["kind"] == "video"
         )
 
+    forwarded: dict[int, str] = {}  # the rung the server forwards to Ben and Cat, as last seen
+
     def rungs() -> dict[str, int]:
-        """Ann's rungs as the server measures them, and what it forwards to Ben and Cat (for failures)."""
+        """Ann's rungs as the server measures them; notes what it forwards to Ben and Cat."""
         stats = room_stats()
         track = next(t for t in stats["tracks"] if t["user_id"] == ann_id and t["kind"] == "video")
         assert track["codec"] == "vp9" and not track["simulcast"], track
         rates = {rung["name"]: rung["bitrate"] for rung in track["svc"] if rung["active"]}
-        forwarded = {user: subscription_of(stats, user)["current_layer"] for user in (ben_id, cat_id)}
+        forwarded.update({user: subscription_of(stats, user)["current_layer"] for user in (ben_id, cat_id)})
         trace.append(f"rungs={rates} forwarded={forwarded}")
         return rates
 
@@ -96,6 +98,7 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
         return (
             full >= 640
             and {"low", "medium", "high"} <= set(rates)
+            and forwarded[ben_id] == forwarded[cat_id] == "high"
             and await width_at(ben) == full
             and await width_at(cat) == full
         )
@@ -113,7 +116,12 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
         rungs()
         full = await sent_width()
         ben_width, cat_width = await width_at(ben), await width_at(cat)
-        return 0 < ben_width <= full // 4 + 1 and cat_width == full
+        return (
+            forwarded[ben_id] in ("low-t0", "low-t1", "low")
+            and forwarded[cat_id] == "high"
+            and 0 < ben_width <= full // 4 + 1
+            and cat_width == full
+        )
 
     await expect(ben_small_cat_full, f"ben to decode ann's smallest picture under a {cap} bit/s cap, cat her full one")
     ben_frames = (await video_from(ben, ann_id))["framesDecoded"]
@@ -131,7 +139,7 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
 
     async def ben_full() -> bool:
         rungs()
-        return await width_at(ben) == await sent_width()
+        return forwarded[ben_id] == "high" and await width_at(ben) == await sent_width()
 
     await expect(ben_full, "ben to decode ann's full picture again once the cap is lifted", 60)
 
