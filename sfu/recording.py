@@ -33,7 +33,7 @@ class TrackFile:
     peer_id: str
     track_id: str
     kind: str  # "audio" | "video"
-    codec: str  # "vp8" | "h264" | "opus"
+    codec: str  # "vp8" | "vp9" | "h264" | "opus"
     path: Path  # absolute
     container: str  # "webm" | "matroska"
     mime_type: str

@@ -1,20 +1,30 @@
 """VP9 SVC on its own: the payload descriptor read from packets Chromium sent (tests/vp9_capture.py),
 and one receiver's cut of that stream (sfu/svc.py through the real PublishedTrack and DownTrack):
 which layers it gets, where it may change layer, the marker that ends its pictures, sequence numbers
-without holes and repairs answered from the renumbered history."""
+without holes and repairs answered from the renumbered history; and a VP9 track's recording (its
+base spatial layer, from libvpx's frames)."""
 
 from __future__ import annotations
 
+import asyncio
+import fractions
 import itertools
+import random
 import time
+from pathlib import Path
 
+import av
 import pytest
 
+from media.mux import EncodedFrame, TrackWriter
 from sfu import rtp, svc, vp9
+from sfu.depacketize import Vp9Depacketizer, vp9_keyframe_size
 from sfu.forwarder import DownTrack
 from sfu.negotiation import accept_publisher_offer, outgoing_codec
 from sfu.sdp import Codec, parse
 from sfu.track import PublishedTrack
+from tests.recording_media import FPS, STEP, decode_file, pattern, rtp_bytes
+from tests.support import until
 from tests.test_sfu_packets import CHROMIUM_OFFER
 from tests.vp9_capture import SSRC, packets
 
@@ -205,3 +215,92 @@ def test_vp9_is_taken_when_the_publisher_puts_profile_0_first() -> None:
     assert accept_publisher_offer(parse(single))[1].codec.name == "vp8", "VP8 first: VP8, as before"
     profile_2 = vp9_first.replace("profile-id=0", "profile-id=2")
     assert accept_publisher_offer(parse(profile_2))[1].codec.name == "vp8", "profile 2 is not every receiver's"
+
+
+def test_hostile_descriptors_are_dropped_never_raised() -> None:
+    """Random payloads, many with plausible first bytes, through a VP9 track to a receiver."""
+    generator = random.Random(9)
+    down, sent, _ = _receiver("medium")
+    firsts = [0xBE, 0xFD, 0xF9, 0x08, 0x0C, 0xAE, 0x12, 0x02, 0xFF]
+    captured = packets()
+    hostile = []
+    for seq in range(5000):
+        size = generator.randrange(0, 40)
+        payload = bytes([generator.choice(firsts)] * (size > 0)) + generator.randbytes(max(0, size - 1))
+        hostile.append(rtp.Packet(rtp_bytes(seq, seq // 3 * STEP, SSRC, payload, generator.random() < 0.3, 98)))
+    forward(down, captured[:20] + hostile[:2500] + captured[20:] + hostile[2500:])
+    assert down.track.svc is not None and down.track.svc.malformed > 0
+    for data in sent:
+        packet = rtp.Packet(data)
+        if packet.has_payload:
+            descriptor(packet)  # whatever is forwarded reads as VP9
+
+
+def _vp9_encoder(width: int, height: int) -> av.CodecContext:
+    context = av.CodecContext.create("libvpx-vp9", "w")
+    context.width, context.height, context.pix_fmt = width, height, "yuv420p"
+    context.time_base = fractions.Fraction(1, FPS)
+    context.bit_rate = 400_000
+    context.gop_size = 1000
+    context.options = {"deadline": "realtime", "lag-in-frames": "0", "cpu-used": "8"}
+    return context
+
+
+def _layered_packets(frames: list[bytes], upper: bytes) -> list[rtp.Packet]:
+    """Each frame as the base spatial layer of a picture (split in 900-byte packets, the descriptor's
+    I, P, L, B, E bits set as a sender would), followed by an upper layer frame of ``upper``."""
+    out, seq = [], 1000
+    for index, frame in enumerate(frames):
+        key = index in KEYS
+        chunks = [frame[start : start + 900] for start in range(0, len(frame), 900)]
+        layer_frames = [(0, chunks), (1, [upper])]
+        for sid, parts in layer_frames:
+            for number, part in enumerate(parts):
+                flags = vp9.FLAG_I | vp9.FLAG_L | (0 if key and sid == 0 else vp9.FLAG_P)
+                flags |= (vp9.FLAG_B if number == 0 else 0) | (vp9.FLAG_E if number == len(parts) - 1 else 0)
+                head = bytes([flags, index & 0x7F, sid << 1 | (1 if key and sid else 0), index & 0xFF])
+                marker = sid == 1 and number == len(parts) - 1
+                out.append(rtp.Packet(rtp_bytes(seq, index * STEP, SSRC, head + part, marker, 98)))
+                seq += 1
+    return out
+
+
+KEYS = (0, 15)
+
+
+async def test_a_vp9_track_is_recorded_at_its_base_spatial_layer(tmp_path: Path) -> None:
+    encoder = _vp9_encoder(320, 180)
+    frames = []
+    for index in range(30):
+        picture = pattern(index, 320, 180)
+        if index in KEYS:
+            picture.pict_type = av.video.frame.PictureType.I
+        frames.append(b"".join(bytes(packet) for packet in encoder.encode(picture)))
+    assert [vp9_keyframe_size(frame) for frame in frames] == [(320, 180) if i in KEYS else None for i in range(30)]
+
+    emitted: list[EncodedFrame] = []
+    depacketizer = Vp9Depacketizer(emitted.append)
+    for packet in _layered_packets(frames, b"\x87upper layer, not recorded"):
+        depacketizer.push(packet, time.time())
+    assert [bytes(frame.data) for frame in emitted] == frames
+    assert [index for index, frame in enumerate(emitted) if frame.keyframe] == list(KEYS)
+    assert (emitted[0].width, emitted[0].height) == (320, 180)
+
+    origin = time.time()
+    writer = TrackWriter(tmp_path / "vp9.webm", "vp9", origin, lambda: None, lambda: None)
+    for index, frame in enumerate(emitted):
+        frame.wallclock = origin + index / FPS
+        writer.put(frame)
+    await until(lambda: writer.frames == len(frames), "the writer to take the frames")
+    await asyncio.to_thread(writer.close)
+    decoded = decode_file(tmp_path / "vp9.webm")
+    assert len(decoded.pts) == 30 and set(decoded.sizes) == {(320, 180)}
+
+    # Chromium's own packets: the base layer's frames come out, one per picture, upper layers left out.
+    emitted.clear()
+    captured = packets()
+    for packet in captured:
+        depacketizer.push(packet, time.time())
+    pictures = sorted({packet.timestamp for packet in captured})
+    assert [frame.timestamp for frame in emitted] == pictures
+    assert [frame.keyframe for frame in emitted].count(True) == len(KEY_PICTURES)
