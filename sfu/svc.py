@@ -26,6 +26,7 @@ When a layer may change:
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from sfu import rtp, vp9
 from sfu.vp9 import Descriptor
@@ -40,12 +41,14 @@ RUNGS: tuple[tuple[int, int], ...] = (
 )
 RUNG_NAMES = ("low-t0", "low-t1", "low", "medium", "high")
 SPATIAL_NAMES = RUNG_NAMES[TOP_TID:]  # the spatial layers at full frame rate, which receivers ask for
+# The rung forwarding (sid, tid) amounts to: the spatial layer's, or below the smallest full-rate one.
+RUNG_OF = [[RUNGS.index((sid, TOP_TID)) if sid or tid == TOP_TID else tid for tid in range(TEMPORAL_LAYERS)]
+           for sid in range(SPATIAL_LAYERS)]  # fmt: skip
 LAYER_IDLE_SECONDS = 1.0  # a spatial or temporal layer not seen for this long is paused
 MARKER = 0x80
 DROP = -1  # ``SvcSelector.admit``: the packet is not forwarded
 FILL = -2  # ... nor is this late packet, but the number left for it is filled with padding
-RING = 1024  # incoming sequence numbers remembered, to place late packets (upstream repairs)
-DROPPED = -1
+REMEMBERED = 1024  # recent drops and upstream gaps remembered, to place late packets (repairs)
 
 
 class SvcLayers:
@@ -113,15 +116,16 @@ class SvcSelector:
 
     Dropped packets leave no gap: each forwarded packet's number moves down by the packets dropped
     before it (``shift``). Upstream losses do leave their gap, so a repair arriving late is placed in
-    it; what was dropped is remembered for the last ``RING`` numbers, so a late packet lands where
-    its neighbours put it. A repair of a layer this receiver does not get becomes padding in its
-    gap, so the receiver stops asking for it (a receiver fills sequence gaps with padding packets).
+    it: the numbers missing upstream and the last ``REMEMBERED`` dropped ones are kept, so a late
+    packet lands where its neighbours put it. Forwarding in order touches neither. A repair of a
+    layer this receiver does not get becomes padding in its gap, so the receiver stops asking for
+    it (a receiver fills sequence gaps with padding packets).
     """
 
     __slots__ = (
+        "_drops",
         "_highest",
-        "_ring_seq",
-        "_ring_shift",
+        "_missing",
         "current_sid",
         "current_tid",
         "dropped",
@@ -142,8 +146,8 @@ class SvcSelector:
         self.moved = 0  # how far the packet just admitted moves down (less than ``shift`` if it is late)
         self.dropped = 0
         self._highest = -1
-        self._ring_seq = [-1] * RING
-        self._ring_shift = [0] * RING
+        self._missing: set[int] = set()  # numbers not (yet) received: a repair may still come
+        self._drops: deque[int] = deque(maxlen=REMEMBERED)  # numbers dropped, oldest first
 
     def aim(self, rung: int) -> None:
         self.target_sid, self.target_tid = RUNGS[rung]
@@ -159,38 +163,46 @@ class SvcSelector:
         self.picture = -1
         self.shift = self.moved = 0
         self._highest = (packet.seq - 1) & 0xFFFF
-        self._ring_seq = [-1] * RING
+        self._missing.clear()
+        self._drops.clear()
 
     def admit(self, packet: rtp.Packet, descriptor: Descriptor, second: int) -> int:
         """The packet's second header byte (marker, payload type) if it is forwarded, else DROP or
-        FILL; its number moves down by ``moved``."""
+        FILL; its number moves down by ``moved``. Runs per packet and receiver: kept flat."""
         seq = packet.seq
-        slot = seq % RING
-        if not rtp.seq_newer(seq, self._highest):
+        highest = self._highest
+        gap = (seq - highest) & 0xFFFF
+        if not 0 < gap < 0x8000:
             # Late (an upstream repair): only into a gap left for it, and only if its layer is forwarded.
-            if self._ring_seq[slot] != seq or self._ring_shift[slot] == DROPPED:
+            if seq not in self._missing:
                 return DROP
-            self.moved = self._ring_shift[slot]
-            self._ring_shift[slot] = DROPPED  # a second copy is not sent again
+            self._missing.discard(seq)
+            later = 0  # drops after it: its number moves down by the drops before it only
+            for dropped in reversed(self._drops):
+                if not 0 < (dropped - seq) & 0xFFFF < 0x8000:
+                    break
+                later += 1
+            self.moved = self.shift - later
             if descriptor.sid > self.current_sid or descriptor.tid > self.current_tid:
                 return FILL
-            return self._marked(descriptor, second)
-        gap = (seq - self._highest) & 0xFFFF
-        if gap <= RING // 2:
-            for missing in range(self._highest + 1, self._highest + gap):
-                self._ring_seq[missing % RING] = missing & 0xFFFF
-                self._ring_shift[missing % RING] = self.shift
-        self._highest = seq
-        if packet.timestamp != self.picture:
-            self._new_picture(packet.timestamp, descriptor)
-        self._ring_seq[slot] = seq
-        if descriptor.sid > self.current_sid or descriptor.tid > self.current_tid:
-            self._ring_shift[slot] = DROPPED
-            self.shift += 1
-            self.dropped += 1
-            return DROP
-        self._ring_shift[slot] = self.moved = self.shift
-        return self._marked(descriptor, second)
+        else:
+            if gap > 1:  # lost upstream so far: their numbers are kept for their repairs
+                if len(self._missing) > REMEMBERED:
+                    self._missing.clear()
+                self._missing.update((highest + step) & 0xFFFF for step in range(1, min(gap, REMEMBERED)))
+            self._highest = seq
+            if packet.timestamp != self.picture:
+                self._new_picture(packet.timestamp, descriptor)
+            if descriptor.sid > self.current_sid or descriptor.tid > self.current_tid:
+                self._drops.append(seq)
+                self.shift += 1
+                self.dropped += 1
+                return DROP
+            self.moved = self.shift
+        # The end of the highest forwarded spatial layer's frame ends the picture for this receiver.
+        if descriptor.end and descriptor.sid == self.current_sid:
+            return second | MARKER
+        return second
 
     def _new_picture(self, timestamp: int, descriptor: Descriptor) -> None:
         self.picture = timestamp
@@ -202,13 +214,4 @@ class SvcSelector:
             up_point = descriptor.tid == 0 or (descriptor.switch_up and descriptor.tid <= self.current_tid)
             if self.target_tid < self.current_tid or up_point:
                 self.current_tid = self.target_tid
-        if self.current_sid > 0 or self.current_tid >= TOP_TID:
-            self.rung = RUNGS.index((self.current_sid, TOP_TID))
-        else:
-            self.rung = RUNGS.index((0, self.current_tid))
-
-    def _marked(self, descriptor: Descriptor, second: int) -> int:
-        """The end of the highest forwarded spatial layer's frame ends the picture for this receiver."""
-        if descriptor.end and descriptor.sid == self.current_sid:
-            return second | MARKER
-        return second
+        self.rung = RUNG_OF[self.current_sid][self.current_tid]
