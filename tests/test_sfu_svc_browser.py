@@ -2,7 +2,8 @@
 three temporal layers on one stream) from a 1280x720 fake camera; two subscribers with different
 bitrate caps decode different picture sizes cut from that one stream, and lifting a cap brings the
 full size back. The server drops a few percent of what it sends, so repairs (NACKs answered from the
-history of the thinned, renumbered stream) run too."""
+history of the thinned, renumbered stream) run too. The meeting is recorded meanwhile: the VP9
+track's file holds its base spatial layer."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.browser import needs_chromium, page_stats, video_from
-from tests.rtc_clients import invite_code_of, join_meeting, make_meeting, make_user
+from tests.rtc_clients import invite_code_of, join_meeting, make_user
 from tests.server_process import ServerProcess, request, start_server
 from tests.support import until
 
@@ -42,7 +43,11 @@ async def open_page(browser: Any, server: ServerProcess, meeting_id: int, token:
 
 async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_stream(server, browser) -> None:
     accounts = [make_user(server.url, name) for name in ("ann", "ben", "cat")]
-    meeting_id = make_meeting(server.url, accounts[0][0])
+    meetings = f"{server.url}/api/v1/meetings"
+    status, body = request("POST", meetings, {"title": "svc", "settings": {"enable_recording": True}}, accounts[0][0])
+    assert status == 201, body
+    meeting_id = body["data"]["meeting_id"]
+    assert request("POST", f"{meetings}/{meeting_id}/start", token=accounts[0][0])[0] == 200
     code = invite_code_of(server.url, accounts[0][0], meeting_id)
     for token, _ in accounts:
         join_meeting(server.url, token, meeting_id, code)
@@ -104,6 +109,9 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
         )
 
     await expect(both_full, "ben and cat to decode ann's full-size VP9 picture")
+    status, body = request("POST", f"{meetings}/{meeting_id}/recording/start", {"composite": False}, accounts[0][0])
+    assert status == 201, body
+    recording_id = body["data"]["recording_id"]
 
     # A cap between the smallest and the middle spatial layer's rates: Ben gets the smallest picture,
     # Cat, uncapped, keeps the full one, from the same stream.
@@ -151,3 +159,18 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
     for page in (ben, cat):
         entry = await video_from(page, ann_id)
         assert (entry.get("nackCount") or 0) > 0 and entry["framesDecoded"] > 60, entry
+
+    # The recording holds Ann's VP9 track at its smallest size (every temporal layer: about 20 frames
+    # a second from this busy machine's encoder).
+    status, body = request("POST", f"{meetings}/{meeting_id}/recording/stop", token=accounts[0][0])
+    assert status == 200, body
+
+    def recorded() -> dict[str, Any] | None:
+        status, body = request("GET", f"{server.url}/api/v1/recording/{recording_id}", token=accounts[0][0])
+        assert status == 200, body
+        return body["data"] if body["data"]["status"] == "ready" else None
+
+    recording = await until(recorded, "the recording to be ready", 30, interval=0.5)
+    video = next(t for t in recording["tracks"] if t["user_id"] == ann_id and t["kind"] == "video")
+    assert video["codec"] == "vp9" and (video["width"], video["height"]) == (320, 180), video
+    assert video["frames"] > 10 * video["duration"] > 0 and video["dropped_frames"] == 0, video
