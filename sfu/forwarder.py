@@ -248,7 +248,7 @@ class DownTrack:
         self.target_layer = choice
         if self.svc is not None:
             self.svc.aim(choice)
-            if self.svc.needs_keyframe:
+            if self.current_layer == NO_LAYER or self.svc.needs_keyframe:  # (re)starting, or going up
                 self.track.request_keyframe(0)
         elif self.target_layer != self.current_layer:
             self.track.request_keyframe(self.target_layer)

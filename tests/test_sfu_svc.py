@@ -179,6 +179,24 @@ def test_up_waits_for_a_key_picture_and_asks_for_one_down_starts_with_the_next_p
     assert down.current_layer == RUNG["low"]
 
 
+def test_a_receiver_paused_and_back_asks_for_a_key_picture_and_starts_there() -> None:
+    down, sent, requests = _receiver("high")
+    captured = packets()
+    cut = next(index for index in range(30, 60) if captured[index].marker) + 1  # after a whole picture
+    forward(down, captured[:cut])
+    down.set_paused(True)
+    before = len(sent)
+    forward(down, captured[cut:40])
+    assert len(sent) == before and requests == []
+    down.set_paused(False)
+    assert requests == [0], "a receiver starting again needs a key picture: asked for"
+    forward(down, captured[40 : KEY_PICTURES[1]])
+    assert len(sent) == before, "nothing before the key picture"
+    forward(down, captured[KEY_PICTURES[1] : KEY_PICTURES[2]])
+    assert descriptor(rtp.Packet(sent[before])).keyframe
+    _assert_continuous_with_pictures_marked(sent)
+
+
 def test_late_repairs_fill_their_gap_and_nacks_are_answered_from_the_renumbered_history() -> None:
     down, sent, _ = _receiver("low")
     captured = packets()
