@@ -36,11 +36,18 @@ class Peer:
         self.default_layer: str | None = None  # for tracks without their own preference
         self.max_bitrate: int | None = None
         self.muted: dict[str, bool] = {}  # kind -> muted server-side (by a host or the peer)
+        # The video codecs its own publisher offer listed, once it sent one: a client that cannot send
+        # VP9 (aiortc) cannot receive it either, and fails a whole offer that has a section it cannot
+        # take. None: not known yet (a browser, which decodes them all, is assumed).
+        self.video_codecs: frozenset[str] | None = None
         self.publisher = PublisherSide(self)
         self.subscriber = SubscriberSide(self)
         self.closed = False
         self.joined_at = time.monotonic()
         self.awaiting_media = True  # until the first packet is forwarded to it (its join time)
+
+    def decodes(self, track: PublishedTrack) -> bool:
+        return track.kind != "video" or self.video_codecs is None or track.codec.name in self.video_codecs
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run peer work in the background; everything spawned is cancelled when the peer goes."""

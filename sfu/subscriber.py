@@ -58,6 +58,9 @@ class SubscriberSide:
     def add(self, track: PublishedTrack) -> None:
         if track.id in self.downtracks:
             return
+        if not self.peer.decodes(track):
+            log.info("peer %s takes no %s: track %s is not offered to it", self.peer.id, track.codec.name, track.id)
+            return
         slot = self._free_slot(track.kind)
         down = DownTrack(track, self.peer.id, slot.mid, self._send_rtp, self.peer.sfu.settings.simulated_loss)
         down.preferred_layer = self.peer.preferred_layer(track)

@@ -3,7 +3,8 @@ three temporal layers on one stream) from a 1280x720 fake camera; two subscriber
 bitrate caps decode different picture sizes cut from that one stream, and lifting a cap brings the
 full size back. The server drops a few percent of what it sends, so repairs (NACKs answered from the
 history of the thinned, renumbered stream) run too. The meeting is recorded meanwhile: the VP9
-track's file holds its base spatial layer."""
+track's file holds its base spatial layer. A client that cannot decode VP9 (aiortc) is not offered
+the VP9 video and keeps everything else."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.browser import needs_chromium, page_stats, video_from
-from tests.rtc_clients import invite_code_of, join_meeting, make_user
+from tests.rtc_clients import Participant, invite_code_of, join_meeting, make_user
 from tests.server_process import ServerProcess, request, start_server
 from tests.support import until
 
@@ -27,7 +28,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         "--data-dir",
         str(tmp_path / "data"),
         log=tmp_path / "server.log",
-        env={"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_SIMULATED_LOSS": "0.02"},
+        env={"HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_SIMULATED_LOSS": "0.02", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"},
     )
     yield process
     process.stop()
@@ -174,3 +175,46 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
     video = next(t for t in recording["tracks"] if t["user_id"] == ann_id and t["kind"] == "video")
     assert video["codec"] == "vp9" and (video["width"], video["height"]) == (320, 180), video
     assert video["frames"] > 10 * video["duration"] > 0 and video["dropped_frames"] == 0, video
+
+
+async def test_a_client_that_cannot_decode_vp9_gets_everything_but_the_vp9_video(server, browser) -> None:
+    """aiortc decodes VP8 and H.264 only, and fails a whole offer with a section it cannot take: the
+    server, knowing from its publisher offer what it handles, leaves the VP9 video out of its offers."""
+    (ann_token, ann_id), (dan_token, dan_id) = make_user(server.url, "ann"), make_user(server.url, "dan")
+    meetings = f"{server.url}/api/v1/meetings"
+    status, body = request("POST", meetings, {"title": "mixed"}, ann_token)
+    assert status == 201, body
+    meeting_id = body["data"]["meeting_id"]
+    code = invite_code_of(server.url, ann_token, meeting_id)
+    join_meeting(server.url, ann_token, meeting_id, code)
+    join_meeting(server.url, dan_token, meeting_id, code)
+    dan = Participant(server.url, dan_token, dan_id, meeting_id)
+    try:
+        await dan.connect()
+        await dan.publish(video=(320, 240))
+        ann = await open_page(browser, server, meeting_id, ann_token, ann_id, "codec=vp9&width=1280&height=720")
+
+        def dan_hears_ann() -> bool:
+            audio = [r for r in dan.remote.values() if r.track.kind == "audio" and r.info.get("user_id") == ann_id]
+            return bool(audio) and audio[0].frames >= 50
+
+        await until(dan_hears_ann, "dan (aiortc) to play ann's audio", 30, interval=0.2)
+
+        async def ann_sees_dan() -> bool:
+            entry = await video_from(ann, dan_id)
+            return entry is not None and (entry.get("framesDecoded") or 0) > 20
+
+        await until(ann_sees_dan, "ann (Chromium, sending VP9) to decode dan's VP8 video", 30, interval=0.5)
+        assert dan.video_from(ann_id) is None and not dan.errors
+        status, body = request("GET", f"{server.url}/api/v1/webrtc/room/{meeting_id}/stats", token=ann_token)
+        assert status == 200, body
+        tracks = {(t["user_id"], t["kind"]): t for t in body["data"]["tracks"]}
+        assert tracks[(ann_id, "video")]["codec"] == "vp9" and tracks[(dan_id, "video")]["codec"] == "vp8"
+        dan_gets = {
+            (sub["publisher_user_id"], sub["kind"])
+            for sub in body["data"]["subscriptions"]
+            if sub["subscriber_user_id"] == dan_id
+        }
+        assert dan_gets == {(ann_id, "audio")}
+    finally:
+        await dan.close()
