@@ -38,7 +38,8 @@ class Peer:
         self.muted: dict[str, bool] = {}  # kind -> muted server-side (by a host or the peer)
         # The video codecs its own publisher offer listed, once it sent one: a client that cannot send
         # VP9 (aiortc) cannot receive it either, and fails a whole offer that has a section it cannot
-        # take. None: not known yet (a browser, which decodes them all, is assumed).
+        # take. None: not known yet (a browser, which decodes VP9, is assumed). Only VP9 is held back
+        # on this ground: a client may well offer to send less than it receives (H.264 only, say).
         self.video_codecs: frozenset[str] | None = None
         self.publisher = PublisherSide(self)
         self.subscriber = SubscriberSide(self)
@@ -47,7 +48,7 @@ class Peer:
         self.awaiting_media = True  # until the first packet is forwarded to it (its join time)
 
     def decodes(self, track: PublishedTrack) -> bool:
-        return track.kind != "video" or self.video_codecs is None or track.codec.name in self.video_codecs
+        return track.codec.name != "vp9" or self.video_codecs is None or "vp9" in self.video_codecs
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run peer work in the background; everything spawned is cancelled when the peer goes."""
