@@ -143,6 +143,27 @@ async def test_svc_subscribers_get_the_sizes_their_caps_allow_from_one_vp9_strea
     assert subscription_of(status_data, ben_id)["current_layer"] in ("low-t0", "low-t1", "low")
     assert subscription_of(status_data, ben_id)["bitrate"] <= cap * 1.3, trace[-4:]
 
+    # A cap under the smallest picture's full rate: Ben gets its base temporal layer only, a quarter
+    # of the frames, and his decoder keeps up with the thinned stream.
+    rates = rungs()
+    low_cap = (rates["low-t0"] + rates["low-t1"]) // 2
+    await ben.evaluate(f"window.huiyi.setMaxBitrate({low_cap})")
+    counts: list[tuple[int, int]] = []  # frames decoded by Ben and Cat, at each check
+
+    async def ben_on_fewer_frames() -> bool:
+        rungs()
+        ben_entry, cat_entry = await video_from(ben, ann_id), await video_from(cat, ann_id)
+        counts.append((ben_entry["framesDecoded"], cat_entry["framesDecoded"]))
+        if forwarded[ben_id] != "low-t0":
+            counts.clear()
+            return False
+        if len(counts) < 8:  # 4 s on the base temporal layer
+            return False
+        ben_gained, cat_gained = counts[-1][0] - counts[0][0], counts[-1][1] - counts[0][1]
+        return 0 < ben_gained <= cat_gained // 2 and await width_at(ben) == await sent_width() // 4
+
+    await expect(ben_on_fewer_frames, f"ben to decode a quarter of ann's frames under a {low_cap} bit/s cap")
+
     # The cap is lifted: Ben climbs back to the full picture.
     await ben.evaluate("window.huiyi.setMaxBitrate(0)")
 
