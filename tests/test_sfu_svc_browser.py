@@ -1,10 +1,10 @@
 """VP9 SVC through the SFU with real Chromium peers: one publisher sends ``L3T3_KEY`` (three spatial,
 three temporal layers on one stream) from a 1280x720 fake camera; two subscribers with different
-bitrate caps decode different picture sizes cut from that one stream, and lifting a cap brings the
-full size back. The server drops a few percent of what it sends, so repairs (NACKs answered from the
-history of the thinned, renumbered stream) run too. The meeting is recorded meanwhile: the VP9
-track's file holds its base spatial layer. A client that cannot decode VP9 (aiortc) is not offered
-the VP9 video and keeps everything else."""
+bitrate caps decode different picture sizes cut from that one stream, a lower cap leaves a quarter
+of the frames, and lifting the cap brings the full size back. The server drops a few percent of
+what it sends, so repairs (NACKs answered from the history of the thinned, renumbered stream) run
+too. The meeting is recorded meanwhile: the VP9 track's file holds its base spatial layer. A client
+that cannot decode VP9 (aiortc) is not offered the VP9 video and keeps everything else."""
 
 from __future__ import annotations
 
