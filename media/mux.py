@@ -43,6 +43,7 @@ class Format:
 
 FORMATS = {
     "vp8": Format("webm", "webm", "video/webm"),
+    "vp9": Format("webm", "webm", "video/webm"),  # an SVC track's base spatial layer (sfu/depacketize.py)
     "h264": Format("matroska", "mkv", "video/x-matroska"),
     "opus": Format("webm", "webm", "audio/webm"),
 }

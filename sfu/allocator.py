@@ -82,7 +82,7 @@ class BandwidthAllocator:
         congested = self.calm_since > 0 and now - self.calm_since < CALM_RESET_SECONDS
         for down in video:
             down.bandwidth = share
-            lowest = down.track.layers[0].bitrate
+            lowest = down.track.rung_rate(0)
             down.starved = congested and share is not None and share < lowest * STARVED_FRACTION
             down.choose_layer()
         if self.probe is not None:
@@ -95,9 +95,9 @@ class BandwidthAllocator:
         lowest = min(held_back, key=lambda down: down.target_layer)
         above = lowest.next_layer_up()
         if lowest.rtx_payload_type is not None and above is not None:
-            layers = lowest.track.layers
-            sent = layers[lowest.current_layer].bitrate if lowest.current_layer >= 0 else 0
-            rate = int(layers[above].bitrate * PROBE_MARGIN) - sent
+            track = lowest.track
+            sent = track.rung_rate(lowest.current_layer) if lowest.current_layer >= 0 else 0
+            rate = int(track.rung_rate(above) * PROBE_MARGIN) - sent
             if rate > 0:
                 self.probe = Probe(lowest, above, rate, now)
                 return

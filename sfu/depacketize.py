@@ -3,8 +3,8 @@
 A depacketizer is fed one stream's packets in sequence order with no holes (the jitter buffer sees
 to that, and calls ``reset`` when it gives up on a hole). A frame is the packets sharing an RTP
 timestamp, ending at the one with the marker bit; a frame whose start was never seen is discarded.
-Frames go to ``emit`` as ``EncodedFrame``s: VP8 as the encoder wrote it, H.264 as an Annex-B byte
-stream, Opus one packet per frame.
+Frames go to ``emit`` as ``EncodedFrame``s: VP8 as the encoder wrote it, VP9 its base spatial
+layer's frames, H.264 as an Annex-B byte stream, Opus one packet per frame.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from media.mux import EncodedFrame
-from sfu import rtp
+from sfu import rtp, vp9
 
 Emit = Callable[[EncodedFrame], None]
 
@@ -69,6 +69,84 @@ class Vp8Depacketizer:
         # A key frame whose header does not give its size is damaged: it can start nothing.
         keyframe = width > 0 and height > 0
         self.emit(EncodedFrame(data, self._timestamp, keyframe, self._arrival, width, height))
+
+
+class Vp9Depacketizer:
+    """RFC 9628, keeping the base spatial layer (SID 0) at every temporal layer.
+
+    A VP9 stream with spatial layers (SVC, sfu/svc.py) sends each picture as up to three frames of
+    different sizes, each shown; a file holds one size, and the base layer is the one that decodes
+    on its own (upper layers lean on lower ones in key pictures). So a VP9 SVC track is recorded at
+    its smallest size; a VP9 stream without spatial layers is recorded whole. A frame runs from the
+    packet that begins a base-layer frame (B) to the one that ends it (E).
+    """
+
+    __slots__ = ("_arrival", "_parts", "_timestamp", "emit")
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self._parts: list[memoryview] = []
+        self._timestamp = 0
+        self._arrival = 0.0
+
+    def reset(self) -> None:
+        self._parts = []
+
+    def push(self, packet: rtp.Packet, arrival: float) -> None:
+        if packet.payload_end <= packet.payload_start:
+            return  # padding
+        try:
+            descriptor = vp9.parse(packet.data, packet.payload_start, packet.payload_end)
+        except vp9.Vp9Error:
+            self._parts = []
+            return
+        if descriptor.sid != 0:
+            return
+        payload = memoryview(packet.data)[packet.payload_start + descriptor.size : packet.payload_end]
+        if descriptor.begin:
+            self._parts = [payload]
+            self._timestamp, self._arrival = packet.timestamp, arrival
+        elif self._parts and packet.timestamp == self._timestamp:
+            self._parts.append(payload)
+        else:
+            self._parts = []
+            return
+        if descriptor.end:
+            data = b"".join(self._parts)
+            self._parts = []
+            size = vp9_keyframe_size(data)
+            width, height = size or (0, 0)
+            self.emit(EncodedFrame(data, self._timestamp, size is not None, self._arrival, width, height))
+
+
+def vp9_keyframe_size(frame: bytes) -> tuple[int, int] | None:
+    """A VP9 key frame's size from its uncompressed header; ``None`` for any other frame (or a key
+    frame too damaged to start anything)."""
+    if len(frame) < 10:
+        return None
+    bits = _Bits(frame[:10])
+    try:
+        if bits.u(2) != 2:  # frame marker
+            return None
+        profile = bits.u(1) | bits.u(1) << 1
+        if profile == 3:
+            bits.u(1)
+        if bits.u(1) or bits.u(1):  # show an existing frame; not a key frame
+            return None
+        bits.u(2)  # show_frame, error_resilient_mode
+        if bits.u(24) != 0x498342:
+            return None
+        if profile >= 2:
+            bits.u(1)  # ten or twelve bits
+        if bits.u(3) != 7:  # colour space other than sRGB: colour range, then subsampling (profiles 1, 3)
+            bits.u(1)
+            if profile in (1, 3):
+                bits.u(3)
+        elif profile in (1, 3):
+            bits.u(1)
+        return bits.u(16) + 1, bits.u(16) + 1
+    except ValueError:
+        return None
 
 
 class H264Depacketizer:
@@ -178,16 +256,17 @@ class OpusDepacketizer:
             self.emit(EncodedFrame(packet.payload, packet.timestamp, True, arrival))
 
 
-Depacketizer = Vp8Depacketizer | H264Depacketizer | OpusDepacketizer
+Depacketizer = Vp8Depacketizer | Vp9Depacketizer | H264Depacketizer | OpusDepacketizer
 DEPACKETIZERS: dict[str, type[Depacketizer]] = {
     "vp8": Vp8Depacketizer,
+    "vp9": Vp9Depacketizer,
     "h264": H264Depacketizer,
     "opus": OpusDepacketizer,
 }
 
 
 class _Bits:
-    """An H.264 RBSP read bit by bit, with Exp-Golomb codes."""
+    """An H.264 RBSP (or a VP9 frame header) read bit by bit, with Exp-Golomb codes."""
 
     def __init__(self, data: bytes) -> None:
         self.value = int.from_bytes(data, "big")
@@ -196,7 +275,7 @@ class _Bits:
     def u(self, count: int) -> int:
         self.left -= count
         if self.left < 0:
-            raise ValueError("SPS ends early")
+            raise ValueError("the header ends early")
         return (self.value >> self.left) & ((1 << count) - 1)
 
     def ue(self) -> int:

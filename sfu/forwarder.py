@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from sfu import rtcp, rtp
 from sfu.gcc import SendSideEstimator
+from sfu.svc import FILL, SvcSelector
 from sfu.track import Layer, PublishedTrack
 
 HISTORY_SIZE = 512  # packets kept per video down-track to answer NACKs (~2 s of 1.5 Mbit/s video)
@@ -73,6 +74,7 @@ class DownTrack:
         "ssrc",
         "starved",
         "subscriber_id",
+        "svc",
         "switch_seq",
         "switches",
         "target_layer",
@@ -100,8 +102,10 @@ class DownTrack:
         # sent to it then carries that connection's transport sequence number (sfu/gcc.py).
         self.estimator: SendSideEstimator | None = None
         self.send_rtp = send_rtp
+        # For an SVC track the layers below are rungs of its ladder (sfu/svc.py), all on one stream.
+        self.svc = SvcSelector() if track.svc is not None else None
         self.current_layer = self.target_layer = NO_LAYER
-        self.preferred_layer = len(track.layers) - 1
+        self.preferred_layer = track.rung_count - 1
         self.max_bitrate: int | None = None
         self.bandwidth: int | None = None  # this track's share of the subscriber's estimate, bit/s
         self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
@@ -137,13 +141,28 @@ class DownTrack:
     def send(
         self, layer: Layer, packet: rtp.Packet, first: int, second: int, tail: bytes, extension_length: int
     ) -> None:
-        if layer.index != self.current_layer:
-            self._switch_to(layer, packet)
-        elif self.guard:
-            self.guard -= 1
-            if rtp.seq_newer(self.switch_seq, packet.seq):
-                return
-        seq = (packet.seq + self.seq_offset) & 0xFFFF
+        svc = self.svc
+        if svc is not None:
+            if self.current_layer == NO_LAYER:
+                self._switch_to(layer, packet)
+                svc.start(packet)
+            second = svc.admit(packet, self.track.svc.descriptor, second)
+            if second < 0:
+                if second != FILL:
+                    return
+                # A late repair of a layer this receiver does not get: padding in the gap left for it.
+                first, second = first | 0x20, self.payload_type
+                tail = tail[: len(tail) - (packet.payload_end - packet.payload_start)] + b"\x01"
+            self.current_layer = svc.rung
+            seq = (packet.seq + self.seq_offset - svc.moved) & 0xFFFF
+        else:
+            if layer.index != self.current_layer:
+                self._switch_to(layer, packet)
+            elif self.guard:
+                self.guard -= 1
+                if rtp.seq_newer(self.switch_seq, packet.seq):
+                    return
+            seq = (packet.seq + self.seq_offset) & 0xFFFF
         timestamp = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
         header = rtp.FIXED_HEADER.pack(first, second, seq, timestamp, self.ssrc)
         now = time.monotonic()
@@ -186,7 +205,7 @@ class DownTrack:
 
     def resync(self, index: int) -> None:
         """The layer's source changed (new SSRC): wait for its next key frame and continue from there."""
-        if self.current_layer == index:
+        if self.current_layer == index or (self.svc is not None and self.current_layer != NO_LAYER):
             self.current_layer = NO_LAYER
             self.track.request_keyframe(self.target_layer)
 
@@ -198,24 +217,24 @@ class DownTrack:
         if self.paused or self.track.muted:
             self.target_layer = self.current_layer = self.ceiling = NO_LAYER
             return
-        if len(self.track.layers) == 1:
+        if self.track.rung_count == 1:
             self.target_layer = self.ceiling = 0
             # A receiver starts at a key frame: one that came before it was added is no use, and a
             # still source (a shared screen) may not send another for a long time unless asked.
             if self.current_layer != 0:
                 self.track.request_keyframe(0)
             return
-        active = self.track.active_layers()
+        active = self.track.active_rungs()
         cap = self.max_bitrate
         if self.smoothed_loss > HEAVY_LOSS and self.current_layer > 0:
             # The receiver's reports say the path keeps dropping what it gets now: step below it.
-            lossy = int(self.track.layers[self.current_layer].bitrate * (1 - self.smoothed_loss))
+            lossy = int(self.track.rung_rate(self.current_layer) * (1 - self.smoothed_loss))
             cap = lossy if cap is None else min(cap, lossy)
         ceiling = choice = active[0] if active else 0
         for index in active:
             if index > self.preferred_layer:
                 break
-            rate = self.track.layers[index].bitrate
+            rate = self.track.rung_rate(index)
             if cap is not None and rate > cap:
                 continue
             ceiling = index
@@ -227,7 +246,11 @@ class DownTrack:
             self.target_layer = self.current_layer = NO_LAYER
             return
         self.target_layer = choice
-        if self.target_layer != self.current_layer:
+        if self.svc is not None:
+            self.svc.aim(choice)
+            if self.current_layer == NO_LAYER or self.svc.needs_keyframe:  # (re)starting, or going up
+                self.track.request_keyframe(0)
+        elif self.target_layer != self.current_layer:
             self.track.request_keyframe(self.target_layer)
 
     @property
@@ -237,7 +260,7 @@ class DownTrack:
 
     def next_layer_up(self) -> int | None:
         """The layer a climb would try: the next active one above the target, within the ceiling."""
-        above = [index for index in self.track.active_layers() if self.target_layer < index <= self.ceiling]
+        above = [index for index in self.track.active_rungs() if self.target_layer < index <= self.ceiling]
         return above[0] if above else None
 
     def climb(self) -> None:
@@ -324,7 +347,7 @@ class DownTrack:
         """An SR mapping this stream's timestamps to the publisher's clock, so lip-sync survives."""
         if self.current_layer == NO_LAYER or not self.sent_any:
             return None
-        layer = self.track.layers[self.current_layer]
+        layer = self.track.layers[self.current_layer if self.svc is None else 0]
         report = layer.sender_report
         if report is None:
             return None
@@ -341,4 +364,4 @@ class DownTrack:
         self._bitrate_start = now
 
     def layer_name(self, index: int) -> str | None:
-        return self.track.layers[index].name if 0 <= index < len(self.track.layers) else None
+        return self.track.rung_name(index)

@@ -21,7 +21,7 @@ from sfu.track import PublishedTrack
 
 log = logging.getLogger("huiyi.sfu.live")
 
-DECODABLE = ("vp8", "h264", "opus")  # what the compositor decodes
+DECODABLE = ("vp8", "vp9", "h264", "opus")  # what the compositor decodes (VP9: its base spatial layer)
 LAYER_RANK = {"low": 0, "medium": 1, "high": 2}
 
 

@@ -13,6 +13,9 @@ from sfu import rtp
 from sfu.sdp import PROTO_RTP, Codec, LocalTransport, MediaSection, SdpError, SessionDescription, codec_lines
 
 VIDEO_PREFERENCE = ("vp8", "h264")
+# VP9 (profile 0, which every WebRTC browser decodes) is taken only when a publisher puts it first,
+# i.e. it asked for it (sfu/svc.py): it is what carries spatial layers on one stream.
+VP9_PROFILE_0 = re.compile(r"(^|;)\s*profile-id=0\s*(;|$)")
 AUDIO_PREFERENCE = ("opus",)
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
 # Transport-wide feedback (sfu/twcc.py): the server sends it to publishers, for their own send-side
@@ -27,7 +30,7 @@ ACCEPTED_EXTENSIONS = (
     rtp.URI_TRANSPORT_CC,
 )
 # Payload types on subscriber connections: (media, rtx).
-OUTGOING_PAYLOAD_TYPES = {"vp8": (96, 97), "h264": (102, 103), "opus": (111, None)}
+OUTGOING_PAYLOAD_TYPES = {"vp8": (96, 97), "vp9": (98, 99), "h264": (102, 103), "opus": (111, None)}
 # Publishers are asked to start high enough for every simulcast layer to come up at once.
 VIDEO_START_BITRATE_KBPS = 1500
 
@@ -48,7 +51,20 @@ class PublishedSection:
     source: str = "camera"  # what the track shows: "camera" (or microphone), or "screen"
 
 
+def _first_video_codec(section: MediaSection) -> Codec | None:
+    """The codec the client prefers: the first format of its m-line that is not a repair format."""
+    for text in section.formats:
+        codec = section.codecs.get(int(text)) if text.isdigit() else None
+        if codec is not None and codec.name not in ("rtx", "red", "ulpfec", "flexfec-03"):
+            return codec
+    return None
+
+
 def _pick_codec(section: MediaSection) -> Codec | None:
+    if section.kind == "video":
+        first = _first_video_codec(section)
+        if first is not None and first.name == "vp9" and (not first.fmtp or VP9_PROFILE_0.search(first.fmtp)):
+            return first
     preference = VIDEO_PREFERENCE if section.kind == "video" else AUDIO_PREFERENCE
     for name in preference:
         for codec in section.codec_named(name):

@@ -36,11 +36,19 @@ class Peer:
         self.default_layer: str | None = None  # for tracks without their own preference
         self.max_bitrate: int | None = None
         self.muted: dict[str, bool] = {}  # kind -> muted server-side (by a host or the peer)
+        # The video codecs its own publisher offer listed, once it sent one: a client that cannot send
+        # VP9 (aiortc) cannot receive it either, and fails a whole offer that has a section it cannot
+        # take. None: not known yet (a browser, which decodes VP9, is assumed). Only VP9 is held back
+        # on this ground: a client may well offer to send less than it receives (H.264 only, say).
+        self.video_codecs: frozenset[str] | None = None
         self.publisher = PublisherSide(self)
         self.subscriber = SubscriberSide(self)
         self.closed = False
         self.joined_at = time.monotonic()
         self.awaiting_media = True  # until the first packet is forwarded to it (its join time)
+
+    def decodes(self, track: PublishedTrack) -> bool:
+        return track.codec.name != "vp9" or self.video_codecs is None or "vp9" in self.video_codecs
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run peer work in the background; everything spawned is cancelled when the peer goes."""
@@ -63,7 +71,7 @@ class Peer:
 
     def preferred_layer(self, track: PublishedTrack) -> int:
         wanted = self.layer_preference.get(track.id, self.default_layer)
-        return len(track.layers) - 1 if wanted is None else self._index_for(track, wanted)
+        return track.rung_count - 1 if wanted is None else self._index_for(track, wanted)
 
     def set_layer(self, layer_name: str, track_id: str | None) -> None:
         if track_id is None:
@@ -79,10 +87,10 @@ class Peer:
     @staticmethod
     def _index_for(track: PublishedTrack, layer_name: str) -> int:
         """A name's layer on this track; a two-layer track's "medium" is its low one."""
-        named = track.layer_named(layer_name)
+        named = track.rung_named(layer_name)
         if named is not None:
             return named
-        return {"low": 0, "medium": 0}.get(layer_name, len(track.layers) - 1)
+        return {"low": 0, "medium": 0}.get(layer_name, track.rung_count - 1)
 
     def set_max_bitrate(self, bitrate: int | None) -> None:
         self.max_bitrate = bitrate

@@ -50,6 +50,9 @@ class PublisherSide:
     async def on_offer(self, text: str) -> str:
         offer = sdp.parse(text)
         accepted = accept_publisher_offer(offer)
+        video = [section for section in offer.sections if section.kind == "video" and not section.rejected]
+        if video:
+            self.peer.video_codecs = frozenset(codec.name for section in video for codec in section.codecs.values())
         ufrag, password = offer.ice_credentials()
         fingerprints = offer.dtls_fingerprints()
         role = "client" if offer.dtls_setup() == "passive" else "server"

@@ -33,7 +33,7 @@ class TrackFile:
     peer_id: str
     track_id: str
     kind: str  # "audio" | "video"
-    codec: str  # "vp8" | "h264" | "opus"
+    codec: str  # "vp8" | "vp9" | "h264" | "opus"
     path: Path  # absolute
     container: str  # "webm" | "matroska"
     mime_type: str
@@ -99,6 +99,9 @@ class RoomRecording:
         track.taps.append(tap)
         tap.request_keyframe()  # a track already sending: its video file can start now, not at the next tick
         log.info("recording %s: track %s (%s) to %s", self.recording_id, track.id, track.kind, path.name)
+        if track.codec.name == "vp9":
+            # A file holds one picture size: of a VP9 track with spatial layers, the smallest.
+            log.info("recording %s: VP9 track %s is recorded at its base spatial layer", self.recording_id, track.id)
 
     def detach(self, track: PublishedTrack, reason: str) -> None:
         """Stop recording a track; its file is finished off the event loop, then reported."""

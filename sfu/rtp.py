@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 import time
 
+from sfu.vp9 import is_vp9_keyframe
+
 FIXED_HEADER = struct.Struct("!BBHII")
 STAMP_PREFIX = struct.Struct("!HHBH")
 RTP_VERSION_BITS = 0x80
@@ -194,7 +196,7 @@ def is_h264_keyframe(data: bytes, start: int = 0, end: int | None = None) -> boo
     return False
 
 
-KEYFRAME_DETECTORS = {"vp8": is_vp8_keyframe, "h264": is_h264_keyframe}
+KEYFRAME_DETECTORS = {"vp8": is_vp8_keyframe, "vp9": is_vp9_keyframe, "h264": is_h264_keyframe}
 
 
 def seq_newer(a: int, b: int) -> bool:

@@ -319,6 +319,8 @@ class Sfu:
                 for track in room.tracks.values():
                     for layer in track.layers:
                         layer.roll_window(now)
+                    if track.svc is not None:
+                        track.svc.roll_window(now)
             for peer in list(room.peers.values()):
                 peer.tick(now, full)
             speaker = room.detect_speaker()

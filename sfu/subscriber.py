@@ -17,6 +17,7 @@ from sfu.forwarder import NO_LAYER, DownTrack
 from sfu.gcc import SendSideEstimator
 from sfu.negotiation import OfferSlot, accepted_in_answer, outgoing_codec, subscriber_offer
 from sfu.network import NO_MEDIA_PORT, NoMediaPort, gather
+from sfu.svc import SPATIAL_NAMES
 from sfu.track import PublishedTrack
 from sfu.transport import MediaTransport, add_candidate
 from sfu.twcc import TransportFeedback
@@ -56,6 +57,9 @@ class SubscriberSide:
 
     def add(self, track: PublishedTrack) -> None:
         if track.id in self.downtracks:
+            return
+        if not self.peer.decodes(track):
+            log.info("peer %s takes no %s: track %s is not offered to it", self.peer.id, track.codec.name, track.id)
             return
         slot = self._free_slot(track.kind)
         down = DownTrack(track, self.peer.id, slot.mid, self._send_rtp, self.peer.sfu.settings.simulated_loss)
@@ -148,7 +152,7 @@ class SubscriberSide:
                     "user_id": track.user_id,
                     "stream_id": track.stream_id,
                     "source": track.source,
-                    "layers": [layer.name for layer in track.layers],
+                    "layers": [layer.name for layer in track.layers] if track.svc is None else list(SPATIAL_NAMES),
                 }
             )
         return described

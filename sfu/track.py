@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sfu import rtcp, rtp
+from sfu import rtcp, rtp, svc
 from sfu.negotiation import OUTGOING_PAYLOAD_TYPES
 from sfu.sdp import Codec
 
@@ -211,6 +211,8 @@ class PublishedTrack:
         self._request_keyframe = request_keyframe
         self.level_extension_id = level_extension_id
         self._detect_keyframe = rtp.KEYFRAME_DETECTORS.get(codec.name)
+        # A VP9 track sent as one encoding may carry spatial and temporal layers (sfu/svc.py).
+        self.svc = svc.SvcLayers() if codec.name == "vp9" and count == 1 else None
 
     @property
     def simulcast(self) -> bool:
@@ -225,13 +227,37 @@ class PublishedTrack:
     def active_layers(self) -> list[int]:
         return [layer.index for layer in self.layers if layer.active]
 
+    # The ladder a receiver's layer is chosen on: the simulcast layers, or an SVC track's rungs.
+
+    @property
+    def rung_count(self) -> int:
+        return len(svc.RUNGS) if self.svc is not None else len(self.layers)
+
+    def rung_rate(self, index: int) -> int:
+        return self.svc.rung_rate(index) if self.svc is not None else self.layers[index].bitrate
+
+    def active_rungs(self) -> list[int]:
+        return self.svc.active_rungs() if self.svc is not None else self.active_layers()
+
+    def rung_name(self, index: int) -> str | None:
+        names = svc.RUNG_NAMES if self.svc is not None else [layer.name for layer in self.layers]
+        return names[index] if 0 <= index < len(names) else None
+
+    def rung_named(self, name: str) -> int | None:
+        if self.svc is not None:
+            return svc.RUNG_NAMES.index(name) if name in svc.RUNG_NAMES else None
+        return self.layer_named(name)
+
     def is_keyframe(self, packet: rtp.Packet) -> bool:
         if self._detect_keyframe is None:
             return True
         return self._detect_keyframe(packet.data, packet.payload_start, packet.payload_end)
 
     def request_keyframe(self, index: int) -> None:
-        """Ask the publisher for a key frame on one layer, at most every KEYFRAME_REQUEST_INTERVAL."""
+        """Ask the publisher for a key frame on one layer, at most every KEYFRAME_REQUEST_INTERVAL
+        (an SVC track's rungs are all one stream)."""
+        if self.svc is not None and index >= 0:
+            index = 0
         if self.kind != "video" or not 0 <= index < len(self.layers):
             return
         layer = self.layers[index]
@@ -266,6 +292,11 @@ class PublishedTrack:
     def send_down(self, layer: Layer, packet: rtp.Packet, level: bytes | None) -> None:
         """Build the receiver-independent part of the outgoing packet once, then hand it to each
         receiver."""
+        descriptor = None
+        if self.svc is not None:
+            descriptor = self.svc.note(packet, layer.last_arrival)
+            if descriptor is None:
+                return
         if not self.downtracks:
             return
         elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
@@ -280,12 +311,13 @@ class PublishedTrack:
         first = 0x90
         second = (0x80 if packet.marker else 0) | self.out_payload_type
         keyframe = None
+        scalable = descriptor is not None  # every rung is on layer 0: only a receiver's start waits
         for down in self.downtracks:
-            if down.current_layer != layer.index:
-                if down.target_layer != layer.index:
+            if down.current_layer != layer.index and (not scalable or down.current_layer < 0):
+                if down.target_layer != layer.index and (not scalable or down.target_layer < 0):
                     continue
                 if keyframe is None:
-                    keyframe = self.is_keyframe(packet)
+                    keyframe = descriptor.keyframe if descriptor is not None else self.is_keyframe(packet)
                 if not keyframe:
                     continue
             if down.estimator is None:

@@ -137,7 +137,7 @@ def test_opus_packets_are_one_frame_each() -> None:
     ]
 
 
-@pytest.mark.parametrize("codec", ["vp8", "h264", "opus"])
+@pytest.mark.parametrize("codec", ["vp8", "vp9", "h264", "opus"])
 def test_hostile_payloads_are_dropped_never_raised(codec: str) -> None:
     generator = random.Random(11)
     frames: list[EncodedFrame] = []

@@ -3,7 +3,7 @@
  * meeting.
  *
  * Browser tests skip signing in with
- * `?token=…&user_id=…&meeting_id=…&autostart=1[&audio=0][&video=0][&simulcast=0][&width=…&height=…]`
+ * `?token=…&user_id=…&meeting_id=…&autostart=1[&audio=0][&video=0][&simulcast=0][&codec=vp9[&svc=L3T3_KEY]][&width=…&height=…]`
  * (after joining the meeting over REST themselves) and drive the page through `window.huiyi` (the
  * client) and `window.huiyiReady`, which settles once the room is joined and the publish answer
  * applied, and rejects on the first error before that. `&relay=1` (also with the app) sends all
@@ -65,7 +65,14 @@ function autostart() {
     audible: false,
     publish: (c) =>
       media.audio || media.video
-        ? c.publish({ ...media, simulcast: flag('simulcast', true), width: positiveNumber('width', 1280), height: positiveNumber('height', 720) })
+        ? c.publish({
+            ...media,
+            simulcast: flag('simulcast', true),
+            codec: params.get('codec') ?? 'vp8',
+            scalabilityMode: params.get('svc') ?? 'L3T3_KEY',
+            width: positiveNumber('width', 1280),
+            height: positiveNumber('height', 720),
+          })
         : null,
     onClosed: ({ code, reason }) => {
       $('#status').textContent = `Disconnected (${code}) ${reason ?? ''}`;

@@ -16,6 +16,11 @@ const SIMULCAST_ENCODINGS = [
   { rid: 'h', maxBitrate: 1_500_000 },
 ];
 
+// VP9 with spatial and temporal layers on one stream (SVC), instead of simulcast: the SFU drops the
+// layers each receiver cannot take. L3T3_KEY: three spatial layers (a quarter, half and full size),
+// three temporal layers, upper spatial layers predicted from lower ones only in key frames.
+const SVC_ENCODING = { scalabilityMode: 'L3T3_KEY', maxBitrate: 2_000_000 };
+
 // The SFU answers as soon as it has parsed an offer; waiting longer would only hide a lost or
 // refused one (the protocol has no way to tie an `error` to the offer that caused it).
 const ANSWER_TIMEOUT_MS = 15_000;
@@ -111,6 +116,14 @@ function sectionDirections(sdp) {
 function markScreenSection(sdp, mid) {
   if (mid === null || mid === undefined) return sdp;
   return sdp.replace(new RegExp(`(\\r?\\n)a=mid:${mid}(\\r?\\n)`), `$1a=mid:${mid}$2a=content:slides$2`);
+}
+
+/** The browser's video codecs with VP9 profile 0 first, for a transceiver's setCodecPreferences. */
+function vp9First() {
+  const codecs = RTCRtpSender.getCapabilities('video')?.codecs ?? [];
+  const isVp9 = (c) => c.mimeType.toLowerCase() === 'video/vp9' && !/profile-id=[1-9]/.test(c.sdpFmtpLine ?? '');
+  if (!codecs.some(isVp9)) throw new Error('this browser cannot send VP9');
+  return [...codecs.filter(isVp9), ...codecs.filter((c) => !isVp9(c))];
 }
 
 function sleep(ms) {
@@ -307,8 +320,22 @@ export class HuiyiClient extends EventTarget {
    * screen previewed, in which case `audio`, `video`, `width` and `height` are not used) on the
    * publisher connection. Resolves with the local stream once the server's answer is applied.
    * Calling it again adds the new tracks and renegotiates.
+   *
+   * `codec: 'vp9'` sends the camera as VP9 with spatial and temporal layers on one stream
+   * (`scalabilityMode`, default 'L3T3_KEY') instead of VP8 simulcast; receivers must be able to
+   * decode VP9 (every current browser can; docs/sfu.md).
    */
-  async publish({ audio = true, video = true, simulcast = true, width = 1280, height = 720, stream } = {}) {
+  async publish({
+    audio = true,
+    video = true,
+    simulcast = true,
+    codec = 'vp8',
+    scalabilityMode = SVC_ENCODING.scalabilityMode,
+    width = 1280,
+    height = 720,
+    stream,
+  } = {}) {
+    if (codec !== 'vp8' && codec !== 'vp9') throw new Error(`codec must be 'vp8' or 'vp9', not ${codec}`);
     if (this.#closed) throw new Error('the client is closed');
     if (!stream && !audio && !video) throw new Error('nothing to publish: audio and video are both off');
     const source =
@@ -325,12 +352,17 @@ export class HuiyiClient extends EventTarget {
       this.localStream.addTrack(track);
       // The stream gives the offer an a=msid, so the SFU can tell which tracks belong together.
       const init = { direction: 'sendonly' };
-      if (track.kind === 'video') {
+      let codecs = null;
+      if (track.kind === 'video' && codec === 'vp9') {
+        init.sendEncodings = [{ ...SVC_ENCODING, scalabilityMode }];
+        codecs = vp9First();
+      } else if (track.kind === 'video') {
         init.sendEncodings = simulcast ? SIMULCAST_ENCODINGS : [{ maxBitrate: 1_500_000 }];
       }
-      const published = { track, init, transceiver: null };
+      const published = { track, init, codecs, transceiver: null };
       this.#published.push(published);
       published.transceiver = pc.addTransceiver(track, { ...init, streams: [this.localStream] });
+      if (codecs) published.transceiver.setCodecPreferences(codecs);
     }
     await this.#negotiatePublisher();
     return this.localStream;
@@ -754,6 +786,7 @@ export class HuiyiClient extends EventTarget {
     const pc = this.#createPublisher();
     for (const entry of live) {
       entry.transceiver = pc.addTransceiver(entry.track, { ...entry.init, streams: [this.localStream] });
+      if (entry.codecs) entry.transceiver.setCodecPreferences(entry.codecs);
     }
     if (this.#screen) await this.#addScreen();
     else await this.#negotiatePublisher();
@@ -1011,6 +1044,7 @@ export class HuiyiClient extends EventTarget {
         nackCount: stats.nackCount,
         pliCount: stats.pliCount,
         qualityLimitationReason: stats.qualityLimitationReason,
+        scalabilityMode: stats.scalabilityMode ?? null,
         active: stats.active,
       });
     }

@@ -19,6 +19,7 @@ from control.signaling.hub import message
 from sfu.denoise import live_models
 from sfu.forwarder import DownTrack
 from sfu.peer import Peer
+from sfu.svc import RUNG_NAMES, RUNGS
 from sfu.track import PublishedTrack
 
 group = EndpointGroup("/api/v1/webrtc", "webrtc")
@@ -41,6 +42,14 @@ class LayerOut(BaseModel):
     probes_dropped: int = Field(description="retransmissions nobody asked for (bandwidth probes), not forwarded")
 
 
+class SvcRungOut(BaseModel):
+    name: str = Field(description="low-t0, low-t1 (fewer frames), low, medium, high (spatial layers)")
+    spatial_layer: int = Field(description="the highest spatial layer (SID) forwarded at this rung")
+    temporal_layer: int = Field(description="the highest temporal layer (TID) forwarded at this rung")
+    bitrate: int = Field(description="bit/s of every layer this rung forwards, over the last second")
+    active: bool = Field(description="its layers arrived in the last second")
+
+
 class TrackOut(BaseModel):
     track_id: str
     peer_id: str
@@ -51,6 +60,9 @@ class TrackOut(BaseModel):
     muted: bool
     simulcast: bool
     layers: list[LayerOut]
+    svc: list[SvcRungOut] | None = Field(
+        None, description="a VP9 track sent with spatial/temporal layers on one stream: its rungs (docs/sfu.md)"
+    )
     subscribers: int
 
 
@@ -161,7 +173,24 @@ def _track_out(track: PublishedTrack) -> TrackOut:
             )
             for layer in track.layers
         ],
+        svc=_svc_rungs(track),
     )
+
+
+def _svc_rungs(track: PublishedTrack) -> list[SvcRungOut] | None:
+    if track.svc is None:
+        return None
+    active = set(track.active_rungs())
+    return [
+        SvcRungOut(
+            name=RUNG_NAMES[index],
+            spatial_layer=sid,
+            temporal_layer=tid,
+            bitrate=track.rung_rate(index),
+            active=index in active,
+        )
+        for index, (sid, tid) in enumerate(RUNGS)
+    ]
 
 
 def _subscription_fields(down: DownTrack) -> dict[str, object]:
