@@ -127,6 +127,10 @@ class SfuSettings(_Section):
     # Worker processes the cleaned tracks are spread over (each takes a core at most); 0: one per
     # core but one.
     noise_suppression_workers: int = Field(0, ge=0, le=64)
+    # Media worker processes (docs/sfu.md#workers): each runs its rooms on its own event loop and
+    # sockets, so forwarding uses every core. -1: one per core; 0: media runs in the server's own
+    # process (tests, tiny installs).
+    workers: int = Field(0, ge=-1, le=256)
 
     @field_validator("bind_addresses", "announce_addresses", mode="before")
     @classmethod
@@ -149,6 +153,11 @@ class SfuSettings(_Section):
                 raise ValueError(f"{text!r}: scoped (link-local) IPv6 addresses are not supported")
             addresses.append(str(address))
         return addresses
+
+    @field_validator("workers")
+    @classmethod
+    def _one_per_core(cls, value: int) -> int:
+        return (os.cpu_count() or 1) if value == -1 else value
 
     @model_validator(mode="after")
     def _consistent(self) -> SfuSettings:
