@@ -165,6 +165,8 @@ class SfuSettings(_Section):
             raise ValueError("port_min and port_max: both 0 (any port), or a range with port_min <= port_max")
         if self.udp_port and self.port_min:
             raise ValueError("udp_port shares one port among all connections: leave port_min and port_max 0")
+        if self.port_min and self.workers > self.port_max - self.port_min + 1:
+            raise ValueError("port_min..port_max is split between the workers: give each at least one port")
         for text in self.announce_addresses:
             if ipaddress.ip_address(text).is_unspecified:
                 raise ValueError(f"announce_addresses: {text} cannot be announced")

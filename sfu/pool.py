@@ -328,7 +328,11 @@ class WorkerPool:
         self._restarts[worker.index] = self._restarts.get(worker.index, 0) + 1
         restarted = self._restarted[worker.index] = asyncio.get_running_loop().create_future()
         restart = self._spawn_task(self._restart(worker.index, restarted))
+        # Its sessions are forgotten first: each is joined afresh, never taken for joined to the
+        # worker started again under the same index.
         moved = [(peer_id, s) for peer_id, s in self._sessions.items() if s.worker == worker.index]
+        for peer_id, _ in moved:
+            del self._sessions[peer_id]
         for peer_id, session in moved:
             session.signal("reconnect", {"reason": LOST})
             try:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from config.settings import SfuSettings
@@ -18,8 +19,9 @@ from sfu.counters import MediaTotals
 from sfu.local import WorkerLoad
 from sfu.pool import least_loaded, worker_settings
 from tests.rtc_clients import Participant, connect_user
-from tests.server_process import ServerProcess, room_stats, start_server
+from tests.server_process import ServerProcess, call, make_user, room_stats, start_server
 from tests.support import until
+from tests.test_recording_e2e import MEETINGS, finished, participant, receiving, recorded_meeting
 
 RECOVERY_SECONDS = 10.0
 
@@ -107,6 +109,34 @@ async def test_a_killed_worker_takes_only_its_rooms_and_they_come_back(
     print(f"longest gap in the spared meeting's video across the kill: {gap * 1000:.0f} ms")
     assert gap < 1.0
     await until(lambda: _workers(server).get(index) not in (None, pid), "the worker to be started again", 10)
+
+
+async def test_a_meeting_on_a_worker_is_recorded(server: ServerProcess, people: list[Participant]) -> None:
+    url = server.url
+    host_token, host_id = make_user(url, f"rec{time.monotonic_ns() % 10**6}")
+    meeting_id = recorded_meeting(url, host_token)
+    host = Participant(url, host_token, host_id, meeting_id)
+    people.append(host)
+    await host.connect()
+    guest = await participant(url, f"guest{time.monotonic_ns() % 10**6}", meeting_id, people, host_token)
+    for person in (host, guest):
+        await person.publish()
+    await receiving(host, guest)
+    await receiving(guest, host)
+    assert room_stats(url, meeting_id, host_token)["worker"] in (0, 1)
+    async with aiohttp.ClientSession() as http:
+        path = f"{url}{MEETINGS}/{meeting_id}/recording"
+        status, body = await call(http, "POST", path + "/start", host_token, json={"composite": False})
+        assert status == 201, body
+        recording_id = body["data"]["recording_id"]
+        started = time.monotonic()
+        await until(lambda: time.monotonic() > started + 3, "3 s of recording", 5, interval=0.1)
+        status, body = await call(http, "POST", path + "/stop", host_token)
+        assert status == 200, body
+        recording = await finished(http, url, host_token, recording_id)
+    tracks = {(t["user_id"], t["kind"]): t for t in recording["tracks"]}
+    assert set(tracks) == {(user, kind) for user in (host_id, guest.user_id) for kind in ("audio", "video")}
+    assert all(track["frames"] > 0 and track["reason"] == "stopped" for track in tracks.values()), tracks
 
 
 def _load(worker: int, packets_per_second: float) -> WorkerLoad:
