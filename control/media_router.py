@@ -136,10 +136,6 @@ class MediaRouter:
                 await self.remote.join(route)
         if route.owner == self.node_id:
             await self.media.join(route.meeting_id, route.session_id, route.user_id, route.signal)
-            worker = self.media.worker_of(route.meeting_id)
-            if self.placement is not None and worker is not None and self._workers.get(route.meeting_id) != worker:
-                self._workers[route.meeting_id] = worker
-                await self.placement.record_worker(route.meeting_id, worker)
             return True
         return False
 
@@ -188,7 +184,7 @@ class MediaRouter:
         await self.placement.beat(self._load())
         meetings = self.media.meetings()
         await self.placement.renew(meetings)
-        self._workers = {m: w for m, w in self._workers.items() if m in meetings}
+        await self._record_workers(meetings)
         others = {r.owner for r in self.sessions.values() if r.owner not in (None, self.node_id)}
         others |= set(self.remote.served.values())
         gone = {node for node in others if node is not None and not await self.placement.alive(node)}
@@ -206,6 +202,15 @@ class MediaRouter:
                 await self.move(route, "media server lost")
             elif route.owner is not None and placed.get(route.meeting_id) not in (None, route.owner):
                 await self.move(route, "meeting moved to another media server")
+
+    async def _record_workers(self, meetings: list[int]) -> None:
+        """The placements of this node's rooms name the media worker running each (docs/sfu.md#workers)."""
+        assert self.placement is not None
+        workers = {m: w for m in meetings if (w := self.media.worker_of(m)) is not None}
+        for meeting_id, worker in workers.items():
+            if self._workers.get(meeting_id) != worker:
+                await self.placement.record_worker(meeting_id, worker)
+        self._workers = workers
 
     async def move(self, route: Route, reason: str) -> None:
         """The session's media server is gone, or no longer runs its room: the client is told to

@@ -85,6 +85,20 @@ class _Session:
     user_id: int
     signal: Signal
     worker: int
+    # Signals that came while the join was under way, given to the client only after whoever joined
+    # has acted on the join (in the server's own process a peer's first offer always comes later).
+    held: list[tuple[str, dict[str, Any]]] | None = field(default_factory=list)
+
+    def deliver(self, kind: str, data: dict[str, Any]) -> None:
+        if self.held is not None:
+            self.held.append((kind, data))
+        else:
+            self.signal(kind, data)
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for kind, data in held:
+            self.signal(kind, data)
 
 
 @dataclass
@@ -248,7 +262,7 @@ class WorkerPool:
         if event == "signal":
             session = self._sessions.get(message["peer_id"])
             if session is not None and session.worker == worker.index:
-                session.signal(message["kind"], message["data"])
+                session.deliver(message["kind"], message["data"])
         elif event == "load":
             self._take_load(worker, WorkerLoad.from_data(message["load"]))
         elif event == "published":
@@ -316,8 +330,9 @@ class WorkerPool:
                 future.set_exception(SignalError(503, LOST))
         worker.pending.clear()
         status = await worker.process.wait()
-        if not worker.ready.done():
+        if not worker.ready.done():  # it never ran: whoever started it hears why, and retries or not
             worker.ready.set_exception(RuntimeError(f"media worker {worker.index} exited at start ({status})"))
+            return
         if self._closing or self._workers.get(worker.index) is not worker:
             return
         rooms = sorted(m for m, index in self._rooms.items() if index == worker.index)
@@ -419,8 +434,11 @@ class WorkerPool:
         if joined is not None and joined.meeting_id == meeting_id and self._workers[joined.worker].alive:
             return
         index = await self._place(meeting_id)
-        self._sessions[peer_id] = _Session(meeting_id, user_id, signal, index)
-        await self._ask(index, "join", meeting_id=meeting_id, peer_id=peer_id, user_id=user_id)
+        session = self._sessions[peer_id] = _Session(meeting_id, user_id, signal, index)
+        try:
+            await self._ask(index, "join", meeting_id=meeting_id, peer_id=peer_id, user_id=user_id)
+        finally:
+            asyncio.get_running_loop().call_soon(session.release)
 
     def _session(self, peer_id: str) -> _Session:
         session = self._sessions.get(peer_id)
