@@ -139,6 +139,21 @@ async def test_a_meeting_on_a_worker_is_recorded(server: ServerProcess, people: 
     assert all(track["frames"] > 0 and track["reason"] == "stopped" for track in tracks.values()), tracks
 
 
+def test_workers_end_with_a_server_that_is_killed(tmp_path: Path) -> None:
+    env = {"HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1", "HUIYI_SFU_WORKERS": "1"}
+    server = start_server("--data-dir", str(tmp_path / "data"), log=tmp_path / "server.log", env=env)
+    try:
+        pids = list(_workers(server).values())
+        assert len(pids) == 1
+    finally:
+        server.process.kill()
+        server.process.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pids[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pids[0]}").exists(), "a worker whose server died ends too"
+
+
 def _load(worker: int, packets_per_second: float) -> WorkerLoad:
     return WorkerLoad(worker, 0, totals=MediaTotals(), packets_per_second=packets_per_second)
 
