@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from config import ConfigError, load_settings
 from config.settings import SfuSettings
 from sfu.counters import MediaTotals
 from sfu.local import WorkerLoad
@@ -172,6 +173,14 @@ def test_a_room_goes_to_the_worker_forwarding_fewest_packets_not_the_one_with_fe
     # The rate left over from rooms that just ended (worker 0's) does not send every new room to
     # the other worker either.
     assert least_loaded([_load(0, 300.0), _load(1, 0.0)], {1: 1}, {1: 1}).worker == 0
+
+
+def test_workers_default_to_one_per_core_and_zero_keeps_media_in_process() -> None:
+    assert load_settings(None, environ={}).sfu.workers == (os.cpu_count() or 1)
+    assert load_settings(None, environ={"HUIYI_SFU_WORKERS": "0"}).sfu.workers == 0
+    with pytest.raises(ConfigError, match="at least one port"):
+        environ = {"HUIYI_SFU_WORKERS": "3", "HUIYI_SFU_PORT_MIN": "5000", "HUIYI_SFU_PORT_MAX": "5001"}
+        load_settings(None, environ=environ)
 
 
 def test_each_worker_has_ports_of_its_own() -> None:
