@@ -330,8 +330,10 @@ class WorkerPool:
                 future.set_exception(SignalError(503, LOST))
         worker.pending.clear()
         status = await worker.process.wait()
-        if not worker.ready.done():  # it never ran: whoever started it hears why, and retries or not
-            worker.ready.set_exception(RuntimeError(f"media worker {worker.index} exited at start ({status})"))
+        if not worker.ready.done() or worker.ready.exception() is not None:
+            # It never ran: whoever started it hears why, and retries or not.
+            if not worker.ready.done():
+                worker.ready.set_exception(RuntimeError(f"media worker {worker.index} exited at start ({status})"))
             return
         if self._closing or self._workers.get(worker.index) is not worker:
             return
