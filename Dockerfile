@@ -27,13 +27,15 @@ ENV PATH=/opt/huiyi/venv/bin:$PATH \
     HUIYI_METRICS_HOST=0.0.0.0 \
     HUIYI_METRICS_PORT=9464 \
     HUIYI_SFU_UDP_PORT=7882 \
-    HUIYI_SFU_TCP_PORT=7881
+    HUIYI_SFU_TCP_PORT=7881 \
+    HUIYI_SFU_WORKERS=1
 USER huiyi
 WORKDIR /var/lib/huiyi
 RUN mkdir -m 0700 /var/lib/huiyi/data
 VOLUME /var/lib/huiyi/data
 # API and signaling; metrics (keep unpublished); media (one UDP port, and TCP for clients without
-# UDP); TURN.
+# UDP); TURN. One media worker uses these ports; with HUIYI_SFU_WORKERS=N, worker i takes 7882+i/udp
+# and 7881+i/tcp, to be published too (docs/operations.md#media-workers).
 EXPOSE 8000 9464 7882/udp 7881 3478/udp 3478/tcp
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/api/v1/health/ready', timeout=4); sys.exit(0)"]

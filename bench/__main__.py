@@ -10,6 +10,7 @@ Examples::
     python -m bench --spawn --subscribers 10,20 --ice-transport compare        # direct, then all via TURN
     python -m bench --spawn --target janus --layers 3 --subscribers 10,20      # Janus's VideoRoom
     python -m bench --spawn --target sfu,janus --subscribers 1 --link-cap 300   # adapting to a shaped link
+    python -m bench --spawn --workers 1 --layers 3 --rooms 2 --subscribers 20  # one media worker
 
 Janus (apt-get install janus) runs with its VideoRoom plugin and the same clients. It never offers a
 loopback interface's address, so a run that includes it re-executes itself in a network namespace of
@@ -92,6 +93,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "and janus)",
     )
     parser.add_argument("--server-pid", type=int, help="pid of the --url server, when /proc cannot show it")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="the spawned server's media worker processes (sfu.workers; 0: media in the server's process); "
+        "default: the server's, one per core",
+    )
     parser.add_argument("--rooms", type=int, default=1)
     parser.add_argument("--publishers", type=int, default=1, help="per room")
     parser.add_argument("--subscribers", default="10", help="per room; a comma list sweeps for capacity")
@@ -157,7 +164,8 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
         link = shaped.Link(arguments.link_cap)
     server = None
     if arguments.spawn:
-        server = SpawnedServer(target, free_port(), shaped_link=link is not None)
+        workers = {"HUIYI_SFU_WORKERS": str(arguments.workers)} if arguments.workers is not None else {}
+        server = SpawnedServer(target, free_port(), env=workers, shaped_link=link is not None)
         try:
             await server.wait_ready()
         except RuntimeError:
@@ -204,7 +212,8 @@ def _progress(message: str, done: bool = False) -> None:
 async def _churn(arguments: argparse.Namespace) -> int:
     server = None
     if arguments.spawn:
-        server = SpawnedServer("sfu", free_port(), env={"HUIYI_SERVER_LOG_LEVEL": "INFO"})
+        workers = {"HUIYI_SFU_WORKERS": str(arguments.workers)} if arguments.workers is not None else {}
+        server = SpawnedServer("sfu", free_port(), env={"HUIYI_SERVER_LOG_LEVEL": "INFO", **workers})
         url, probe = server.url, churn.ServerProbe(server.process.pid, server.log)
     else:
         url = arguments.url.rstrip("/")

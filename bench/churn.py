@@ -63,25 +63,29 @@ class ChurnFigures:
 
 
 class ServerProbe:
-    """Reads one server process: /proc for descriptors and memory, its log for the status line."""
+    """Reads one server process and its media workers (docs/sfu.md#workers): /proc for descriptors
+    and memory, its log for the status lines (one per worker, summed)."""
 
     def __init__(self, pid: int, log: Path | None) -> None:
         self.pid = pid
         self.log = log
 
     async def sample(self, seconds: float) -> Sample:
-        status = await self._status()
+        processes = [self.pid, *metrics.media_workers(self.pid)]
+        status = await self._status(max(1, len(processes) - 1))
         rooms_peers = status or (None, None, None, None)
         return Sample(
             seconds=round(seconds, 1),
-            fds=len(os.listdir(f"/proc/{self.pid}/fd")),
-            rss_mb=round(metrics.rss_bytes(self.pid) / 2**20, 1),
+            fds=sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in processes),
+            rss_mb=round(sum(metrics.rss_bytes(pid) for pid in processes) / 2**20, 1),
             tasks=rooms_peers[3],
             peers=rooms_peers[1],
             media_sockets=rooms_peers[2],
         )
 
-    async def _status(self, timeout: float = 5.0) -> tuple[int, int, int, int] | None:
+    async def _status(self, lines: int, timeout: float = 5.0) -> tuple[int, int, int, int] | None:
+        """The media status (rooms, peers, sockets, tasks), summed over the ``lines`` status lines
+        one SIGUSR1 makes the server's media log."""
         if self.log is None:
             return None
         seen = len(STATUS.findall(self.log.read_text(errors="replace")))
@@ -89,8 +93,9 @@ class ServerProbe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = STATUS.findall(self.log.read_text(errors="replace"))
-            if len(found) > seen:
-                rooms, peers, sockets, tasks = (int(value) for value in found[-1])
+            if len(found) >= seen + lines:
+                rows = found[seen : seen + lines]
+                rooms, peers, sockets, tasks = (sum(int(row[i]) for row in rows) for i in range(4))
                 return rooms, peers, sockets, tasks
             await asyncio.sleep(0.05)
         return None

@@ -458,19 +458,22 @@ async def _report_progress(
 async def _sample_server(
     pid: int | None, start_ns: int, end_ns: int
 ) -> tuple[float | None, float | None, float | None]:
-    """The server's CPU % and peak RSS over the window, and its TURN process's CPU % when it has one."""
+    """The server's CPU % and peak RSS (its media workers' included) over the window, and its TURN
+    process's CPU % when it has one."""
     if pid is None:
         return None, None, None
     await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
     turn = metrics.turn_child(pid)
-    cpu_start, wall_start = metrics.cpu_seconds(pid), time.monotonic()
+    # The server's media workers are the server: their CPU and memory count with its own.
+    server = [pid, *metrics.media_workers(pid)]
+    cpu_start, wall_start = sum(map(metrics.cpu_seconds, server)), time.monotonic()
     turn_start = metrics.cpu_seconds(turn) if turn is not None else 0.0
-    peak = metrics.rss_bytes(pid)
+    peak = sum(map(metrics.rss_bytes, server))
     while time.monotonic_ns() < end_ns:
         await asyncio.sleep(0.5)
-        peak = max(peak, metrics.rss_bytes(pid))
+        peak = max(peak, sum(map(metrics.rss_bytes, server)))
     wall = time.monotonic() - wall_start
-    cpu = (metrics.cpu_seconds(pid) - cpu_start) / wall * 100
+    cpu = (sum(map(metrics.cpu_seconds, server)) - cpu_start) / wall * 100
     turn_cpu = None
     if turn is not None:
         with contextlib.suppress(OSError):  # it ended during the run

@@ -25,8 +25,9 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def turn_child(pid: int) -> int | None:
-    """The TURN process (``python -m turn``) the server ``pid`` started, if it runs one."""
+def _children(pid: int, module: bytes) -> list[int]:
+    """The processes ``python -m <module>`` that ``pid`` started."""
+    found = []
     for process in Path("/proc").iterdir():
         if not process.name.isdigit():
             continue
@@ -35,9 +36,20 @@ def turn_child(pid: int) -> int | None:
             command = (process / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if parent == pid and command[1:3] == [b"-m", b"turn"]:
-            return int(process.name)
-    return None
+        if parent == pid and command[1:3] == [b"-m", module]:
+            found.append(int(process.name))
+    return found
+
+
+def turn_child(pid: int) -> int | None:
+    """The TURN process (``python -m turn``) the server ``pid`` started, if it runs one."""
+    children = _children(pid, b"turn")
+    return children[0] if children else None
+
+
+def media_workers(pid: int) -> list[int]:
+    """The media worker processes (``python -m sfu.worker``, docs/sfu.md#workers) of the server ``pid``."""
+    return _children(pid, b"sfu.worker")
 
 
 def pid_listening_on(port: int) -> int | None:

@@ -43,10 +43,11 @@ LEGEND = """\
 Columns: target = what was loaded (sfu, janus = Janus's VideoRoom, naive, relay; +rec recorded, +turn through
 TURN); subs = subscribers in all rooms; layers = simulcast layers each publisher sent; join = a subscriber's
 socket opened -> its first media packet; pkt/s and Mbit/s = what all subscribers received in the measurement
-window; server CPU % = the server process (100 = one core; TURN CPU % is its TURN process, apart); RSS MB = the
-server's peak memory; loss % = sequence gaps seen by subscribers; fps = frames delivered / frames published
-(1.0 = every frame); lat = a payload sent by a publisher -> received by a subscriber; harness CPU % = the load
-clients' own CPU (Np = processes); ok = loss < 1 %, p99 latency < 50 ms and fps >= 0.9, or why not."""
+window; server CPU % = the server process and its media workers (100 = one core; TURN CPU % is its TURN process,
+apart); RSS MB = the server's peak memory, its workers' included; loss % = sequence gaps seen by subscribers;
+fps = frames delivered / frames published (1.0 = every frame); lat = a payload sent by a publisher -> received
+by a subscriber; harness CPU % = the load clients' own CPU (Np = processes); ok = loss < 1 %, p99 latency
+< 50 ms and fps >= 0.9, or why not."""
 
 
 def _num(value: float | None) -> str:

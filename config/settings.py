@@ -127,6 +127,10 @@ class SfuSettings(_Section):
     # Worker processes the cleaned tracks are spread over (each takes a core at most); 0: one per
     # core but one.
     noise_suppression_workers: int = Field(0, ge=0, le=64)
+    # Media worker processes (docs/sfu.md#workers): each runs its rooms on its own event loop and
+    # sockets, so forwarding uses every core. -1: one per core; 0: media runs in the server's own
+    # process (tests, tiny installs).
+    workers: int = Field(0, ge=-1, le=256)
 
     @field_validator("bind_addresses", "announce_addresses", mode="before")
     @classmethod
@@ -150,12 +154,19 @@ class SfuSettings(_Section):
             addresses.append(str(address))
         return addresses
 
+    @field_validator("workers")
+    @classmethod
+    def _one_per_core(cls, value: int) -> int:
+        return (os.cpu_count() or 1) if value == -1 else value
+
     @model_validator(mode="after")
     def _consistent(self) -> SfuSettings:
         if (self.port_min == 0) != (self.port_max == 0) or self.port_min > self.port_max:
             raise ValueError("port_min and port_max: both 0 (any port), or a range with port_min <= port_max")
         if self.udp_port and self.port_min:
             raise ValueError("udp_port shares one port among all connections: leave port_min and port_max 0")
+        if self.port_min and self.workers > self.port_max - self.port_min + 1:
+            raise ValueError("port_min..port_max is split between the workers: give each at least one port")
         for text in self.announce_addresses:
             if ipaddress.ip_address(text).is_unspecified:
                 raise ValueError(f"announce_addresses: {text} cannot be announced")

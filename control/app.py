@@ -76,7 +76,7 @@ from control.webclient import add_web_client
 from control.webhooks.dispatcher import Webhooks
 from control.webhooks.events import RECORDING_READY, STREAM_STATE_CHANGED
 from sfu.denoise import WorkerSetup
-from sfu.server import Sfu
+from sfu.pool import media_server
 from turn.process import TurnProcess
 
 # Request bodies read whole (JSON) stay small; file uploads are streamed with their own caps.
@@ -134,7 +134,7 @@ async def _sfu_context(app: web.Application) -> AsyncIterator[None]:
         bitrate=settings.sfu.noise_suppression_bitrate,
         log_level=settings.server.log_level,
     )
-    app[SFU] = Sfu(settings.sfu, setup)
+    app[SFU] = media_server(settings.sfu, setup, settings.server.log_level)
     app[SFU].events = MediaListener(app[WEBHOOKS], app[METRICS])
     await app[SFU].start()
     yield
@@ -245,7 +245,7 @@ async def _streams_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _captions_context(app: web.Application) -> AsyncIterator[None]:
     """The caption worker process starts only once a captioned meeting has audio on this node."""
-    app[CAPTIONS] = Captioner(store=app[STORE], hub=app[HUB], rooms=app[SFU].rooms, settings=app[SETTINGS])
+    app[CAPTIONS] = Captioner(store=app[STORE], hub=app[HUB], media=app[SFU], settings=app[SETTINGS])
     await app[CAPTIONS].start()
     yield
     await app[CAPTIONS].close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,13 +31,12 @@ from control.signaling.hub import SERVER, Hub, message
 from control.store import Store
 from control.store.captions import CaptionState, SwitchRefusal, SwitchRefused, TranscriptLine
 from control.store.meetings import MeetingRecord
-from sfu.captions import RoomCaptions
-from sfu.room import Room
+from sfu.pool import MediaServer
 
 log = logging.getLogger("huiyi.captions")
 
 CHANNEL = "captions"  # every node listens: captions switched on or off
-TICK_SECONDS = 0.1  # feeds follow their rooms' tracks this often
+TICK_SECONDS = 0.1  # how often idle workers and missed switches are looked at
 SYNC_SECONDS = 5.0  # and the switches are read again this often (the bus may have lost one)
 IDLE_WORKER_SECONDS = 30.0  # a worker with no stream to caption this long is stopped
 
@@ -104,13 +102,13 @@ class _MeetingSink:
 class Captioner:
     """The node's part in every captioned meeting, and the switch the API offers."""
 
-    def __init__(self, *, store: Store, hub: Hub, rooms: Mapping[int, Room], settings: Settings) -> None:
+    def __init__(self, *, store: Store, hub: Hub, media: MediaServer, settings: Settings) -> None:
         self.store = store
         self.hub = hub
-        self.rooms = rooms
+        self.media = media
         self.settings = settings
         self.worker = CaptionWorker(settings, self._on_worker)
-        self.feeds: dict[int, RoomCaptions] = {}  # meetings captioned on this node
+        self.feeds: dict[int, _MeetingSink] = {}  # meetings captioned on this node, fed by its media
         self.speakers: dict[str, _Speaker] = {}  # by stream id, until their meeting's feed stops
         self._catalogue: Registry | None = None
         self._results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -198,23 +196,22 @@ class Captioner:
             self._caption_here(state)
 
     def _caption_here(self, state: CaptionState) -> None:
-        feed = self.feeds.get(state.meeting_id)
-        if feed is not None:
-            sink = feed.sink
-            if isinstance(sink, _MeetingSink) and (sink.state.language, sink.state.model_id) == (
+        sink = self.feeds.get(state.meeting_id)
+        if sink is not None:
+            if (sink.state.language, sink.state.model_id) == (
                 state.language,
                 state.model_id,
             ):
                 return
             self._stop_here(state.meeting_id)  # on again in another language: start over
-        self.feeds[state.meeting_id] = RoomCaptions(self.rooms, state.meeting_id, _MeetingSink(self, state))
+        sink = self.feeds[state.meeting_id] = _MeetingSink(self, state)
+        self.media.start_captions(state.meeting_id, sink)
         log.info("captioning meeting %s here (%s, %s)", state.meeting_id, state.language, state.model_id)
 
     def _stop_here(self, meeting_id: int) -> None:
-        feed = self.feeds.pop(meeting_id, None)
-        if feed is None:
+        if self.feeds.pop(meeting_id, None) is None:
             return
-        feed.close()
+        self.media.stop_captions(meeting_id)
         for stream_id in [s for s, speaker in self.speakers.items() if speaker.meeting_id == meeting_id]:
             del self.speakers[stream_id]
         log.info("stopped captioning meeting %s here", meeting_id)
@@ -238,8 +235,6 @@ class Captioner:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
-                for feed in list(self.feeds.values()):
-                    feed.tick()
                 idle = time.monotonic() - self.worker.idle_since
                 if self.worker.pid is not None and not self.worker.streams and idle > IDLE_WORKER_SECONDS:
                     self._stop_worker()

@@ -27,7 +27,7 @@ from control.store import Store
 from control.store.users import UserRecord
 from control.streams import Streamer
 from control.webhooks.dispatcher import Webhooks
-from sfu.server import Sfu
+from sfu.pool import MediaServer
 from turn.process import TurnProcess
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -42,7 +42,8 @@ OPENAPI = web.AppKey("openapi", dict)
 HUB = web.AppKey("hub", Hub)
 STORAGE = web.AppKey("storage", LocalStorage)
 JOBS = web.AppKey("jobs", JobRunner)
-SFU = web.AppKey("sfu", Sfu)
+# This node's media: in this process, or its worker processes (sfu/pool.py).
+SFU = web.AppKey("sfu", MediaServer)
 # The signaling socket's way to a session's media, on this node's SFU or the room's node's.
 MEDIA = web.AppKey("media", MediaRouter)
 RECORDINGS = web.AppKey("recordings", Recorder)

@@ -19,8 +19,9 @@ from typing import Any
 from config.settings import ClusterSettings
 from control.placement import NodeLoad, Placement
 from control.remote_sfu import RemoteSfu, Route
-from sfu.peer import Peer, Signal
-from sfu.server import Sfu, check_preferences
+from sfu.peer import Signal
+from sfu.pool import MediaServer
+from sfu.server import check_preferences
 
 log = logging.getLogger("huiyi.media_router")
 
@@ -43,7 +44,7 @@ class MediaSession:
         a remote owner answers with an ``error`` message."""
         router, route = self.router, self.route
         if await router.ensure(route):
-            await router.sfu.handle(router.local_peer(route), kind, data)
+            await router.media.handle(route.session_id, kind, data)
         elif router.remote is not None and route.owner is not None:
             await router.remote.handle(route, kind, data)
 
@@ -52,7 +53,7 @@ class MediaSession:
         router, route = self.router, self.route
         check_preferences(data)
         if await router.ensure(route):
-            router.sfu.set_preferences(router.local_peer(route), data)
+            await router.media.set_preferences(route.session_id, data)
         elif router.remote is not None and route.owner is not None:
             await router.remote.set_preferences(route, data)
 
@@ -63,14 +64,14 @@ class MediaSession:
 class MediaRouter:
     def __init__(
         self,
-        sfu: Sfu,
+        media: MediaServer,
         remote: RemoteSfu | None,
         placement: Placement | None,
         node_id: str,
         settings: ClusterSettings,
         url: str = "",
     ) -> None:
-        self.sfu = sfu
+        self.media = media
         self.url = url  # this node's API, as the other nodes reach it
         self.remote = remote
         self.placement = placement
@@ -80,6 +81,7 @@ class MediaRouter:
         self.sessions: dict[str, Route] = {}
         self._beat: asyncio.Task[None] | None = None
         self._counted = (time.monotonic(), 0)  # (when, packets forwarded by then) at the last beat
+        self._workers: dict[int, int] = {}  # the media worker each room here was last recorded on
 
     async def start(self) -> None:
         if self.placement is None or self.remote is None:
@@ -107,7 +109,7 @@ class MediaRouter:
                 await self._beat
         if self.placement is not None:
             with contextlib.suppress(Exception):
-                await self.placement.leave(list(self.sfu.rooms))
+                await self.placement.leave(self.media.meetings())
             await self.placement.close()
         if self.remote is not None:
             await self.remote.close()
@@ -133,7 +135,7 @@ class MediaRouter:
                 assert self.remote is not None
                 await self.remote.join(route)
         if route.owner == self.node_id:
-            self.local_peer(route)
+            await self.media.join(route.meeting_id, route.session_id, route.user_id, route.signal)
             return True
         return False
 
@@ -147,14 +149,11 @@ class MediaRouter:
         presence = await self.placement.presence(owner)
         return presence.url if presence is not None and presence.url else None
 
-    def local_peer(self, route: Route) -> Peer:
-        return self.sfu.peer(route.meeting_id, route.session_id, route.user_id, route.signal)
-
     async def leave(self, route: Route) -> None:
         route.left = True
         self.sessions.pop(route.session_id, None)
         if route.owner is None or route.owner == self.node_id:
-            await self.sfu.remove_peer(route.session_id)
+            await self.media.leave(route.session_id)
         elif self.remote is not None:
             await self.remote.remove(route)
         route.owner = None
@@ -162,12 +161,13 @@ class MediaRouter:
     # heartbeat ----------------------------------------------------------------------------------
 
     def _load(self) -> NodeLoad:
-        now, forwarded = time.monotonic(), self.sfu.totals().forwarded_packets
+        now, forwarded = time.monotonic(), self.media.totals().forwarded_packets
         then, before = self._counted
         self._counted = (now, forwarded)
         rate = (forwarded - before) / (now - then) if now > then else 0.0
-        addresses = list(self.sfu.settings.announce_addresses or self.sfu.settings.bind_addresses)
-        return NodeLoad(self.node_id, addresses, len(self.sfu.peers), round(rate, 1), self.draining, self.url)
+        addresses = list(self.media.settings.announce_addresses or self.media.settings.bind_addresses)
+        peers = sum(load.peers for load in self.media.loads())
+        return NodeLoad(self.node_id, addresses, peers, round(rate, 1), self.draining, self.url)
 
     async def _beat_forever(self) -> None:
         while True:
@@ -182,7 +182,9 @@ class MediaRouter:
     async def _beat_once(self) -> None:
         assert self.placement is not None and self.remote is not None
         await self.placement.beat(self._load())
-        await self.placement.renew(list(self.sfu.rooms))
+        meetings = self.media.meetings()
+        await self.placement.renew(meetings)
+        await self._record_workers(meetings)
         others = {r.owner for r in self.sessions.values() if r.owner not in (None, self.node_id)}
         others |= set(self.remote.served.values())
         gone = {node for node in others if node is not None and not await self.placement.alive(node)}
@@ -192,7 +194,7 @@ class MediaRouter:
         # A session whose room is placed elsewhere now (its node died, or this node was taken for
         # dead while Redis was out of its reach) follows the room; peers run here for such a room
         # are left over from before, their sessions gone elsewhere.
-        rooms = {r.meeting_id for r in self.sessions.values()} | set(self.sfu.rooms)
+        rooms = {r.meeting_id for r in self.sessions.values()} | set(self.media.meetings())
         placed = await self.placement.owners(sorted(rooms))
         await self.remote.drop_rooms({m for m, owner in placed.items() if owner not in (None, self.node_id)})
         for route in list(self.sessions.values()):
@@ -201,12 +203,21 @@ class MediaRouter:
             elif route.owner is not None and placed.get(route.meeting_id) not in (None, route.owner):
                 await self.move(route, "meeting moved to another media server")
 
+    async def _record_workers(self, meetings: list[int]) -> None:
+        """The placements of this node's rooms name the media worker running each (docs/sfu.md#workers)."""
+        assert self.placement is not None
+        workers = {m: w for m in meetings if (w := self.media.worker_of(m)) is not None}
+        for meeting_id, worker in workers.items():
+            if self._workers.get(meeting_id) != worker:
+                await self.placement.record_worker(meeting_id, worker)
+        self._workers = workers
+
     async def move(self, route: Route, reason: str) -> None:
         """The session's media server is gone, or no longer runs its room: the client is told to
         build its connections anew, and the session joins the room wherever it is placed now."""
         assert self.remote is not None
         if route.owner == self.node_id:
-            await self.sfu.remove_peer(route.session_id)
+            await self.media.leave(route.session_id)
         else:
             await self.remote.remove(route)  # in case that node still runs a peer for it
         route.owner = None
@@ -222,8 +233,8 @@ class MediaRouter:
         if self.placement is not None:
             await self.placement.beat(self._load())
         deadline = time.monotonic() + self.settings.drain_seconds
-        rooms, seconds = len(self.sfu.rooms), self.settings.drain_seconds
+        rooms, seconds = len(self.media.meetings()), self.settings.drain_seconds
         log.info("draining: %d rooms run here; stopping within %.0f s", rooms, seconds)
-        while self.sfu.rooms and time.monotonic() < deadline:
+        while self.media.meetings() and time.monotonic() < deadline:
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        log.info("drained: %d rooms still running", len(self.sfu.rooms))
+        log.info("drained: %d rooms still running", len(self.media.meetings()))

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from control.context import HUB
 from control.signaling.hub import SERVER, message
-from sfu.server import Sfu
+from sfu.pool import MediaServer
 
 
 def participant_state(user_id: int, enabled: bool, by: int | None) -> dict[str, Any]:
@@ -31,14 +31,11 @@ async def announce(app: web.Application, meeting_id: int, state: dict[str, Any])
     await app[HUB].broadcast(message("media-state", meeting_id, SERVER, state))
 
 
-def current_states(sfu: Sfu, meeting_id: int) -> list[dict[str, Any]]:
+async def current_states(media: MediaServer, meeting_id: int) -> list[dict[str, Any]]:
     """The switches that are on in the room, on this node's media server, for a socket joining."""
-    noise = sfu.noise
+    switches = await media.noise_switches(meeting_id)
     states = []
-    if meeting_id in noise.rooms:
-        states.append(room_state(True, noise.rooms[meeting_id], None))
-    users = {
-        peer.user_id for peer_id, peer in sfu.peers.items() if peer.room.id == meeting_id and peer_id in noise.peers
-    }
-    states += [participant_state(user_id, True, None) for user_id in sorted(users)]
+    if switches["room"] is not None:
+        states.append(room_state(True, switches["room"], None))
+    states += [participant_state(user_id, True, None) for user_id in switches["users"]]
     return states

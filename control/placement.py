@@ -1,8 +1,9 @@
 """Where each meeting's media runs when several nodes share Redis (docs/operations.md#scale-out).
 
 Every node writes its presence (load, its media server's addresses, whether it drains) under a key
-that expires unless renewed, so a node that dies simply vanishes. A room's placement is a key too,
-leased by the node that runs the room and renewed while the room has peers there; the first node to
+that expires unless renewed, so a node that dies simply vanishes. A room's placement is a key too
+(the node and, when it runs media in worker processes, the worker: docs/sfu.md#workers), leased by
+the node that runs the room and renewed while the room has peers there; the first node to
 need a room's media places it on the least loaded live node. A placement whose node vanished is
 replaced atomically, so nodes racing to place a room again all agree on one answer."""
 
@@ -38,6 +39,11 @@ for _, key in ipairs(KEYS) do
   if current == false then redis.call('HSET', key, 'node', ARGV[1], 'address', ARGV[3]) end
   if current == false or current == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
 end
+return 0
+"""
+# Notes which of this node's (ARGV[1]) media workers runs the room (ARGV[2]), if it is still placed here.
+_WORKER = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then redis.call('HSET', KEYS[1], 'worker', ARGV[2]) end
 return 0
 """
 _RELEASE = """
@@ -76,6 +82,7 @@ class Placement:
         self._replace = self.client.register_script(_REPLACE)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
+        self._worker = self.client.register_script(_WORKER)
         self.addresses: list[str] = []  # this node's media server, as its presence gives it
 
     def _node_key(self, node_id: str) -> str:
@@ -147,6 +154,15 @@ class Placement:
         if owner == chosen.node_id:
             log.info("meeting %s placed on node %s (was %s)", meeting_id, owner, current or "nowhere")
         return owner
+
+    async def record_worker(self, meeting_id: int, worker: int) -> None:
+        """The room runs on this node's media worker ``worker`` (docs/sfu.md#workers)."""
+        await self._worker(keys=[self._room_key(meeting_id)], args=[self.node_id, worker])
+
+    async def where(self, meeting_id: int) -> tuple[str | None, int | None]:
+        """The node that runs the meeting's media and, when it has workers, which of them."""
+        node, worker = await self.client.hmget(self._room_key(meeting_id), ["node", "worker"])
+        return (node.decode() if node is not None else None, int(worker) if worker is not None else None)
 
     async def owners(self, meeting_ids: list[int]) -> dict[int, str | None]:
         """Where each meeting is placed now (None: nowhere)."""

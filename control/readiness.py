@@ -105,11 +105,12 @@ def _sfu_problem(app: web.Application) -> str | None:
     sfu = app[SFU]
     if MEDIA in app and app[MEDIA].draining:
         return "draining: the node takes no new meetings and stops once its own have ended"
-    if not sfu.ticking:
-        return "the media clock is not running"
-    late = time.monotonic() - sfu.last_tick
-    if late > SFU_STALL_SECONDS:
-        return f"the media clock last ticked {late:.1f} s ago"
+    for load in sfu.loads():
+        name = "the media clock" if load.worker is None else f"media worker {load.worker}'s clock"
+        if not load.ticking:
+            return f"{name} is not running"
+        if load.tick_age > SFU_STALL_SECONDS:
+            return f"{name} last ticked {load.tick_age:.1f} s ago"
     return None
 
 

@@ -48,7 +48,7 @@ FINISHED_JOB = ("succeeded", "failed", "cancelled")
 
 
 class RecordingMedia(Protocol):
-    """What the media server offers for recording (``sfu.server.Sfu``)."""
+    """What the media server offers for recording (``sfu.local.LocalMedia``, ``sfu.pool.WorkerPool``)."""
 
     def start_recording(
         self, meeting_id: int, recording_id: str, directory: Path, on_file_closed: Callable[[TrackFile], None]

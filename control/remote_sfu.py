@@ -18,7 +18,8 @@ from typing import Any
 
 from control.signaling.hub import Hub
 from sfu.peer import Signal
-from sfu.server import Sfu, SignalError
+from sfu.pool import MediaServer
+from sfu.server import SignalError
 
 log = logging.getLogger("huiyi.remote_sfu")
 
@@ -41,9 +42,9 @@ class Route:
 
 
 class RemoteSfu:
-    def __init__(self, hub: Hub, sfu: Sfu, node_id: str) -> None:
+    def __init__(self, hub: Hub, media: MediaServer, node_id: str) -> None:
         self.hub = hub
-        self.sfu = sfu
+        self.media = media
         self.node_id = node_id
         self.routes: dict[str, Route] = {}  # this node's sockets whose media runs elsewhere
         self.served: dict[str, str] = {}  # session -> origin node, for peers run here for other nodes
@@ -120,19 +121,19 @@ class RemoteSfu:
         session, origin, op = event["session"], event["origin"], event["op"]
         if op == "leave":
             self.served.pop(session, None)
-            await self.sfu.remove_peer(session)
+            await self.media.leave(session)
             return
         self.served[session] = origin
 
         def signal(kind: str, data: dict[str, Any]) -> None:
             self._outbox.put_nowait((origin, {"op": "out", "session": session, "kind": kind, "data": data}))
 
-        peer = self.sfu.peer(event["meeting_id"], session, event["user_id"], signal)
         try:
+            await self.media.join(event["meeting_id"], session, event["user_id"], signal)
             if op == "signal":
-                await self.sfu.handle(peer, event["kind"], event["data"])
+                await self.media.handle(session, event["kind"], event["data"])
             elif op == "preferences":
-                self.sfu.set_preferences(peer, event["data"])
+                await self.media.set_preferences(session, event["data"])
         except SignalError as exc:
             signal("error", {"code": exc.code, "message": exc.text})
         except Exception:
@@ -144,15 +145,15 @@ class RemoteSfu:
         for session, origin in list(self.served.items()):
             if origin in gone:
                 self.served.pop(session, None)
-                await self.sfu.remove_peer(session)
+                await self.media.leave(session)
 
     async def drop_rooms(self, meeting_ids: set[int]) -> None:
         """Peers run here for other nodes in rooms that now run elsewhere are gone."""
         for session in list(self.served):
-            peer = self.sfu.peers.get(session)
-            if peer is None or peer.room.id in meeting_ids:
+            peer = self.media.peer_info(session)
+            if peer is None or peer.meeting_id in meeting_ids:
                 self.served.pop(session, None)
-                await self.sfu.remove_peer(session)
+                await self.media.leave(session)
 
     async def _send_forever(self) -> None:
         """One sender, so a peer's signals reach its client in the order the peer gave them."""

@@ -50,7 +50,7 @@ STATS_EVERY = 10  # status reports between two writes of the figures to the row
 
 
 class StreamMedia(Protocol):
-    """What the media server offers for live streams (``sfu.server.Sfu``)."""
+    """What the media server offers for live streams (``sfu.local.LocalMedia``, ``sfu.pool.WorkerPool``)."""
 
     def start_stream(self, meeting_id: int, stream_id: str, outlet: Outlet, layer: str = "medium") -> LiveFeed: ...
 

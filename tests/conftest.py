@@ -102,6 +102,8 @@ async def settings_factory(request: pytest.FixtureRequest, tmp_path: Path) -> As
             "turn": {"enabled": False},
             # Each app's metrics listener on a port of its own, so apps running at once never clash.
             "metrics": {"port": 0},
+            # Media in the test's own process; tests/test_sfu_workers.py runs worker processes.
+            "sfu": {"workers": 0},
         }
         for section, values in sections.items():
             layers.setdefault(section, {}).update(values)
@@ -299,6 +301,7 @@ REAL_TIME_MODULES = frozenset(
         "test_sfu_network",
         "test_sfu_single_port",
         "test_sfu_svc_browser",
+        "test_sfu_workers",
         "test_streaming_e2e",
         "test_turn_browser",
         "test_two_nodes",

@@ -44,6 +44,9 @@ def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("HUIYI_")}
     env["HUIYI_TURN_ENABLED"] = "false"
     env["HUIYI_METRICS_PORT"] = "0"  # servers running at once never clash over the metrics port
+    # Media in the server's own process unless a test asks for workers (tests/test_sfu_workers.py),
+    # or TEST_SFU_WORKERS does for every server a run starts (the suite against media workers).
+    env["HUIYI_SFU_WORKERS"] = os.environ.get("TEST_SFU_WORKERS", "0")
     env.update(extra or {})
     return env
 

@@ -87,6 +87,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
             "server": {"data_dir": str(work / "data")},
             "rate_limits": {"enabled": False},
             "metrics": {"port": 0},
+            "sfu": {"workers": 0},
             "ai": {
                 "model_dir": str(models),
                 "heartbeat_seconds": 0.5,

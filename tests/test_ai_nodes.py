@@ -103,6 +103,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory, redis_prefix: str) -
             "server": {"data_dir": str(work / "data")},
             "redis": {"url": REDIS_URL, "key_prefix": redis_prefix},
             "rate_limits": {"enabled": False},
+            "sfu": {"workers": 0},
             "ai": {
                 "local_worker": False,
                 "wait_seconds": 0,

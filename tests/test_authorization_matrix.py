@@ -326,7 +326,7 @@ class Scene:
             socket, joined = await self.world.enter(self.meeting_id, "participant")
             await socket.send_json({"type": "media-state", "data": {"layer": "low"}})
             peer_id = joined["data"]["session_id"]
-            await until(lambda: peer_id in self.world.api.app[SFU].peers, "the participant's media peer")
+            await until(lambda: peer_id in self.world.api.app[SFU].sfu.peers, "the participant's media peer")
             self.world.hold(socket)
             self.extras["peer"] = peer_id
         return self.extras["peer"]
@@ -515,6 +515,7 @@ async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             "database": database,
             "rate_limits": {"enabled": False},
             "media": {"job_workers": 1},
+            "sfu": {"workers": 0},
             "turn": {"enabled": False},
             "ai": {"model_dir": str(work / "models")},
             "metrics": {"port": 0},

@@ -85,7 +85,7 @@ async def meeting(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mee
             "server": {"data_dir": str(work / "data")},
             "rate_limits": {"enabled": False},
             "turn": {"enabled": False},
-            "sfu": {"bind_addresses": ["127.0.0.1"], "ipv6": False},
+            "sfu": {"bind_addresses": ["127.0.0.1"], "ipv6": False, "workers": 0},
         },
         environ={},
     )

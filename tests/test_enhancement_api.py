@@ -82,6 +82,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         {
             "server": {"data_dir": str(work / "data")},
             "rate_limits": {"enabled": False},
+            "sfu": {"workers": 0},
             "ai": {"heartbeat_seconds": 0.5, "wait_seconds": 60, "url_allow_networks": ["127.0.0.1/32"]},
         },
         environ={},

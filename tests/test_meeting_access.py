@@ -347,7 +347,7 @@ async def test_a_removed_user_is_cut_off_from_the_room_and_the_media_server(api:
     host_socket, _ = await enter(api, meeting_id, host)
     guest_socket, guest_join = await enter(api, meeting_id, guest)
     guest_session = guest_join["data"]["session_id"]
-    assert guest_session in api.app[SFU].peers, "entering the room makes the user a media peer"
+    assert guest_session in api.app[SFU].sfu.peers, "entering the room makes the user a media peer"
 
     await api.call("DELETE", f"{MEETINGS}/{meeting_id}/participants/{guest.id}", token=host.access, expect=200)
     kicked = await receive_type(guest_socket, "error")
@@ -362,7 +362,8 @@ async def test_a_removed_user_is_cut_off_from_the_room_and_the_media_server(api:
     history = await api.call("GET", f"{MEETINGS}/{meeting_id}/messages", token=host.access, expect=200)
     assert [m["text"] for m in history["data"]] == ["carry on"]
 
-    await until(lambda: guest_session not in api.app[SFU].peers, "the removed user's media peer gone", SOCKET_TIMEOUT)
+    peers = api.app[SFU].sfu.peers
+    await until(lambda: guest_session not in peers, "the removed user's media peer gone", SOCKET_TIMEOUT)
     late = await api.client.ws_connect(f"/ws/signaling?meeting_id={meeting_id}&user_id={guest.id}&token={guest.access}")
     assert (await receive(late))["data"]["code"] == 403
     assert await closed_with(late) == 4403

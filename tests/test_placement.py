@@ -81,3 +81,14 @@ async def test_an_owner_keeps_its_meetings_by_renewing_them(node: Nodes) -> None
     assert await a.owner(1) == "a"
     await a.leave([1])
     assert await a.owner(1) is None and not await a.alive("a")
+
+
+async def test_the_placement_names_the_worker_of_the_node_that_runs_the_room(node: Nodes) -> None:
+    a, b = node("a"), node("b")
+    await a.beat(load("a"))
+    await b.beat(load("b", packets=50))
+    assert await a.place(1, via="a") == "a"
+    await a.record_worker(1, 3)
+    await b.record_worker(1, 0)  # not b's room: nothing changes
+    assert await b.where(1) == ("a", 3)
+    assert await a.where(2) == (None, None)

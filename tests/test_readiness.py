@@ -28,6 +28,7 @@ async def test_readiness_follows_postgresql_and_redis(tmp_path: Path, aiohttp_cl
             "database": {"url": postgres.url},
             "redis": {"url": redis.url},
             "rate_limits": {"enabled": False},
+            "sfu": {"workers": 0},
             "turn": {"enabled": False},
             "metrics": {"port": 0},
         },

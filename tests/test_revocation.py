@@ -26,7 +26,7 @@ async def error_then_close(socket: ClientWebSocketResponse) -> tuple[dict[str, A
 
 
 def media_peers(api: Api, meeting_id: int) -> set[int]:
-    room = api.app[SFU].rooms.get(meeting_id)
+    room = api.app[SFU].sfu.rooms.get(meeting_id)
     return {peer.user_id for peer in room.peers.values()} if room else set()
 
 

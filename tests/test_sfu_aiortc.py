@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.metrics import media_workers
 from tests.codec_guard_server import CODEC_USED
 from tests.rtc_clients import Participant, connect_user
 from tests.server_process import ROOT, ServerProcess, make_user, request, room_stats, start_server
@@ -177,18 +178,20 @@ async def test_room_views_are_for_members_only(room) -> None:
 
 
 def udp_sockets(pid: int) -> int:
-    """UDP sockets the process holds: its socket fds whose inodes /proc/net/udp lists."""
+    """UDP sockets the server holds (its media workers' too, when it has them): its socket fds
+    whose inodes /proc/net/udp lists."""
     inodes = set()
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         with open(table) as rows:
             inodes |= {row.split()[9] for row in list(rows)[1:]}
     held = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        held += target.startswith("socket:[") and target[8:-1] in inodes
+    for process in (pid, *media_workers(pid)):
+        for fd in Path(f"/proc/{process}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            held += target.startswith("socket:[") and target[8:-1] in inodes
     return held
 
 

@@ -17,10 +17,6 @@ from control.noise_suppression import announce, participant_state, room_state
 from control.rooms import load_meeting, media_state, meeting_not_found, require_member, require_moderator
 from control.signaling.hub import message
 from sfu.denoise import live_models
-from sfu.forwarder import DownTrack
-from sfu.peer import Peer
-from sfu.svc import RUNG_NAMES, RUNGS
-from sfu.track import PublishedTrack
 
 group = EndpointGroup("/api/v1/webrtc", "webrtc")
 ROOM_ID = "room/{room_id:[0-9]+}"
@@ -121,6 +117,9 @@ class TransportStats(BaseModel):
 
 class RoomStatsOut(BaseModel):
     room_id: int
+    worker: int | None = Field(
+        None, description="the media worker process running the room (docs/sfu.md#workers); null: in the server's own"
+    )
     peers: int
     tracks: list[TrackOut]
     subscriptions: list[SubscriptionStats]
@@ -144,107 +143,10 @@ class PeerMediaIn(BaseModel):
         return self
 
 
-def _track_out(track: PublishedTrack) -> TrackOut:
-    return TrackOut(
-        track_id=track.id,
-        peer_id=track.publisher_id,
-        user_id=track.user_id,
-        kind=track.kind,  # type: ignore[arg-type]
-        source=track.source,  # type: ignore[arg-type]
-        codec=track.codec.name,
-        muted=track.muted,
-        simulcast=track.simulcast,
-        subscribers=len(track.downtracks),
-        layers=[
-            LayerOut(
-                name=layer.name,
-                rid=layer.rid,
-                ssrc=layer.ssrc,
-                active=layer.active,
-                bitrate=layer.bitrate,
-                fps=layer.fps,
-                packets=layer.packets,
-                bytes=layer.bytes,
-                packets_lost=layer.lost,
-                jitter=int(layer.jitter),
-                nacks_sent=layer.nacks_sent,
-                keyframe_requests=layer.keyframe_requests,
-                probes_dropped=layer.probes,
-            )
-            for layer in track.layers
-        ],
-        svc=_svc_rungs(track),
-    )
-
-
-def _svc_rungs(track: PublishedTrack) -> list[SvcRungOut] | None:
-    if track.svc is None:
-        return None
-    active = set(track.active_rungs())
-    return [
-        SvcRungOut(
-            name=RUNG_NAMES[index],
-            spatial_layer=sid,
-            temporal_layer=tid,
-            bitrate=track.rung_rate(index),
-            active=index in active,
-        )
-        for index, (sid, tid) in enumerate(RUNGS)
-    ]
-
-
-def _subscription_fields(down: DownTrack) -> dict[str, object]:
-    return {
-        "track_id": down.track.id,
-        "kind": down.track.kind,
-        "publisher_peer_id": down.track.publisher_id,
-        "publisher_user_id": down.track.user_id,
-        "current_layer": down.layer_name(down.current_layer),
-        "target_layer": down.layer_name(down.target_layer),
-        "preferred_layer": down.layer_name(down.preferred_layer),
-        "paused": down.paused,
-    }
-
-
-def _peer_out(peer: Peer) -> PeerOut:
-    return PeerOut(
-        peer_id=peer.id,
-        user_id=peer.user_id,
-        publisher_state=peer.publisher.state,
-        subscriber_state=peer.subscriber.state,
-        published=[_track_out(track) for track in peer.publisher.tracks.values()],
-        subscriptions=[SubscriptionOut(**_subscription_fields(down)) for down in peer.subscriber.downtracks.values()],
-    )
-
-
-def _transport_stats(peer: Peer) -> list[TransportStats]:
-    found = []
-    for name, side in (("publisher", peer.publisher), ("subscriber", peer.subscriber)):
-        if side.transport is None:
-            continue
-        stats = side.transport.stats
-        found.append(
-            TransportStats(
-                peer_id=peer.id,
-                connection=name,  # type: ignore[arg-type]
-                state=side.state,
-                packets_in=stats.packets_in,
-                bytes_in=stats.bytes_in,
-                packets_out=stats.packets_out,
-                bytes_out=stats.bytes_out,
-                srtp_failures=stats.srtp_failures,
-                malformed=stats.malformed,
-                unrouted=peer.publisher.unrouted if name == "publisher" else 0,
-            )
-        )
-    return found
-
-
-async def _room_peers(request: web.Request) -> list[Peer]:
+async def _room_meeting(request: web.Request) -> int:
     meeting = await load_meeting(request.app, path_int(request, "room_id", meeting_not_found()))
     await require_member(request.app, meeting, current_user(request))
-    room = request.app[SFU].rooms.get(meeting.id)
-    return list(room.peers.values()) if room is not None else []
+    return meeting.id
 
 
 @group.route(
@@ -273,7 +175,7 @@ async def room_peers(request: web.Request) -> list[PeerOut] | web.StreamResponse
     forwarded = await on_meeting_node(request, path_int(request, "room_id", meeting_not_found()))
     if forwarded is not None:
         return forwarded
-    return [_peer_out(peer) for peer in await _room_peers(request)]
+    return [PeerOut.model_validate(view) for view in await request.app[SFU].room_peers(await _room_meeting(request))]
 
 
 @group.route(
@@ -289,37 +191,7 @@ async def room_stats(request: web.Request) -> RoomStatsOut | web.StreamResponse:
     forwarded = await on_meeting_node(request, path_int(request, "room_id", meeting_not_found()))
     if forwarded is not None:
         return forwarded
-    peers = await _room_peers(request)
-    subscriptions = []
-    for peer in peers:
-        for down in peer.subscriber.downtracks.values():
-            subscriptions.append(
-                SubscriptionStats(
-                    **_subscription_fields(down),
-                    subscriber_peer_id=peer.id,
-                    subscriber_user_id=peer.user_id,
-                    bitrate=down.bitrate,
-                    packets=down.packets,
-                    bytes=down.bytes,
-                    packets_lost=down.packets_lost,
-                    fraction_lost=round(down.fraction_lost, 4),
-                    jitter=down.jitter,
-                    rtt_ms=round(down.rtt * 1000, 1) if down.rtt is not None else None,
-                    nacks=down.nacks,
-                    retransmits=down.retransmits,
-                    plis=down.plis,
-                    firs=down.firs,
-                    layer_switches=down.switches,
-                    bandwidth=down.bandwidth,
-                )
-            )
-    return RoomStatsOut(
-        room_id=int(request.match_info["room_id"]),
-        peers=len(peers),
-        tracks=[_track_out(track) for peer in peers for track in peer.publisher.tracks.values()],
-        subscriptions=subscriptions,
-        transports=[stats for peer in peers for stats in _transport_stats(peer)],
-    )
+    return RoomStatsOut.model_validate(await request.app[SFU].room_stats(await _room_meeting(request)))
 
 
 @group.route(
@@ -333,40 +205,38 @@ async def room_stats(request: web.Request) -> RoomStatsOut | web.StreamResponse:
     response=PeerOut,
 )
 async def peer_media(request: web.Request, body: PeerMediaIn) -> PeerOut | web.StreamResponse:
-    peer = request.app[SFU].peers.get(request.match_info["peer_id"])
+    media = request.app[SFU]
+    peer_id = request.match_info["peer_id"]
+    peer = media.peer_info(peer_id)
     if peer is None:
         # A peer of a meeting whose media runs on another node is that node's to change.
-        session = await request.app[STORE].sessions.get(request.match_info["peer_id"])
+        session = await request.app[STORE].sessions.get(peer_id)
         forwarded = await on_meeting_node(request, session.meeting_id) if session is not None else None
         if forwarded is not None:
             return forwarded
         raise not_found("Peer not found")
     user = current_user(request)
     if peer.user_id != user.id:
-        meeting = await load_meeting(request.app, peer.room.id)
+        meeting = await load_meeting(request.app, peer.meeting_id)
         await require_moderator(request.app, meeting, user)
-    if body.layer is not None:
-        peer.set_layer(body.layer, None)
-    if body.max_bitrate is not None:
-        peer.set_max_bitrate(body.max_bitrate or None)
+    view = await media.control_peer(peer_id, body.model_dump(exclude_none=True))
+    if view is None:
+        raise not_found("Peer not found")
     if body.noise_suppression is not None:
-        request.app[SFU].noise.set_peer(peer.id, body.noise_suppression)
-        await announce(request.app, peer.room.id, participant_state(peer.user_id, body.noise_suppression, user.id))
+        await announce(request.app, peer.meeting_id, participant_state(peer.user_id, body.noise_suppression, user.id))
     changes = {kind: value for kind, value in (("audio", body.audio), ("video", body.video)) if value is not None}
-    for kind, enabled in changes.items():
-        peer.set_muted(kind, not enabled)
     if changes:
-        updated = await request.app[STORE].participants.update(peer.room.id, peer.user_id, **changes)
+        updated = await request.app[STORE].participants.update(peer.meeting_id, peer.user_id, **changes)
         if updated is not None:
             await request.app[HUB].broadcast(
                 message(
                     "media-state",
-                    peer.room.id,
+                    peer.meeting_id,
                     peer.user_id,
                     {"user_id": peer.user_id, "media_state": media_state(updated), "by": user.id},
                 )
             )
-    return _peer_out(peer)
+    return PeerOut.model_validate(view)
 
 
 class NoiseSuppressionIn(BaseModel):
@@ -403,8 +273,8 @@ class NoiseSuppressionOut(BaseModel):
     tracks: list[SuppressedTrackOut] = Field(description="the tracks being cleaned now")
 
 
-def _noise_out(request: web.Request, room_id: int) -> NoiseSuppressionOut:
-    return NoiseSuppressionOut.model_validate(request.app[SFU].noise.describe_room(room_id))
+async def _noise_out(request: web.Request, room_id: int) -> NoiseSuppressionOut:
+    return NoiseSuppressionOut.model_validate(await request.app[SFU].describe_noise(room_id))
 
 
 @group.route(
@@ -422,7 +292,7 @@ async def room_noise_suppression(request: web.Request) -> NoiseSuppressionOut | 
         return forwarded
     meeting = await load_meeting(request.app, path_int(request, "room_id", meeting_not_found()))
     await require_member(request.app, meeting, current_user(request))
-    return _noise_out(request, meeting.id)
+    return await _noise_out(request, meeting.id)
 
 
 @group.route(
@@ -448,7 +318,7 @@ async def set_room_noise_suppression(
         live_models, request.app[SETTINGS].ai.model_dir
     ):
         raise bad_request(f"{body.model} is not a model that cleans live audio (rnnoise or deepfilternet3)")
-    sfu.noise.set_room(meeting.id, body.enabled, body.model)
-    answer = _noise_out(request, meeting.id)
+    await sfu.set_room_noise(meeting.id, body.enabled, body.model)
+    answer = await _noise_out(request, meeting.id)
     await announce(request.app, meeting.id, room_state(answer.enabled, answer.model, current_user(request).id))
     return answer

@@ -111,21 +111,47 @@ class NodeCollector(Collector):
         yield from self._work()
 
     def _media(self) -> Iterator[Metric]:
-        sfu = self.app[SFU]
-        yield _gauge("huiyi_sfu_rooms", "Rooms with media on this node", len(sfu.rooms))
-        yield _gauge("huiyi_sfu_peers", "Media peers (one per joined signaling session) on this node", len(sfu.peers))
-        tracks = GaugeMetricFamily("huiyi_sfu_tracks", "Published tracks on this node, by kind", labels=["kind"])
-        kinds = Counter(track.kind for room in sfu.rooms.values() for track in room.tracks.values())
-        for kind in ("audio", "video"):
-            tracks.add_metric([kind], kinds[kind])
-        yield tracks
-        downtracks = sum(len(peer.subscriber.downtracks) for peer in sfu.peers.values())
-        yield _gauge("huiyi_sfu_subscriptions", "Tracks forwarded to subscribers (down-tracks)", downtracks)
-        totals = sfu.totals()
-        for name, documentation, attribute in MEDIA_TOTALS:
-            yield _counter(name, documentation, getattr(totals, attribute))
-        yield _gauge("huiyi_recordings_running", "Recordings this node's media server writes", len(sfu.recordings()))
-        yield _gauge("huiyi_streams_running", "Live streams this node's media server feeds", len(sfu.streams()))
+        """Per media worker (label ``worker``) when the node has workers; one series when media runs
+        in the server's own process."""
+        loads = self.app[SFU].loads()
+        labels = ["worker"] if any(load.worker is not None for load in loads) else []
+
+        def per_worker(
+            family: GaugeMetricFamily | CounterMetricFamily, value: Any, worker: int | None, *extra: str
+        ) -> None:
+            family.add_metric([*extra, *([str(worker)] if labels else [])], value)
+
+        rooms = GaugeMetricFamily("huiyi_sfu_rooms", "Rooms with media on this node", labels=labels)
+        peers = GaugeMetricFamily(
+            "huiyi_sfu_peers", "Media peers (one per joined signaling session) on this node", labels=labels
+        )
+        tracks = GaugeMetricFamily(
+            "huiyi_sfu_tracks", "Published tracks on this node, by kind", labels=["kind", *labels]
+        )
+        downtracks = GaugeMetricFamily(
+            "huiyi_sfu_subscriptions", "Tracks forwarded to subscribers (down-tracks)", labels=labels
+        )
+        totals = [(CounterMetricFamily(name, doc, labels=labels), attribute) for name, doc, attribute in MEDIA_TOTALS]
+        for load in loads:
+            per_worker(rooms, len(load.rooms), load.worker)
+            per_worker(peers, load.peers, load.worker)
+            for kind in ("audio", "video"):
+                per_worker(tracks, load.tracks.get(kind, 0), load.worker, kind)
+            per_worker(downtracks, load.downtracks, load.worker)
+            for family, attribute in totals:
+                per_worker(family, getattr(load.totals, attribute), load.worker)
+        yield from (rooms, peers, tracks, downtracks)
+        yield from (family for family, _ in totals)
+        if labels:
+            restarts = CounterMetricFamily(
+                "huiyi_sfu_worker_restarts", "Media workers started again after they ended", labels=labels
+            )
+            for worker, count in self.app[SFU].restarts().items():
+                restarts.add_metric([str(worker)], count)
+            yield restarts
+        media = self.app[SFU]
+        yield _gauge("huiyi_recordings_running", "Recordings this node's media server writes", len(media.recordings()))
+        yield _gauge("huiyi_streams_running", "Live streams this node's media server feeds", len(media.streams()))
 
     def _ai_jobs(self) -> Iterator[Metric]:
         """AI jobs (speech, denoising, enhancement) as each online node's heartbeat counts them."""

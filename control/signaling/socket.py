@@ -208,7 +208,7 @@ class Session:
         captions = await store.captions.state(self.meeting.id)
         if captions is not None and captions.enabled:
             self.connection.send(message("media-state", self.meeting.id, SERVER, state_announcement(captions)))
-        for state in current_states(self.app[SFU], self.meeting.id):
+        for state in await current_states(self.app[SFU], self.meeting.id):
             self.connection.send(message("media-state", self.meeting.id, SERVER, state))
         await self.app[HUB].broadcast(
             message("user-joined", self.meeting.id, me.user_id, participant_view(me)),
