@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 LAYER_NAMES = ("low", "medium", "high")
 KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds between key-frame requests for one layer: no PLI storms
 LAYER_IDLE_SECONDS = 1.0  # a layer that sent nothing for this long is treated as paused
+RESUME_GRACE = 3.0  # seconds a layer resumed by dynacast stays available before it must have arrived
 UPSTREAM_NACK_MAX_GAP = 64  # larger gaps are a reset, not loss worth repairing
 
 
@@ -45,6 +46,7 @@ class Layer:
         "expected_prior",
         "fps",
         "frames",
+        "held",
         "highest_seq",
         "index",
         "jitter",
@@ -60,6 +62,7 @@ class Layer:
         "packets",
         "probes",
         "received_prior",
+        "resumed_at",
         "rid",
         "rtx_ssrc",
         "sender_report",
@@ -90,6 +93,8 @@ class Layer:
         self.last_keyframe_request = 0.0
         self.bitrate = 0
         self.fps = 0.0
+        self.held = False  # paused by dynacast (sfu/dynacast.py): not sent until a receiver needs it
+        self.resumed_at = float("-inf")  # when dynacast last resumed it
         self._window_bytes = self._window_frames = 0
         self._window_start = time.monotonic()
 
@@ -106,6 +111,11 @@ class Layer:
     @property
     def active(self) -> bool:
         return time.monotonic() - self.last_arrival < LAYER_IDLE_SECONDS
+
+    @property
+    def available(self) -> bool:
+        """Arriving, or paused by dynacast and so to be had by choosing it (sfu/dynacast.py)."""
+        return self.active or self.held or time.monotonic() - self.resumed_at < RESUME_GRACE
 
     def wanted_repair(self, seq: int) -> bool:
         """Whether a retransmitted packet fills a gap; a publisher's padding probes repeat old packets."""
@@ -151,6 +161,10 @@ class Layer:
     def roll_window(self, now: float) -> None:
         elapsed = now - self._window_start
         if elapsed <= 0:
+            return
+        if self.held:  # keep the rate it had: what choosing it again would cost
+            self._window_bytes = self._window_frames = 0
+            self._window_start = now
             return
         self.bitrate = int(self._window_bytes * 8 / elapsed)
         self.fps = round(self._window_frames / elapsed, 1)
@@ -223,7 +237,8 @@ class PublishedTrack:
         return None
 
     def active_layers(self) -> list[int]:
-        return [layer.index for layer in self.layers if layer.active]
+        """The layers a receiver may choose: arriving, or paused by dynacast (``Layer.available``)."""
+        return [layer.index for layer in self.layers if layer.available]
 
     def is_keyframe(self, packet: rtp.Packet) -> bool:
         if self._detect_keyframe is None:

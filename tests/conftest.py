@@ -286,6 +286,7 @@ REAL_TIME_MODULES = frozenset(
     for name in (
         "test_captions",
         "test_constrained_links",
+        "test_dynacast_browser",
         "test_live_denoise",
         "test_recording_aiortc",
         "test_recording_e2e",

@@ -30,7 +30,8 @@ class LayerOut(BaseModel):
     rid: str
     ssrc: int
     active: bool = Field(description="packets arrived in the last second")
-    bitrate: int = Field(description="bit/s over the last second")
+    paused: bool = Field(description="paused by dynacast: no receiver needs it, so the publisher does not send it")
+    bitrate: int = Field(description="bit/s over the last second; while paused, the rate it had when it was paused")
     fps: float
     packets: int
     bytes: int
@@ -149,6 +150,7 @@ def _track_out(track: PublishedTrack) -> TrackOut:
                 rid=layer.rid,
                 ssrc=layer.ssrc,
                 active=layer.active,
+                paused=layer.held,
                 bitrate=layer.bitrate,
                 fps=layer.fps,
                 packets=layer.packets,
