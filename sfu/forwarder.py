@@ -59,6 +59,7 @@ class DownTrack:
         "payload_type",
         "plis",
         "preferred_layer",
+        "red",
         "reports_rtx",
         "resent_at",
         "retransmits",
@@ -95,6 +96,7 @@ class DownTrack:
         self.rtx_ssrc = random.getrandbits(32) or 2
         self.payload_type = track.out_payload_type
         self.rtx_payload_type: int | None = None  # set once the subscriber's answer accepts RTX
+        self.red = False  # the subscriber's answer accepts RED audio (sfu/red.py): RED packets go as they are
         self.reports_rtx = False  # the receiver sends reports on the RTX stream (aiortc does)
         # The subscriber's send-side estimator, when it agreed to transport-wide feedback: every packet
         # sent to it then carries that connection's transport sequence number (sfu/gcc.py).

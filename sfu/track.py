@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sfu import rtcp, rtp
-from sfu.negotiation import OUTGOING_PAYLOAD_TYPES
+from sfu import red, rtcp, rtp
+from sfu.negotiation import OUTGOING_PAYLOAD_TYPES, OUTGOING_RED_PAYLOAD_TYPE
 from sfu.sdp import Codec
 
 if TYPE_CHECKING:
@@ -224,6 +224,7 @@ class PublishedTrack:
         self.audio_level = 127  # -dBov of the loudest recent packet; 127 is silence
         self._request_keyframe = request_keyframe
         self.level_extension_id = level_extension_id
+        self.red_payload_type: int | None = None  # the publisher sends RED audio under this type (sfu/red.py)
         self._detect_keyframe = rtp.KEYFRAME_DETECTORS.get(codec.name)
 
     @property
@@ -268,20 +269,43 @@ class PublishedTrack:
         noise is suppressed, its cleaned copy once it is back; see sfu/denoise.py)."""
         if self.muted:
             return
+        redundant = None
+        if packet.payload_type == self.red_payload_type:  # everyone but RED receivers takes the primary
+            redundant, plain = packet, red.primary_packet(packet)
+            if plain is None:
+                return
+            packet = plain
         if self.taps:
             self.feed_taps(layer, packet)
         if self.cleaner is not None and self.cleaner.take(layer, packet):
             return
-        self.pass_down(layer, packet)
+        self.pass_down(layer, packet, redundant)
 
-    def pass_down(self, layer: Layer, packet: rtp.Packet) -> None:
+    def pass_down(self, layer: Layer, packet: rtp.Packet, redundant: rtp.Packet | None = None) -> None:
+        """Forward ``packet``; receivers that accepted RED get ``redundant``, the RED packet it came in, if any."""
         level = packet.extensions.get(self.level_extension_id) if self.level_extension_id else None
-        self.send_down(layer, packet, level[:1] if level else None)
+        level = level[:1] if level else None
+        if redundant is None or not any(down.red for down in self.downtracks):
+            self.send_down(layer, packet, level)
+            return
+        self.send_down(layer, packet, level, [down for down in self.downtracks if not down.red])
+        redundant = red.renumbered(redundant, self.out_payload_type)
+        self.send_down(
+            layer, redundant, level, [down for down in self.downtracks if down.red], OUTGOING_RED_PAYLOAD_TYPE
+        )
 
-    def send_down(self, layer: Layer, packet: rtp.Packet, level: bytes | None) -> None:
+    def send_down(
+        self,
+        layer: Layer,
+        packet: rtp.Packet,
+        level: bytes | None,
+        downtracks: list[DownTrack] | None = None,
+        payload_type: int | None = None,
+    ) -> None:
         """Build the receiver-independent part of the outgoing packet once, then hand it to each
-        receiver."""
-        if not self.downtracks:
+        receiver (of ``downtracks``, by default all)."""
+        downtracks = self.downtracks if downtracks is None else downtracks
+        if not downtracks:
             return
         elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
         if level:
@@ -293,9 +317,9 @@ class PublishedTrack:
         stamped_tail = b""  # for receivers with transport-wide feedback: the block after their number
         stamped_length = 0
         first = 0x90
-        second = (0x80 if packet.marker else 0) | self.out_payload_type
+        second = (0x80 if packet.marker else 0) | (payload_type or self.out_payload_type)
         keyframe = None
-        for down in self.downtracks:
+        for down in downtracks:
             if down.current_layer != layer.index:
                 if down.target_layer != layer.index:
                     continue

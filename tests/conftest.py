@@ -288,6 +288,7 @@ REAL_TIME_MODULES = frozenset(
         "test_constrained_links",
         "test_dynacast_browser",
         "test_live_denoise",
+        "test_red_audio_browser",
         "test_recording_aiortc",
         "test_recording_e2e",
         "test_recording_media",

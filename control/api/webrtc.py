@@ -51,6 +51,7 @@ class TrackOut(BaseModel):
     codec: str
     muted: bool
     simulcast: bool
+    red: bool = Field(description="the publisher sends its audio as RED (RFC 2198) with Opus inside")
     layers: list[LayerOut]
     subscribers: int
 
@@ -64,6 +65,7 @@ class SubscriptionOut(BaseModel):
     target_layer: str | None = Field(description="the layer the server is switching to")
     preferred_layer: str | None = Field(description="the best layer the subscriber asked for")
     paused: bool
+    red: bool = Field(description="audio goes as RED (RFC 2198), which the subscriber accepted; else plain Opus")
 
 
 class PeerOut(BaseModel):
@@ -143,6 +145,7 @@ def _track_out(track: PublishedTrack) -> TrackOut:
         codec=track.codec.name,
         muted=track.muted,
         simulcast=track.simulcast,
+        red=track.red_payload_type is not None,
         subscribers=len(track.downtracks),
         layers=[
             LayerOut(
@@ -176,6 +179,7 @@ def _subscription_fields(down: DownTrack) -> dict[str, object]:
         "target_layer": down.layer_name(down.target_layer),
         "preferred_layer": down.layer_name(down.preferred_layer),
         "paused": down.paused,
+        "red": down.red,
     }
 
 
