@@ -21,6 +21,7 @@ back when it can. A resumed layer that has not arrived when the grace ends is su
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ from sfu.track import RESUME_GRACE, PublishedTrack
 
 if TYPE_CHECKING:
     from sfu.peer import Signal
+
+log = logging.getLogger("huiyi.sfu.dynacast")
 
 PAUSE_AFTER = 4.0  # seconds a layer must go unwanted before it is paused: a receiver's dip does not flap it
 
@@ -71,6 +74,8 @@ class Dynacast:
             if state is None:
                 state = self._states[track.id] = _TrackState(len(track.layers))
             if self._review_track(track, state, now):
+                sent = [layer.name for layer in track.layers if not layer.held]
+                log.info("peer %s track %s: publisher asked to send %s", track.publisher_id, track.id, sent)
                 signal = signal_publisher(track.publisher_id)
                 if signal is not None:
                     signal("media-state", {"publish_layers": publish_layers(track)})
@@ -95,7 +100,8 @@ class Dynacast:
             since = state.unwanted_since[layer.index]
             if since is None:
                 state.unwanted_since[layer.index] = now
-            elif not layer.held and layer.active and now - since >= PAUSE_AFTER:
+            # Only a layer whose rate is measured: receivers weigh a paused layer by the rate it had.
+            elif not layer.held and layer.active and layer.bitrate and now - since >= PAUSE_AFTER:
                 layer.held = True
                 changed = True
         return changed
