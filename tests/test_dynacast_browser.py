@@ -33,19 +33,30 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     process.stop()
 
 
-async def sent_bytes(page: Any) -> dict[str, int]:
-    """The video bytes the page's browser has sent so far, per rid."""
-    outbound = (await page_stats(page))["outbound"]
-    return {entry["rid"]: entry.get("bytesSent") or 0 for entry in outbound if entry["kind"] == "video"}
+# The publisher's video encodings as its browser counts them: bytes sent, key frames, PLIs received.
+OUTBOUND_VIDEO = """async () => {
+  const report = await window.huiyi.publisher.getStats();
+  const encodings = {};
+  for (const stats of report.values()) {
+    if (stats.type === 'outbound-rtp' && stats.kind === 'video' && stats.rid) {
+      encodings[stats.rid] = [stats.bytesSent || 0, stats.keyFramesEncoded || 0, stats.pliCount || 0];
+    }
+  }
+  return encodings;
+}"""
 
 
-async def uplink(page: Any, seconds: float = 3.0) -> dict[str, int]:
-    """The page's outgoing video in bit/s over ``seconds``, per rid and in total (``"all"``)."""
-    before, start = await sent_bytes(page), time.monotonic()
+async def uplink(page: Any, seconds: float = 3.0) -> dict[str, Any]:
+    """The page's outgoing video in bit/s over ``seconds``, per rid and in total (``"all"``), and the
+    key frames each encoding sent meanwhile (``"keyframes"``)."""
+    before, start = await page.evaluate(OUTBOUND_VIDEO), time.monotonic()
     await asyncio.sleep(seconds)
-    after, elapsed = await sent_bytes(page), time.monotonic() - start
-    rates = {rid: int((after[rid] - before.get(rid, 0)) * 8 / elapsed) for rid in after}
+    after, elapsed = await page.evaluate(OUTBOUND_VIDEO), time.monotonic() - start
+    rates: dict[str, Any] = {
+        rid: int((after[rid][0] - before.get(rid, [0])[0]) * 8 / elapsed) for rid in sorted(after, key="lmh".index)
+    }
     rates["all"] = sum(rates.values())
+    rates["keyframes"] = {rid: after[rid][1] - before.get(rid, [0, 0])[1] for rid in after}
     return rates
 
 
@@ -85,6 +96,7 @@ async def test_unwatched_layers_are_paused_at_the_publisher_and_resumed_on_deman
     await until(lambda: decoding(cat, "h"), "cat to decode ann's high layer", 40, interval=0.5)
     await until(lambda: all(ann_video()["layers"][n]["active"] for n in ("low", "medium", "high")), "3 layers", 10)
     before = await uplink(ann)
+    server_rates = {name: layer["bitrate"] for name, layer in ann_video()["layers"].items()}
     assert not paused()
 
     # Both ask for the low layer: after the pause delay the medium and high encodings stop.
@@ -105,7 +117,7 @@ async def test_unwatched_layers_are_paused_at_the_publisher_and_resumed_on_deman
 
     await until(encodings_stopped, "ann's browser to stop its m and h encodings", 10, interval=0.5)
     after = await uplink(ann)
-    print(f"\nann's video uplink, ben on medium, cat on high: {before}")
+    print(f"\nann's video uplink, ben on medium, cat on high: {before}; the server measured {server_rates}")
     print(f"ann's video uplink, all receiving low:  {after} (paused {paused_after:.1f} s after the ask)")
     assert after["m"] == 0 and after["h"] == 0, after
     assert after["l"] > 0
