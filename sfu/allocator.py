@@ -69,6 +69,7 @@ class BandwidthAllocator:
         downs = list(downtracks)
         video = [down for down in downs if down.track.kind == "video" and not down.paused]
         if not video:
+            _audio_starved(downs, False)
             return
         if any(down.smoothed_loss > HEAVY_LOSS for down in video):
             self._congestion(video, now)
@@ -85,6 +86,7 @@ class BandwidthAllocator:
             lowest = down.track.layers[0].bitrate
             down.starved = congested and share is not None and share < lowest * STARVED_FRACTION
             down.choose_layer()
+        _audio_starved(downs, any(down.starved for down in video))
         if self.probe is not None:
             self._end_probe(video, now)
         if share is None or now < self.next_climb or self.probe is not None:
@@ -152,3 +154,11 @@ class BandwidthAllocator:
         self.calm_since = now
         for down in downs:
             down.climbed = -1
+
+
+def _audio_starved(downs: list[DownTrack], starved: bool) -> None:
+    """On a link too narrow for any video, RED's redundancy would take the room the audio itself
+    needs: a starved subscriber's audio down-tracks get plain Opus (``DownTrack.takes_red``)."""
+    for down in downs:
+        if down.track.kind == "audio":
+            down.starved = starved

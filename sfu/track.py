@@ -285,13 +285,13 @@ class PublishedTrack:
         """Forward ``packet``; receivers that accepted RED get ``redundant``, the RED packet it came in, if any."""
         level = packet.extensions.get(self.level_extension_id) if self.level_extension_id else None
         level = level[:1] if level else None
-        if redundant is None or not any(down.red for down in self.downtracks):
+        if redundant is None or not any(down.takes_red for down in self.downtracks):
             self.send_down(layer, packet, level)
             return
-        self.send_down(layer, packet, level, [down for down in self.downtracks if not down.red])
+        self.send_down(layer, packet, level, [down for down in self.downtracks if not down.takes_red])
         redundant = red.renumbered(redundant, self.out_payload_type)
         self.send_down(
-            layer, redundant, level, [down for down in self.downtracks if down.red], OUTGOING_RED_PAYLOAD_TYPE
+            layer, redundant, level, [down for down in self.downtracks if down.takes_red], OUTGOING_RED_PAYLOAD_TYPE
         )
 
     def send_down(

@@ -174,3 +174,27 @@ def test_red_receivers_get_red_the_others_and_recordings_get_the_primary_opus() 
     assert [p.payload_type for p in plain_packets] == [111] * 5
     assert [p.payload for p in plain_packets] == primaries
     assert [frame.data for frame in frames] == primaries
+
+
+def test_a_subscriber_starved_of_video_gets_plain_opus_even_if_it_accepted_red() -> None:
+    (section,) = accept_publisher_offer(parse(CHROMIUM_AUDIO))
+    track = PublishedTrack("pub", 1, "audio", section.codec, "0", "stream", [], lambda layer: None)
+    track.red_payload_type = 63
+    sent: list[bytes] = []
+    down = DownTrack(track, "sub", "0", sent.append)
+    down.paused, down.red = False, True
+    down.choose_layer()
+    track.downtracks.append(down)
+    payload = red_payload(b"now", (960, b"before"))
+    track.forward(track.layers[0], rtp_packet(1, 960, payload))
+    down.starved = True  # the allocator: this subscriber's link carries no video (sfu/allocator.py)
+    track.forward(track.layers[0], rtp_packet(2, 1920, payload))
+    down.starved = False
+    track.forward(track.layers[0], rtp_packet(3, 2880, payload))
+    packets = [rtp.Packet(data) for data in sent]
+    assert [(p.payload_type, p.payload) for p in packets] == [
+        (OUTGOING_RED_PAYLOAD_TYPE, payload),
+        (111, b"now"),
+        (OUTGOING_RED_PAYLOAD_TYPE, payload),
+    ]
+    assert [p.seq for p in packets] == [packets[0].seq, packets[0].seq + 1, packets[0].seq + 2]

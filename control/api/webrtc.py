@@ -65,7 +65,9 @@ class SubscriptionOut(BaseModel):
     target_layer: str | None = Field(description="the layer the server is switching to")
     preferred_layer: str | None = Field(description="the best layer the subscriber asked for")
     paused: bool
-    red: bool = Field(description="audio goes as RED (RFC 2198), which the subscriber accepted; else plain Opus")
+    red: bool = Field(
+        description="audio goes as RED (RFC 2198): the subscriber accepted it, its link carries video; else Opus"
+    )
 
 
 class PeerOut(BaseModel):
@@ -179,7 +181,7 @@ def _subscription_fields(down: DownTrack) -> dict[str, object]:
         "target_layer": down.layer_name(down.target_layer),
         "preferred_layer": down.layer_name(down.preferred_layer),
         "paused": down.paused,
-        "red": down.red,
+        "red": down.takes_red,
     }
 
 
