@@ -81,12 +81,14 @@ class BandwidthAllocator:
             share = max(0, self.estimate - audio) // len(video)
         # Only an estimate that congestion brought down says the link cannot carry the lowest layer.
         congested = self.calm_since > 0 and now - self.calm_since < CALM_RESET_SECONDS
+        narrow = False  # the share cannot carry some track's lowest layer: no room for RED either
         for down in video:
             down.bandwidth = share
             lowest = down.track.layers[0].bitrate
             down.starved = congested and share is not None and share < lowest * STARVED_FRACTION
+            narrow = narrow or (congested and share is not None and share < lowest)
             down.choose_layer()
-        _audio_starved(downs, any(down.starved for down in video))
+        _audio_starved(downs, narrow)
         if self.probe is not None:
             self._end_probe(video, now)
         if share is None or now < self.next_climb or self.probe is not None:
@@ -157,8 +159,8 @@ class BandwidthAllocator:
 
 
 def _audio_starved(downs: list[DownTrack], starved: bool) -> None:
-    """On a link too narrow for any video, RED's redundancy would take the room the audio itself
-    needs: a starved subscriber's audio down-tracks get plain Opus (``DownTrack.takes_red``)."""
+    """On a congested link whose share cannot carry the lowest video layer, RED's redundancy would
+    take the room the audio itself needs: the audio down-tracks get plain Opus (``DownTrack.takes_red``)."""
     for down in downs:
         if down.track.kind == "audio":
             down.starved = starved

@@ -108,7 +108,9 @@ class DownTrack:
         self.bandwidth: int | None = None  # this track's share of the subscriber's estimate, bit/s
         self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
         self.ceiling = NO_LAYER  # the best layer the preference, the publisher and hard caps allow
-        self.starved = False  # the congested estimate is far below the lowest layer: no video at all (audio: no RED)
+        # The congested estimate is far below the lowest layer: no video at all. For audio: the share is
+        # below the lowest video layer, so no RED (sfu/allocator.py).
+        self.starved = False
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
         self.last_seq = random.getrandbits(16)
@@ -251,7 +253,7 @@ class DownTrack:
 
     @property
     def takes_red(self) -> bool:
-        """RED audio goes to this receiver: it accepted RED, and its link is not too narrow for video."""
+        """RED audio goes to this receiver: it accepted RED, and its link is not too narrow for it."""
         return self.red and not self.starved
 
     def set_paused(self, paused: bool) -> None:
