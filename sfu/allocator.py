@@ -69,7 +69,6 @@ class BandwidthAllocator:
         downs = list(downtracks)
         video = [down for down in downs if down.track.kind == "video" and not down.paused]
         if not video:
-            _audio_starved(downs, False)
             return
         if any(down.smoothed_loss > HEAVY_LOSS for down in video):
             self._congestion(video, now)
@@ -81,14 +80,16 @@ class BandwidthAllocator:
             share = max(0, self.estimate - audio) // len(video)
         # Only an estimate that congestion brought down says the link cannot carry the lowest layer.
         congested = self.calm_since > 0 and now - self.calm_since < CALM_RESET_SECONDS
-        narrow = False  # the share cannot carry some track's lowest layer: no room for RED either
         for down in video:
             down.bandwidth = share
             lowest = down.track.layers[0].bitrate
             down.starved = congested and share is not None and share < lowest * STARVED_FRACTION
-            narrow = narrow or (congested and share is not None and share < lowest)
             down.choose_layer()
-        _audio_starved(downs, narrow)
+        # RED adds about as much again as the audio it protects: a link that is congested, not just
+        # lossy, gets plain Opus until it has been calm for CALM_RESET_SECONDS (DownTrack.takes_red).
+        for down in downs:
+            if down.track.kind == "audio":
+                down.starved = congested
         if self.probe is not None:
             self._end_probe(video, now)
         if share is None or now < self.next_climb or self.probe is not None:
@@ -156,11 +157,3 @@ class BandwidthAllocator:
         self.calm_since = now
         for down in downs:
             down.climbed = -1
-
-
-def _audio_starved(downs: list[DownTrack], starved: bool) -> None:
-    """On a congested link whose share cannot carry the lowest video layer, RED's redundancy would
-    take the room the audio itself needs: the audio down-tracks get plain Opus (``DownTrack.takes_red``)."""
-    for down in downs:
-        if down.track.kind == "audio":
-            down.starved = starved

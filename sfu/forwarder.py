@@ -108,8 +108,8 @@ class DownTrack:
         self.bandwidth: int | None = None  # this track's share of the subscriber's estimate, bit/s
         self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
         self.ceiling = NO_LAYER  # the best layer the preference, the publisher and hard caps allow
-        # The congested estimate is far below the lowest layer: no video at all. For audio: the share is
-        # below the lowest video layer, so no RED (sfu/allocator.py).
+        # The congested estimate is far below the lowest layer: no video at all. For audio: the link was
+        # congested lately, so no RED (sfu/allocator.py).
         self.starved = False
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
@@ -253,7 +253,7 @@ class DownTrack:
 
     @property
     def takes_red(self) -> bool:
-        """RED audio goes to this receiver: it accepted RED, and its link is not too narrow for it."""
+        """RED audio goes to this receiver: it accepted RED, and its link has not been congested lately."""
         return self.red and not self.starved
 
     def set_paused(self, paused: bool) -> None:
