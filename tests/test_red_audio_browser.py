@@ -59,8 +59,13 @@ async def test_red_goes_to_receivers_that_accept_it_and_plain_opus_to_the_others
             }
             return track["red"], subscribers
 
-        await until(lambda: len(red_forwarding()[1]) == 2, "ann's audio to reach ben and carl", 20, interval=0.5)
-        assert red_forwarding() == (True, {ben_id: True, carl_id: False})
+        # (A subscriber whose link showed congestion gets plain Opus for 30 s: a busy machine's
+        # loopback may look congested for a moment while the estimates start.)
+        expected = (True, {ben_id: True, carl_id: False})
+        try:
+            await until(lambda: red_forwarding() == expected, "RED to go to ben and not carl", 45, interval=0.5)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}: {red_forwarding()}") from None
 
         # Ben's browser decodes the RED stream without a gap (Chromium's statistics name the Opus
         # inside, not RED, so the server's word above is what tells RED was sent).
