@@ -83,6 +83,7 @@ class _Layer:
         self.extension = rtp.extension_block(elements)
         self.keys = [[zlib.crc32(payload) for payload in frame.payloads] for frame in frames]
         self.last_keyframe_request = 0
+        self.paused = False  # by the server's dynacast (docs/sfu.md): its frames are not sent
 
     def jump_to_keyframe(self) -> None:
         """Answer a key-frame request by skipping ahead to the clip's next key frame."""
@@ -182,6 +183,17 @@ class SyntheticClient:
                 self.result.errors.append(str(data.get("message")))
             elif message["type"] == "reconnect":
                 self._rebuild()
+            elif message["type"] == "media-state" and isinstance(data.get("publish_layers"), dict):
+                self._set_layers(data["publish_layers"].get("rids") or {})
+
+    def _set_layers(self, rids: dict[str, bool]) -> None:
+        """Dynacast, as the browser SDK does it: stop the encodings nobody receives (never the lowest),
+        and start a resumed one at a key frame."""
+        for index, layer in enumerate(self.layers):
+            paused = index > 0 and rids.get(layer.rid) is False
+            if layer.paused and not paused:
+                layer.jump_to_keyframe()
+            layer.paused = paused
 
     def _rebuild(self) -> None:
         """The server moved this client's media to another node (docs/sfu.md, ``reconnect``): both
@@ -264,7 +276,10 @@ class SyntheticClient:
             while time.monotonic() >= next_frame:
                 next_frame += frame_period
                 for layer in self.layers:
-                    self._send_frame(layer, now_ns)
+                    if layer.paused:  # its clock runs on, as a paused encoder's capture clock does
+                        layer.timestamp = (layer.timestamp + VIDEO_TICKS) & 0xFFFFFFFF
+                    else:
+                        self._send_frame(layer, now_ns)
             await asyncio.sleep(max(0.0, start + tick * 0.02 - time.monotonic()))
 
     def _send_frame(self, layer: _Layer, now_ns: int) -> None:

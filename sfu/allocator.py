@@ -85,6 +85,11 @@ class BandwidthAllocator:
             lowest = down.track.rung_rate(0)
             down.starved = congested and share is not None and share < lowest * STARVED_FRACTION
             down.choose_layer()
+        # RED adds about as much again as the audio it protects: a link that is congested, not just
+        # lossy, gets plain Opus until it has been calm for CALM_RESET_SECONDS (DownTrack.takes_red).
+        for down in downs:
+            if down.track.kind == "audio":
+                down.starved = congested
         if self.probe is not None:
             self._end_probe(video, now)
         if share is None or now < self.next_climb or self.probe is not None:

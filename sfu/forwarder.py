@@ -60,6 +60,7 @@ class DownTrack:
         "payload_type",
         "plis",
         "preferred_layer",
+        "red",
         "reports_rtx",
         "resent_at",
         "retransmits",
@@ -97,6 +98,7 @@ class DownTrack:
         self.rtx_ssrc = random.getrandbits(32) or 2
         self.payload_type = track.out_payload_type
         self.rtx_payload_type: int | None = None  # set once the subscriber's answer accepts RTX
+        self.red = False  # the subscriber's answer accepts RED audio (sfu/red.py): RED packets go as they are
         self.reports_rtx = False  # the receiver sends reports on the RTX stream (aiortc does)
         # The subscriber's send-side estimator, when it agreed to transport-wide feedback: every packet
         # sent to it then carries that connection's transport sequence number (sfu/gcc.py).
@@ -110,7 +112,9 @@ class DownTrack:
         self.bandwidth: int | None = None  # this track's share of the subscriber's estimate, bit/s
         self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
         self.ceiling = NO_LAYER  # the best layer the preference, the publisher and hard caps allow
-        self.starved = False  # the congested estimate is far below the lowest layer: no video at all
+        # The congested estimate is far below the lowest layer: no video at all. For audio: the link was
+        # congested lately, so no RED (sfu/allocator.py).
+        self.starved = False
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
         self.last_seq = random.getrandbits(16)
@@ -269,6 +273,11 @@ class DownTrack:
         if above is not None:
             self.climbed = above
             self.choose_layer()
+
+    @property
+    def takes_red(self) -> bool:
+        """RED audio goes to this receiver: it accepted RED, and its link has not been congested lately."""
+        return self.red and not self.starved
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused

@@ -31,6 +31,10 @@ ACCEPTED_EXTENSIONS = (
 )
 # Payload types on subscriber connections: (media, rtx).
 OUTGOING_PAYLOAD_TYPES = {"vp8": (96, 97), "vp9": (98, 99), "h264": (102, 103), "opus": (111, None)}
+OUTGOING_RED_PAYLOAD_TYPE = 63  # RED audio with Opus inside (sfu/red.py), as Chromium numbers it
+# Opus parameters the server asks publishers for: in-band FEC, so a receiver rebuilds a lost frame
+# from the next packet. DTX (``usedtx``) is kept when the publisher's own offer asks for it.
+OPUS_REQUIRED_FMTP = {"useinbandfec": "1"}
 # Publishers are asked to start high enough for every simulcast layer to come up at once.
 VIDEO_START_BITRATE_KBPS = 1500
 
@@ -49,6 +53,25 @@ class PublishedSection:
     rtx_of: dict[int, int] = field(default_factory=dict)  # rtx ssrc -> media ssrc
     stream_id: str = ""
     source: str = "camera"  # what the track shows: "camera" (or microphone), or "screen"
+    red_payload_type: int | None = None  # RED with this Opus inside, offered by the publisher (sfu/red.py)
+
+
+def opus_fmtp(offered: str) -> str:
+    """The publisher's Opus parameters (its ``usedtx``, ``stereo``, ``minptime``...) with FEC asked for."""
+    params = dict(item.split("=", 1) for item in offered.replace(" ", "").split(";") if "=" in item)
+    params.update(OPUS_REQUIRED_FMTP)
+    return ";".join(f"{key}={value}" for key, value in params.items())
+
+
+def _red_for(section: MediaSection, codec: Codec) -> int | None:
+    """The payload type of RED carrying only ``codec`` (fmtp ``111/111``), if the section offers it."""
+    if codec.name != "opus":
+        return None
+    for red in section.codec_named("red"):
+        blocks = red.fmtp.split("/")
+        if blocks and all(block.strip() == str(codec.payload_type) for block in blocks):
+            return red.payload_type
+    return None
 
 
 def _first_video_codec(section: MediaSection) -> Codec | None:
@@ -119,6 +142,7 @@ def accept_publisher_offer(offer: SessionDescription) -> list[PublishedSection |
                 rtx_of=rtx_of,
                 stream_id=stream_id,
                 source="screen" if "slides" in section.content.split(",") else "camera",
+                red_payload_type=_red_for(section, codec),
             )
         )
     return accepted
@@ -170,12 +194,18 @@ def publisher_answer(
             codec.fmtp = ";".join(filter(None, [codec.fmtp, f"x-google-start-bitrate={VIDEO_START_BITRATE_KBPS}"]))
         elif TRANSPORT_CC in taken.codec.feedback:
             codec.feedback = [TRANSPORT_CC]
+        if codec.name == "opus":
+            codec.fmtp = opus_fmtp(codec.fmtp)
         if taken.rtx_payload_type is not None:
             formats.append(str(taken.rtx_payload_type))
+        if taken.red_payload_type is not None:
+            formats.insert(0, str(taken.red_payload_type))  # first: what the publisher sends
         lines.append(f"m={taken.kind} 9 {PROTO_RTP} {' '.join(formats)}")
         lines += transport_lines(local)
         lines += [f"a=mid:{taken.mid}", "a=recvonly"]
         lines += [f"a=extmap:{ident} {uri}" for uri, ident in taken.extension_ids.items()]
+        if taken.red_payload_type is not None:
+            lines += codec_lines(red_codec(taken.red_payload_type, codec.payload_type))
         lines += codec_lines(codec)
         if taken.rtx_payload_type is not None:
             rtx = Codec(taken.rtx_payload_type, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}")
@@ -197,13 +227,21 @@ class OfferSlot:
     rtx_ssrc: int = 0
     stream_id: str = ""
     track_id: str = ""
+    red: bool = False  # RED is offered too: the publisher sends it
+
+
+def red_codec(payload_type: int, opus_payload_type: int) -> Codec:
+    return Codec(payload_type, "red", 48000, 2, f"{opus_payload_type}/{opus_payload_type}")
 
 
 def outgoing_codec(source: Codec) -> Codec:
-    """The codec a subscriber is offered for a publisher's track: same format, the server's payload type."""
+    """The codec a subscriber is offered for a publisher's track: same format, the server's payload
+    type; Opus with the parameters its publisher was answered (FEC, and DTX if it asked)."""
     payload_type, _ = OUTGOING_PAYLOAD_TYPES[source.name]
     feedback = [*VIDEO_FEEDBACK, TRANSPORT_CC] if source.name != "opus" else [TRANSPORT_CC]
     fmtp = re.sub(r";?x-google-[a-z-]+=\d+", "", source.fmtp).strip(";")
+    if source.name == "opus":
+        fmtp = opus_fmtp(fmtp)
     return Codec(payload_type, source.name, source.clock_rate, source.channels, fmtp, feedback)
 
 
@@ -223,6 +261,8 @@ def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: 
         codec = slot.codec
         _, rtx_pt = OUTGOING_PAYLOAD_TYPES[codec.name]
         formats = [str(codec.payload_type)] + ([str(rtx_pt)] if rtx_pt else [])
+        if slot.red:
+            formats.append(str(OUTGOING_RED_PAYLOAD_TYPE))
         lines.append(f"m={slot.kind} 9 {PROTO_RTP} {' '.join(formats)}")
         lines += transport_lines(local)
         lines += [f"a=mid:{slot.mid}", "a=sendonly", f"a=msid:{slot.stream_id} {slot.track_id}"]
@@ -231,6 +271,8 @@ def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: 
         lines.append(f"a=extmap:{rtp.OUT_ID_ABS_SEND_TIME} {rtp.URI_ABS_SEND_TIME}")
         lines.append(f"a=extmap:{rtp.OUT_ID_TRANSPORT_CC} {rtp.URI_TRANSPORT_CC}")
         lines += codec_lines(codec)
+        if slot.red:
+            lines += codec_lines(red_codec(OUTGOING_RED_PAYLOAD_TYPE, codec.payload_type))
         cname = f"a=ssrc:{{}} cname:{slot.stream_id}"
         if rtx_pt:
             lines += codec_lines(Codec(rtx_pt, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}"))

@@ -151,8 +151,11 @@ class PublisherSide:
                     level_extension_id=section.extension_ids.get(rtp.URI_AUDIO_LEVEL, 0),
                 )
                 track.muted = self.peer.muted.get(section.kind, False)
+                track.red_payload_type = section.red_payload_type  # before receivers are offered the track
                 self.tracks[mid] = track
                 room.add_track(track)
+            else:
+                track.red_payload_type = section.red_payload_type
             for index, ssrc in enumerate(section.ssrc_layers[: len(track.layers)]):
                 self._bind(track, track.layers[index], ssrc)
             for rtx_ssrc, media_ssrc in section.rtx_of.items():

@@ -19,6 +19,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from config.settings import SfuSettings
 from sfu.counters import MediaTotals
 from sfu.denoise import NoiseSuppression, WorkerSetup
+from sfu.dynacast import Dynacast
 from sfu.events import MediaEvents, NoListener
 from sfu.live import LiveFeed, Outlet
 from sfu.network import NO_MEDIA_PORT, Network, NoMediaPort, SharedMediaProtocol
@@ -69,6 +70,7 @@ class Sfu:
         self.retired = MediaTotals()
         self.last_tick = time.monotonic()  # the media clock's, to tell it still runs
         self._streams: dict[str, LiveFeed] = {}
+        self.dynacast = Dynacast()
         setup = denoise_setup or WorkerSetup(bitrate=settings.noise_suppression_bitrate)
         self.noise = NoiseSuppression(
             self,
@@ -327,6 +329,12 @@ class Sfu:
             if speaker is not None:
                 for peer in room.peers.values():
                     peer.signal("media-state", {"active_speaker": speaker})
+        tracks = [track for room in self.rooms.values() for track in room.tracks.values()]
+        self.dynacast.review(tracks, self._signal_of, now)
+
+    def _signal_of(self, peer_id: str) -> Signal | None:
+        peer = self.peers.get(peer_id)
+        return peer.signal if peer is not None else None
 
 
 def check_preferences(data: dict[str, Any]) -> None:

@@ -15,7 +15,13 @@ from sfu import rtcp, rtp, sdp
 from sfu.allocator import BandwidthAllocator
 from sfu.forwarder import NO_LAYER, DownTrack
 from sfu.gcc import SendSideEstimator
-from sfu.negotiation import OfferSlot, accepted_in_answer, outgoing_codec, subscriber_offer
+from sfu.negotiation import (
+    OUTGOING_RED_PAYLOAD_TYPE,
+    OfferSlot,
+    accepted_in_answer,
+    outgoing_codec,
+    subscriber_offer,
+)
 from sfu.network import NO_MEDIA_PORT, NoMediaPort, gather
 from sfu.svc import SPATIAL_NAMES
 from sfu.track import PublishedTrack
@@ -66,6 +72,7 @@ class SubscriberSide:
         down.preferred_layer = self.peer.preferred_layer(track)
         down.max_bitrate = self.peer.max_bitrate
         slot.codec = outgoing_codec(track.codec)
+        slot.red = track.red_payload_type is not None
         slot.ssrc, slot.rtx_ssrc = down.ssrc, down.rtx_ssrc
         slot.stream_id, slot.track_id = track.stream_id, track.id
         self.downtracks[track.id] = down
@@ -191,6 +198,9 @@ class SubscriberSide:
                 continue
             rtx = next((c.payload_type for c in section.codecs.values() if c.name == "rtx"), None)
             down.rtx_payload_type = rtx
+            down.red = slot.red and any(
+                c.name == "red" and c.payload_type == OUTGOING_RED_PAYLOAD_TYPE for c in section.codecs.values()
+            )
             down.estimator = self.estimator
             if down not in down.track.downtracks:
                 down.track.downtracks.append(down)

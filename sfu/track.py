@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sfu import rtcp, rtp, svc
-from sfu.negotiation import OUTGOING_PAYLOAD_TYPES
+from sfu import red, rtcp, rtp, svc
+from sfu.negotiation import OUTGOING_PAYLOAD_TYPES, OUTGOING_RED_PAYLOAD_TYPE
 from sfu.sdp import Codec
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 LAYER_NAMES = ("low", "medium", "high")
 KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds between key-frame requests for one layer: no PLI storms
 LAYER_IDLE_SECONDS = 1.0  # a layer that sent nothing for this long is treated as paused
+RESUME_GRACE = 3.0  # seconds a layer resumed by dynacast stays available before it must have arrived
 UPSTREAM_NACK_MAX_GAP = 64  # larger gaps are a reset, not loss worth repairing
 
 
@@ -45,6 +46,7 @@ class Layer:
         "expected_prior",
         "fps",
         "frames",
+        "held",
         "highest_seq",
         "index",
         "jitter",
@@ -60,6 +62,7 @@ class Layer:
         "packets",
         "probes",
         "received_prior",
+        "resumed_at",
         "rid",
         "rtx_ssrc",
         "sender_report",
@@ -90,6 +93,8 @@ class Layer:
         self.last_keyframe_request = 0.0
         self.bitrate = 0
         self.fps = 0.0
+        self.held = False  # paused by dynacast (sfu/dynacast.py): not sent until a receiver needs it
+        self.resumed_at = float("-inf")  # when dynacast last resumed it
         self._window_bytes = self._window_frames = 0
         self._window_start = time.monotonic()
 
@@ -106,6 +111,11 @@ class Layer:
     @property
     def active(self) -> bool:
         return time.monotonic() - self.last_arrival < LAYER_IDLE_SECONDS
+
+    @property
+    def available(self) -> bool:
+        """Arriving, or paused by dynacast and so to be had by choosing it (sfu/dynacast.py)."""
+        return self.active or self.held or time.monotonic() - self.resumed_at < RESUME_GRACE
 
     def wanted_repair(self, seq: int) -> bool:
         """Whether a retransmitted packet fills a gap; a publisher's padding probes repeat old packets."""
@@ -151,6 +161,10 @@ class Layer:
     def roll_window(self, now: float) -> None:
         elapsed = now - self._window_start
         if elapsed <= 0:
+            return
+        if self.held:  # keep the rate it had: what choosing it again would cost
+            self._window_bytes = self._window_frames = 0
+            self._window_start = now
             return
         self.bitrate = int(self._window_bytes * 8 / elapsed)
         self.fps = round(self._window_frames / elapsed, 1)
@@ -210,6 +224,7 @@ class PublishedTrack:
         self.audio_level = 127  # -dBov of the loudest recent packet; 127 is silence
         self._request_keyframe = request_keyframe
         self.level_extension_id = level_extension_id
+        self.red_payload_type: int | None = None  # the publisher sends RED audio under this type (sfu/red.py)
         self._detect_keyframe = rtp.KEYFRAME_DETECTORS.get(codec.name)
         # A VP9 track sent as one encoding may carry spatial and temporal layers (sfu/svc.py).
         self.svc = svc.SvcLayers() if codec.name == "vp9" and count == 1 else None
@@ -225,7 +240,8 @@ class PublishedTrack:
         return None
 
     def active_layers(self) -> list[int]:
-        return [layer.index for layer in self.layers if layer.active]
+        """The layers a receiver may choose: arriving, or paused by dynacast (``Layer.available``)."""
+        return [layer.index for layer in self.layers if layer.available]
 
     # The ladder a receiver's layer is chosen on: the simulcast layers, or an SVC track's rungs.
 
@@ -279,25 +295,48 @@ class PublishedTrack:
         noise is suppressed, its cleaned copy once it is back; see sfu/denoise.py)."""
         if self.muted:
             return
+        redundant = None
+        if packet.payload_type == self.red_payload_type:  # everyone but RED receivers takes the primary
+            redundant, plain = packet, red.primary_packet(packet)
+            if plain is None:
+                return
+            packet = plain
         if self.taps:
             self.feed_taps(layer, packet)
         if self.cleaner is not None and self.cleaner.take(layer, packet):
             return
-        self.pass_down(layer, packet)
+        self.pass_down(layer, packet, redundant)
 
-    def pass_down(self, layer: Layer, packet: rtp.Packet) -> None:
+    def pass_down(self, layer: Layer, packet: rtp.Packet, redundant: rtp.Packet | None = None) -> None:
+        """Forward ``packet``; receivers that accepted RED get ``redundant``, the RED packet it came in, if any."""
         level = packet.extensions.get(self.level_extension_id) if self.level_extension_id else None
-        self.send_down(layer, packet, level[:1] if level else None)
+        level = level[:1] if level else None
+        if redundant is None or not any(down.takes_red for down in self.downtracks):
+            self.send_down(layer, packet, level)
+            return
+        self.send_down(layer, packet, level, [down for down in self.downtracks if not down.takes_red])
+        redundant = red.renumbered(redundant, self.out_payload_type)
+        self.send_down(
+            layer, redundant, level, [down for down in self.downtracks if down.takes_red], OUTGOING_RED_PAYLOAD_TYPE
+        )
 
-    def send_down(self, layer: Layer, packet: rtp.Packet, level: bytes | None) -> None:
+    def send_down(
+        self,
+        layer: Layer,
+        packet: rtp.Packet,
+        level: bytes | None,
+        downtracks: list[DownTrack] | None = None,
+        payload_type: int | None = None,
+    ) -> None:
         """Build the receiver-independent part of the outgoing packet once, then hand it to each
-        receiver."""
+        receiver (of ``downtracks``, by default all)."""
         descriptor = None
         if self.svc is not None:
             descriptor = self.svc.note(packet, layer.last_arrival)
             if descriptor is None:
                 return
-        if not self.downtracks:
+        downtracks = self.downtracks if downtracks is None else downtracks
+        if not downtracks:
             return
         elements = [(rtp.OUT_ID_ABS_SEND_TIME, rtp.abs_send_time())]
         if level:
@@ -309,10 +348,10 @@ class PublishedTrack:
         stamped_tail = b""  # for receivers with transport-wide feedback: the block after their number
         stamped_length = 0
         first = 0x90
-        second = (0x80 if packet.marker else 0) | self.out_payload_type
+        second = (0x80 if packet.marker else 0) | (payload_type or self.out_payload_type)
         keyframe = None
         scalable = descriptor is not None  # every rung is on layer 0: only a receiver's start waits
-        for down in self.downtracks:
+        for down in downtracks:
             if down.current_layer != layer.index and (not scalable or down.current_layer < 0):
                 if down.target_layer != layer.index and (not scalable or down.target_layer < 0):
                     continue

@@ -21,6 +21,7 @@ def track_view(track: PublishedTrack) -> dict[str, Any]:
         "codec": track.codec.name,
         "muted": track.muted,
         "simulcast": track.simulcast,
+        "red": track.red_payload_type is not None,
         "subscribers": len(track.downtracks),
         "layers": [
             {
@@ -28,6 +29,7 @@ def track_view(track: PublishedTrack) -> dict[str, Any]:
                 "rid": layer.rid,
                 "ssrc": layer.ssrc,
                 "active": layer.active,
+                "paused": layer.held,
                 "bitrate": layer.bitrate,
                 "fps": layer.fps,
                 "packets": layer.packets,
@@ -71,6 +73,7 @@ def _subscription(down: DownTrack) -> dict[str, Any]:
         "target_layer": down.layer_name(down.target_layer),
         "preferred_layer": down.layer_name(down.preferred_layer),
         "paused": down.paused,
+        "red": down.takes_red,
     }
 
 

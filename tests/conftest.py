@@ -288,7 +288,9 @@ REAL_TIME_MODULES = frozenset(
     for name in (
         "test_captions",
         "test_constrained_links",
+        "test_dynacast_browser",
         "test_live_denoise",
+        "test_red_audio_browser",
         "test_recording_aiortc",
         "test_recording_e2e",
         "test_recording_media",

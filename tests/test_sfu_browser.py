@@ -109,19 +109,34 @@ async def test_three_browsers_see_each_other_switch_layers_and_recover_losses(se
 
     await ben_page.evaluate("window.huiyi.setLayer('low')")
     await expect("low", "ben to receive ann's low layer")
-    widths = await sent_widths()
+
+    async def low_and_high_sent() -> dict[str, int] | None:
+        """Ann's low and high encodings, once both are sent: the high one only while a receiver
+        takes it (dynacast pauses it otherwise), and cat, who asked for nothing, climbs to it."""
+        widths = await sent_widths()
+        return widths if widths.get("l") and widths.get("h") else None
+
+    widths = await until(low_and_high_sent, "ann's browser to send her low and high layers", 30, interval=0.5)
     assert widths["l"] < widths["h"]
     await ben_page.evaluate("window.huiyi.setLayer('high')")
     await expect("high", "ben to receive ann's high layer once he asks for it")
 
     # A moderate cap, halfway between what Ann's medium and high layers take now (about 200 kbit/s
     # from this fake camera), steps ben down to a layer that fits it; lifting it brings the high layer back.
-    ben_from_ann()
-    rates = traced_rates[-1]
-    cap = (rates["medium"] + rates["high"]) // 2
     # The layers must be far enough apart for a cap between them to tell them apart (a busy machine's
-    # encoder sends less than the 200 kbit/s above, but keeps the layers apart).
-    assert rates["high"] > 1.3 * rates["medium"] and cap < 1_000_000, rates
+    # encoder sends less than the 200 kbit/s above, but keeps the layers apart; a layer dynacast has
+    # just resumed takes a few seconds to reach its rate).
+    def layers_apart() -> dict[str, int] | None:
+        ben_from_ann()
+        rates = traced_rates[-1]
+        return rates if rates["high"] > 1.3 * rates["medium"] else None
+
+    try:
+        rates = await until(layers_apart, "ann's high layer to send well above her medium one", 20, interval=0.5)
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}: {traced_rates[-10:]}") from None
+    cap = (rates["medium"] + rates["high"]) // 2
+    assert cap < 1_000_000, rates
     await ben_page.evaluate(f"window.huiyi.setMaxBitrate({cap})")
 
     async def under_the_cap() -> bool:

@@ -647,6 +647,10 @@ export class HuiyiClient extends EventTarget {
   }
 
   #onMediaState(data) {
+    if (data.publish_layers) {
+      this.#setPublishedLayers(data.publish_layers);
+      return;
+    }
     if (data.video_paused !== undefined) {
       // The server holds back all video: this client's link cannot carry even the lowest layer.
       this.videoPaused = data.video_paused;
@@ -912,6 +916,28 @@ export class HuiyiClient extends EventTarget {
     });
     this.#publisherChain = run.catch(() => {});
     return run;
+  }
+
+  /**
+   * Dynacast (docs/sfu.md): the server asks for only the simulcast encodings some receiver takes.
+   * The lowest one is always sent. Queued behind negotiation, which must not see a sender change.
+   */
+  #setPublishedLayers({ mid, rids }) {
+    const pc = this.#publisher;
+    const sender = pc?.getTransceivers().find((transceiver) => transceiver.mid === mid)?.sender;
+    if (!sender || !rids) return;
+    const run = this.#publisherChain.then(async () => {
+      const parameters = sender.getParameters();
+      let changed = false;
+      parameters.encodings.forEach((encoding, index) => {
+        if (!encoding.rid || !(encoding.rid in rids)) return;
+        const active = index === 0 || Boolean(rids[encoding.rid]);
+        changed ||= encoding.active !== active;
+        encoding.active = active;
+      });
+      if (changed && pc === this.#publisher) await sender.setParameters(parameters);
+    });
+    this.#publisherChain = run.catch((error) => console.warn('huiyi: publish layers:', error));
   }
 
   #awaitPublisherAnswer() {

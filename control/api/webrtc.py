@@ -27,7 +27,8 @@ class LayerOut(BaseModel):
     rid: str
     ssrc: int
     active: bool = Field(description="packets arrived in the last second")
-    bitrate: int = Field(description="bit/s over the last second")
+    paused: bool = Field(description="paused by dynacast: no receiver needs it, so the publisher does not send it")
+    bitrate: int = Field(description="bit/s over the last second; while paused, the rate it had when it was paused")
     fps: float
     packets: int
     bytes: int
@@ -55,6 +56,7 @@ class TrackOut(BaseModel):
     codec: str
     muted: bool
     simulcast: bool
+    red: bool = Field(description="the publisher sends its audio as RED (RFC 2198) with Opus inside")
     layers: list[LayerOut]
     svc: list[SvcRungOut] | None = Field(
         None, description="a VP9 track sent with spatial/temporal layers on one stream: its rungs (docs/sfu.md)"
@@ -71,6 +73,9 @@ class SubscriptionOut(BaseModel):
     target_layer: str | None = Field(description="the layer the server is switching to")
     preferred_layer: str | None = Field(description="the best layer the subscriber asked for")
     paused: bool
+    red: bool = Field(
+        description="audio goes as RED (RFC 2198): the subscriber accepted it, its link carries video; else Opus"
+    )
 
 
 class PeerOut(BaseModel):
