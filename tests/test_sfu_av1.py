@@ -17,7 +17,7 @@ from sfu.gcc import SendSideEstimator
 from sfu.negotiation import OfferSlot, accept_publisher_offer, outgoing_codec, publisher_answer, subscriber_offer
 from sfu.sdp import Codec, LocalTransport, parse
 from sfu.track import PublishedTrack
-from tests.av1_capture import EXTENSION_ID, SSRC, packets
+from tests.av1_capture import EXTENSION_ID, L1T3, SSRC, packets
 from tests.test_sfu_packets import CHROMIUM_OFFER
 
 KEY_PICTURES = (0, 91, 173, 203, 251)  # indexes of the capture's key pictures' first packets
@@ -131,6 +131,22 @@ def test_a_receiver_gets_only_the_layers_of_its_rung(rung: str, sids: set[int], 
     ]
     _assert_continuous_with_pictures_marked(sent)
     assert down.current_layer == RUNG[rung] and down.svc.dropped == len(captured) - len(expected)
+
+
+@pytest.mark.parametrize(("rung", "tids"), [("low-t0", {0}), ("low-t1", {0, 1}), ("low", {0, 1, 2})])
+def test_l1t3_a_receiver_gets_the_frame_rate_of_its_rung(rung: str, tids: set[int]) -> None:
+    """One spatial layer, three temporal ones: the rungs above ``low`` are never active."""
+    down, sent, _ = _receiver(rung)
+    captured = packets(L1T3)
+    read = read_all(captured)
+    assert read[0].structure is not None and read[0].structure.sizes == [(640, 360)]
+    assert {(d.sid, d.tid) for d in read} == {(0, 0), (0, 1), (0, 2)}
+    forward(down, captured)
+    assert down.track.active_rungs() == [RUNG["low-t0"], RUNG["low-t1"], RUNG["low"]]
+    out = _sent(sent)
+    expected = [p for p, d in zip(captured, read, strict=True) if d.tid in tids]
+    assert {d.tid for _, d in out} == tids and [p.payload for p, _ in out] == [p.payload for p in expected]
+    _assert_continuous_with_pictures_marked(sent)
 
 
 def test_up_waits_for_a_key_picture_and_asks_for_one() -> None:
