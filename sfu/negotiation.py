@@ -232,8 +232,9 @@ def outgoing_codec(source: Codec) -> Codec:
 
 def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: int, version: int) -> str:
     lines = _header(session_id, version, [slot.mid for slot in slots])
-    if any(slot.codec is not None and slot.codec.name == "av1" for slot in slots):
-        lines.append("a=extmap-allow-mixed")  # the dependency descriptor of a key frame needs it
+    # Two-byte extension headers, which an AV1 key frame's dependency descriptor needs: said in every
+    # offer, since a connection must not take back what it once allowed when its AV1 track goes.
+    lines.append("a=extmap-allow-mixed")
     for slot in slots:
         if slot.codec is None:
             name = "opus" if slot.kind == "audio" else "vp8"

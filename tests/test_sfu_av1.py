@@ -256,4 +256,4 @@ def test_av1_is_taken_when_first_with_its_descriptor_and_offered_with_it() -> No
     assert f"a=extmap:{rtp.OUT_ID_DEPENDENCY_DESCRIPTOR} {rtp.URI_DEPENDENCY_DESCRIPTOR}" in text
     vp8_slot = OfferSlot("0", "video", outgoing_codec(Codec(96, "vp8", 90000)), 1, 2, "s", "t")
     vp8 = subscriber_offer([vp8_slot], local, 1, 1)
-    assert "extmap-allow-mixed" not in vp8 and rtp.URI_DEPENDENCY_DESCRIPTOR not in vp8
+    assert rtp.URI_DEPENDENCY_DESCRIPTOR not in vp8
