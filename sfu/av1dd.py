@@ -86,7 +86,7 @@ class Descriptor:
     frame_number: int
     sid: int = 0
     tid: int = 0
-    switch_up: bool = False  # a decode target of its own layer may switch to it (DTI "switch")
+    switch_up: bool = False  # a decode target may be switched to at this frame (a "switch" DTI)
     structure: Structure | None = None  # present on a key frame's first packet
     active_decode_targets: int | None = None  # bitmask, when the descriptor says it
 
