@@ -173,8 +173,9 @@ class DownTrack:
         if self.estimator is None:
             data = header + tail
         else:  # ``tail`` is the block after the transport sequence number, which is this receiver's own
-            number = self.estimator.stamp(12 + rtp.STAMP_END + len(tail), now)
-            data = header + rtp.stamp_prefix((extension_length - 4) // 4, number) + tail
+            wide = self.track.wide_extensions
+            number = self.estimator.stamp(12 + (rtp.WIDE_STAMP_END if wide else rtp.STAMP_END) + len(tail), now)
+            data = header + rtp.stamp_prefix((extension_length - 4) // 4, number, wide) + tail
         if self.history is not None:
             self.history[seq % HISTORY_SIZE] = (data, 12 + extension_length)
         if rtp.seq_newer(seq, self.last_seq):
@@ -300,11 +301,12 @@ class DownTrack:
             self.resent_at[seq % HISTORY_SIZE] = now
             data, payload_offset = entry
             extension = data[12:payload_offset]
-            if self.estimator is not None and rtp.is_stamped(extension):
+            span = rtp.stamp_span(extension) if self.estimator is not None else None
+            if span is not None:
                 # A retransmission is a new packet on the transport: it gets a number of its own.
                 size = len(data) + (2 if self.rtx_payload_type is not None else 0)
                 number = self.estimator.stamp(size, now)
-                extension = extension[: rtp.STAMP_START] + number.to_bytes(2, "big") + extension[rtp.STAMP_END :]
+                extension = extension[: span[0]] + number.to_bytes(2, "big") + extension[span[1] :]
             if self.rtx_payload_type is not None:
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
                 header = bytes((data[0] & 0xDF, (data[1] & 0x80) | self.rtx_payload_type))

@@ -13,9 +13,12 @@ from sfu import rtp
 from sfu.sdp import PROTO_RTP, Codec, LocalTransport, MediaSection, SdpError, SessionDescription, codec_lines
 
 VIDEO_PREFERENCE = ("vp8", "h264")
-# VP9 (profile 0, which every WebRTC browser decodes) is taken only when a publisher puts it first,
-# i.e. it asked for it (sfu/svc.py): it is what carries spatial layers on one stream.
+# VP9 (profile 0, which every WebRTC browser decodes) or AV1 (main profile) is taken only when a
+# publisher puts it first, i.e. it asked for it (sfu/svc.py): they carry spatial layers on one stream.
 VP9_PROFILE_0 = re.compile(r"(^|;)\s*profile-id=0\s*(;|$)")
+AV1_PROFILE_0 = re.compile(r"(^|;)\s*profile=0\s*(;|$)")
+AV1_PROFILE = re.compile(r"(^|;)\s*profile=")
+SCALABLE = ("vp9", "av1")
 AUDIO_PREFERENCE = ("opus",)
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
 # Transport-wide feedback (sfu/twcc.py): the server sends it to publishers, for their own send-side
@@ -29,8 +32,16 @@ ACCEPTED_EXTENSIONS = (
     rtp.URI_ABS_SEND_TIME,
     rtp.URI_TRANSPORT_CC,
 )
+# AV1's layers are told by the dependency descriptor extension, not the payload (sfu/av1dd.py).
+AV1_EXTENSIONS = (*ACCEPTED_EXTENSIONS, rtp.URI_DEPENDENCY_DESCRIPTOR)
 # Payload types on subscriber connections: (media, rtx).
-OUTGOING_PAYLOAD_TYPES = {"vp8": (96, 97), "vp9": (98, 99), "h264": (102, 103), "opus": (111, None)}
+OUTGOING_PAYLOAD_TYPES = {
+    "vp8": (96, 97),
+    "vp9": (98, 99),
+    "h264": (102, 103),
+    "av1": (45, 46),
+    "opus": (111, None),
+}
 OUTGOING_RED_PAYLOAD_TYPE = 63  # RED audio with Opus inside (sfu/red.py), as Chromium numbers it
 # Opus parameters the server asks publishers for: in-band FEC, so a receiver rebuilds a lost frame
 # from the next packet. DTX (``usedtx``) is kept when the publisher's own offer asks for it.
@@ -83,10 +94,19 @@ def _first_video_codec(section: MediaSection) -> Codec | None:
     return None
 
 
-def _pick_codec(section: MediaSection) -> Codec | None:
+def _pick_codec(section: MediaSection, two_byte_extensions: bool) -> Codec | None:
     if section.kind == "video":
         first = _first_video_codec(section)
         if first is not None and first.name == "vp9" and (not first.fmtp or VP9_PROFILE_0.search(first.fmtp)):
+            return first
+        # AV1's dependency descriptor outgrows one-byte extension headers: it needs two-byte ones.
+        if (
+            first is not None
+            and first.name == "av1"
+            and two_byte_extensions
+            and (not AV1_PROFILE.search(first.fmtp) or AV1_PROFILE_0.search(first.fmtp))
+            and rtp.URI_DEPENDENCY_DESCRIPTOR in section.extmap
+        ):
             return first
     preference = VIDEO_PREFERENCE if section.kind == "video" else AUDIO_PREFERENCE
     for name in preference:
@@ -114,7 +134,7 @@ def accept_publisher_offer(offer: SessionDescription) -> list[PublishedSection |
     for section in offer.sections:
         codec = None
         if section.kind in ("audio", "video") and not section.rejected and section.proto == PROTO_RTP:
-            codec = _pick_codec(section)
+            codec = _pick_codec(section, offer.extmap_allow_mixed)
         if codec is None or section.direction not in ("sendonly", "sendrecv"):
             accepted.append(None)
             continue
@@ -130,13 +150,14 @@ def accept_publisher_offer(offer: SessionDescription) -> list[PublishedSection |
         if not ssrc_layers:
             ssrc_layers = [ssrc for ssrc in section.ssrcs if ssrc not in rtx_of][:1]
         stream_id = section.msid.split()[0] if section.msid else ""
+        accepted_uris = AV1_EXTENSIONS if codec.name == "av1" else ACCEPTED_EXTENSIONS
         accepted.append(
             PublishedSection(
                 mid=section.mid,
                 kind=section.kind,
                 codec=codec,
                 rtx_payload_type=_rtx_for(section, codec.payload_type) if section.kind == "video" else None,
-                extension_ids={uri: ident for uri, ident in section.extmap.items() if uri in ACCEPTED_EXTENSIONS},
+                extension_ids={uri: ident for uri, ident in section.extmap.items() if uri in accepted_uris},
                 rids=_ordered_rids(section),
                 ssrc_layers=ssrc_layers,
                 rtx_of=rtx_of,
@@ -178,6 +199,8 @@ def publisher_answer(
 ) -> str:
     mids = [section.mid for section in accepted if section is not None]
     lines = _header(session_id, 1, mids)
+    if offer.extmap_allow_mixed:
+        lines.append("a=extmap-allow-mixed")
     for section, taken in zip(offer.sections, accepted, strict=True):
         if taken is None:
             # Every m-section needs a connection line, rejected ones too (Firefox refuses the
@@ -247,6 +270,9 @@ def outgoing_codec(source: Codec) -> Codec:
 
 def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: int, version: int) -> str:
     lines = _header(session_id, version, [slot.mid for slot in slots])
+    # Two-byte extension headers, which an AV1 key frame's dependency descriptor needs: said in every
+    # offer, since a connection must not take back what it once allowed when its AV1 track goes.
+    lines.append("a=extmap-allow-mixed")
     for slot in slots:
         if slot.codec is None:
             name = "opus" if slot.kind == "audio" else "vp8"
@@ -270,6 +296,8 @@ def subscriber_offer(slots: list[OfferSlot], local: LocalTransport, session_id: 
             lines.append(f"a=extmap:{rtp.OUT_ID_AUDIO_LEVEL} {rtp.URI_AUDIO_LEVEL}")
         lines.append(f"a=extmap:{rtp.OUT_ID_ABS_SEND_TIME} {rtp.URI_ABS_SEND_TIME}")
         lines.append(f"a=extmap:{rtp.OUT_ID_TRANSPORT_CC} {rtp.URI_TRANSPORT_CC}")
+        if codec.name == "av1":
+            lines.append(f"a=extmap:{rtp.OUT_ID_DEPENDENCY_DESCRIPTOR} {rtp.URI_DEPENDENCY_DESCRIPTOR}")
         lines += codec_lines(codec)
         if slot.red:
             lines += codec_lines(red_codec(OUTGOING_RED_PAYLOAD_TYPE, codec.payload_type))

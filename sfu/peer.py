@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from sfu.negotiation import SCALABLE
 from sfu.publisher import PublisherSide
 from sfu.subscriber import SubscriberSide
 from sfu.track import PublishedTrack
@@ -37,9 +38,10 @@ class Peer:
         self.max_bitrate: int | None = None
         self.muted: dict[str, bool] = {}  # kind -> muted server-side (by a host or the peer)
         # The video codecs its own publisher offer listed, once it sent one: a client that cannot send
-        # VP9 (aiortc) cannot receive it either, and fails a whole offer that has a section it cannot
-        # take. None: not known yet (a browser, which decodes VP9, is assumed). Only VP9 is held back
-        # on this ground: a client may well offer to send less than it receives (H.264 only, say).
+        # VP9 or AV1 (aiortc) cannot receive it either, and fails a whole offer that has a section it
+        # cannot take. None: not known yet (a browser, which decodes both, is assumed). Only VP9 and
+        # AV1 are held back on this ground: a client may well offer to send less than it receives
+        # (H.264 only, say).
         self.video_codecs: frozenset[str] | None = None
         self.publisher = PublisherSide(self)
         self.subscriber = SubscriberSide(self)
@@ -48,7 +50,8 @@ class Peer:
         self.awaiting_media = True  # until the first packet is forwarded to it (its join time)
 
     def decodes(self, track: PublishedTrack) -> bool:
-        return track.codec.name != "vp9" or self.video_codecs is None or "vp9" in self.video_codecs
+        name = track.codec.name
+        return name not in SCALABLE or self.video_codecs is None or name in self.video_codecs
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run peer work in the background; everything spawned is cancelled when the peer goes."""

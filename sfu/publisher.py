@@ -149,6 +149,7 @@ class PublisherSide:
                     layer_rids=section.rids or [""] * max(1, len(section.ssrc_layers)),
                     request_keyframe=self._send_keyframe_request,
                     level_extension_id=section.extension_ids.get(rtp.URI_AUDIO_LEVEL, 0),
+                    dependency_extension_id=section.extension_ids.get(rtp.URI_DEPENDENCY_DESCRIPTOR, 0),
                 )
                 track.muted = self.peer.muted.get(section.kind, False)
                 track.red_payload_type = section.red_payload_type  # before receivers are offered the track

@@ -77,7 +77,19 @@ class RoomRecording:
 
     def attach(self, track: PublishedTrack) -> None:
         """Start recording a track (one the room has, or one just published)."""
-        if track.id in self._live or track.codec.name not in FORMATS:
+        if track.id in self._live:
+            return
+        if track.codec.name not in FORMATS:
+            # AV1 (sent with layers, sfu/av1dd.py) has no depacketizer here: its video is left out, the
+            # rest of the meeting (its publisher's audio too) is recorded.
+            log.warning(
+                "recording %s: %s track %s (user %s) is not recorded: no %s recording",
+                self.recording_id,
+                track.kind,
+                track.id,
+                track.user_id,
+                track.codec.name.upper(),
+            )
             return
         fmt = FORMATS[track.codec.name]
         path = self.directory / f"{track.user_id}-{track.kind}-{track.id}.{fmt.extension}"

@@ -14,6 +14,7 @@ from sfu.vp9 import is_vp9_keyframe
 
 FIXED_HEADER = struct.Struct("!BBHII")
 STAMP_PREFIX = struct.Struct("!HHBH")
+WIDE_STAMP_PREFIX = struct.Struct("!HHBBH")
 RTP_VERSION_BITS = 0x80
 
 # Extension URIs the server understands on publishers' packets.
@@ -23,13 +24,19 @@ URI_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+URI_DEPENDENCY_DESCRIPTOR = "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
 
 # The ids the server uses on what it sends; every subscriber offer declares exactly these.
 OUT_ID_AUDIO_LEVEL = 1
 OUT_ID_ABS_SEND_TIME = 2
 OUT_ID_TRANSPORT_CC = 3  # offered to subscribers; first in the block, so it can be stamped per receiver
+OUT_ID_DEPENDENCY_DESCRIPTOR = 4  # AV1 tracks only (sfu/av1dd.py), forwarded as the publisher sent it
 # A block that opens with the transport sequence number: profile, length, element header, two bytes.
 STAMP_START, STAMP_END = 5, 7
+# The same in the two-byte-header form (RFC 8285 section 4.3), which an element over 16 bytes needs
+# (an AV1 key frame's dependency descriptor): the element header is an id byte and a length byte.
+WIDE_STAMP_START, WIDE_STAMP_END = 6, 8
+ONE_BYTE_MAX = 16
 
 
 class MalformedPacket(ValueError):
@@ -122,24 +129,38 @@ def abs_send_time(now: float | None = None) -> bytes:
     return (int(moment * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
 
 
-def stamp_prefix(words: int, seq: int) -> bytes:
+def stamp_prefix(words: int, seq: int, wide: bool = False) -> bytes:
     """The opening of an extension block of ``words`` 32-bit words whose first element is the
-    transport-wide sequence number ``seq`` (the rest of the block follows it unchanged)."""
+    transport-wide sequence number ``seq`` (the rest of the block follows it unchanged); ``wide``:
+    in the two-byte-header form."""
+    if wide:
+        return WIDE_STAMP_PREFIX.pack(0x1000, words, OUT_ID_TRANSPORT_CC, 2, seq)
     return STAMP_PREFIX.pack(0xBEDE, words, (OUT_ID_TRANSPORT_CC << 4) | 1, seq)
 
 
-def is_stamped(block: bytes) -> bool:
-    """Whether an extension block opens with the transport sequence number (see ``stamp_prefix``)."""
-    return len(block) >= STAMP_END and block[:2] == b"\xbe\xde" and block[4] == (OUT_ID_TRANSPORT_CC << 4) | 1
+def stamp_span(block: bytes) -> tuple[int, int] | None:
+    """Where the transport sequence number sits in an extension block that opens with it (see
+    ``stamp_prefix``), in either form; ``None`` when the block does not open with it."""
+    if len(block) >= STAMP_END and block[:2] == b"\xbe\xde" and block[4] == (OUT_ID_TRANSPORT_CC << 4) | 1:
+        return STAMP_START, STAMP_END
+    if len(block) >= WIDE_STAMP_END and block[:2] == b"\x10\x00" and block[4:6] == bytes((OUT_ID_TRANSPORT_CC, 2)):
+        return WIDE_STAMP_START, WIDE_STAMP_END
+    return None
 
 
-def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
-    """A one-byte-header extension block (RFC 8285) holding ``elements``, padded to 32 bits."""
+def extension_block(elements: list[tuple[int, bytes]], wide: bool = False) -> bytes:
+    """An extension block (RFC 8285) holding ``elements``, padded to 32 bits: one-byte headers, or
+    two-byte ones if ``wide`` or an element is longer than one-byte headers allow."""
     if not elements:
         return b""
-    body = b"".join(bytes([(ext_id << 4) | (len(value) - 1)]) + value for ext_id, value in elements)
+    if wide or any(len(value) > ONE_BYTE_MAX for _, value in elements):
+        body = b"".join(bytes((ext_id, len(value))) + value for ext_id, value in elements)
+        profile = 0x1000
+    else:
+        body = b"".join(bytes([(ext_id << 4) | (len(value) - 1)]) + value for ext_id, value in elements)
+        profile = 0xBEDE
     body += b"\x00" * (-len(body) % 4)
-    return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
+    return struct.pack("!HH", profile, len(body) // 4) + body
 
 
 def vp8_descriptor_size(payload: bytes | memoryview) -> int:

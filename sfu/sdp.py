@@ -74,6 +74,8 @@ class SessionDescription:
     fingerprints: list[tuple[str, str]] = field(default_factory=list)
     setup: str = ""
     ice_lite: bool = False
+    # RFC 8285 a=extmap-allow-mixed: the client may send, and takes, two-byte extension headers.
+    extmap_allow_mixed: bool = False
 
     def ice_credentials(self) -> tuple[str, str]:
         """The ICE username fragment and password, which bundling makes one pair for every section."""
@@ -119,6 +121,8 @@ def parse(text: str) -> SessionDescription:
             name, _, rest = value.partition(":")
             if section is None:
                 _session_attribute(session, name, rest)
+            elif name == "extmap-allow-mixed":  # also allowed per media section
+                session.extmap_allow_mixed = True
             else:
                 _media_attribute(section, name, rest)
     if not session.sections:
@@ -148,6 +152,8 @@ def _session_attribute(session: SessionDescription, name: str, value: str) -> No
         session.setup = value
     elif name == "ice-lite":
         session.ice_lite = True
+    elif name == "extmap-allow-mixed":
+        session.extmap_allow_mixed = True
 
 
 def _fingerprint(value: str) -> tuple[str, str]:
@@ -230,7 +236,8 @@ class LocalTransport:
 
 
 def codec_lines(codec: Codec) -> list[str]:
-    name = {"vp8": "VP8", "vp9": "VP9", "h264": "H264", "opus": "opus", "rtx": "rtx"}.get(codec.name, codec.name)
+    names = {"vp8": "VP8", "vp9": "VP9", "av1": "AV1", "h264": "H264", "opus": "opus", "rtx": "rtx"}
+    name = names.get(codec.name, codec.name)
     rtpmap = f"a=rtpmap:{codec.payload_type} {name}/{codec.clock_rate}"
     if codec.channels > 1:
         rtpmap += f"/{codec.channels}"

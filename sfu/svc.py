@@ -1,8 +1,9 @@
-"""Scalable video (VP9 SVC): one stream carrying every layer, thinned per receiver.
+"""Scalable video (VP9 and AV1 SVC): one stream carrying every layer, thinned per receiver.
 
-A publisher sending VP9 with a scalability mode such as ``L3T3_KEY`` puts three spatial and three
-temporal layers on one SSRC. ``SvcLayers`` (one per published track) reads each packet's payload
-descriptor (sfu/vp9.py) and measures every layer's rate; ``SvcSelector`` (one per down-track) drops
+A publisher sending VP9 or AV1 with a scalability mode such as ``L3T3_KEY`` puts three spatial and
+three temporal layers on one SSRC. ``SvcLayers`` (one per published track) reads each packet's
+layer, from VP9's payload descriptor (sfu/vp9.py) or AV1's dependency descriptor header extension
+(sfu/av1dd.py), and measures every layer's rate; ``SvcSelector`` (one per down-track) drops
 the packets above the receiver's spatial and temporal target, marks the end of each picture it
 forwards and numbers what it forwards without holes.
 
@@ -19,17 +20,21 @@ When a layer may change:
 - spatial up: only at a key picture. With ``L3T3_KEY`` an upper spatial layer is predicted from the
   one below only in key pictures and otherwise from its own earlier frames, which a receiver that
   was not getting it never had; the selector asks for a key picture when it wants to go up.
-- temporal up: at a picture of the base temporal layer, or one marked as a switching-up point (U)
-  whose layer is already forwarded.
+- temporal up: at a picture of the base temporal layer, or one marked as a switching-up point (VP9's
+  U, AV1's "switch" decode target indication) whose layer is already forwarded.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import TypeAlias
 
-from sfu import rtp, vp9
-from sfu.vp9 import Descriptor
+from sfu import av1dd, rtp, vp9
+
+# What the selector reads of a packet (the same names in both): sid, tid, begin, end, switch_up, keyframe.
+Descriptor: TypeAlias = vp9.Descriptor | av1dd.Descriptor
 
 SPATIAL_LAYERS = 3  # the most WebRTC's VP9 scalability modes send (L3Tx)
 TEMPORAL_LAYERS = 3
@@ -51,14 +56,23 @@ FILL = -2  # ... nor is this late packet, but the number left for it is filled w
 REMEMBERED = 1024  # recent drops and upstream gaps remembered, to place late packets (repairs)
 
 
+def read_vp9(packet: rtp.Packet) -> vp9.Descriptor:
+    return vp9.parse(packet.data, packet.payload_start, packet.payload_end)
+
+
 class SvcLayers:
-    """What one SVC track sends: each packet's descriptor, each layer's rate and whether it is live."""
+    """What one SVC track sends: each packet's descriptor, each layer's rate and whether it is live.
 
-    __slots__ = ("_window_bytes", "_window_start", "descriptor", "malformed", "rates", "seen", "structure")
+    ``read`` gives a packet's descriptor (``read_vp9``, or an AV1 track's
+    ``av1dd.DependencyReader.read``) and raises ValueError for one it cannot read."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_window_bytes", "_window_start", "descriptor", "malformed", "rates", "read", "seen", "structure")
+
+    def __init__(self, read: Callable[[rtp.Packet], Descriptor] = read_vp9) -> None:
+        self.read = read
         self.descriptor: Descriptor | None = None  # the packet being handed down
-        self.structure: vp9.ScalabilityStructure | None = None  # from the latest key picture
+        # From the latest key picture: VP9's scalability structure or AV1's template structure.
+        self.structure: vp9.ScalabilityStructure | av1dd.Structure | None = None
         self.malformed = 0
         self.rates = [[0] * TEMPORAL_LAYERS for _ in range(SPATIAL_LAYERS)]  # bit/s
         self.seen = [0.0] * (SPATIAL_LAYERS + TEMPORAL_LAYERS)  # last arrival of each spatial, then temporal layer
@@ -68,8 +82,8 @@ class SvcLayers:
     def note(self, packet: rtp.Packet, now: float) -> Descriptor | None:
         """Read the packet's descriptor and count it; ``None`` for a payload too short to read."""
         try:
-            descriptor = vp9.parse(packet.data, packet.payload_start, packet.payload_end)
-        except vp9.Vp9Error:
+            descriptor = self.read(packet)
+        except ValueError:  # Vp9Error, DependencyError
             self.malformed += 1
             self.descriptor = None
             return None

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sfu import red, rtcp, rtp, svc
+from sfu import av1dd, red, rtcp, rtp, svc
 from sfu.negotiation import OUTGOING_PAYLOAD_TYPES, OUTGOING_RED_PAYLOAD_TYPE
 from sfu.sdp import Codec
 
@@ -204,6 +204,7 @@ class PublishedTrack:
         request_keyframe: Callable[[Layer], None],
         level_extension_id: int = 0,
         source: str = "camera",
+        dependency_extension_id: int = 0,
     ) -> None:
         self.id = secrets.token_hex(8)
         self.publisher_id = publisher_id
@@ -226,8 +227,16 @@ class PublishedTrack:
         self.level_extension_id = level_extension_id
         self.red_payload_type: int | None = None  # the publisher sends RED audio under this type (sfu/red.py)
         self._detect_keyframe = rtp.KEYFRAME_DETECTORS.get(codec.name)
-        # A VP9 track sent as one encoding may carry spatial and temporal layers (sfu/svc.py).
-        self.svc = svc.SvcLayers() if codec.name == "vp9" and count == 1 else None
+        # A VP9 or AV1 track sent as one encoding may carry spatial and temporal layers (sfu/svc.py);
+        # AV1's are told by the dependency descriptor, forwarded as it came (so in two-byte-header
+        # extension blocks: a key frame's outgrows the one-byte form).
+        self.dependencies: av1dd.DependencyReader | None = None
+        self.wide_extensions = codec.name == "av1"
+        if codec.name == "av1" and count == 1:
+            self.dependencies = av1dd.DependencyReader(dependency_extension_id)
+            self.svc: svc.SvcLayers | None = svc.SvcLayers(self.dependencies.read)
+        else:
+            self.svc = svc.SvcLayers() if codec.name == "vp9" and count == 1 else None
 
     @property
     def simulcast(self) -> bool:
@@ -342,7 +351,10 @@ class PublishedTrack:
         if level:
             elements.insert(0, (rtp.OUT_ID_AUDIO_LEVEL, level))
             self.audio_level = min(self.audio_level, level[0] & 0x7F)
-        extension = rtp.extension_block(elements)
+        wide = self.wide_extensions
+        if self.dependencies is not None:
+            elements.append((rtp.OUT_ID_DEPENDENCY_DESCRIPTOR, packet.extensions[self.dependencies.extension_id]))
+        extension = rtp.extension_block(elements, wide)
         payload = packet.data[packet.payload_start : packet.payload_end]
         tail = extension + payload
         stamped_tail = b""  # for receivers with transport-wide feedback: the block after their number
@@ -363,6 +375,7 @@ class PublishedTrack:
                 down.send(layer, packet, first, second, tail, len(extension))
                 continue
             if not stamped_length:
-                stamped = rtp.extension_block([(rtp.OUT_ID_TRANSPORT_CC, b"\0\0"), *elements])
-                stamped_tail, stamped_length = stamped[rtp.STAMP_END :] + payload, len(stamped)
+                stamped = rtp.extension_block([(rtp.OUT_ID_TRANSPORT_CC, b"\0\0"), *elements], wide)
+                stamped_tail = stamped[rtp.WIDE_STAMP_END if wide else rtp.STAMP_END :] + payload
+                stamped_length = len(stamped)
             down.send(layer, packet, first, second, stamped_tail, stamped_length)

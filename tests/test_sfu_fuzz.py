@@ -1,7 +1,8 @@
 """Property-based fuzzing of everything the SFU parses from the network: arbitrary and mutated-valid
-RTP, RTCP, STUN datagrams and session descriptions. Each parser may refuse input only with its
-documented exception (``rtp.MalformedPacket``, ``rtcp.MalformedRtcp``, ``SdpError`` for
-descriptions; ``parse_stun`` answers ``None``); anything else escaping is a crash the fuzzer reports."""
+RTP, AV1 dependency descriptors, RTCP, STUN datagrams and session descriptions. Each parser may
+refuse input only with its documented exception (``rtp.MalformedPacket``, ``av1dd.DependencyError``,
+``rtcp.MalformedRtcp``, ``SdpError`` for descriptions; ``parse_stun`` answers ``None``); anything
+else escaping is a crash the fuzzer reports."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.settings import SfuSettings
-from sfu import rtcp, rtp
+from sfu import av1dd, rtcp, rtp
 from sfu.negotiation import accept_publisher_offer, accepted_in_answer, publisher_answer
 from sfu.network import LOOPBACK, MediaProtocol, gather, parse_stun
 from sfu.sdp import LocalTransport, SdpError, parse
 from sfu.server import Sfu
 from sfu.transport import parse_candidate
+from tests import av1_capture
 from tests.test_sfu_packets import CHROMIUM_OFFER, rtp_packet
 
 FUZZ = settings(
@@ -93,6 +95,21 @@ def test_rtp_parser_on_mutated_packets(data: bytes) -> None:
 def test_valid_rtp_parses(data: bytes) -> None:
     packet = rtp.Packet(data)
     assert packet.payload_end == len(data)
+
+
+# AV1 dependency descriptors ------------------------------------------------------------------------
+
+CHROMIUM_DESCRIPTORS = [packet.extensions[av1_capture.EXTENSION_ID] for packet in av1_capture.packets()]
+CHROMIUM_STRUCTURE = av1dd.parse(CHROMIUM_DESCRIPTORS[0], None).structure
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=120), mutated(st.sampled_from(CHROMIUM_DESCRIPTORS))), st.booleans())
+def test_dependency_descriptors_parse_or_are_refused(data: bytes, known_structure: bool) -> None:
+    with contextlib.suppress(av1dd.DependencyError):
+        read = av1dd.parse(data, CHROMIUM_STRUCTURE if known_structure else None)
+        structure = read.structure or CHROMIUM_STRUCTURE
+        assert structure is not None and 0 <= read.sid < structure.spatial_layers
 
 
 # RTCP ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
  * meeting.
  *
  * Browser tests skip signing in with
- * `?token=…&user_id=…&meeting_id=…&autostart=1[&audio=0][&video=0][&simulcast=0][&codec=vp9[&svc=L3T3_KEY]][&width=…&height=…]`
+ * `?token=…&user_id=…&meeting_id=…&autostart=1[&audio=0][&video=0][&simulcast=0][&codec=vp9|av1[&svc=L3T3_KEY]][&width=…&height=…]`
  * (after joining the meeting over REST themselves) and drive the page through `window.huiyi` (the
  * client) and `window.huiyiReady`, which settles once the room is joined and the publish answer
  * applied, and rejects on the first error before that. `&relay=1` (also with the app) sends all

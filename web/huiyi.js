@@ -118,12 +118,17 @@ function markScreenSection(sdp, mid) {
   return sdp.replace(new RegExp(`(\\r?\\n)a=mid:${mid}(\\r?\\n)`), `$1a=mid:${mid}$2a=content:slides$2`);
 }
 
-/** The browser's video codecs with VP9 profile 0 first, for a transceiver's setCodecPreferences. */
-function vp9First() {
+/**
+ * The browser's video codecs with `codec` ('vp9' or 'av1', profile 0 of either) first, for a
+ * transceiver's setCodecPreferences: the server takes a scalable codec only when it comes first.
+ */
+function scalableFirst(codec) {
   const codecs = RTCRtpSender.getCapabilities('video')?.codecs ?? [];
-  const isVp9 = (c) => c.mimeType.toLowerCase() === 'video/vp9' && !/profile-id=[1-9]/.test(c.sdpFmtpLine ?? '');
-  if (!codecs.some(isVp9)) throw new Error('this browser cannot send VP9');
-  return [...codecs.filter(isVp9), ...codecs.filter((c) => !isVp9(c))];
+  const mime = codec === 'av1' ? 'video/av1' : 'video/vp9';
+  const profile = codec === 'av1' ? /profile=[1-9]/ : /profile-id=[1-9]/;
+  const wanted = (c) => c.mimeType.toLowerCase() === mime && !profile.test(c.sdpFmtpLine ?? '');
+  if (!codecs.some(wanted)) throw new Error(`this browser cannot send ${codec.toUpperCase()}`);
+  return [...codecs.filter(wanted), ...codecs.filter((c) => !wanted(c))];
 }
 
 function sleep(ms) {
@@ -321,9 +326,9 @@ export class HuiyiClient extends EventTarget {
    * publisher connection. Resolves with the local stream once the server's answer is applied.
    * Calling it again adds the new tracks and renegotiates.
    *
-   * `codec: 'vp9'` sends the camera as VP9 with spatial and temporal layers on one stream
-   * (`scalabilityMode`, default 'L3T3_KEY') instead of VP8 simulcast; receivers must be able to
-   * decode VP9 (every current browser can; docs/sfu.md).
+   * `codec: 'vp9'` or `codec: 'av1'` sends the camera as VP9 or AV1 with spatial and temporal
+   * layers on one stream (`scalabilityMode`, default 'L3T3_KEY') instead of VP8 simulcast; receivers
+   * that cannot decode that codec do not get the video (docs/sfu.md).
    */
   async publish({
     audio = true,
@@ -335,7 +340,7 @@ export class HuiyiClient extends EventTarget {
     height = 720,
     stream,
   } = {}) {
-    if (codec !== 'vp8' && codec !== 'vp9') throw new Error(`codec must be 'vp8' or 'vp9', not ${codec}`);
+    if (!['vp8', 'vp9', 'av1'].includes(codec)) throw new Error(`codec must be 'vp8', 'vp9' or 'av1', not ${codec}`);
     if (this.#closed) throw new Error('the client is closed');
     if (!stream && !audio && !video) throw new Error('nothing to publish: audio and video are both off');
     const source =
@@ -353,9 +358,9 @@ export class HuiyiClient extends EventTarget {
       // The stream gives the offer an a=msid, so the SFU can tell which tracks belong together.
       const init = { direction: 'sendonly' };
       let codecs = null;
-      if (track.kind === 'video' && codec === 'vp9') {
+      if (track.kind === 'video' && codec !== 'vp8') {
         init.sendEncodings = [{ ...SVC_ENCODING, scalabilityMode }];
-        codecs = vp9First();
+        codecs = scalableFirst(codec);
       } else if (track.kind === 'video') {
         init.sendEncodings = simulcast ? SIMULCAST_ENCODINGS : [{ maxBitrate: 1_500_000 }];
       }
