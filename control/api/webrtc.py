@@ -61,6 +61,10 @@ class SubscriptionOut(BaseModel):
     publisher_user_id: int
     current_layer: str | None = Field(description="the layer being forwarded now")
     target_layer: str | None = Field(description="the layer the server is switching to")
+    temporal_layer: int | None = Field(
+        description="the highest temporal layer of the current layer forwarded (0 = base layer only); "
+        "null when the codec shows none"
+    )
     preferred_layer: str | None = Field(description="the best layer the subscriber asked for")
     paused: bool
 
@@ -172,6 +176,7 @@ def _subscription_fields(down: DownTrack) -> dict[str, object]:
         "publisher_user_id": down.track.user_id,
         "current_layer": down.layer_name(down.current_layer),
         "target_layer": down.layer_name(down.target_layer),
+        "temporal_layer": down.temporal_layer,
         "preferred_layer": down.layer_name(down.preferred_layer),
         "paused": down.paused,
     }
