@@ -42,6 +42,8 @@ class PayloadRewriter(Protocol):
 
     temporal_layers: int  # how many temporal layers the publisher's stream has shown
     temporal_layer: int  # the highest one being forwarded
+    target_temporal: int  # the highest one to forward
+    starts_frame: bool  # the packet last rewritten opens a frame
 
     def rewrite(self, tail: bytes, start: int) -> bytes | bytearray | None:
         """``tail`` (extensions and payload; the payload at ``start``) for this receiver, or ``None``
@@ -66,8 +68,10 @@ class DownTrack:
         "bytes",
         "ceiling",
         "climbed",
+        "congested",
         "current_layer",
         "dropped_by_simulation",
+        "dropped_seq",
         "estimator",
         "firs",
         "first_sent_at",
@@ -138,6 +142,7 @@ class DownTrack:
         self.climbed = NO_LAYER  # the highest layer let through above the estimate (see sfu/allocator.py)
         self.ceiling = NO_LAYER  # the best layer the preference, the publisher and hard caps allow
         self.starved = False  # the congested estimate is far below the lowest layer: no video at all
+        self.congested = False  # the estimate shows congestion: a hard limit (see sfu/allocator.py)
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
         self.last_seq = random.getrandbits(16)
@@ -152,6 +157,7 @@ class DownTrack:
         # Where packets were dropped since the last switch: (source sequence number opening a run of
         # dropped packets, the offset that applied before it), oldest first.
         self.skips: list[tuple[int, int]] = []
+        self.dropped_seq = -1  # the source sequence number of the newest packet, when it was dropped
         self.history: list[tuple[bytes, int] | None] | None = [None] * HISTORY_SIZE if track.kind == "video" else None
         self.resent_at: list[float] | None = [0.0] * HISTORY_SIZE if track.kind == "video" else None
         self.rtx_seq = random.getrandbits(16)
@@ -181,9 +187,10 @@ class DownTrack:
                 return
         if self.rewriter is not None:
             rewritten = self.rewriter.rewrite(tail, len(tail) - packet.payload_end + packet.payload_start)
-            if rewritten is None:
-                self._skip(packet.seq)
-                return
+            if rewritten is None or self.dropped_seq >= 0:
+                self._close_up(packet.seq, rewritten is None)
+                if rewritten is None:
+                    return
             tail = rewritten
         seq = (packet.seq + self.seq_offset) & 0xFFFF
         if self.skips and not rtp.seq_newer(seq, self.last_seq):
@@ -210,17 +217,46 @@ class DownTrack:
             return
         self.send_rtp(data)
 
-    def _skip(self, source_seq: int) -> None:
-        """A packet the receiver does not get: the ones after it close up over its number. One that
-        arrives late (after packets sent beyond it) never had a number of its own."""
-        if not rtp.seq_newer((source_seq + self.seq_offset) & 0xFFFF, self.last_seq):
+    def _close_up(self, source_seq: int, dropped: bool) -> None:
+        """Number what follows a dropped packet as if it had never been sent, so the receiver sees no
+        gap (one would stall aiortc's jitter buffer and count as loss). Packets the publisher's own
+        stream is missing there (lost on the way in) are closed up over too when they can only belong
+        to a dropped frame: between two packets of dropped frames, between a dropped frame and the
+        start of the next one, or between the end of a frame and the rest of a dropped one. A packet
+        that arrives late (after packets sent beyond it) never had a number of its own."""
+        assert self.rewriter is not None
+        if self.dropped_seq >= 0:
+            previous, previous_dropped = self.dropped_seq, True
+        else:
+            previous, previous_dropped = (self.last_seq - self.seq_offset) & 0xFFFF, False
+        if not rtp.seq_newer(source_seq, previous):
             return
+        missing = (source_seq - previous - 1) & 0xFFFF
+        starts = self.rewriter.starts_frame
+        if missing and (
+            (previous_dropped and (dropped or starts))
+            or (dropped and not starts and not previous_dropped and self._ended_frame())
+        ):
+            self._shift((previous + 1) & 0xFFFF, missing)
+        if dropped:
+            self._shift(source_seq, 1)
+            self.dropped_seq = source_seq
+        else:
+            self.dropped_seq = -1
+
+    def _ended_frame(self) -> bool:
+        """Whether the newest packet sent ended its frame (carried the marker bit)."""
+        entry = self.history[self.last_seq % HISTORY_SIZE] if self.history is not None else None
+        return entry is not None and bool(entry[0][1] & 0x80)
+
+    def _shift(self, source_seq: int, count: int) -> None:
+        """From ``source_seq`` on, ``count`` fewer numbers are used."""
         skips = self.skips
         if not skips or (skips[-1][0] + skips[-1][1] - self.seq_offset) & 0xFFFF != source_seq:
             skips.append((source_seq, self.seq_offset))
             if len(skips) > SKIPS_KEPT:
                 del skips[0]
-        self.seq_offset = (self.seq_offset - 1) & 0xFFFF
+        self.seq_offset = (self.seq_offset - count) & 0xFFFF
 
     def _offset_at(self, source_seq: int) -> int:
         """The offset that applied to a packet arriving late: the one before every run of dropped
@@ -235,6 +271,7 @@ class DownTrack:
     def _switch_to(self, layer: Layer, packet: rtp.Packet) -> None:
         """Start forwarding ``layer`` at this packet (a key frame's first, for video) without a jump."""
         self.skips.clear()
+        self.dropped_seq = -1
         if self.rewriter is not None:
             self.rewriter.switch()
         if self.sent_any:
@@ -301,28 +338,40 @@ class DownTrack:
         self._choose_temporal(choice)
 
     def _choose_temporal(self, index: int) -> None:
-        """Within the layer chosen, forward only the temporal layers its share of the estimate carries
-        when the whole layer does not fit (the lowest layer, before video is paused): a step finer
-        than a simulcast layer, taken at once, without waiting for a key frame."""
+        """Within the layer chosen, forward only the temporal layers its share of a congested estimate
+        carries when the whole layer does not fit (the lowest layer, before video is paused): a step
+        finer than a simulcast layer, taken at once, without waiting for a key frame. As with layers,
+        the way back up is a climb (the estimate follows what is received, so it never says more fits)."""
         rewriter = self.rewriter
         if rewriter is None:
             return
         highest = ALL_TEMPORAL
         shares = TEMPORAL_SHARES.get(rewriter.temporal_layers)
         rate = self.track.layers[index].bitrate
-        if shares is not None and self.bandwidth is not None and rate > self.bandwidth and index > self.climbed:
+        bandwidth = self.bandwidth
+        constrained = self.congested and bandwidth is not None and rate > bandwidth > 0
+        if shares is not None and constrained and index > self.climbed:
             highest = 0
-            while highest + 1 < len(shares) and rate * shares[highest + 1] <= self.bandwidth:
+            while highest + 1 < len(shares) and rate * shares[highest + 1] <= bandwidth:
                 highest += 1
         rewriter.set_temporal(highest)
 
     @property
     def held_back(self) -> bool:
         """Only the estimate keeps this down-track below the layer it would otherwise get."""
-        return self.target_layer < self.ceiling
+        return self.target_layer < self.ceiling or self.temporal_held
+
+    @property
+    def temporal_held(self) -> bool:
+        """Temporal layers of the target layer are being left out."""
+        rewriter = self.rewriter
+        return rewriter is not None and rewriter.temporal_layers > 1 and rewriter.target_temporal < ALL_TEMPORAL
 
     def next_layer_up(self) -> int | None:
-        """The layer a climb would try: the next active one above the target, within the ceiling."""
+        """The layer a climb would try: the target itself, whole, when some of its temporal layers are
+        left out; otherwise the next active one above it, within the ceiling."""
+        if self.temporal_held and self.target_layer >= 0:
+            return self.target_layer
         above = [index for index in self.track.active_layers() if self.target_layer < index <= self.ceiling]
         return above[0] if above else None
 

@@ -37,6 +37,7 @@ class Vp8Rewriter:
         "last_tl0",
         "newest_picture",
         "picture_offset",
+        "starts_frame",
         "switching",
         "target_temporal",
         "temporal",
@@ -56,6 +57,7 @@ class Vp8Rewriter:
         self.target_temporal = ALL_TEMPORAL  # the highest temporal layer this receiver should get
         self.temporal = ALL_TEMPORAL  # the highest one let through now (changes at frame starts)
         self.temporal_layers = 1  # how many temporal layers the publisher's stream has shown
+        self.starts_frame = False  # the packet last rewritten opens a frame
 
     def switch(self) -> None:
         """The next packet starts a key frame of another simulcast layer (or another source)."""
@@ -74,6 +76,7 @@ class Vp8Rewriter:
         """``tail`` with the descriptor at ``start`` rewritten for this receiver, or ``None`` when
         the packet belongs to a frame this receiver does not get."""
         end = len(tail)
+        self.starts_frame = starts_frame = start < end and tail[start] & 0x17 == 0x10  # S bit, partition 0
         if start + 2 >= end or not tail[start] & 0x80:
             return tail  # no extension: nothing to keep continuous (and nothing to drop by)
         flags = tail[start + 1]
@@ -108,7 +111,6 @@ class Vp8Rewriter:
         if position >= end:
             return tail
         mask = 0x7FFF if wide else 0x7F
-        starts_frame = tail[start] & 0x17 == 0x10  # S bit, partition 0
         if self.switching:
             self._start_layer(tail, picture, mask, tl0_at, key_at)
             number = self.last_picture

@@ -75,7 +75,9 @@ class Stream:
     """One simulcast layer as its publisher sends it: RTP packets per frame, with the descriptor
     counters of its own encoder."""
 
-    def __init__(self, frames: list[bytes], ssrc: int, seq: int, picture: int, tl0: int, keyidx: int) -> None:
+    def __init__(
+        self, frames: list[bytes], ssrc: int, seq: int, picture: int, tl0: int, keyidx: int, size: int = PACKET_SIZE
+    ) -> None:
         self.frames = frames
         self.packets: list[list[bytes]] = []
         for index, data in enumerate(frames):
@@ -83,7 +85,7 @@ class Stream:
             if tid == 0 and index:
                 tl0 = (tl0 + 1) & 0xFF
             parts = []
-            for start in range(0, len(data), PACKET_SIZE):
+            for start in range(0, len(data), size):
                 descriptor = VpxPayloadDescriptor(
                     partition_start=int(start == 0),
                     partition_id=0,
@@ -92,9 +94,9 @@ class Stream:
                     tid=(tid, int(SYNC[index % 4])),
                     keyidx=keyidx,
                 )
-                marker = 0x80 if start + PACKET_SIZE >= len(data) else 0
+                marker = 0x80 if start + size >= len(data) else 0
                 header = rtp.FIXED_HEADER.pack(0x80, 96 | marker, seq & 0xFFFF, index * 3000, ssrc)
-                parts.append(header + bytes(descriptor) + data[start : start + PACKET_SIZE])
+                parts.append(header + bytes(descriptor) + data[start : start + size])
                 seq += 1
             self.packets.append(parts)
 
@@ -247,6 +249,26 @@ def test_a_late_packet_gets_the_numbers_of_its_place_and_nacks_find_rewritten_pa
     assert resent == [receiver.sent[-1], receiver.sent[-2]]
 
 
+def test_packets_lost_on_the_way_in_from_dropped_frames_leave_no_gap(clips) -> None:
+    """A packet the publisher's stream lacks, in a frame the receiver does not get, must not show
+    as a gap either: aiortc's jitter buffer would wait for it (and its repair is dropped anyway)."""
+    low_frames, _ = clips
+    low = Stream(low_frames, 1000, 65520, picture=40, tl0=1, keyidx=1, size=40)
+    receiver = Receiver()
+    down, layer = receiver.down, receiver.track.layers[0]
+    down.target_layer = 0
+    assert down.rewriter is not None and min(len(low.packets[index]) for index in (1, 3, 5)) >= 3
+    receiver.forward(layer, low.packets[0])
+    down.rewriter.set_temporal(1)
+    lost = [low.packets[1][1], low.packets[3][-1], low.packets[5][0]]  # inside, at the end, at the start
+    for index in range(1, 8):
+        receiver.forward(layer, [data for data in low.packets[index] if data not in lost])
+    receiver.forward(layer, lost)  # their repairs, late
+    assert_continuous(receiver)
+    assert len(receiver.sent) == sum(len(low.packets[index]) for index in (0, 2, 4, 6))
+    assert numpy.array_equal(receiver.played()[-1], decode(low_frames)[6])
+
+
 def test_seven_bit_picture_ids_wrap_at_128_and_descriptors_without_them_pass() -> None:
     def packet(seq: int, picture: int | None, tid: int, key: bool = False) -> bytes:
         # X and S; then I (a 7-bit picture ID) and T, or T alone
@@ -283,9 +305,18 @@ def test_the_lowest_layer_drops_temporal_layers_before_video_is_paused(clips) ->
     layers[0].bitrate, layers[1].bitrate = 150_000, 600_000
     for layer in layers:
         layer.last_arrival = 1e12  # both layers are sending
+    down.congested = True  # an estimate brought down by congestion: a hard limit
     expected = {1_000_000: ALL_TEMPORAL, 400_000: ALL_TEMPORAL, 130_000: 1, 100_000: 0, 80_000: 0}
     for bandwidth, temporal in expected.items():
         down.bandwidth = bandwidth
         down.choose_layer()
         assert down.rewriter.target_temporal == temporal, bandwidth
         assert down.target_layer == (1 if bandwidth >= 600_000 else 0)
+        assert down.held_back == (bandwidth < 600_000)
+        assert down.next_layer_up() == (0 if temporal < ALL_TEMPORAL else 1 if bandwidth < 600_000 else None)
+    # A climb (after a probe, sfu/allocator.py) brings the whole layer back; so does calm.
+    down.climb()
+    assert down.rewriter.target_temporal == ALL_TEMPORAL and down.target_layer == 0
+    down.climbed, down.congested = -1, False
+    down.choose_layer()
+    assert down.rewriter.target_temporal == ALL_TEMPORAL
