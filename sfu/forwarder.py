@@ -181,14 +181,6 @@ class DownTrack:
     ) -> None:
         if layer.index != self.current_layer:
             self._switch_to(layer, packet)
-        elif self.target_layer < self.current_layer and self._ended_frame():
-            # Stepping down, so the link is short of room: the old layer stops at the end of a frame,
-            # and the queue it filled drains before the new layer's key frame (which would otherwise
-            # be lost in it, and a receiver that asks only once for what it lost, as aiortc does,
-            # would wait for it for good).
-            self.current_layer = NO_LAYER
-            self.switches += 1
-            return
         elif self.guard:
             self.guard -= 1
             if rtp.seq_newer(self.switch_seq, packet.seq):
