@@ -31,7 +31,6 @@ LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not mov
 RETRANSMIT_MIN_GAP = 0.1
 RETRANSMIT_MAX_GAP = 0.5  # a round trip measured through a full queue must not silence repairs for long
 PADDING_EXTENSION_WITH_NUMBER = 12  # block header, transport number (3) and abs-send-time (4), padded
-REPAIR_REPEATS = 2  # times a retransmission is repeated for a receiver that cannot say it arrived
 SKIPS_KEPT = 64  # runs of dropped packets remembered, to number packets that arrive late
 # Of a VP8 layer's bitrate, the share its lowest temporal layers take (libwebrtc's allocation for
 # two and three temporal layers: the base layer 60 %, the first two 80 %).
@@ -93,7 +92,6 @@ class DownTrack:
         "payload_type",
         "plis",
         "preferred_layer",
-        "repairs",
         "reports_rtx",
         "resent_at",
         "retransmits",
@@ -163,7 +161,6 @@ class DownTrack:
         self.history: list[tuple[bytes, int] | None] | None = [None] * HISTORY_SIZE if track.kind == "video" else None
         self.resent_at: list[float] | None = [0.0] * HISTORY_SIZE if track.kind == "video" else None
         self.rtx_seq = random.getrandbits(16)
-        self.repairs: dict[int, int] = {}  # sequence number -> repeats left (see ``repeat_repairs``)
         self.packets = self.bytes = self.dropped_by_simulation = 0
         self.nacks = self.retransmits = self.plis = self.firs = 0
         self.fraction_lost = 0.0
@@ -395,32 +392,6 @@ class DownTrack:
         self.nacks += 1
         if self.history is None or self.resent_at is None:
             return
-        if self.estimator is None and self.repairs:
-            # Such a receiver lists every packet it still misses in each NACK: the others arrived.
-            self.repairs = {seq: left for seq, left in self.repairs.items() if seq in lost}
-        self._resend(lost, send_rtp, self.estimator is None)
-
-    def repeat_repairs(self, send_rtp: Callable[[bytes], None]) -> None:
-        """Send again what was sent again and may not have arrived (called once a second).
-
-        A receiver without transport-wide feedback tells nothing of a retransmission's fate, and
-        aiortc asks again for a missing packet only when another goes missing: a retransmission
-        lost in the queue of a congested link leaves a hole that its jitter buffer waits on, with
-        every later frame behind it, until 512 packets have passed. So each packet NACKed is sent
-        again up to ``REPAIR_REPEATS`` more times, a second apart, until a later NACK leaves it out."""
-        if not self.repairs:
-            return
-        pending = list(self.repairs)
-        for seq in pending:
-            self.repairs[seq] -= 1
-            if not self.repairs[seq]:
-                del self.repairs[seq]
-        self._resend(pending, send_rtp, False)
-
-    def _resend(self, lost: list[int], send_rtp: Callable[[bytes], None], repeat: bool) -> None:
-        """Send ``lost`` again from the history (as RTX when accepted); with ``repeat``, each packet
-        sent is to be repeated (see ``repeat_repairs``)."""
-        assert self.history is not None and self.resent_at is not None
         now = time.monotonic()
         gap = min(max(RETRANSMIT_MIN_GAP, self.rtt or 0.0), RETRANSMIT_MAX_GAP)
         for seq in lost:
@@ -452,8 +423,6 @@ class DownTrack:
             else:
                 data = data[:12] + extension + data[payload_offset:]
             self.retransmits += 1
-            if repeat and seq not in self.repairs and len(self.repairs) < HISTORY_SIZE:
-                self.repairs[seq] = REPAIR_REPEATS
             send_rtp(data)
 
     def padding_packet(self, size: int) -> bytes | None:

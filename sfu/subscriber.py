@@ -287,7 +287,6 @@ class SubscriberSide:
             return
         for down in self.downtracks.values():
             down.roll_window(now)
-            down.repeat_repairs(self._send_rtp)
             report = down.sender_report()
             if report is not None:
                 self.transport.send_rtcp(report)
