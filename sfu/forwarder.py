@@ -30,11 +30,6 @@ LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not mov
 # adds to the queue that lost the packet.
 RETRANSMIT_MIN_GAP = 0.1
 RETRANSMIT_MAX_GAP = 0.5  # a round trip measured through a full queue must not silence repairs for long
-# A packet this many behind the newest sent is not sent again: the receiver has given its frame up by
-# the time it would arrive, and aiortc's jitter buffer takes a packet arriving 100 or more behind the
-# oldest it holds for a restart of the stream, then waits for the packets after it, which it already
-# played, until 512 more have arrived (its NACKs ask for up to 128 behind).
-REPAIR_MAX_AGE = 64
 PADDING_EXTENSION_WITH_NUMBER = 12  # block header, transport number (3) and abs-send-time (4), padded
 SKIPS_KEPT = 64  # runs of dropped packets remembered, to number packets that arrive late
 # Of a VP8 layer's bitrate, the share its lowest temporal layers take (libwebrtc's allocation for
@@ -400,8 +395,6 @@ class DownTrack:
         now = time.monotonic()
         gap = min(max(RETRANSMIT_MIN_GAP, self.rtt or 0.0), RETRANSMIT_MAX_GAP)
         for seq in lost:
-            if (self.last_seq - seq) & 0xFFFF > REPAIR_MAX_AGE:
-                continue
             entry = self.history[seq % HISTORY_SIZE]
             if entry is None or (entry[0][2] << 8 | entry[0][3]) != seq:
                 continue
