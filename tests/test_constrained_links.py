@@ -164,7 +164,7 @@ async def step_down_and_back(link: Link, meeting: Meeting, sample) -> dict[str, 
         raise AssertionError(f"{failure}; {meeting.explain()}") from None
     numbers["climb_s"] = round(time.monotonic() - lifted_at, 1)
     print(f"constrained link {CAP} bit/s: {numbers}, layers while capped {layers}; {meeting.explain()}")
-    assert "high" not in layers, f"the high layer was forwarded over the capped link: {meeting.explain()}"
+    assert layers == {"low"}, f"the low layer, and only it, over the capped link: {layers}; {meeting.explain()}"
     assert numbers["step_down_s"] <= STEP_DOWN_SECONDS, numbers
     assert received > 0 and numbers["loss"] < MAX_LOSS, f"{numbers}; {meeting.explain()}"
     numbers["frames"] = after["frames"] - before["frames"]
