@@ -44,6 +44,7 @@ class PayloadRewriter(Protocol):
     temporal_layer: int  # the highest one being forwarded
     target_temporal: int  # the highest one to forward
     starts_frame: bool  # the packet last rewritten opens a frame
+    frames_missed: bool  # ... and follows a whole frame (or more) missing from the publisher's stream
 
     def rewrite(self, tail: bytes, start: int) -> bytes | bytearray | None:
         """``tail`` (extensions and payload; the payload at ``start``) for this receiver, or ``None``
@@ -222,7 +223,8 @@ class DownTrack:
         gap (one would stall aiortc's jitter buffer and count as loss). Packets the publisher's own
         stream is missing there (lost on the way in) are closed up over too when they can only belong
         to a dropped frame: between two packets of dropped frames, between a dropped frame and the
-        start of the next one, or between the end of a frame and the rest of a dropped one. A packet
+        start of the next one, or between the end of a frame and the rest of a dropped one, with no
+        whole frame missing in between (a repair of that will come and fill its place). A packet
         that arrives late (after packets sent beyond it) never had a number of its own."""
         assert self.rewriter is not None
         if self.dropped_seq >= 0:
@@ -233,9 +235,13 @@ class DownTrack:
             return
         missing = (source_seq - previous - 1) & 0xFFFF
         starts = self.rewriter.starts_frame
-        if missing and (
-            (previous_dropped and (dropped or starts))
-            or (dropped and not starts and not previous_dropped and self._ended_frame())
+        if (
+            missing
+            and not self.rewriter.frames_missed
+            and (
+                (previous_dropped and (dropped or starts))
+                or (dropped and not starts and not previous_dropped and self._ended_frame())
+            )
         ):
             self._shift((previous + 1) & 0xFFFF, missing)
         if dropped:

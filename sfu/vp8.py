@@ -31,12 +31,14 @@ class Vp8Rewriter:
     __slots__ = (
         "_picture_out",
         "_picture_source",
+        "frames_missed",
         "keyidx_offset",
         "last_keyidx",
         "last_picture",
         "last_tl0",
         "newest_picture",
         "picture_offset",
+        "previous_picture",
         "starts_frame",
         "switching",
         "target_temporal",
@@ -58,6 +60,8 @@ class Vp8Rewriter:
         self.temporal = ALL_TEMPORAL  # the highest one let through now (changes at frame starts)
         self.temporal_layers = 1  # how many temporal layers the publisher's stream has shown
         self.starts_frame = False  # the packet last rewritten opens a frame
+        self.frames_missed = False  # ... and a whole frame or more is missing just before it
+        self.previous_picture = NO_PICTURE  # the picture ID of the packet before it
 
     def switch(self) -> None:
         """The next packet starts a key frame of another simulcast layer (or another source)."""
@@ -111,6 +115,8 @@ class Vp8Rewriter:
         if position >= end:
             return tail
         mask = 0x7FFF if wide else 0x7F
+        previous, self.previous_picture = self.previous_picture, picture
+        self.frames_missed = picture != NO_PICTURE != previous and 1 < (picture - previous) & mask <= mask >> 1
         if self.switching:
             self._start_layer(tail, picture, mask, tl0_at, key_at)
             number = self.last_picture
@@ -142,7 +148,17 @@ class Vp8Rewriter:
                 if key_at >= 0:
                     self.last_keyidx = (tail[key_at] + self.keyidx_offset) & 0x1F
             else:
-                return None  # older than every frame remembered: its picture ID is unknown
+                # A frame older than the newest, never seen before: its packets were lost on the way
+                # in and this is a repair. Its sequence number was kept for it, so it is sent whatever
+                # its temporal layer (a receiver may wait for that number), numbered as it would have
+                # been: the frames dropped since came after it.
+                later_drops = sum(
+                    1
+                    for source, out in zip(self._picture_source, self._picture_out, strict=True)
+                    if out == DROPPED and source != NO_PICTURE and 0 < (source - picture) & mask <= mask >> 1
+                )
+                number = self._picture_out[slot] = (picture + self.picture_offset + later_drops) & mask
+                self._picture_source[slot] = picture
         if number == picture and not (self.tl0_offset or self.keyidx_offset):
             return tail
         out = bytearray(tail)

@@ -143,7 +143,8 @@ class Receiver:
 
     def closing_packet(self) -> bytes:
         """A packet after the last one, so the jitter buffer hands over the last frame."""
-        last = rtp.Packet(self.sent[-1])
+        packets = [rtp.Packet(data) for data in self.sent]
+        last = max(packets, key=lambda packet: (packet.seq - packets[0].seq) & 0xFFFF)
         header = rtp.FIXED_HEADER.pack(0x80, 96, (last.seq + 1) & 0xFFFF, last.timestamp + 3000, last.ssrc)
         return header + b"\x10\x00"
 
@@ -152,8 +153,10 @@ def assert_continuous(receiver: Receiver, wrap: int = 0x8000) -> None:
     """Sequence numbers without a gap, picture IDs one up per frame (modulo ``wrap``), TL0PICIDX one up
     per base frame."""
     received = receiver.received()
+    first = received[0][0].seq
+    received.sort(key=lambda pair: (pair[0].seq - first) & 0xFFFF)  # repairs are sent late
     assert all((b.seq - a.seq) & 0xFFFF == 1 for (a, _), (b, _) in itertools.pairwise(received))
-    frames = receiver.frames()
+    frames = [descriptor for _, descriptor in received if descriptor.partition_start]
     assert all((b.picture_id - a.picture_id) % wrap == 1 for a, b in itertools.pairwise(frames))
     base = [frame.tl0picidx for frame in frames if frame.tid[0] == 0 and frame.tl0picidx is not None]
     assert all((b - a) & 0xFF == 1 for a, b in itertools.pairwise(base)), base
@@ -267,6 +270,24 @@ def test_packets_lost_on_the_way_in_from_dropped_frames_leave_no_gap(clips) -> N
     assert_continuous(receiver)
     assert len(receiver.sent) == sum(len(low.packets[index]) for index in (0, 2, 4, 6))
     assert numpy.array_equal(receiver.played()[-1], decode(low_frames)[6])
+
+
+def test_a_frame_lost_whole_on_the_way_in_is_forwarded_when_its_repair_comes(clips) -> None:
+    low_frames, _ = clips
+    low = Stream(low_frames, 1000, 300, picture=500, tl0=3, keyidx=2)
+    receiver = Receiver()
+    down, layer = receiver.down, receiver.track.layers[0]
+    down.target_layer = 0
+    assert down.rewriter is not None
+    down.rewriter.set_temporal(1)
+    receiver.forward(layer, low.packets[0])
+    for index in (1, 3, 4, 5):  # frame 2 (TL1) lost whole, the TL2 frames around it dropped
+        receiver.forward(layer, low.packets[index])
+    receiver.forward(layer, low.packets[2])  # its repair
+    assert_continuous(receiver)
+    assert len(receiver.sent) == sum(len(low.packets[index]) for index in (0, 2, 4))
+    played = receiver.played()
+    assert len(played) == 3 and numpy.array_equal(played[-1], decode(low_frames)[4])
 
 
 def test_seven_bit_picture_ids_wrap_at_128_and_descriptors_without_them_pass() -> None:
