@@ -82,6 +82,7 @@ class BandwidthAllocator:
         congested = self.calm_since > 0 and now - self.calm_since < CALM_RESET_SECONDS
         for down in video:
             down.bandwidth = share
+            down.congested = congested
             lowest = down.track.rung_rate(0)
             down.starved = congested and share is not None and share < lowest * STARVED_FRACTION
             down.choose_layer()
@@ -101,7 +102,10 @@ class BandwidthAllocator:
         above = lowest.next_layer_up()
         if lowest.rtx_payload_type is not None and above is not None:
             track = lowest.track
+            # What it receives now: the layer, or the part of it its temporal layers take.
             sent = track.rung_rate(lowest.current_layer) if lowest.current_layer >= 0 else 0
+            if above == lowest.current_layer:
+                sent = lowest.bitrate
             rate = int(track.rung_rate(above) * PROBE_MARGIN) - sent
             if rate > 0:
                 self.probe = Probe(lowest, above, rate, now)

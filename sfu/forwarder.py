@@ -2,7 +2,10 @@
 
 The subscriber sees a single stream with its own SSRC whose sequence numbers and timestamps run on
 without a jump when the server switches simulcast layers or the publisher restarts its sender, so
-its decoder and jitter buffer never notice. Only the 12-byte fixed header is written per receiver.
+its decoder and jitter buffer never notice. The 12-byte fixed header is written per receiver, and for
+codecs whose payload carries per-encoder counters (VP8's picture IDs) a codec rewriter keeps those
+continuous too and drops the temporal layers the receiver does not get; the sequence numbers then
+close up over what was dropped, so the receiver sees nothing missing.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from sfu import rtcp, rtp
 from sfu.gcc import SendSideEstimator
 from sfu.svc import FILL, SvcSelector
 from sfu.track import Layer, PublishedTrack
+from sfu.vp8 import ALL_TEMPORAL, Vp8Rewriter
 
 HISTORY_SIZE = 512  # packets kept per video down-track to answer NACKs (~2 s of 1.5 Mbit/s video)
 SWITCH_GUARD_PACKETS = 256  # after a switch, packets older than the switch point are stale
@@ -27,6 +32,33 @@ LOSS_SMOOTHING = 0.25  # one report's weight: a single lossy report does not mov
 RETRANSMIT_MIN_GAP = 0.1
 RETRANSMIT_MAX_GAP = 0.5  # a round trip measured through a full queue must not silence repairs for long
 PADDING_EXTENSION_WITH_NUMBER = 12  # block header, transport number (3) and abs-send-time (4), padded
+SKIPS_KEPT = 64  # runs of dropped packets remembered, to number packets that arrive late
+# Of a VP8 layer's bitrate, the share its lowest temporal layers take (libwebrtc's allocation for
+# two and three temporal layers: the base layer 60 %, the first two 80 %).
+TEMPORAL_SHARES = {2: (0.6, 1.0), 3: (0.6, 0.8, 1.0)}
+
+
+class PayloadRewriter(Protocol):
+    """Per-receiver payload state of a codec whose payload carries counters of its encoder."""
+
+    temporal_layers: int  # how many temporal layers the publisher's stream has shown
+    temporal_layer: int  # the highest one being forwarded
+    target_temporal: int  # the highest one to forward
+    starts_frame: bool  # the packet last rewritten opens a frame
+    frames_missed: bool  # ... and follows a whole frame (or more) missing from the publisher's stream
+
+    def rewrite(self, tail: bytes, start: int) -> bytes | bytearray | None:
+        """``tail`` (extensions and payload; the payload at ``start``) for this receiver, or ``None``
+        to drop the packet."""
+
+    def switch(self) -> None:
+        """The next packet starts a key frame of another layer."""
+
+    def set_temporal(self, highest: int) -> None:
+        """Forward temporal layers up to ``highest`` from where that is safe."""
+
+
+REWRITERS: dict[str, Callable[[], PayloadRewriter]] = {"vp8": Vp8Rewriter}
 
 
 class DownTrack:
@@ -38,8 +70,10 @@ class DownTrack:
         "bytes",
         "ceiling",
         "climbed",
+        "congested",
         "current_layer",
         "dropped_by_simulation",
+        "dropped_seq",
         "estimator",
         "firs",
         "first_sent_at",
@@ -64,6 +98,7 @@ class DownTrack:
         "reports_rtx",
         "resent_at",
         "retransmits",
+        "rewriter",
         "rtt",
         "rtx_payload_type",
         "rtx_seq",
@@ -71,6 +106,7 @@ class DownTrack:
         "send_rtp",
         "sent_any",
         "seq_offset",
+        "skips",
         "smoothed_loss",
         "ssrc",
         "starved",
@@ -115,6 +151,7 @@ class DownTrack:
         # The congested estimate is far below the lowest layer: no video at all. For audio: the link was
         # congested lately, so no RED (sfu/allocator.py).
         self.starved = False
+        self.congested = False  # the estimate shows congestion: a hard limit (see sfu/allocator.py)
         self.paused = True  # until the subscriber's answer accepts the section
         self.seq_offset = self.ts_offset = 0
         self.last_seq = random.getrandbits(16)
@@ -124,6 +161,12 @@ class DownTrack:
         self.first_sent_at = 0.0  # monotonic time of the first packet forwarded
         self.switch_seq = 0
         self.guard = 0
+        factory = REWRITERS.get(track.codec.name) if track.kind == "video" else None
+        self.rewriter: PayloadRewriter | None = factory() if factory is not None else None
+        # Where packets were dropped since the last switch: (source sequence number opening a run of
+        # dropped packets, the offset that applied before it), oldest first.
+        self.skips: list[tuple[int, int]] = []
+        self.dropped_seq = -1  # the source sequence number of the newest packet, when it was dropped
         self.history: list[tuple[bytes, int] | None] | None = [None] * HISTORY_SIZE if track.kind == "video" else None
         self.resent_at: list[float] | None = [0.0] * HISTORY_SIZE if track.kind == "video" else None
         self.rtx_seq = random.getrandbits(16)
@@ -166,7 +209,16 @@ class DownTrack:
                 self.guard -= 1
                 if rtp.seq_newer(self.switch_seq, packet.seq):
                     return
+            if self.rewriter is not None:
+                rewritten = self.rewriter.rewrite(tail, len(tail) - packet.payload_end + packet.payload_start)
+                if rewritten is None or self.dropped_seq >= 0:
+                    self._close_up(packet.seq, rewritten is None)
+                    if rewritten is None:
+                        return
+                tail = rewritten
             seq = (packet.seq + self.seq_offset) & 0xFFFF
+            if self.skips and not rtp.seq_newer(seq, self.last_seq):
+                seq = (packet.seq + self._offset_at(packet.seq)) & 0xFFFF
         timestamp = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
         header = rtp.FIXED_HEADER.pack(first, second, seq, timestamp, self.ssrc)
         now = time.monotonic()
@@ -190,8 +242,68 @@ class DownTrack:
             return
         self.send_rtp(data)
 
+    def _close_up(self, source_seq: int, dropped: bool) -> None:
+        """Number what follows a dropped packet as if it had never been sent, so the receiver sees no
+        gap (one would stall aiortc's jitter buffer and count as loss). Packets the publisher's own
+        stream is missing there (lost on the way in) are closed up over too when they can only belong
+        to a dropped frame: between two packets of dropped frames, between a dropped frame and the
+        start of the next one, or between the end of a frame and the rest of a dropped one, with no
+        whole frame missing in between (a repair of that will come and fill its place). A packet
+        that arrives late (after packets sent beyond it) never had a number of its own."""
+        assert self.rewriter is not None
+        if self.dropped_seq >= 0:
+            previous, previous_dropped = self.dropped_seq, True
+        else:
+            previous, previous_dropped = (self.last_seq - self.seq_offset) & 0xFFFF, False
+        if not rtp.seq_newer(source_seq, previous):
+            return
+        missing = (source_seq - previous - 1) & 0xFFFF
+        starts = self.rewriter.starts_frame
+        if (
+            missing
+            and not self.rewriter.frames_missed
+            and (
+                (previous_dropped and (dropped or starts))
+                or (dropped and not starts and not previous_dropped and self._ended_frame())
+            )
+        ):
+            self._shift((previous + 1) & 0xFFFF, missing)
+        if dropped:
+            self._shift(source_seq, 1)
+            self.dropped_seq = source_seq
+        else:
+            self.dropped_seq = -1
+
+    def _ended_frame(self) -> bool:
+        """Whether the newest packet sent ended its frame (carried the marker bit)."""
+        entry = self.history[self.last_seq % HISTORY_SIZE] if self.history is not None else None
+        return entry is not None and bool(entry[0][1] & 0x80)
+
+    def _shift(self, source_seq: int, count: int) -> None:
+        """From ``source_seq`` on, ``count`` fewer numbers are used."""
+        skips = self.skips
+        if not skips or (skips[-1][0] + skips[-1][1] - self.seq_offset) & 0xFFFF != source_seq:
+            skips.append((source_seq, self.seq_offset))
+            if len(skips) > SKIPS_KEPT:
+                del skips[0]
+        self.seq_offset = (self.seq_offset - count) & 0xFFFF
+
+    def _offset_at(self, source_seq: int) -> int:
+        """The offset that applied to a packet arriving late: the one before every run of dropped
+        packets that came after it."""
+        offset = self.seq_offset
+        for start, before in reversed(self.skips):
+            if not rtp.seq_newer(start, source_seq):
+                break
+            offset = before
+        return offset
+
     def _switch_to(self, layer: Layer, packet: rtp.Packet) -> None:
         """Start forwarding ``layer`` at this packet (a key frame's first, for video) without a jump."""
+        self.skips.clear()
+        self.dropped_seq = -1
+        if self.rewriter is not None:
+            self.rewriter.switch()
         if self.sent_any:
             self.seq_offset = (self.last_seq + 1 - packet.seq) & 0xFFFF
             elapsed = max(time.monotonic() - self.last_sent_at, 0.0)
@@ -257,14 +369,43 @@ class DownTrack:
                 self.track.request_keyframe(0)
         elif self.target_layer != self.current_layer:
             self.track.request_keyframe(self.target_layer)
+        self._choose_temporal(choice)
+
+    def _choose_temporal(self, index: int) -> None:
+        """Within the layer chosen, forward only the temporal layers its share of a congested estimate
+        carries when the whole layer does not fit (the lowest layer, before video is paused): a step
+        finer than a simulcast layer, taken at once, without waiting for a key frame. As with layers,
+        the way back up is a climb (the estimate follows what is received, so it never says more fits)."""
+        rewriter = self.rewriter
+        if rewriter is None:
+            return
+        highest = ALL_TEMPORAL
+        shares = TEMPORAL_SHARES.get(rewriter.temporal_layers)
+        rate = self.track.layers[index].bitrate
+        bandwidth = self.bandwidth
+        constrained = self.congested and bandwidth is not None and rate > bandwidth > 0
+        if shares is not None and constrained and index > self.climbed:
+            highest = 0
+            while highest + 1 < len(shares) and rate * shares[highest + 1] <= bandwidth:
+                highest += 1
+        rewriter.set_temporal(highest)
 
     @property
     def held_back(self) -> bool:
         """Only the estimate keeps this down-track below the layer it would otherwise get."""
-        return self.target_layer < self.ceiling
+        return self.target_layer < self.ceiling or self.temporal_held
+
+    @property
+    def temporal_held(self) -> bool:
+        """Temporal layers of the target layer are being left out."""
+        rewriter = self.rewriter
+        return rewriter is not None and rewriter.temporal_layers > 1 and rewriter.target_temporal < ALL_TEMPORAL
 
     def next_layer_up(self) -> int | None:
-        """The layer a climb would try: the next active one above the target, within the ceiling."""
+        """The layer a climb would try: the target itself, whole, when some of its temporal layers are
+        left out; otherwise the next active one above it, within the ceiling."""
+        if self.temporal_held and self.target_layer >= 0:
+            return self.target_layer
         above = [index for index in self.track.active_rungs() if self.target_layer < index <= self.ceiling]
         return above[0] if above else None
 
@@ -373,6 +514,13 @@ class DownTrack:
             self.bitrate = int(self._bitrate_bytes * 8 / elapsed)
         self._bitrate_bytes = 0
         self._bitrate_start = now
+
+    @property
+    def temporal_layer(self) -> int | None:
+        """The highest temporal layer being forwarded; ``None`` when the codec shows none."""
+        if self.rewriter is None or self.current_layer == NO_LAYER:
+            return None
+        return self.rewriter.temporal_layer
 
     def layer_name(self, index: int) -> str | None:
         return self.track.rung_name(index)

@@ -71,6 +71,7 @@ def _subscription(down: DownTrack) -> dict[str, Any]:
         "publisher_user_id": down.track.user_id,
         "current_layer": down.layer_name(down.current_layer),
         "target_layer": down.layer_name(down.target_layer),
+        "temporal_layer": down.temporal_layer,
         "preferred_layer": down.layer_name(down.preferred_layer),
         "paused": down.paused,
         "red": down.takes_red,

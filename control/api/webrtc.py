@@ -71,6 +71,10 @@ class SubscriptionOut(BaseModel):
     publisher_user_id: int
     current_layer: str | None = Field(description="the layer being forwarded now")
     target_layer: str | None = Field(description="the layer the server is switching to")
+    temporal_layer: int | None = Field(
+        description="the highest temporal layer of the current layer forwarded (0 = base layer only); "
+        "null when the codec shows none"
+    )
     preferred_layer: str | None = Field(description="the best layer the subscriber asked for")
     paused: bool
     red: bool = Field(
