@@ -11,6 +11,7 @@ Examples::
     python -m bench --spawn --target janus --layers 3 --subscribers 10,20      # Janus's VideoRoom
     python -m bench --spawn --target sfu,janus --subscribers 1 --link-cap 300   # adapting to a shaped link
     python -m bench --spawn --workers 1 --layers 3 --rooms 2 --subscribers 20  # one media worker
+    python -m bench --spawn --target sfu,janus --workers 1,2 --layers 1 --subscribers 40,80  # side by side
 
 Janus (apt-get install janus) runs with its VideoRoom plugin and the same clients. It never offers a
 loopback interface's address, so a run that includes it re-executes itself in a network namespace of
@@ -95,9 +96,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-pid", type=int, help="pid of the --url server, when /proc cannot show it")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_worker_counts,
         help="the spawned server's media worker processes (sfu.workers; 0: media in the server's process); "
-        "default: the server's, one per core",
+        "default: the server's, one per core; a comma list runs the sfu once per count (series sfu/1w, sfu/2w...)",
     )
     parser.add_argument("--rooms", type=int, default=1)
     parser.add_argument("--publishers", type=int, default=1, help="per room")
@@ -141,9 +142,20 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) -> list[Figures]:
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"worker counts are whole numbers: {text!r}") from None
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"worker counts are 0 or more: {text!r}")
+    return counts
+
+
+async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int], workers: int | None) -> list[Figures]:
     base = Scenario(
         target=target,
+        workers=workers,
         rooms=arguments.rooms,
         publishers=arguments.publishers,
         layers=arguments.layers if target in ("sfu", "janus") else 1,
@@ -164,8 +176,8 @@ async def _sweep(target: str, arguments: argparse.Namespace, counts: list[int]) 
         link = shaped.Link(arguments.link_cap)
     server = None
     if arguments.spawn:
-        workers = {"HUIYI_SFU_WORKERS": str(arguments.workers)} if arguments.workers is not None else {}
-        server = SpawnedServer(target, free_port(), env=workers, shaped_link=link is not None)
+        setting = {"HUIYI_SFU_WORKERS": str(workers)} if workers is not None else {}
+        server = SpawnedServer(target, free_port(), env=setting, shaped_link=link is not None)
         try:
             await server.wait_ready()
         except RuntimeError:
@@ -210,9 +222,12 @@ def _progress(message: str, done: bool = False) -> None:
 
 
 async def _churn(arguments: argparse.Namespace) -> int:
+    if arguments.workers and len(arguments.workers) > 1:
+        print("a churn soak runs one server: give one --workers count", file=sys.stderr)
+        return 2
     server = None
     if arguments.spawn:
-        workers = {"HUIYI_SFU_WORKERS": str(arguments.workers)} if arguments.workers is not None else {}
+        workers = {"HUIYI_SFU_WORKERS": str(arguments.workers[0])} if arguments.workers else {}
         server = SpawnedServer("sfu", free_port(), env={"HUIYI_SERVER_LOG_LEVEL": "INFO", **workers})
         url, probe = server.url, churn.ServerProbe(server.process.pid, server.log)
     else:
@@ -255,8 +270,9 @@ async def _main(arguments: argparse.Namespace) -> int:
         return 2
     everything: dict[str, list[Figures]] = {}
     for target in targets:
-        for figures in await _sweep(target, arguments, counts):
-            everything.setdefault(series(figures.scenario), []).append(figures)
+        for workers in (arguments.workers or [None]) if target == "sfu" else [None]:
+            for figures in await _sweep(target, arguments, counts, workers):
+                everything.setdefault(series(figures.scenario), []).append(figures)
     print(shaped.render(everything) if arguments.link_cap else render(everything))
     if arguments.json:
         arguments.json.write_text(

@@ -61,6 +61,7 @@ class Scenario:
     recording: bool = False  # every room recorded on the server through the measurement window
     stream: tuple[int, int] | None = None  # every room streamed live at this size through the window
     ice_transport: str = "host"  # sfu: "relay" sends every client's media through the server's TURN server
+    workers: int | None = None  # sfu: the spawned server's media worker processes (None: its default, one per core)
     # A shaped link (bench/shaped.py): the first ``linked`` subscribers of each room (all: None) behind a
     # link capped to ``link_cap_kbit`` kbit/s, on the ``link_schedule`` (free, capped, lifted seconds).
     link_cap_kbit: int | None = None
@@ -74,7 +75,8 @@ class Scenario:
         relayed = " via TURN" if self.ice_transport == "relay" else ""
         shape = f"{self.rooms}x({self.publishers}p+{self.subscribers}s) {self.layers}L"
         capped = f" link capped {self.link_cap_kbit} kbit/s" if self.link_cap_kbit else ""
-        return f"{self.target} {shape}{recorded}{streamed}{relayed}{capped}"
+        workers = f" {self.workers} workers" if self.workers is not None else ""
+        return f"{self.target}{workers} {shape}{recorded}{streamed}{relayed}{capped}"
 
 
 @dataclass

@@ -7,13 +7,25 @@ from typing import Any
 
 from bench.harness import Figures
 
-RECORDED = "sfu+rec"  # the runs of the SFU with every room recorded (python -m bench --record)
-RELAYED = "sfu+turn"  # the runs of the SFU with every client behind TURN (python -m bench --ice-transport)
+RECORDED = "+rec"  # ends the series of the SFU's runs with every room recorded (python -m bench --record)
+RELAYED = "+turn"  # ends the series of the SFU's runs with every client behind TURN (--ice-transport)
+
+
+def reference(everything: dict[str, list[Figures]]) -> str:
+    """The series the others are compared with: the SFU's first plain one (``sfu``, or ``sfu/1w``
+    when worker counts were swept)."""
+    return next((name for name in everything if name.startswith("sfu") and "+" not in name), "sfu")
+
+
+def _with_suffix(everything: dict[str, list[Figures]], suffix: str) -> str | None:
+    return next((name for name in everything if name.startswith("sfu") and name.endswith(suffix)), None)
 
 
 def series(scenario: dict[str, Any]) -> str:
     """The name runs of a kind are listed under: the target, and what was added to its load."""
     name = scenario["target"]
+    if scenario.get("workers") is not None:
+        name += f"/{scenario['workers']}w"
     if scenario.get("recording"):
         name += "+rec"
     if scenario.get("ice_transport", "host") == "relay":
@@ -110,15 +122,16 @@ def _cost_ratio(runs: list[Figures], reference: list[Figures]) -> str:
 
 def capacity_table(everything: dict[str, list[Figures]]) -> str:
     """Capacity per target, and how its cost compares with the SFU's (ratios, never absolute claims)."""
-    reference_runs = everything.get("sfu", [])
-    reference = _capacity(reference_runs)
+    reference_name = reference(everything)
+    reference_runs = everything.get(reference_name, [])
+    best_reference = _capacity(reference_runs)
     rows = []
     for target, runs in everything.items():
         best = _capacity(runs)
         per_core = _mbit_per_core(best)
         capacity_ratio = "-"
-        if target != "sfu" and reference is not None and best is not None:
-            capacity_ratio = f"{reference.subscribers_total / best.subscribers_total:.2f}x"
+        if target != reference_name and best_reference is not None and best is not None:
+            capacity_ratio = f"{best_reference.subscribers_total / best.subscribers_total:.2f}x"
         rows.append(
             [
                 target,
@@ -127,7 +140,7 @@ def capacity_table(everything: dict[str, list[Figures]]) -> str:
                 _num(best.cpu_percent_per_mbit if best else None),
                 _num(best.latency_ms["p99"] if best else None),
                 capacity_ratio,
-                _cost_ratio(runs, reference_runs) if target != "sfu" else "-",
+                _cost_ratio(runs, reference_runs) if target != reference_name else "-",
             ]
         )
     header = [
@@ -221,10 +234,11 @@ def render(everything: dict[str, list[Figures]]) -> str:
     capacity where a sweep found the limit), and recording's and TURN's costs when they were run."""
     parts = [run_table([figures for runs in everything.values() for figures in runs]), LEGEND]
     parts.append(capacity_table(everything) + "\n" + CAPACITY_LEGEND)
-    if RECORDED in everything:
-        parts.append(recording_table(everything.get("sfu", []), everything[RECORDED]))
-    if RELAYED in everything:
-        parts.append(relay_table(everything.get("sfu", []), everything[RELAYED]))
+    plain = everything.get(reference(everything), [])
+    if (recorded := _with_suffix(everything, RECORDED)) is not None:
+        parts.append(recording_table(plain, everything[recorded]))
+    if (relayed := _with_suffix(everything, RELAYED)) is not None:
+        parts.append(relay_table(plain, everything[relayed]))
     return "\n\n".join(parts)
 
 
@@ -248,6 +262,7 @@ def plot(everything: dict[str, list[Figures]], path: Path) -> None:
     figure, (cpu_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4))
     colours = {
         "sfu": "tab:blue",
+        "janus": "tab:brown",
         "naive": "tab:red",
         "relay": "tab:green",
         RECORDED: "tab:purple",
@@ -255,7 +270,8 @@ def plot(everything: dict[str, list[Figures]], path: Path) -> None:
     }
     for target, runs in everything.items():
         counts = [f.subscribers_total for f in runs]
-        style = {"marker": "o", "label": target, "color": colours.get(target)}
+        kind = next((suffix for suffix in (RECORDED, RELAYED) if target.endswith(suffix)), target.split("/")[0])
+        style = {"marker": "o", "label": target, "color": colours.get(kind)}
         cpu_axis.plot(counts, [f.server_cpu_percent or 0 for f in runs], **style)
         latencies = [(f.subscribers_total, f.latency_ms["p99"]) for f in runs if f.latency_ms["p99"] is not None]
         if latencies:

@@ -89,6 +89,17 @@ def test_a_comparison_reports_the_figures_of_every_target(tmp_path: Path) -> Non
         assert not netns.ready()
 
 
+def test_worker_counts_are_run_side_by_side(tmp_path: Path) -> None:
+    """``--workers 0,1``: the same load on media in the server's process, then on one worker process,
+    each its own series; the worker's CPU is counted with the server's."""
+    figures = run_bench(tmp_path, "--workers", "0,1", "--subscribers", "2", "--layers", "1", "--processes", "1")
+    assert list(figures) == ["sfu/0w", "sfu/1w"]
+    for name, runs in figures.items():
+        run = runs[0]
+        assert run["errors"] == [] and run["subscribers_total"] == 2 and run["loss_percent"] < 1, (name, run)
+        assert run["scenario"]["workers"] == int(name[4]) and run["server_cpu_percent"] > 0, (name, run)
+
+
 async def test_a_run_with_every_client_behind_turn_goes_through_the_server_s_turn_server(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     env = {**LOOPBACK_TURN, "HUIYI_RATE_LIMITS": "off", "HUIYI_SFU_BIND_ADDRESSES": "127.0.0.1"}
