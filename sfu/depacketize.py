@@ -22,8 +22,9 @@ NAL_IDR, NAL_SPS, NAL_PPS, NAL_STAP_A, NAL_FU_A = 5, 7, 8, 24, 28
 HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
 
 
-class Vp8Depacketizer:
-    """RFC 7741: a frame starts at the packet marked as the start of partition 0."""
+class _PictureFrames:
+    """What the VP8 and VP9 depacketizers share: the parts of the frame being put together, with
+    the timestamp and arrival of its first packet."""
 
     __slots__ = ("_arrival", "_parts", "_timestamp", "emit")
 
@@ -35,6 +36,12 @@ class Vp8Depacketizer:
 
     def reset(self) -> None:
         self._parts = []
+
+
+class Vp8Depacketizer(_PictureFrames):
+    """RFC 7741: a frame starts at the packet marked as the start of partition 0."""
+
+    __slots__ = ()
 
     def push(self, packet: rtp.Packet, arrival: float) -> None:
         payload = memoryview(packet.data)[packet.payload_start : packet.payload_end]
@@ -71,7 +78,7 @@ class Vp8Depacketizer:
         self.emit(EncodedFrame(data, self._timestamp, keyframe, self._arrival, width, height))
 
 
-class Vp9Depacketizer:
+class Vp9Depacketizer(_PictureFrames):
     """RFC 9628, keeping the base spatial layer (SID 0) at every temporal layer.
 
     A VP9 stream with spatial layers (SVC, sfu/svc.py) sends each picture as up to three frames of
@@ -81,16 +88,7 @@ class Vp9Depacketizer:
     packet that begins a base-layer frame (B) to the one that ends it (E).
     """
 
-    __slots__ = ("_arrival", "_parts", "_timestamp", "emit")
-
-    def __init__(self, emit: Emit) -> None:
-        self.emit = emit
-        self._parts: list[memoryview] = []
-        self._timestamp = 0
-        self._arrival = 0.0
-
-    def reset(self) -> None:
-        self._parts = []
+    __slots__ = ()
 
     def push(self, packet: rtp.Packet, arrival: float) -> None:
         if packet.payload_end <= packet.payload_start:

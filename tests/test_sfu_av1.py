@@ -11,18 +11,17 @@ import time
 
 import pytest
 
-from sfu import av1dd, rtp, svc
+from sfu import av1dd, rtp
 from sfu.forwarder import DownTrack
 from sfu.gcc import SendSideEstimator
 from sfu.negotiation import OfferSlot, accept_publisher_offer, outgoing_codec, publisher_answer, subscriber_offer
 from sfu.sdp import Codec, LocalTransport, parse
-from sfu.track import PublishedTrack
 from tests.av1_capture import EXTENSION_ID, L1T3, SSRC, packets
+from tests.svc_support import RUNG, forward, svc_receiver
 from tests.test_sfu_packets import CHROMIUM_OFFER
 
 KEY_PICTURES = (0, 91, 173, 203, 251)  # indexes of the capture's key pictures' first packets
 TWO_LAYERS = (range(86, 91), range(161, 173))  # the encoder says only two spatial layers are active
-RUNG = {name: index for index, name in enumerate(svc.RUNG_NAMES)}
 
 
 def read_all(captured: list[rtp.Packet]) -> list[av1dd.Descriptor]:
@@ -73,28 +72,7 @@ def test_a_structure_cut_short_or_missing_is_an_error() -> None:
 
 
 def _receiver(rung: str) -> tuple[DownTrack, list[bytes], list[int]]:
-    """A receiver of an AV1 track, aiming at ``rung``; what it is sent, and the key-frame requests."""
-    requests: list[int] = []
-    track = PublishedTrack("p", 1, "video", Codec(45, "av1", 90000, fmtp="profile=0"), "1", "s", [""],
-                           lambda layer: requests.append(layer.index),
-                           dependency_extension_id=EXTENSION_ID)  # fmt: skip
-    track.layers[0].bind(SSRC)
-    sent: list[bytes] = []
-    down = DownTrack(track, "sub", "0", sent.append)
-    down.paused = False
-    down.target_layer = RUNG[rung]
-    assert down.svc is not None
-    down.svc.aim(RUNG[rung])
-    track.downtracks.append(down)
-    return down, sent, requests
-
-
-def forward(down: DownTrack, captured: list[rtp.Packet]) -> None:
-    track = down.track
-    layer = track.layers[0]
-    for packet in captured:
-        layer.note(packet, time.monotonic(), 90000)
-        track.forward(layer, packet)
+    return svc_receiver(Codec(45, "av1", 90000, fmtp="profile=0"), SSRC, rung, dependency_extension_id=EXTENSION_ID)
 
 
 def _sent(sent: list[bytes]) -> list[tuple[rtp.Packet, av1dd.Descriptor]]:

@@ -17,20 +17,19 @@ import av
 import pytest
 
 from media.mux import EncodedFrame, TrackWriter
-from sfu import rtp, svc, vp9
+from sfu import rtp, vp9
 from sfu.depacketize import Vp9Depacketizer, vp9_keyframe_size
 from sfu.forwarder import DownTrack
 from sfu.negotiation import accept_publisher_offer, outgoing_codec
 from sfu.sdp import Codec, parse
-from sfu.track import PublishedTrack
 from tests.recording_media import FPS, STEP, decode_file, pattern, rtp_bytes
 from tests.support import until
+from tests.svc_support import RUNG, forward, svc_receiver
 from tests.test_sfu_packets import CHROMIUM_OFFER
 from tests.vp9_capture import SSRC, packets
 
 KEY_PICTURES = (0, 61, 126, 186)  # indexes of the capture's key pictures' first packets
 FEWER_LAYERS_FROM = 156  # the encoder sends two spatial layers from this packet on
-RUNG = {name: index for index, name in enumerate(svc.RUNG_NAMES)}
 
 
 def descriptor(packet: rtp.Packet) -> vp9.Descriptor:
@@ -83,27 +82,7 @@ def test_a_non_flexible_descriptor_and_short_ones() -> None:
 
 
 def _receiver(rung: str) -> tuple[DownTrack, list[bytes], list[int]]:
-    """A receiver of a VP9 track, aiming at ``rung``; what it is sent, and the key-frame requests."""
-    requests: list[int] = []
-    track = PublishedTrack("p", 1, "video", Codec(98, "vp9", 90000, fmtp="profile-id=0"), "1", "s", [""],
-                           lambda layer: requests.append(layer.index))  # fmt: skip
-    track.layers[0].bind(SSRC)
-    sent: list[bytes] = []
-    down = DownTrack(track, "sub", "0", sent.append)
-    down.paused = False
-    down.target_layer = RUNG[rung]
-    assert down.svc is not None
-    down.svc.aim(RUNG[rung])
-    track.downtracks.append(down)
-    return down, sent, requests
-
-
-def forward(down: DownTrack, captured: list[rtp.Packet]) -> None:
-    track = down.track
-    layer = track.layers[0]
-    for packet in captured:
-        layer.note(packet, time.monotonic(), 90000)
-        track.forward(layer, packet)
+    return svc_receiver(Codec(98, "vp9", 90000, fmtp="profile-id=0"), SSRC, rung)
 
 
 def _sent(sent: list[bytes]) -> list[tuple[rtp.Packet, vp9.Descriptor]]:
