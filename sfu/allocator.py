@@ -125,7 +125,7 @@ class BandwidthAllocator:
             self._probe_failed(now)
         elif probe.passed(now):
             self.probe = None
-            probe.down.climb()
+            probe.down.climb(probe.layer)
             self.verified = True
             self.last_climb = now
             self.next_climb = now + PROBE_SUCCESS_INTERVAL

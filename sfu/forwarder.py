@@ -17,6 +17,7 @@ from typing import Protocol
 
 from sfu import rtcp, rtp
 from sfu.gcc import SendSideEstimator
+from sfu.repair import RepairLedger
 from sfu.svc import FILL, SvcSelector
 from sfu.track import Layer, PublishedTrack
 from sfu.vp8 import ALL_TEMPORAL, Vp8Rewriter
@@ -36,6 +37,10 @@ SKIPS_KEPT = 64  # runs of dropped packets remembered, to number packets that ar
 # Of a VP8 layer's bitrate, the share its lowest temporal layers take (libwebrtc's allocation for
 # two and three temporal layers: the base layer 60 %, the first two 80 %).
 TEMPORAL_SHARES = {2: (0.6, 1.0), 3: (0.6, 0.8, 1.0)}
+# Sent again unasked (sfu/repair.py) only while this close behind the newest packet sent: further
+# back, a duplicate would look like a restart of the stream to aiortc (100 packets).
+RESEND_REACH = 90
+FILLER = b"\x01"  # a payload of one byte of padding (RFC 3550: the last byte counts the padding)
 
 
 class PayloadRewriter(Protocol):
@@ -95,6 +100,7 @@ class DownTrack:
         "plis",
         "preferred_layer",
         "red",
+        "repairs",
         "reports_rtx",
         "resent_at",
         "retransmits",
@@ -113,6 +119,7 @@ class DownTrack:
         "subscriber_id",
         "svc",
         "switch_seq",
+        "switched_at",
         "switches",
         "target_layer",
         "track",
@@ -136,6 +143,7 @@ class DownTrack:
         self.rtx_payload_type: int | None = None  # set once the subscriber's answer accepts RTX
         self.red = False  # the subscriber's answer accepts RED audio (sfu/red.py): RED packets go as they are
         self.reports_rtx = False  # the receiver sends reports on the RTX stream (aiortc does)
+        self.repairs = RepairLedger()  # what the RTX stream carried, checked against those reports
         # The subscriber's send-side estimator, when it agreed to transport-wide feedback: every packet
         # sent to it then carries that connection's transport sequence number (sfu/gcc.py).
         self.estimator: SendSideEstimator | None = None
@@ -160,6 +168,7 @@ class DownTrack:
         self.sent_any = False
         self.first_sent_at = 0.0  # monotonic time of the first packet forwarded
         self.switch_seq = 0
+        self.switched_at = -1  # the first sequence number sent of the current layer (-1: no layer yet)
         self.guard = 0
         factory = REWRITERS.get(track.codec.name) if track.kind == "video" else None
         self.rewriter: PayloadRewriter | None = factory() if factory is not None else None
@@ -318,6 +327,7 @@ class DownTrack:
             self.switches += 1
         self.current_layer = layer.index
         self.switch_seq = packet.seq
+        self.switched_at = (packet.seq + self.seq_offset) & 0xFFFF
         self.guard = SWITCH_GUARD_PACKETS
 
     def resync(self, index: int) -> None:
@@ -409,9 +419,14 @@ class DownTrack:
         above = [index for index in self.track.active_rungs() if self.target_layer < index <= self.ceiling]
         return above[0] if above else None
 
-    def climb(self) -> None:
-        """Try the next layer up despite the estimate (the allocator decides when)."""
+    def climb(self, probed: int | None = None) -> None:
+        """Try the next layer up despite the estimate (the allocator decides when); after a probe, no
+        higher than the ``probed`` layer: what is next up may have changed while the probe ran (a
+        dip in the layer's own rate lets its temporal layers through, so the next layer up is then
+        the one above, which nothing has shown the link carries)."""
         above = self.next_layer_up()
+        if above is not None and probed is not None:
+            above = min(above, probed)
         if above is not None:
             self.climbed = above
             self.choose_layer()
@@ -429,41 +444,76 @@ class DownTrack:
 
     def on_nack(self, lost: list[int], send_rtp: Callable[[bytes], None]) -> None:
         self.nacks += 1
+        now = time.monotonic()
+        for seq in lost:
+            self._retransmit(seq, now, send_rtp)
+
+    def on_rtx_report(self, block: rtcp.ReportBlock, send_rtp: Callable[[bytes], None], now: float) -> None:
+        """The receiver reports on the RTX stream: send again what it says was lost (sfu/repair.py),
+        unless that is so far behind what it has since received that, were it a duplicate after all,
+        the receiver would take it for a restart of the stream (aiortc: 100 packets)."""
+        self.reports_rtx = True
+        for seq in self.repairs.on_report(block.highest_seq, block.packets_lost, now):
+            if (self.last_seq - seq) & 0xFFFF < RESEND_REACH:
+                self._retransmit(seq, now, send_rtp)
+
+    def _retransmit(self, seq: int, now: float, send_rtp: Callable[[bytes], None]) -> None:
+        """Send packet ``seq`` again, on the RTX stream if the receiver accepted one."""
         if self.history is None or self.resent_at is None:
             return
-        now = time.monotonic()
+        entry = self.history[seq % HISTORY_SIZE]
+        if entry is None or (entry[0][2] << 8 | entry[0][3]) != seq:
+            return
         gap = min(max(RETRANSMIT_MIN_GAP, self.rtt or 0.0), RETRANSMIT_MAX_GAP)
-        for seq in lost:
-            entry = self.history[seq % HISTORY_SIZE]
-            if entry is None or (entry[0][2] << 8 | entry[0][3]) != seq:
-                continue
-            if now - self.resent_at[seq % HISTORY_SIZE] < gap:
-                continue
-            self.resent_at[seq % HISTORY_SIZE] = now
-            data, payload_offset = entry
-            extension = data[12:payload_offset]
-            span = rtp.stamp_span(extension) if self.estimator is not None else None
-            if span is not None:
-                # A retransmission is a new packet on the transport: it gets a number of its own.
-                size = len(data) + (2 if self.rtx_payload_type is not None else 0)
-                number = self.estimator.stamp(size, now)
-                extension = extension[: span[0]] + number.to_bytes(2, "big") + extension[span[1] :]
-            if self.rtx_payload_type is not None:
-                self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
-                header = bytes((data[0] & 0xDF, (data[1] & 0x80) | self.rtx_payload_type))
-                data = (
-                    header
-                    + self.rtx_seq.to_bytes(2, "big")
-                    + data[4:8]
-                    + self.rtx_ssrc.to_bytes(4, "big")
-                    + extension
-                    + data[2:4]
-                    + data[payload_offset:]
-                )
-            else:
-                data = data[:12] + extension + data[payload_offset:]
-            self.retransmits += 1
-            send_rtp(data)
+        if now - self.resent_at[seq % HISTORY_SIZE] < gap:
+            return
+        self.resent_at[seq % HISTORY_SIZE] = now
+        data, payload_offset = entry
+        extension = data[12:payload_offset]
+        obsolete = self._obsolete(seq, data)
+        payload = FILLER if obsolete else data[payload_offset:]
+        padding = 0x20 if obsolete else 0
+        span = rtp.stamp_span(extension) if self.estimator is not None else None
+        if span is not None:
+            # A retransmission is a new packet on the transport: it gets a number of its own.
+            size = 12 + len(extension) + len(payload) + (2 if self.rtx_payload_type is not None else 0)
+            number = self.estimator.stamp(size, now)
+            extension = extension[: span[0]] + number.to_bytes(2, "big") + extension[span[1] :]
+        if self.rtx_payload_type is not None:
+            self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+            self.repairs.note(self.rtx_seq, seq, now)
+            header = bytes(((data[0] & 0xDF) | padding, (data[1] & 0x80) | self.rtx_payload_type))
+            data = (
+                header
+                + self.rtx_seq.to_bytes(2, "big")
+                + data[4:8]
+                + self.rtx_ssrc.to_bytes(4, "big")
+                + extension
+                + data[2:4]
+                + payload
+            )
+        else:
+            data = bytes(((data[0] & 0xDF) | padding,)) + data[1:12] + extension + payload
+        self.retransmits += 1
+        send_rtp(data)
+
+    def _obsolete(self, seq: int, data: bytes) -> bool:
+        """Whether a lost packet is answered with a filler (its number, padding, no payload) rather
+        than sent again: it belongs to a frame from before the key frame the receiver now decodes
+        from, so its payload is no use to the decoder, while a receiver that delivers strictly in
+        order (aiortc) waits for every number. A filler costs a fortieth of the bytes on a link that
+        just proved too narrow for the layer the packet belonged to. The packet that opens a frame
+        is always sent whole: a frame made only of fillers would reach the decoder empty, which
+        FFmpeg takes for the end of the stream (and then decodes nothing more)."""
+        if self.svc is not None or self.switched_at < 0 or not rtp.seq_newer(self.switched_at, seq):
+            return False
+        assert self.history is not None
+        before = self.history[(seq - 1) % HISTORY_SIZE]
+        return (
+            before is not None
+            and (before[0][2] << 8 | before[0][3]) == (seq - 1) & 0xFFFF
+            and before[0][4:8] == data[4:8]
+        )
 
     def padding_packet(self, size: int) -> bytes | None:
         """A padding-only packet on the RTX stream (``size`` bytes of padding, at most 255), stamped

@@ -276,8 +276,9 @@ class SubscriberSide:
                         if block.fraction_lost and self.estimator is None:  # the estimator sees loss itself
                             self.allocator.on_loss_report(time.monotonic())
                     else:  # the RTX stream, which carries padding probes
-                        down.reports_rtx = True
-                        self.allocator.on_rtx_report(down, block.fraction_lost, time.monotonic())
+                        now = time.monotonic()
+                        down.on_rtx_report(block, self._send_rtp, now)
+                        self.allocator.on_rtx_report(down, block.fraction_lost, now)
             elif isinstance(feedback, rtcp.Nack):
                 down = self.by_ssrc.get(feedback.media_ssrc)
                 if down is not None:

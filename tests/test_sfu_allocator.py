@@ -113,3 +113,28 @@ def test_a_congested_estimate_far_below_the_lowest_layer_leaves_audio_only_until
         allocator.allocate([down], now)
         assert now < 40, "video is tried again"
     assert down.target_layer == 0
+
+
+def test_a_probe_lets_through_the_layer_it_probed_and_no_higher() -> None:
+    """A probe for the whole of the lowest layer (its temporal layers held back) passes; meanwhile a
+    dip in that layer's own rate let its temporal layers through, so the next layer up is now the
+    middle one, which nothing has shown the link carries: the subscriber stays where it is."""
+    down, allocator = _video_down(), BandwidthAllocator()
+    down.rtx_payload_type = 97  # probes go on the RTX stream
+    assert down.rewriter is not None
+    down.rewriter.temporal_layers = 3
+    allocator.on_estimate(150_000, [down], 0.0)
+    _sending(down)
+    allocator.on_estimate(60_000, [down], 1.0)  # congestion: room for the base temporal layer only
+    assert down.target_layer == 0 and down.temporal_held
+    now = 1.0
+    while allocator.probe is None:
+        now += 0.25
+        allocator.allocate([down], now)
+        assert now < 40, "the rest of the layer is probed for"
+    assert allocator.probe.layer == 0
+    down.track.layers[0].bitrate = 50_000  # the encoder's rate dips under the share
+    while allocator.probe is not None:
+        now += 0.25
+        allocator.allocate([down], now)
+    assert down.climbed == 0 and down.target_layer == 0 and not down.temporal_held

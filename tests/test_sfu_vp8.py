@@ -341,3 +341,58 @@ def test_the_lowest_layer_drops_temporal_layers_before_video_is_paused(clips) ->
     down.climbed, down.congested = -1, False
     down.choose_layer()
     assert down.rewriter.target_temporal == ALL_TEMPORAL
+
+
+def test_packets_lost_before_a_switch_come_back_as_fillers_and_the_new_layer_plays(clips) -> None:
+    """Packets of the layer left behind, lost on the way to the receiver, are no use to its decoder
+    once it has the new layer's key frame, but aiortc's jitter buffer waits for every number: they
+    are answered with fillers (their numbers, no payload). A frame lost whole gets its first packet
+    back as it was, for a frame made only of fillers would reach FFmpeg empty, which it takes for
+    the end of the stream: nothing would decode after it."""
+    low_frames, high_frames = clips
+    low = Stream(low_frames, 1000, 300, picture=50, tl0=5, keyidx=1, size=60)
+    high = Stream(high_frames, 1001, 9000, picture=700, tl0=70, keyidx=2)
+    receiver = Receiver()
+    down, (low_layer, high_layer) = receiver.down, receiver.track.layers
+    down.target_layer = 0
+    counts = []
+    for index in range(12):
+        receiver.forward(low_layer, low.packets[index])
+        counts.append(len(receiver.sent))
+    assert len(low.packets[9]) > 1 and len(low.packets[10]) > 1
+    # The link drops all but the first packet of frame 9 and the whole of frame 10.
+    lost = receiver.sent[counts[8] + 1 : counts[10]]
+    opening = receiver.sent[counts[9]]
+    down.target_layer = 1
+    receiver.forward(high_layer, high.packets[12])  # the high layer's key frame: the switch
+    assert down.switches == 1
+    switched = len(receiver.sent)
+    resent: list[bytes] = []
+    down.on_nack([rtp.Packet(data).seq for data in lost], resent.append)
+    for index in range(13, FRAMES):
+        receiver.forward(low_layer, low.packets[index])
+        receiver.forward(high_layer, high.packets[index])
+    assert [rtp.Packet(data).seq for data in resent] == [rtp.Packet(data).seq for data in lost]
+    for original, answer in zip(lost, resent, strict=True):
+        if original is opening:
+            assert answer == original, "the first packet of a frame lost whole is sent again as it was"
+        else:
+            packet = rtp.Packet(answer)
+            assert answer[0] & 0x20 and not packet.has_payload, "a filler: padding only"
+            assert packet.timestamp == rtp.Packet(original).timestamp
+    # aiortc's receiver plays what arrived, the answers after the key frame, and keeps decoding through
+    # the broken frames of the layer left behind (as its receiver does: errors are logged and skipped).
+    buffer, decoder, pictures = JitterBuffer(capacity=512, is_video=True), Vp8Decoder(), []
+    arrived = [data for data in receiver.sent[:switched] if data not in set(lost)]
+    for data in [*arrived, *resent, *receiver.sent[switched:], receiver.closing_packet()]:
+        packet = RtpPacket.parse(data)
+        packet._data = vp8_depayload(packet.payload) if packet.payload else b""  # type: ignore[attr-defined]
+        _, frame = buffer.add(packet)
+        if frame is not None:
+            try:
+                pictures.extend(picture.to_ndarray(format="yuv420p") for picture in decoder.decode(frame))
+            except av.FFmpegError:
+                continue
+    expected = decode(high_frames)[12:]
+    assert len(pictures) >= len(expected)
+    assert all(numpy.array_equal(a, b) for a, b in zip(pictures[-len(expected) :], expected, strict=True))

@@ -1,0 +1,70 @@
+"""Retransmissions lost on the way are found from the receiver's reports on the RTX stream and sent
+again (sfu/repair.py): a receiver that asks for a packet only once (aiortc) would otherwise wait
+for it for good, its picture stopped."""
+
+from __future__ import annotations
+
+from sfu import rtcp, rtp
+from sfu.forwarder import RESEND_REACH, DownTrack
+from sfu.repair import TAIL_SECONDS, RepairLedger
+from tests.test_sfu_packets import _track, _vp8, rtp_packet
+
+
+def test_a_report_whose_loss_grew_sends_again_what_it_newly_covers() -> None:
+    ledger = RepairLedger()
+    for offset in range(4):
+        ledger.note(100 + offset, 5000 + offset, 0.0)
+    assert ledger.on_report(101, 0, 0.1) == [], "nothing lost: 100 and 101 arrived"
+    assert ledger.on_report(103, 1, 0.2) == [5002, 5003], "one of 102 and 103 was lost"
+    assert ledger.on_report(103, 1, 1.5) == [], "each is settled once"
+
+
+def test_a_report_that_shows_no_new_loss_settles_what_it_covers_across_the_wrap() -> None:
+    ledger = RepairLedger()
+    ledger.on_report(0x1FFFE, 3, 0.0)
+    for rtx_seq, seq in ((0xFFFF, 10), (0, 11), (1, 12)):
+        ledger.note(rtx_seq, seq, 0.1)
+    assert ledger.on_report(0x20001, 3, 0.3) == []
+    assert ledger.sent == {}
+
+
+def test_a_retransmission_lost_at_the_tail_is_sent_again_once_reports_leave_it_out() -> None:
+    """Nothing sent after it on the RTX stream shows the gap: a report that, long enough after it was
+    sent for any queue to have delivered it, still stops short of it, says it was lost."""
+    ledger = RepairLedger()
+    ledger.on_report(199, 0, 0.0)
+    ledger.note(200, 7000, 1.0)
+    ledger.note(201, 7001, 1.0)
+    assert ledger.on_report(199, 0, 1.2) == [], "maybe still in a queue"
+    assert ledger.on_report(199, 0, 1.1 + TAIL_SECONDS) == [7000, 7001]
+
+
+def test_a_down_track_sends_again_a_repair_its_receiver_reports_lost_but_not_one_far_behind() -> None:
+    track, _ = _track(layers=1)
+    sent: list[bytes] = []
+    down = DownTrack(track, "sub", "0", sent.append)
+    down.paused, down.rtx_payload_type = False, 97
+    track.downtracks.append(down)
+    down.choose_layer()
+    layer = track.layers[0]
+    for step in range(RESEND_REACH + 20):
+        track.forward(layer, rtp.Packet(rtp_packet(100 + step, 3000 * step, layer.ssrc, _vp8(step == 0))))
+    packets = [rtp.Packet(data) for data in sent]
+    old, recent = packets[5], packets[-3]
+    repairs: list[bytes] = []
+    down.on_nack([old.seq, recent.seq], repairs.append)
+    assert [rtp.Packet(data).payload[:2] for data in repairs] == [
+        old.seq.to_bytes(2, "big"),
+        recent.seq.to_bytes(2, "big"),
+    ]
+    rtx = [rtp.Packet(data).seq for data in repairs]
+    # Neither reached the receiver; its next report on the RTX stream stops before them.
+    report = rtcp.ReportBlock(down.rtx_ssrc, 0, 0, (rtx[0] - 1) & 0xFFFF, 0, 0, 0)
+    now = down.repairs.sent[rtx[1]][1] + TAIL_SECONDS + 0.1
+    down.on_rtx_report(report, repairs.append, now)
+    assert down.reports_rtx
+    again = rtp.Packet(repairs[-1])
+    assert (
+        len(repairs) == 3 and again.payload[:2] == recent.seq.to_bytes(2, "big") and again.payload[2:] == recent.payload
+    )
+    assert again.seq == (rtx[1] + 1) & 0xFFFF, "a new RTX packet"
