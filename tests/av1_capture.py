@@ -1,12 +1,13 @@
 """Packets of an AV1 ``L3T3_KEY`` stream as Chromium 156 sent it to the SFU: the fake camera at
-1280x720, ``scalabilityMode: 'L3T3_KEY'`` (captured from ``tests/test_sfu_svc_av1_browser.py``'s
-publisher as the server received them). Each packet's layer is in its dependency descriptor header
-extension (sfu/av1dd.py), which Chromium sent with id 4 (two-byte headers, as ``a=extmap-allow-mixed``
-allows: a key frame's first descriptor, with the template structure, is 90 bytes). The structure
-has fifteen templates, nine decode targets (three spatial layers, 320x180, 640x360 and 1280x720,
-by three temporal layers) and three chains; it comes again on each key picture (packets 0, 91, 173,
-203 and 251). At packets 86 and 161 the encoder says only six decode targets are active (two
-spatial layers; the link's estimate was still low) until its next key picture.
+1280x720, ``scalabilityMode: 'L3T3_KEY'`` (captured from the publisher of the AV1 case of
+``tests/test_sfu_svc_browser.py`` as the server received them). Each packet's layer is in its
+dependency descriptor header extension (sfu/av1dd.py), which Chromium sent with id 4 (two-byte
+headers, as ``a=extmap-allow-mixed`` allows: a key frame's first descriptor, with the template
+structure, is 90 bytes). The structure has fifteen templates, nine decode targets (three spatial
+layers, 320x180, 640x360 and 1280x720, by three temporal layers) and three chains; it comes again on
+each key picture (packets 0, 91, 173, 203 and 251). At packets 86 and 161 the encoder says only six
+decode targets are active (two spatial layers; the link's estimate was still low) until its next key
+picture.
 
 ``L1T3`` is the same camera at 640x360 sent with ``scalabilityMode: 'L1T3'``: one spatial layer,
 three temporal layers, its 20-byte structure (five templates, three decode targets, one chain) on

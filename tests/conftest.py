@@ -302,7 +302,6 @@ REAL_TIME_MODULES = frozenset(
         "test_sfu_ice_tcp",
         "test_sfu_network",
         "test_sfu_single_port",
-        "test_sfu_svc_av1_browser",
         "test_sfu_svc_browser",
         "test_sfu_workers",
         "test_streaming_e2e",
