@@ -40,6 +40,8 @@ TEMPORAL_SHARES = {2: (0.6, 1.0), 3: (0.6, 0.8, 1.0)}
 # Sent again unasked (sfu/repair.py) only while this close behind the newest packet sent: further
 # back, a duplicate would look like a restart of the stream to aiortc (100 packets).
 RESEND_REACH = 90
+REPAIR_BURST_SECONDS = 0.25  # the repair budget saves up at most this long of its rate ...
+REPAIR_PACKET = 1300  # ... or one full packet, whichever is more
 FILLER = b"\x01"  # a payload of one byte of padding (RFC 3550: the last byte counts the padding)
 
 
@@ -100,6 +102,8 @@ class DownTrack:
         "plis",
         "preferred_layer",
         "red",
+        "repair_at",
+        "repair_budget",
         "repairs",
         "reports_rtx",
         "resent_at",
@@ -144,6 +148,8 @@ class DownTrack:
         self.red = False  # the subscriber's answer accepts RED audio (sfu/red.py): RED packets go as they are
         self.reports_rtx = False  # the receiver sends reports on the RTX stream (aiortc does)
         self.repairs = RepairLedger()  # what the RTX stream carried, checked against those reports
+        self.repair_budget = 0.0  # bytes retransmissions may still take now (see _afford)
+        self.repair_at = 0.0
         # The subscriber's send-side estimator, when it agreed to transport-wide feedback: every packet
         # sent to it then carries that connection's transport sequence number (sfu/gcc.py).
         self.estimator: SendSideEstimator | None = None
@@ -467,11 +473,14 @@ class DownTrack:
         gap = min(max(RETRANSMIT_MIN_GAP, self.rtt or 0.0), RETRANSMIT_MAX_GAP)
         if now - self.resent_at[seq % HISTORY_SIZE] < gap:
             return
-        self.resent_at[seq % HISTORY_SIZE] = now
         data, payload_offset = entry
         extension = data[12:payload_offset]
         obsolete = self._obsolete(seq, data)
         payload = FILLER if obsolete else data[payload_offset:]
+        if not obsolete and not self._afford(len(data), now):
+            self.repairs.owe(seq)
+            return
+        self.resent_at[seq % HISTORY_SIZE] = now
         padding = 0x20 if obsolete else 0
         span = rtp.stamp_span(extension) if self.estimator is not None else None
         if span is not None:
@@ -497,6 +506,24 @@ class DownTrack:
         self.retransmits += 1
         send_rtp(data)
 
+    def _afford(self, size: int, now: float) -> bool:
+        """Whether a retransmission of ``size`` bytes fits the repair budget: at most this track's
+        share of the subscriber's estimate, over and above its media (as libwebrtc limits its own).
+        Without it, on a link already too narrow, every lost packet sent again, and asked for again
+        once a round trip when the repair is lost too, kept the link overfilled: the audio that was
+        all a starved viewer still got was lost with it."""
+        if self.bandwidth is None:
+            return True
+        rate = self.bandwidth / 8
+        self.repair_budget = min(
+            self.repair_budget + rate * (now - self.repair_at), max(rate * REPAIR_BURST_SECONDS, REPAIR_PACKET)
+        )
+        self.repair_at = now
+        if self.repair_budget < size:
+            return False
+        self.repair_budget -= size
+        return True
+
     def _obsolete(self, seq: int, data: bytes) -> bool:
         """Whether a lost packet is answered with a filler (its number, padding, no payload) rather
         than sent again: it belongs to a frame from before the key frame the receiver now decodes
@@ -505,7 +532,10 @@ class DownTrack:
         just proved too narrow for the layer the packet belonged to. The packet that opens a frame
         is always sent whole: a frame made only of fillers would reach the decoder empty, which
         FFmpeg takes for the end of the stream (and then decodes nothing more)."""
-        if self.svc is not None or self.switched_at < 0 or not rtp.seq_newer(self.switched_at, seq):
+        if self.svc is not None:
+            return False
+        paused = self.current_layer == NO_LAYER  # video resumes with a key frame: all before it is past
+        if not paused and (self.switched_at < 0 or not rtp.seq_newer(self.switched_at, seq)):
             return False
         assert self.history is not None
         before = self.history[(seq - 1) % HISTORY_SIZE]

@@ -403,11 +403,14 @@ async def test_a_subscriber_below_the_lowest_layer_keeps_its_audio_and_is_told_w
                 received + lost,
                 "lost",
             )
-            # The link carries the audio. Only the probes that look for room for video again (one
-            # every 8 s at most, docs/sfu.md) overfill it for a moment: one in these 5 s costs up to
-            # about half a second of audio packets on a busy machine (4-6 % of them on a quiet one);
-            # what the browser then plays also depends on the CPU it gets, which a test machine shares.
-            assert lost <= 0.15 * (received + lost), f"audio packets lost at the cap: {lost} of {received + lost}"
+            # The link carries the audio, and repairs of the video sent before the pause stay within
+            # the repair budget (docs/sfu.md). Only the probes that look for room for video again (one
+            # every 8 s at most) overfill it for a moment: most runs lose nothing, one with a probe in
+            # these 5 s up to 6 % of the audio packets; what the browser then plays also depends on
+            # the CPU it gets, which a test machine shares.
+            assert lost <= 0.15 * (received + lost), (
+                f"audio packets lost at the cap: {lost} of {received + lost}; {meeting.explain()}"
+            )
             assert played >= 0.7, f"the audio went on at the cap: {played:.0%} of the time"
         finally:
             link.lift()

@@ -68,3 +68,65 @@ def test_a_down_track_sends_again_a_repair_its_receiver_reports_lost_but_not_one
         len(repairs) == 3 and again.payload[:2] == recent.seq.to_bytes(2, "big") and again.payload[2:] == recent.payload
     )
     assert again.seq == (rtx[1] + 1) & 0xFFFF, "a new RTX packet"
+
+
+def test_owed_packets_are_named_at_the_next_report() -> None:
+    ledger = RepairLedger()
+    ledger.owe(40)
+    ledger.owe(41)
+    assert ledger.on_report(0, 0, 0.0) == [40, 41]
+    assert ledger.on_report(0, 0, 1.0) == []
+
+
+def _track_that_sent(frames: int) -> tuple[DownTrack, list[rtp.Packet]]:
+    """A down-track with RTX that forwarded ``frames`` frames of three packets each."""
+    track, _ = _track(layers=1)
+    sent: list[bytes] = []
+    down = DownTrack(track, "sub", "0", sent.append)
+    down.paused, down.rtx_payload_type = False, 97
+    track.downtracks.append(down)
+    down.choose_layer()
+    layer = track.layers[0]
+    seq = 100
+    for frame in range(frames):
+        for part in range(3):
+            payload = _vp8(frame == 0 and part == 0) + bytes(900)
+            track.forward(layer, rtp.Packet(rtp_packet(seq, 3000 * frame, layer.ssrc, payload)))
+            seq += 1
+    return down, [rtp.Packet(data) for data in sent]
+
+
+def test_retransmissions_stay_within_the_tracks_share_of_the_estimate() -> None:
+    """On a link that proved too narrow, repairs must not overfill it again: a burst of NACKs gets
+    what the share allows, the rest is owed and sent once the budget has refilled."""
+    down, packets = _track_that_sent(8)
+    down.bandwidth = 80_000  # 10 kB a second, of which a quarter of a second may be spent at once
+    asked = [packet.seq for packet in packets[::3]]
+    repairs: list[bytes] = []
+    down.on_nack(asked, repairs.append)
+    assert 1 <= len(repairs) < len(asked) and sum(map(len, repairs)) <= 2_500
+    owed = asked[len(repairs) :]
+    assert list(down.repairs.owed) == owed
+    # Reports on the RTX stream, a second apart: each sends what the refilled budget has room for.
+    before, now = len(repairs), down.repair_at
+    for _ in range(len(owed)):
+        now += 1.0
+        count = len(repairs)
+        report = rtcp.ReportBlock(down.rtx_ssrc, 0, 0, rtp.Packet(repairs[-1]).seq, 0, 0, 0)
+        down.on_rtx_report(report, repairs.append, now)
+        assert sum(map(len, repairs[count:])) <= 2_500
+        if not down.repairs.owed:
+            break
+    sent_again = [int.from_bytes(rtp.Packet(data).payload[:2], "big") for data in repairs[before:]]
+    assert sent_again == owed
+
+
+def test_a_paused_track_answers_for_what_it_sent_with_fillers() -> None:
+    """Video paused (audio only on a starved link) resumes with a key frame: what was sent before is
+    no use to the decoder, and sending it whole would take the room the audio needs."""
+    down, packets = _track_that_sent(4)
+    down.set_paused(True)
+    repairs: list[bytes] = []
+    down.on_nack([packet.seq for packet in packets[1:3]], repairs.append)
+    assert len(repairs) == 2
+    assert all(data[0] & 0x20 and len(rtp.Packet(data).payload) == 2 for data in repairs), "OSN only"
