@@ -39,7 +39,8 @@ def test_a_retransmission_lost_at_the_tail_is_sent_again_once_reports_leave_it_o
     assert ledger.on_report(199, 0, 1.1 + TAIL_SECONDS) == [7000, 7001]
 
 
-def test_a_down_track_sends_again_a_repair_its_receiver_reports_lost_but_not_one_far_behind() -> None:
+def _track_that_sent(frames: int, parts: int = 3) -> tuple[DownTrack, list[rtp.Packet]]:
+    """A down-track with RTX that forwarded ``frames`` frames of ``parts`` packets each."""
     track, _ = _track(layers=1)
     sent: list[bytes] = []
     down = DownTrack(track, "sub", "0", sent.append)
@@ -47,9 +48,17 @@ def test_a_down_track_sends_again_a_repair_its_receiver_reports_lost_but_not_one
     track.downtracks.append(down)
     down.choose_layer()
     layer = track.layers[0]
-    for step in range(RESEND_REACH + 20):
-        track.forward(layer, rtp.Packet(rtp_packet(100 + step, 3000 * step, layer.ssrc, _vp8(step == 0))))
-    packets = [rtp.Packet(data) for data in sent]
+    seq = 100
+    for frame in range(frames):
+        for part in range(parts):
+            payload = _vp8(frame == 0 and part == 0) + bytes(900)
+            track.forward(layer, rtp.Packet(rtp_packet(seq, 3000 * frame, layer.ssrc, payload)))
+            seq += 1
+    return down, [rtp.Packet(data) for data in sent]
+
+
+def test_a_down_track_sends_again_a_repair_its_receiver_reports_lost_but_not_one_far_behind() -> None:
+    down, packets = _track_that_sent(RESEND_REACH + 20, parts=1)
     old, recent = packets[5], packets[-3]
     repairs: list[bytes] = []
     down.on_nack([old.seq, recent.seq], repairs.append)
@@ -76,24 +85,6 @@ def test_owed_packets_are_named_at_the_next_report() -> None:
     ledger.owe(41)
     assert ledger.on_report(0, 0, 0.0) == [40, 41]
     assert ledger.on_report(0, 0, 1.0) == []
-
-
-def _track_that_sent(frames: int) -> tuple[DownTrack, list[rtp.Packet]]:
-    """A down-track with RTX that forwarded ``frames`` frames of three packets each."""
-    track, _ = _track(layers=1)
-    sent: list[bytes] = []
-    down = DownTrack(track, "sub", "0", sent.append)
-    down.paused, down.rtx_payload_type = False, 97
-    track.downtracks.append(down)
-    down.choose_layer()
-    layer = track.layers[0]
-    seq = 100
-    for frame in range(frames):
-        for part in range(3):
-            payload = _vp8(frame == 0 and part == 0) + bytes(900)
-            track.forward(layer, rtp.Packet(rtp_packet(seq, 3000 * frame, layer.ssrc, payload)))
-            seq += 1
-    return down, [rtp.Packet(data) for data in sent]
 
 
 def test_retransmissions_stay_within_the_tracks_share_of_the_estimate() -> None:
