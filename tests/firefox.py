@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.server_process import free_port
+from tests.server_process import client_session, free_port
 
 FIREFOX = shutil.which("firefox-esr") or shutil.which("firefox")
 PREFERENCES = {
@@ -66,7 +66,7 @@ class Firefox:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.http = aiohttp.ClientSession()
+        self.http = client_session()
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while True:
             try:

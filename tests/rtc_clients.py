@@ -28,7 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from bench.loopback import loopback_only
-from tests.server_process import invite_code_of, join_meeting, make_meeting, make_user
+from tests.server_process import client_session, invite_code_of, join_meeting, make_meeting, make_user
 
 VIDEO_CLOCK = 90000
 
@@ -261,7 +261,7 @@ class Participant:
         self._closed = False
 
     async def connect(self) -> None:
-        self.http = aiohttp.ClientSession()
+        self.http = client_session()
         await self._open_socket()
         self.publisher = RTCPeerConnection(self.configuration())
         self._reader = asyncio.get_running_loop().create_task(self._read())

@@ -77,6 +77,13 @@ def request(method: str, url: str, body: Any = None, token: str | None = None) -
         return error.code, json.load(error)
 
 
+def client_session() -> aiohttp.ClientSession:
+    """An HTTP client for a test server that drops idle connections before the server does (its
+    ``header_timeout_seconds``, 10 s): a request sent on a connection the server is closing just
+    then fails with "Server disconnected", and a test that waits 10 s between two calls hits that."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=5))
+
+
 async def call(
     http: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kwargs: Any
 ) -> tuple[int, dict[str, Any]]:

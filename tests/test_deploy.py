@@ -19,7 +19,7 @@ import yaml
 from config import load_settings
 from control.app import all_endpoints
 from tests.conftest import IN_CI
-from tests.server_process import ROOT, ServerProcess, call, free_port, make_user, run_cli
+from tests.server_process import ROOT, ServerProcess, call, client_session, free_port, make_user, run_cli
 from tests.support import until
 
 DEPLOY = ROOT / "deploy"
@@ -138,7 +138,7 @@ async def test_the_balancer_config_serves_two_nodes_and_keeps_a_meeting_on_one(
     balancer = subprocess.Popen([*arguments, "-g", "daemon off;"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
 
             async def answers() -> bool:
                 try:

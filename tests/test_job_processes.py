@@ -23,7 +23,7 @@ import pytest
 
 from media.samples import write_clip
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
-from tests.server_process import ServerProcess, call, make_user, start_server
+from tests.server_process import ServerProcess, call, client_session, make_user, start_server
 from tests.support import file_form, until
 
 # Long enough to be caught running (a few seconds), short enough to let one run to the end.
@@ -166,7 +166,7 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     start = single_node(data_dir, log)
     server = await asyncio.to_thread(start)
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         user = Client(http)
         try:
             user.sign_up(server)
@@ -226,7 +226,7 @@ async def test_a_killed_server_takes_its_workers_along_and_its_jobs_resume(tmp_p
 async def test_a_killed_worker_is_replaced_and_its_job_tried_once_more(tmp_path: Path, clip: bytes) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     server = await asyncio.to_thread(single_node(data_dir, log))
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         user = Client(http)
         try:
             user.sign_up(server)
@@ -295,7 +295,7 @@ async def test_a_job_stays_with_its_node_until_that_node_dies(
 
     a = await asyncio.to_thread(start, "node-a")
     b: ServerProcess | None = None
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         user = Client(http)
         try:
             user.sign_up(a)

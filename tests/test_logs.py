@@ -11,10 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
-
 from config.logformat import JsonFormatter, scrub
-from tests.server_process import ServerProcess, join_meeting, make_meeting, request, start_server
+from tests.server_process import ServerProcess, client_session, join_meeting, make_meeting, request, start_server
 from tests.support import MEETINGS, until
 
 PASSWORD = "Sekret-pass-98765"
@@ -48,7 +46,7 @@ async def test_json_lines_carry_context_and_never_secrets(tmp_path: Path) -> Non
         request("POST", server.url + "/api/v1/auth/login", {"username": "logged", "password": PASSWORD + "x"})
         request("POST", server.url + MEETINGS, {"title": "keyed", "stream_key": STREAM_KEY}, token)
         query = f"?password={QUERY_PASSWORD}&stream_key={STREAM_KEY}&access_token={token}"
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             async with http.get(server.url + "/api/v1/health" + query, headers={"X-Request-ID": "trace-42"}) as answer:
                 assert answer.status == 200
             socket = await http.ws_connect(

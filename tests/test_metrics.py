@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.metrics.serve import ADMIN_ADDRESS
@@ -18,6 +17,7 @@ from tests.conftest import Api, SettingsFactory, sqlite_only
 from tests.rtc_clients import Participant
 from tests.server_process import (
     ServerProcess,
+    client_session,
     free_port,
     invite_code_of,
     join_meeting,
@@ -55,7 +55,7 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 async def scrape(url: str, token: str | None = None) -> Samples:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
+    async with client_session() as http, http.get(url, headers=headers) as response:
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"].startswith("text/plain")
         return parse(await response.text())
@@ -124,7 +124,7 @@ async def test_series_move_during_a_media_session(tmp_path: Path, people: list[P
         # The same exposition on the public port, for the token's holder only.
         public = await scrape(server.url + "/metrics", TOKEN)
         assert value(public, "huiyi_sfu_peers") == 2
-        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as refused:
+        async with client_session() as http, http.get(server.url + "/metrics") as refused:
             assert refused.status == 401
 
         # A guest leaving takes its counts along into the totals: counters never go back.

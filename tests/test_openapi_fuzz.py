@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import requests
 import schemathesis
@@ -47,7 +46,7 @@ from schemathesis.checks import (
 from control.app import all_endpoints
 from control.endpoints import Endpoint
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
-from tests.server_process import ServerProcess, run_cli, start_server
+from tests.server_process import ServerProcess, client_session, run_cli, start_server
 from tests.support import envelope_problem, image_bytes, video_bytes
 
 SEED = int(os.environ.get("HUIYI_FUZZ_SEED", "0"))
@@ -270,7 +269,7 @@ class MediaPeer:
         return self.peer_id
 
     async def _open(self, url: str, meeting_id: int, user_id: int, token: str) -> str:
-        self.client = aiohttp.ClientSession()
+        self.client = client_session()
         self.socket = await self.client.ws_connect(
             f"{url}/ws/signaling?meeting_id={meeting_id}&user_id={user_id}",
             headers={"Authorization": f"Bearer {token}"},
@@ -300,7 +299,7 @@ class MediaPeer:
 
 async def _signaling_session(url: str, meeting_id: int, user_id: int, token: str) -> str:
     """Open the signaling socket, join the room and leave: a complete session to look up."""
-    async with aiohttp.ClientSession() as client:
+    async with client_session() as client:
         socket = await client.ws_connect(
             f"{url}/ws/signaling?meeting_id={meeting_id}&user_id={user_id}",
             headers={"Authorization": f"Bearer {token}"},

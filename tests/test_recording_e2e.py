@@ -24,6 +24,7 @@ from tests.rtc_clients import Cues, Participant
 from tests.server_process import (
     ServerProcess,
     call,
+    client_session,
     invite_code_of,
     join_meeting,
     make_user,
@@ -175,7 +176,7 @@ async def test_a_meeting_recorded_through_the_api_plays_back_per_track_and_compo
     await receiving(ann, ben)
     await receiving(ben, ann)
 
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         path = f"{url}{MEETINGS}/{meeting_id}/recording/start"
         before = time.time()
         status, body = await call(http, "POST", path, host_token, json={"layout": "grid", "composite": True})
@@ -297,7 +298,7 @@ async def test_a_server_killed_while_recording_comes_back_with_the_recording_int
             await person.publish(video=sizes[person.user_id])
         await receiving(dora, eli)
         await receiving(eli, dora)
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             before = time.time()
             status, body = await call(http, "POST", f"{server.url}{MEETINGS}/{meeting_id}/recording/start", host_token)
             origin = (before + time.time()) / 2
@@ -315,7 +316,7 @@ async def test_a_server_killed_while_recording_comes_back_with_the_recording_int
 
     server = await asyncio.to_thread(start_server, "--data-dir", data_dir, log=tmp_path / "server-again.log", env=env)
     try:
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             status, body = await call(http, "GET", f"{server.url}{RECORDING}/{recording_id}", host_token)
             assert status == 200, body
             recording = body["data"]
@@ -374,7 +375,7 @@ async def test_a_recording_started_on_one_node_records_the_participants_of_both(
             interval=0.5,
         )
 
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         body = {"meeting_id": meeting_id, "composite": False}
         status, started = await call(http, "POST", f"{a.url}{RECORDING}/start", host_token, json=body)
         assert status == 201, started
@@ -455,7 +456,7 @@ async def test_browsers_recorded_through_a_simulcast_layer_switch(
 
         await until(seen, f"hal's high layer {'back' if active else 'gone'}", 20, interval=0.2)
 
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         before = time.time()
         status, body = await call(http, "POST", f"{url}{MEETINGS}/{meeting_id}/recording/start", host_token)
         origin = (before + time.time()) / 2

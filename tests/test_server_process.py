@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import POSTGRES_URL, drop_schema, postgres_schema
 from tests.server_process import (
     ROOT,
+    client_session,
     free_port,
     join_meeting,
     make_meeting,
@@ -145,7 +146,7 @@ async def test_stopping_with_open_sockets_is_clean(tmp_path: Path) -> None:
         token, user_id = make_user(server.url, "stayer")
         meeting_id = make_meeting(server.url, token)
         join_meeting(server.url, token, meeting_id)
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             query = f"meeting_id={meeting_id}&user_id={user_id}&token={token}"
             socket = await http.ws_connect(server.url + "/ws/signaling?" + query)
             await socket.send_json({"type": "join", "data": {}})
@@ -217,7 +218,7 @@ async def test_sessions_a_killed_node_left_open_are_closed_when_it_returns(
         token, user_id = make_user(server.url, "crashy")
         meeting_id = make_meeting(server.url, token, "doomed")
         join_meeting(server.url, token, meeting_id)
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             socket = await http.ws_connect(
                 server.url + f"/ws/signaling?meeting_id={meeting_id}&user_id={user_id}&token={token}"
             )

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from config import ConfigError, load_settings
@@ -20,7 +19,7 @@ from sfu.counters import MediaTotals
 from sfu.local import WorkerLoad
 from sfu.pool import least_loaded, worker_settings
 from tests.rtc_clients import Participant, connect_user
-from tests.server_process import ServerProcess, call, make_user, room_stats, start_server
+from tests.server_process import ServerProcess, call, client_session, make_user, room_stats, start_server
 from tests.support import until
 from tests.test_recording_e2e import MEETINGS, finished, participant, receiving, recorded_meeting
 
@@ -125,7 +124,7 @@ async def test_a_meeting_on_a_worker_is_recorded(server: ServerProcess, people: 
     await receiving(host, guest)
     await receiving(guest, host)
     assert room_stats(url, meeting_id, host_token)["worker"] in (0, 1)
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         path = f"{url}{MEETINGS}/{meeting_id}/recording"
         status, body = await call(http, "POST", path + "/start", host_token, json={"composite": False})
         assert status == 201, body

@@ -22,7 +22,16 @@ import pytest
 from tests.browser import needs_chromium, open_participant
 from tests.rtc_clients import Participant
 from tests.rtmp_server import RtmpServer
-from tests.server_process import ServerProcess, call, invite_code_of, join_meeting, make_user, request, start_server
+from tests.server_process import (
+    ServerProcess,
+    call,
+    client_session,
+    invite_code_of,
+    join_meeting,
+    make_user,
+    request,
+    start_server,
+)
 from tests.support import until
 
 MEETINGS = "/api/v1/meetings"
@@ -191,7 +200,7 @@ async def test_two_publishers_streamed_to_rtmp_and_hls_through_an_ingest_that_dr
         await bob.publish(audio=False)
         await until(lambda: (t := ann.video_from(bob.user_id)) is not None and t.frames > 5, "media flowing", 30)
 
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             stream = await start_stream(
                 http, url, host_token, meeting_id, [{"type": "rtmp", "url": ingest.url("meeting")}, {"type": "hls"}]
             )
@@ -279,7 +288,7 @@ async def test_a_browser_participant_is_streamed_and_its_page_shows_live(
         await dan.publish(audio=False)
         await until(lambda: (t := dan.video_from(host_id)) is not None and t.frames > 5, "cat's camera", 30)
         assert await page.locator("#live").is_hidden()
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             stream = await start_stream(
                 http, url, host_token, meeting_id, [{"type": "rtmp", "url": ingest.url("browser")}]
             )
@@ -307,7 +316,7 @@ async def test_stopping_the_server_ends_its_streams_cleanly(ingest: RtmpServer, 
         url = server.url
         host_token, _ = await asyncio.to_thread(make_user, url, "fay")
         meeting_id = await asyncio.to_thread(started_meeting, url, host_token)
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             outputs = [{"type": "rtmp", "url": ingest.url("shutdown")}, {"type": "hls"}]
             stream = await start_stream(http, url, host_token, meeting_id, outputs)
             await in_state(http, url, host_token, stream["stream_id"], "live")
@@ -318,7 +327,7 @@ async def test_stopping_the_server_ends_its_streams_cleanly(ingest: RtmpServer, 
             assert await asyncio.to_thread(viewer.done.wait, 15), "the ingest ended the stream for its viewer"
             assert playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST")
         server = start_server("--data-dir", str(data), log=tmp_path / "server.log", env=ENV)
-        async with aiohttp.ClientSession() as http:
+        async with client_session() as http:
             done = await stream_status(http, server.url, host_token, stream["stream_id"])
         assert (done["state"], done["stop_reason"]) == ("stopped", "server shutdown"), done
         assert done["frames"] > 0

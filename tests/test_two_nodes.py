@@ -5,19 +5,18 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.ai_support import SENTENCES, microphone_samples, speak, wer
 from tests.conftest import PASSWORD
 from tests.rtc_clients import Participant, SpeechAudioTrack, connect_user
-from tests.server_process import ServerProcess, call, invite_code_of, join_meeting, make_user, request
+from tests.server_process import ServerProcess, call, client_session, invite_code_of, join_meeting, make_user, request
 from tests.support import receive_type, until
 
 
 async def test_two_processes_are_one_deployment(nodes: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = nodes
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         tokens: dict[str, str] = {}
         ids: dict[str, int] = {}
         for name, node in (("alice", a), ("bob", b)):
@@ -94,7 +93,7 @@ async def test_a_recording_started_on_one_node_is_heard_and_stopped_on_the_other
     nodes: tuple[ServerProcess, ServerProcess],
 ) -> None:
     a, b = nodes
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         account = {"username": "rita", "email": "rita@example.com", "password": PASSWORD}
         assert (await call(http, "POST", a.url + "/api/v1/auth/register", json=account))[0] == 201
         credentials = {"username": "rita", "password": PASSWORD}

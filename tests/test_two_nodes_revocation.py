@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 
 from tests.conftest import PASSWORD, POSTGRES_URL
-from tests.server_process import ServerProcess, call, run_cli
+from tests.server_process import ServerProcess, call, client_session, run_cli
 from tests.support import receive_type
 
 
@@ -26,7 +26,7 @@ async def test_a_ban_through_one_node_holds_on_the_next_request_through_the_othe
         env={"HUIYI_ADMIN_PASSWORD": PASSWORD, "HUIYI_DATABASE_SCHEMA": schema},
     )
     assert created.returncode == 0, created.stderr
-    async with aiohttp.ClientSession() as http:
+    async with client_session() as http:
         _, admin = await call(
             http, "POST", a.url + "/api/v1/auth/login", json={"username": "root", "password": PASSWORD}
         )
