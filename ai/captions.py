@@ -366,8 +366,9 @@ class CaptionWorker:
         process.start()
         inbox_read.close()
         outbox_write.close()
-        child = self._child = _Child(process, inbox_write, outbox_read)
+        child = _Child(process, inbox_write, outbox_read)
         with self._lock:
+            self._child = child
             self._opens = list(self._streams.items())  # a new process knows none of them
             self._closes.clear()
         threading.Thread(target=self._ship, args=(child,), name="captions-ship", daemon=True).start()
@@ -376,18 +377,24 @@ class CaptionWorker:
 
     def _ship(self, child: _Child) -> None:
         """Send what is queued, in batches: opens first, then frames, then closes, which keeps each
-        stream's order (its frames come after its open and before its close)."""
+        stream's order (its frames come after its open and before its close). Only the current
+        process's thread takes from the queues: the thread of one that died may outlive it (a send
+        into a pipe it no longer reads can still succeed), and a batch it took would be lost."""
         while True:
             self._wake.wait(SHIP_SECONDS)
             self._wake.clear()
             try:
-                if child.stopping.is_set():  # before taking anything: it may be a new process's
+                with self._lock:  # ``stop`` lets the process go under it: both are seen or neither
+                    stopping, current = child.stopping.is_set(), self._child is child
+                    if current and not stopping:
+                        batch = (self._opens, list(self._frames), self._closes)
+                        self._opens, self._closes = [], []
+                        self._frames.clear()
+                if stopping:
                     child.inbox.send(None)
                     return
-                with self._lock:
-                    batch = (self._opens, list(self._frames), self._closes)
-                    self._opens, self._closes = [], []
-                    self._frames.clear()
+                if not current:
+                    return
                 if any(batch):
                     child.inbox.send(batch)
             except (OSError, EOFError, ValueError):
@@ -441,16 +448,17 @@ class CaptionWorker:
         """End the process; what it still had to recognise is dropped. It is let go at once (a
         stream opened next starts a new one); the future is done once it has exited and what it
         held is free."""
-        child, self._child = self._child, None
+        with self._lock:
+            child, self._child = self._child, None
+            if child is not None:
+                child.stopping.set()
+            self._frames.clear()
+            self._opens, self._closes = [], []
         if child is None:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
-        child.stopping.set()
         self._wake.set()
-        with self._lock:
-            self._frames.clear()
-            self._opens, self._closes = [], []
         return asyncio.ensure_future(self._reap(child))
 
     async def _reap(self, child: _Child) -> None:

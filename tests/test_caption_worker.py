@@ -166,6 +166,8 @@ async def test_a_worker_that_dies_is_started_again_with_its_streams(
     frames = opus_frames(pcm)
     try:
         worker.open("s1", {"model_id": "moonshine-tiny-en", "language": "en"})
+        # Killed once it holds the stream, as in a meeting: by then its shipping thread has sent to it.
+        await until(lambda: any(p["streams"] for k, p in messages if k == "stats"), "the worker to hold it", 60)
         first = worker.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
