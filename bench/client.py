@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aioice import Connection, TransportPolicy
+from aioice import TransportPolicy
 from aiortc import RTCIceServer
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcicetransport import connection_kwargs
@@ -28,7 +28,7 @@ from bench.feedback import TransportFeedback, transport_cc_id
 from bench.received import VideoTrace
 from sfu import rtcp, rtp, sdp
 from sfu.negotiation import transport_lines
-from sfu.network import LOOPBACK, Network, gather
+from sfu.network import LOOPBACK, MediaConnection, Network, gather
 from sfu.transport import MediaTransport
 
 MID_ID, RID_ID = 1, 2
@@ -218,7 +218,7 @@ class SyntheticClient:
 
     # connections --------------------------------------------------------------------------------
 
-    async def _gather(self, controlling: bool) -> Connection:
+    async def _gather(self, controlling: bool) -> MediaConnection:
         if self.ice_transport == "relay":
             return await relayed_connection(self.ice_servers, controlling)
         return await gather(self.network if self.clip is None else LOOPBACK, controlling=controlling)
@@ -397,14 +397,14 @@ class SyntheticClient:
             await self.http.close()
 
 
-async def relayed_connection(ice_servers: list[dict[str, Any]], controlling: bool) -> Connection:
+async def relayed_connection(ice_servers: list[dict[str, Any]], controlling: bool) -> MediaConnection:
     """A connection whose only candidate is relayed by the TURN server of ``ice_servers`` (RTCIceServer
     dictionaries, as the server hands them out): aioice's relay transport policy, which gathers no
     host candidate, with the servers read as aiortc reads an RTCConfiguration's."""
     options = connection_kwargs([RTCIceServer(**server) for server in ice_servers])
     if "turn_server" not in options:
         raise ConnectionError("the server handed out no TURN server (is its TURN server on?)")
-    connection = Connection(
+    connection = MediaConnection(
         ice_controlling=controlling, components=1, transport_policy=TransportPolicy.RELAY, **options
     )
     await connection.gather_candidates()

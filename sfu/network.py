@@ -24,6 +24,7 @@ import logging
 import random
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ from aioice import Candidate, Connection, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, get_host_addresses
 from aioice.turn import UDP_SOCKET_BUFFER_SIZE
+
+from sfu.arrival import HANDLING_TIME, ArrivalClock, KernelArrivalClock
 
 if TYPE_CHECKING:
     from sfu.ports import Listeners
@@ -52,6 +55,23 @@ def parse_stun(data: bytes) -> stun.Message | None:
         return None
 
 
+class MediaConnection(Connection):
+    """An aioice connection whose datagrams carry when they reached this machine (``sfu/arrival.py``)
+    instead of their ICE component: media has one component, RTP and RTCP being muxed."""
+
+    def deliver(self, data: bytes, arrived: float) -> None:
+        """A datagram for the DTLS transport, and its arrival on the ``time.monotonic`` clock."""
+        self._queue.put_nowait((data, arrived))
+
+    def data_received(self, data: bytes, component: int) -> None:
+        """What aioice's own sockets pass on (a TURN client's relay) is timed as it is handled."""
+        self.deliver(data, time.monotonic())
+
+    async def recvfrom(self) -> tuple[bytes, float]:  # type: ignore[override]
+        """The next datagram and when it arrived."""
+        return await super().recvfrom()  # type: ignore[return-value]
+
+
 class MediaProtocol(StunProtocol):
     """A media socket that lets through only what its connection can use (RFC 7983 demultiplexing):
     STUN that parses, and DTLS, RTP or RTCP from the client's validated address. Anything else (an
@@ -62,13 +82,21 @@ class MediaProtocol(StunProtocol):
     carried the right credentials (also those that arrived before the client's answer was read, which
     aioice answers at once and keeps for later), so a client's first DTLS packet is never refused."""
 
-    def __init__(self, receiver: Connection) -> None:
+    receiver: MediaConnection
+
+    def __init__(self, receiver: MediaConnection) -> None:
         super().__init__(receiver)
         self.stats: TransportStats | None = None  # its transport's counters: ``malformed`` counts drops
         self.dropped = 0
+        self.clock: ArrivalClock = HANDLING_TIME  # its own socket's, once bound
         self._validated: tuple[str, int] | None = None  # the last address found on a pair
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        self.received(data, addr, self.clock)
+
+    def received(self, data: bytes | str, addr: tuple[Any, ...], clock: ArrivalClock) -> None:
+        """A datagram read from a socket whose ``clock`` says when it arrived (asked before the
+        socket's next datagram is read)."""
         addr = (addr[0], addr[1])
         if not isinstance(data, bytes) or not data:
             self._drop()
@@ -78,7 +106,7 @@ class MediaProtocol(StunProtocol):
                 return
             super().datagram_received(data, addr)
         elif (19 < data[0] < 64 or 127 < data[0] < 192) and self._from_client(addr):  # DTLS; RTP or RTCP
-            self.receiver.data_received(data, self.local_candidate.component)
+            self.receiver.deliver(data, clock.stamp())
         else:
             self._drop()
 
@@ -260,12 +288,12 @@ class Network:
 LOOPBACK = Network(bind=("127.0.0.1",))
 
 
-async def gather(network: Network, controlling: bool = False) -> Connection:
+async def gather(network: Network, controlling: bool = False) -> MediaConnection:
     """A connection with a UDP socket per address of ``network`` (its own, or the shared ``udp_port``)
     and the shared TCP ports if any; raises ``NoMediaPort`` when it has no UDP socket. The server is the
     controlled side (it is ICE-lite to its clients)."""
     shared = network.listeners
-    connection = Connection(
+    connection = MediaConnection(
         ice_controlling=controlling,
         components=1,
         use_ipv4=True,
@@ -320,6 +348,7 @@ async def _bind(connection: Connection, address: str, ports: Iterator[int]) -> M
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
+        protocol.clock = KernelArrivalClock.of(sock)
         host, bound_port = transport.get_extra_info("sockname")[:2]
         protocol.local_candidate = Candidate(
             foundation=candidate_foundation("host", "udp", host),

@@ -256,7 +256,9 @@ class PublisherSide:
         if value is None or len(value) != 2:
             return
         now = time.monotonic()
-        self.arrivals.note(value[0] << 8 | value[1], now)
+        # When it reached the machine, not when it was handled: how long it then waited for the
+        # event loop is no news of the publisher's path (``sfu/arrival.py``).
+        self.arrivals.note(value[0] << 8 | value[1], self.transport.arrived if self.transport is not None else now)
         if self.arrivals.due(now) and self.transport is not None:
             feedback = self.arrivals.feedback(self.rtcp_ssrc, packet.ssrc, now)
             if feedback is not None:

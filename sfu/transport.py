@@ -16,7 +16,7 @@ import pylibsrtp
 from aioice import Candidate, Connection
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, RTCDtlsParameters, RTCDtlsTransport
 
-from sfu.network import MediaProtocol
+from sfu.network import MediaConnection, MediaProtocol
 from sfu.sdp import LocalTransport
 
 log = logging.getLogger("huiyi.sfu.transport")
@@ -72,17 +72,18 @@ class IceLink:
 
     role = "controlled"
 
-    def __init__(self, connection: Connection, stats: TransportStats) -> None:
+    def __init__(self, connection: MediaConnection, stats: TransportStats) -> None:
         self.stats = stats
         self.connection = connection
         self.closed = False
+        self.arrived = time.monotonic()  # when the datagram last received reached this machine
 
     @property
-    def connection(self) -> Connection:
+    def connection(self) -> MediaConnection:
         return self._connection
 
     @connection.setter
-    def connection(self, connection: Connection) -> None:
+    def connection(self, connection: MediaConnection) -> None:
         """Its sockets count what they drop into the transport's ``malformed``."""
         self._connection = connection
         for protocol in connection._protocols:
@@ -93,7 +94,7 @@ class IceLink:
         while True:
             current = self.connection
             try:
-                data, _ = await current.recvfrom()
+                data, self.arrived = await current.recvfrom()
                 return data
             except ConnectionError:
                 if self.closed or current is self.connection:
@@ -146,7 +147,7 @@ class MediaTransport(RTCDtlsTransport):
 
     def __init__(
         self,
-        connection: Connection,
+        connection: MediaConnection,
         certificate: RTCCertificate,
         on_rtp: Callable[[bytes], None],
         on_rtcp: Callable[[bytes], None],
@@ -191,11 +192,16 @@ class MediaTransport(RTCDtlsTransport):
             return "an unknown address"
         return f"{pair.remote_addr[0]}:{pair.remote_addr[1]} ({pair.remote_candidate.type} candidate)"
 
-    async def complete_restart(self, fresh: Connection, ufrag: str, password: str, candidates: list[str]) -> None:
+    async def complete_restart(self, fresh: MediaConnection, ufrag: str, password: str, candidates: list[str]) -> None:
         """Switch to ``fresh`` (gathered for the restart's answer) once its checks succeed."""
         await connect_ice(fresh, ufrag, password, candidates)
         previous, self.link.connection = self.link.connection, fresh
         await previous.close()
+
+    @property
+    def arrived(self) -> float:
+        """When the packet being handled reached this machine (``time.monotonic`` clock)."""
+        return self.link.arrived
 
     def _setup_srtp(self) -> None:
         super()._setup_srtp()

@@ -27,6 +27,7 @@ from typing import Any
 from aioice import Candidate, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 
+from sfu.arrival import HANDLING_TIME, ArrivalClock, KernelArrivalClock
 from sfu.network import COMPONENT, SharedMediaProtocol, SharedPort, parse_stun
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # every client's media passes this one socket (the kernel may cap it)
@@ -40,6 +41,7 @@ class SharedUdpPort(SharedPort, asyncio.DatagramProtocol):
         super().__init__()
         self.transport: asyncio.DatagramTransport | None = None
         self.by_address: dict[tuple[str, int], SharedMediaProtocol] = {}
+        self.clock: ArrivalClock = HANDLING_TIME
 
     @classmethod
     async def open(cls, host: str, port: int) -> SharedUdpPort:
@@ -53,6 +55,7 @@ class SharedUdpPort(SharedPort, asyncio.DatagramProtocol):
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+        self.clock = KernelArrivalClock.of(sock)
         host, port = transport.get_extra_info("sockname")[:2]
         self.candidate = Candidate(
             foundation=candidate_foundation("host", "udp", host),
@@ -80,7 +83,7 @@ class SharedUdpPort(SharedPort, asyncio.DatagramProtocol):
         if protocol is None:
             self.unrouted += 1
             return
-        protocol.datagram_received(data, addr)
+        protocol.received(data, addr, self.clock)
 
     def _stun_owner(self, message: stun.Message, addr: tuple[str, int]) -> SharedMediaProtocol | None:
         if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
