@@ -148,8 +148,11 @@ def span(path: Path) -> tuple[float, float]:
 
 
 def lip_sync(video: Path, audio: Path, who: str, at_least: int) -> list[float]:
-    """Each flash in ``video`` lines up with a beep in ``audio`` (both on the recording's clock)."""
-    pictures, sounds = flashes(video), beeps(audio)
+    """Each flash in ``video`` lines up with a beep in ``audio`` (both on the recording's clock). A
+    flash the sound file does not reach past (a cue as its speaker leaves) has no beep to line up with."""
+    first, last = span(audio)
+    pictures = [flash for flash in flashes(video) if first + SYNC <= flash <= last - Cues().length]
+    sounds = beeps(audio)
     offsets = drift(pictures, sounds)
     assert len(pictures) >= at_least and len(sounds) >= at_least, f"{who}: flashes {pictures}, beeps {sounds}"
     assert all(abs(offset) < SYNC for offset in offsets), (
@@ -478,6 +481,23 @@ async def test_browsers_recorded_through_a_simulcast_layer_switch(
         # Her media follow once her connection is up, which takes a while longer on a busy machine.
         await until(sending, "ivy's browser sending audio and video", 30, interval=0.05)
         flowing = time.time()
+
+        # Ivy watches hal's medium layer, so that dynacast keeps all three wanted (low always, medium
+        # for her, high for the recording) and pauses none: a pause or resume tells hal's browser which
+        # encodings to send, and would turn the high one back on while the test has it off.
+        await ivy.evaluate("window.huiyi.setLayer('medium')")
+
+        def ivy_on_medium() -> bool:
+            stats = room_stats(url, meeting_id, host_token)
+            return any(
+                sub["subscriber_user_id"] == user_id
+                and sub["publisher_user_id"] == host_id
+                and sub["kind"] == "video"
+                and sub["current_layer"] == sub["target_layer"] == "medium"
+                for sub in stats["subscriptions"]
+            )
+
+        await until(lambda: asyncio.to_thread(ivy_on_medium), "ivy to receive hal's medium layer", 30, interval=0.2)
 
         async def recording_for(seconds: float) -> None:
             since = time.time()
